@@ -1,0 +1,105 @@
+"""The array module (numpy, or cupy on a GPU) and the dtype policy: the one place that knows the device."""
+import os
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_DTYPE", "ALLOWED_DTYPES", "get_array_module", "xp_for_device", "is_gpu_array",
+    "gpu_available", "default_device", "set_default_device", "check_float_array", "to_numpy",
+    "as_array",
+]
+
+DEFAULT_DTYPE = np.dtype(np.float32)
+# float64 is allowed so that tests can check gradients to 1e-10; everything runs in float32 by default.
+ALLOWED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+_default_device = os.environ.get("HPCNN_DEVICE", "cpu")
+
+
+def _cupy():
+    try:
+        import cupy
+    except ImportError:
+        return None
+    return cupy
+
+
+def gpu_available():
+    """True when cupy imports and sees at least one CUDA device."""
+    cp = _cupy()
+    if cp is None:
+        return False
+    try:
+        return cp.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no driver, no device
+        return False
+
+
+def is_gpu_array(x):
+    """True for a cupy array (without importing cupy when it is not already loaded)."""
+    return type(x).__module__.startswith("cupy")
+
+
+def get_array_module(x):
+    """numpy or cupy, whichever owns `x`."""
+    if is_gpu_array(x):
+        import cupy
+        return cupy
+    return np
+
+
+def xp_for_device(device=None):
+    """The array module for a device name ('cpu' or 'gpu'); 'gpu' without cupy is a clear error."""
+    device = device or _default_device
+    if device == "cpu":
+        return np
+    if device == "gpu":
+        cp = _cupy()
+        if cp is None or not gpu_available():
+            raise RuntimeError("device 'gpu' was asked for, but cupy is not installed or sees no CUDA device "
+                               "(install hpcnn[gpu] on a machine with an NVIDIA GPU)")
+        return cp
+    raise ValueError(f"unknown device {device!r}: expected 'cpu' or 'gpu'")
+
+
+def default_device():
+    return _default_device
+
+
+def set_default_device(device):
+    """Select the device new parameters and data are created on ('cpu' or 'gpu')."""
+    global _default_device
+    xp_for_device(device)
+    _default_device = device
+
+
+def check_float_array(x, where, ndim=None, channels=None, channel_axis=1):
+    """Refuse anything but a float32/float64 array of the expected rank and channel count.
+
+    `where` names the layer in the message; `ndim` may be an int or a tuple of allowed ranks.
+    """
+    if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+        raise ValueError(f"{where}: expected an array, received {type(x).__name__}")
+    if x.dtype not in ALLOWED_DTYPES:
+        raise ValueError(f"{where}: expected float32 or float64, received dtype {x.dtype} (shape {tuple(x.shape)})")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.ndim not in allowed:
+            want = " or ".join(f"{n}-D" for n in allowed)
+            raise ValueError(f"{where}: expected a {want} input, received shape {tuple(x.shape)}")
+    if channels is not None and x.shape[channel_axis] != channels:
+        raise ValueError(f"{where}: expected {channels} channels on axis {channel_axis}, "
+                         f"received shape {tuple(x.shape)}")
+
+
+def to_numpy(x):
+    """A host copy of any array (no copy for numpy)."""
+    if is_gpu_array(x):
+        return x.get()
+    return np.asarray(x)
+
+
+def as_array(x, like):
+    """`x` as an array of the same module as `like`."""
+    xp = get_array_module(like)
+    return xp.asarray(x)

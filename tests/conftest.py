@@ -1,0 +1,31 @@
+import os
+
+import numpy as np
+import pytest
+
+# Keep test runs predictable on small machines: one BLAS/numba thread unless asked otherwise.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+
+
+@pytest.fixture(params=[np.float32, np.float64], ids=["f32", "f64"])
+def dtype(request):
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        from hpcnn.backend import gpu_available
+        have_gpu = gpu_available()
+    except Exception:
+        have_gpu = False
+    if not have_gpu:
+        skip = pytest.mark.skip(reason="needs an NVIDIA GPU with cupy; none here")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
