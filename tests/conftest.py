@@ -1,11 +1,13 @@
 import os
 
-import numpy as np
-import pytest
-
-# Keep test runs predictable on small machines: one BLAS/numba thread unless asked otherwise.
+# Keep test runs predictable on small machines: one BLAS/numba thread unless asked otherwise
+# (set before numpy loads its BLAS).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 
 @pytest.fixture(params=[np.float32, np.float64], ids=["f32", "f64"])
