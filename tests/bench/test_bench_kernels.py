@@ -1,0 +1,35 @@
+"""`hpcnn bench kernels --quick` runs end to end and writes every expected row."""
+import json
+
+from hpcnn.bench import kernels as bench
+from hpcnn.cli import main
+
+POOL_AND_NORM_OPS = ["maxpool forward", "maxpool backward", "avgpool forward", "avgpool backward",
+                     "batchnorm forward", "batchnorm backward"]
+
+
+def test_bench_kernels_quick_writes_every_row(tmp_path, capsys):
+    out = tmp_path / "kernels.json"
+    table = tmp_path / "kernels.csv"
+    assert main(["bench", "kernels", "--quick", "--json", str(out), "--csv", str(table)]) == 0
+    result = json.loads(out.read_text())
+    expected = [(op, bench._describe(case)) for case in bench.QUICK_CONV_SUITE for op in bench.CONV_OPS]
+    conv_rows = [(r["op"], r["shape"]) for r in result["rows"] if r["op"].startswith("conv")]
+    assert conv_rows == expected
+    assert [r["op"] for r in result["rows"][len(expected):]] == POOL_AND_NORM_OPS
+    assert result["threads"]["blas"] == 1 and result["matmul_peak_gflops"] > 0
+    for row in result["rows"]:
+        assert row["hpcnn_ms"] > 0 and row["torch_ms"] > 0
+        assert abs(row["ratio"] - row["hpcnn_ms"] / row["torch_ms"]) < 1e-9
+    assert result["conv_geomean_ratio"] > 0
+    assert result["conv_worst"]["ratio"] >= result["conv_geomean_ratio"]
+    assert len(table.read_text().splitlines()) == len(result["rows"]) + 1
+    printed = capsys.readouterr().out
+    assert "geometric mean" in printed and "matmul peak" in printed
+
+
+def test_bench_kernels_gpu_without_a_gpu_says_so(capsys, monkeypatch):
+    from hpcnn import backend
+    monkeypatch.setattr(backend, "gpu_available", lambda: False)
+    assert main(["bench", "kernels", "--device", "gpu"]) == 2
+    assert "gpu" in capsys.readouterr().err

@@ -1,0 +1,183 @@
+"""Convolution kernels against torch.nn.functional.conv2d/conv3d and autograd: forward, dx, dw, db."""
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hpcnn import kernels as K
+from hpcnn.kernels.cpu import conv as cpu_conv
+from hpcnn.kernels.cpu._blas import gemm
+from tests.oracle import assert_close, seeded, to_torch
+
+# (x shape, out channels, kernel, stride, padding, dilation, bias): odd sizes, kernels 1/3/5/7,
+# strides 1/2/3, dilation 1/2, padding 0 / 'same' / symmetric / per-side (lo, hi), 2-D and 3-D.
+CASES = [
+    ((2, 3, 13, 17), 4, 3, 1, 1, 1, True),
+    ((1, 1, 13, 17), 2, 3, 1, 0, 1, False),
+    ((3, 5, 13, 17), 6, 3, 2, 1, 1, True),
+    ((2, 4, 37, 53), 3, 5, 1, "same", 1, True),
+    ((2, 4, 37, 53), 8, 7, 2, 3, 1, False),
+    ((1, 3, 37, 53), 5, 7, 3, 2, 1, True),
+    ((1, 3, 37, 53), 2, 3, 3, 0, 1, False),           # stride 3: the last input row/col is read by no window
+    ((1, 2, 13, 17), 3, 2, 2, 0, 1, True),            # even kernel, stride 2: leftover row and column
+    ((2, 2, 13, 17), 3, 3, 1, "same", 2, True),
+    ((2, 6, 13, 17), 5, 5, 2, 2, 2, False),
+    ((3, 7, 13, 17), 8, 1, 1, 0, 1, True),            # pointwise: a plain GEMM
+    ((2, 4, 13, 17), 3, 1, 2, 0, 1, True),            # strided 1x1
+    ((2, 3, 13, 17), 4, 3, 2, ((0, 1), (2, 0)), 1, True),
+    ((2, 8, 13, 17), 8, 5, 1, ((1, 3), (0, 2)), 2, False),
+    ((1, 3, 13, 17), 2, 3, 1, ((4, 0), (0, 5)), 1, True),  # padding wider than the kernel reach
+    ((1, 3, 13, 17), 2, (3, 5), (1, 2), (1, 2), (2, 1), True),
+    ((9, 3, 5, 6), 4, 3, 1, 1, 1, True),              # many small images in one chunk
+    ((2, 3, 7, 9, 11), 4, 3, 1, 1, 1, True),
+    ((1, 2, 9, 8, 7), 3, 3, 2, 0, 1, False),
+    ((2, 3, 7, 9, 11), 4, 3, 1, "same", 2, True),
+    ((1, 2, 6, 7, 9), 2, 1, 1, 0, 1, True),
+    ((2, 3, 7, 9, 11), 4, 3, 2, ((1, 0), (0, 1), (1, 1)), 1, True),
+    ((1, 2, 8, 9, 7), 3, (1, 3, 5), (1, 1, 2), (0, 1, 2), (1, 2, 1), True),
+]
+
+
+def _ids(case):
+    shape, k, kernel, stride, padding, dilation, bias = case
+    text = f"{'x'.join(map(str, shape))}-K{k}-k{kernel}-s{stride}-p{padding}-d{dilation}{'-b' if bias else ''}"
+    return text.replace(" ", "").replace("(", "").replace(")", "").replace(",", "_")
+
+
+def _torch_conv(x, w, b, stride, padding, dilation):
+    """PyTorch's convolution; per-side padding through F.pad (which takes the last dimension first)."""
+    nd = x.dim() - 2
+    conv = F.conv2d if nd == 2 else F.conv3d
+    if isinstance(padding, (int, str)):
+        return conv(x, w, b, stride, padding, dilation)
+    pairs = K.normalize_padding(padding, nd)
+    x = F.pad(x, [p for lo_hi in reversed(pairs) for p in lo_hi])
+    return conv(x, w, b, stride, 0, dilation)
+
+
+def _check_case(case, dtype):
+    shape, k, kernel, stride, padding, dilation, with_bias = case
+    nd = len(shape) - 2
+    kernel = (kernel,) * nd if isinstance(kernel, int) else kernel
+    rng = seeded(0)
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal((k, shape[1]) + kernel).astype(dtype)
+    b = rng.standard_normal(k).astype(dtype) if with_bias else None
+
+    y = K.conv_forward(x, w, b, stride, padding, dilation)
+    tx, tw = to_torch(x, True), to_torch(w, True)
+    tb = to_torch(b, True) if with_bias else None
+    ty = _torch_conv(tx, tw, tb, stride, padding, dilation)
+    assert y.dtype == dtype
+    assert_close(y, ty.detach().numpy(), dtype, "forward")
+
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    ty.backward(to_torch(dy))
+    dx = K.conv_backward_data(dy, w, shape[2:], stride, padding, dilation)
+    dw = K.conv_backward_filter(x, dy, kernel, stride, padding, dilation)
+    assert dx.dtype == dw.dtype == dtype
+    assert_close(dx, tx.grad.numpy(), dtype, "dx")
+    assert_close(dw, tw.grad.numpy(), dtype, "dw")
+    if with_bias:
+        assert_close(K.conv_backward_bias(dy), tb.grad.numpy(), dtype, "db")
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_conv_matches_torch(case, dtype):
+    _check_case(case, dtype)
+
+
+@pytest.mark.parametrize("case", [CASES[i] for i in (0, 2, 5, 7, 13, 16, 18, 21)], ids=_ids)
+def test_conv_matches_torch_in_small_chunks(case, dtype, monkeypatch):
+    """Chunks of a few pixels: they start and end inside output lines and split every image."""
+    monkeypatch.setattr(cpu_conv, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(cpu_conv, "_MIN_CHUNK_PIXELS", 7)
+    _check_case(case, dtype)
+
+
+@pytest.mark.parametrize("shape,kernel,padding", [
+    ((0, 3, 9, 9), 3, 1),          # empty batch
+    ((2, 3, 2, 9), 3, 0),          # the window does not fit: output height 0
+    ((1, 2, 2, 3, 4), 3, 0),
+], ids=["empty-batch", "no-output-2d", "no-output-3d"])
+def test_conv_empty_output(shape, kernel, padding, dtype):
+    nd = len(shape) - 2
+    x = np.ones(shape, dtype)
+    w = np.ones((4, shape[1]) + (kernel,) * nd, dtype)
+    y = K.conv_forward(x, w, np.ones(4, dtype), 1, padding)
+    out = K.WindowGeometry(nd, kernel, 1, padding).output_shape(shape[2:])
+    assert y.shape == (shape[0], 4) + out and y.dtype == dtype
+    dx = K.conv_backward_data(y, w, shape[2:], 1, padding)
+    assert dx.shape == shape and not dx.any()
+    dw = K.conv_backward_filter(x, y, (kernel,) * nd, 1, padding)
+    assert dw.shape == w.shape and not dw.any()
+    assert K.conv_backward_bias(y).shape == (4,)
+
+
+def test_conv_rejects_mismatched_shapes():
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="3 input channels"):
+        K.conv_forward(x, np.zeros((4, 2, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="does not match input"):
+        K.conv_backward_data(np.zeros((1, 4, 5, 5), np.float32), np.zeros((4, 3, 3, 3), np.float32), (8, 8))
+    with pytest.raises(ValueError, match="stride 1"):
+        K.conv_forward(x, np.zeros((4, 3, 3, 3), np.float32), stride=2, padding="same")
+
+
+def test_conv_from_several_threads():
+    """Concurrent calls (per-thread scratch) give the same results as serial ones."""
+    rng = seeded(5)
+    inputs = [rng.standard_normal((2, 4, 33, 29)).astype(np.float32) for _ in range(4)]
+    w = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
+    expected = [(K.conv_forward(x, w, None, 1, 1), K.conv_backward_filter(x, x[:, :1].repeat(5, 1), (3, 3), 1, 1))
+                for x in inputs]
+    results = [None] * len(inputs)
+
+    def work(i):
+        for _ in range(5):
+            x = inputs[i]
+            results[i] = (K.conv_forward(x, w, None, 1, 1), K.conv_backward_filter(x, x[:, :1].repeat(5, 1), (3, 3), 1, 1))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for (y, dw), (y_ref, dw_ref) in zip(results, expected):
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(dw, dw_ref)
+
+
+def test_conv_scratch_stays_bounded():
+    """A 1024^2 image: beyond the arrays it returns, each kernel allocates a few MB, not an im2col of the image."""
+    rng = seeded(6)
+    x = rng.standard_normal((1, 4, 1024, 1024)).astype(np.float32)
+    w = rng.standard_normal((4, 4, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((1, 4, 1024, 1024)).astype(np.float32)
+    limit = 8 << 20   # a full im2col would be 9 * x.nbytes = 144 MiB
+    for name, call in [("forward", lambda: K.conv_forward(x, w, None, 1, 1)),
+                       ("backward-data", lambda: K.conv_backward_data(dy, w, (1024, 1024), 1, 1)),
+                       ("backward-data, stride 2", lambda: K.conv_backward_data(dy[:, :, :512, :512], w, (1024, 1024), 2, 1)),
+                       ("backward-filter", lambda: K.conv_backward_filter(x, dy, (3, 3), 1, 1))]:
+        tracemalloc.start()
+        try:
+            out = call()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak - out.nbytes < limit, f"{name}: peak {peak / 2**20:.1f} MiB for a {out.nbytes / 2**20:.1f} MiB result"
+
+
+def test_gemm_strided_views_and_accumulate(dtype):
+    rng = seeded(7)
+    for a, b in [(rng.standard_normal((7, 5)), rng.standard_normal((5, 9))),
+                 (rng.standard_normal((5, 7)).T, rng.standard_normal((9, 5)).T)]:
+        a, b = a.astype(dtype), b.astype(dtype)
+        c_full = rng.standard_normal((7, 20)).astype(dtype)
+        c = c_full[:, 3:12]
+        expected = 2.0 * a @ b + 0.5 * c
+        gemm(a, b, c, alpha=2.0, beta=0.5)
+        assert_close(c, expected, dtype, "gemm")
