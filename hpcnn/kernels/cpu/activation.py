@@ -1,0 +1,81 @@
+"""Element-wise activations and their gradients (numba), with PyTorch's semantics at zero and NaN."""
+import numba
+import numpy as np
+
+from ...backend import check_float_array
+
+__all__ = ["relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward"]
+
+
+def _flat(x, where):
+    check_float_array(x, where)
+    return np.ascontiguousarray(x).reshape(-1)
+
+
+def _check_same_shape(dy, other, name, where):
+    if tuple(dy.shape) != tuple(other.shape):
+        raise ValueError(f"{where}: dy has shape {tuple(dy.shape)}, expected {name}'s shape {tuple(other.shape)}")
+
+
+@numba.njit(cache=True, nogil=True)
+def _relu_forward(x, y):
+    for i in range(x.shape[0]):
+        v = x[i]
+        # NaN passes through, as torch.relu.
+        y[i] = 0 if v < 0 else v
+
+
+@numba.njit(cache=True, nogil=True)
+def _relu_backward(dy, y, dx):
+    for i in range(dy.shape[0]):
+        dx[i] = 0 if y[i] <= 0 else dy[i]
+
+
+@numba.njit(cache=True, nogil=True)
+def _leaky_relu_forward(x, slope, y):
+    for i in range(x.shape[0]):
+        v = x[i]
+        y[i] = v if v > 0 else v * slope
+
+
+@numba.njit(cache=True, nogil=True)
+def _leaky_relu_backward(dy, x, slope, dx):
+    for i in range(dy.shape[0]):
+        g = dy[i]
+        dx[i] = g if x[i] > 0 else g * slope
+
+
+def relu_forward(x):
+    """y = max(x, 0). x: any shape, float32/float64 -> y: same shape and dtype."""
+    xf = _flat(x, "relu_forward")
+    y = np.empty_like(xf)
+    _relu_forward(xf, y)
+    return y.reshape(x.shape)
+
+
+def relu_backward(dy, y):
+    """dx = dy where y > 0, else 0 (y is the forward output). dy, y: same shape."""
+    where = "relu_backward"
+    _check_same_shape(dy, y, "y", where)
+    dyf = _flat(dy, where)
+    dx = np.empty_like(dyf)
+    _relu_backward(dyf, _flat(y, where), dx)
+    return dx.reshape(dy.shape)
+
+
+def leaky_relu_forward(x, slope):
+    """y = x where x > 0, else slope * x. x: any shape -> y: same shape and dtype."""
+    xf = _flat(x, "leaky_relu_forward")
+    y = np.empty_like(xf)
+    _leaky_relu_forward(xf, xf.dtype.type(slope), y)
+    return y.reshape(x.shape)
+
+
+def leaky_relu_backward(dy, x, slope):
+    """dx = dy where x > 0, else slope * dy (x is the forward input). dy, x: same shape."""
+    where = "leaky_relu_backward"
+    _check_same_shape(dy, x, "x", where)
+    dyf = _flat(dy, where)
+    dx = np.empty_like(dyf)
+    _leaky_relu_backward(dyf, _flat(x, where), dyf.dtype.type(slope), dx)
+    return dx.reshape(dy.shape)

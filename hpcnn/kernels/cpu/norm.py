@@ -1,0 +1,172 @@
+"""Batch-norm as separate reductions and applications (numba), so a distributed layer can allreduce in between."""
+import numba
+import numpy as np
+
+from ...backend import check_float_array
+
+__all__ = ["channel_sum", "channel_centered_sumsq", "batchnorm_apply", "batchnorm_backward_reduce",
+           "batchnorm_backward_apply"]
+
+# Reductions may be reassociated (so that LLVM vectorizes them); they still accumulate in float64.
+_REDUCE_MATH = {"reassoc", "contract"}
+
+
+def _channels_view(x, where):
+    """x: (N, C, *S) -> a contiguous (N, C, M) view or copy."""
+    check_float_array(x, where)
+    if x.ndim < 2:
+        raise ValueError(f"{where}: expected an input of shape (N, C, ...), received shape {tuple(x.shape)}")
+    return np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)
+
+
+def _per_channel(v, channels, name, where):
+    """A (C,) float64 vector from an array-like (None -> None)."""
+    if v is None:
+        return None
+    v = np.ascontiguousarray(v, dtype=np.float64)
+    if v.shape != (channels,):
+        raise ValueError(f"{where}: {name} has shape {v.shape}, expected ({channels},)")
+    return v
+
+
+def _check_same_shape(dy, x, where):
+    if tuple(dy.shape) != tuple(x.shape):
+        raise ValueError(f"{where}: dy has shape {tuple(dy.shape)}, expected x's shape {tuple(x.shape)}")
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_REDUCE_MATH)
+def _channel_sum(x):
+    N, C, M = x.shape
+    out = np.zeros(C, dtype=np.float64)
+    for n in range(N):
+        for c in range(C):
+            acc = 0.0
+            for m in range(M):
+                acc += x[n, c, m]
+            out[c] += acc
+    return out
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_REDUCE_MATH)
+def _channel_centered_sumsq(x, mean):
+    N, C, M = x.shape
+    out = np.zeros(C, dtype=np.float64)
+    for n in range(N):
+        for c in range(C):
+            mu = mean[c]
+            acc = 0.0
+            for m in range(M):
+                d = x[n, c, m] - mu
+                acc += d * d
+            out[c] += acc
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _batchnorm_apply(x, mean, scale, shift, y):
+    N, C, M = x.shape
+    for n in range(N):
+        for c in range(C):
+            mu = mean[c]
+            a = scale[c]
+            b = shift[c]
+            for m in range(M):
+                y[n, c, m] = (x[n, c, m] - mu) * a + b
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_REDUCE_MATH)
+def _batchnorm_backward_reduce(dy, x, mean):
+    N, C, M = x.shape
+    sum_dy = np.zeros(C, dtype=np.float64)
+    sum_dy_xc = np.zeros(C, dtype=np.float64)
+    for n in range(N):
+        for c in range(C):
+            mu = mean[c]
+            s0 = 0.0
+            s1 = 0.0
+            for m in range(M):
+                g = np.float64(dy[n, c, m])
+                s0 += g
+                s1 += g * (x[n, c, m] - mu)
+            sum_dy[c] += s0
+            sum_dy_xc[c] += s1
+    return sum_dy, sum_dy_xc
+
+
+@numba.njit(cache=True, nogil=True)
+def _batchnorm_backward_apply(dy, x, mean, scale, mean_dy, xc_coef, dx):
+    N, C, M = x.shape
+    for n in range(N):
+        for c in range(C):
+            mu = mean[c]
+            a = scale[c]
+            b = mean_dy[c]
+            k = xc_coef[c]
+            for m in range(M):
+                dx[n, c, m] = a * (dy[n, c, m] - b - (x[n, c, m] - mu) * k)
+
+
+def channel_sum(x):
+    """Sum over every axis but 1. x: (N, C, *S) -> (C,) float64."""
+    return _channel_sum(_channels_view(x, "channel_sum"))
+
+
+def channel_centered_sumsq(x, mean):
+    """Sum of (x - mean[c])**2 over every axis but 1. x: (N, C, *S), mean: (C,) -> (C,) float64."""
+    xv = _channels_view(x, "channel_centered_sumsq")
+    return _channel_centered_sumsq(xv, _per_channel(mean, xv.shape[1], "mean", "channel_centered_sumsq"))
+
+
+def batchnorm_apply(x, mean, invstd, gamma, beta):
+    """y = (x - mean) * invstd * gamma + beta, per channel. x: (N, C, *S); mean, invstd, gamma, beta: (C,).
+
+    gamma and beta may be None (no affine transform). y has x's dtype; the arithmetic is float64.
+    """
+    where = "batchnorm_apply"
+    xv = _channels_view(x, where)
+    C = xv.shape[1]
+    mean = _per_channel(mean, C, "mean", where)
+    scale = _per_channel(invstd, C, "invstd", where)
+    if gamma is not None:
+        scale = scale * _per_channel(gamma, C, "gamma", where)
+    shift = np.zeros(C) if beta is None else _per_channel(beta, C, "beta", where)
+    y = np.empty(xv.shape, dtype=x.dtype)
+    _batchnorm_apply(xv, mean, scale, shift, y)
+    return y.reshape(x.shape)
+
+
+def batchnorm_backward_reduce(dy, x, mean, invstd):
+    """The two per-channel sums the batch-norm gradient needs. dy, x: (N, C, *S); mean, invstd: (C,).
+
+    Returns (sum_dy, sum_dy_xhat), each (C,) float64, with xhat = (x - mean) * invstd; they are
+    also dbeta and dgamma.
+    """
+    where = "batchnorm_backward_reduce"
+    _check_same_shape(dy, x, where)
+    xv = _channels_view(x, where)
+    dyv = _channels_view(dy, where)
+    C = xv.shape[1]
+    sum_dy, sum_dy_xc = _batchnorm_backward_reduce(dyv, xv, _per_channel(mean, C, "mean", where))
+    return sum_dy, sum_dy_xc * _per_channel(invstd, C, "invstd", where)
+
+
+def batchnorm_backward_apply(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count):
+    """Training-mode input gradient: dx = gamma*invstd*(dy - sum_dy/count - xhat*sum_dy_xhat/count).
+
+    dy, x: (N, C, *S); mean, invstd, gamma, sum_dy, sum_dy_xhat: (C,); count: the number of
+    elements per channel over all ranks. gamma may be None (no affine transform). dx has dy's dtype.
+    """
+    where = "batchnorm_backward_apply"
+    _check_same_shape(dy, x, where)
+    xv = _channels_view(x, where)
+    dyv = _channels_view(dy, where)
+    C = xv.shape[1]
+    if count <= 0:
+        raise ValueError(f"{where}: count must be positive, received {count}")
+    invstd = _per_channel(invstd, C, "invstd", where)
+    scale = invstd if gamma is None else invstd * _per_channel(gamma, C, "gamma", where)
+    mean_dy = _per_channel(sum_dy, C, "sum_dy", where) / count
+    xc_coef = invstd * _per_channel(sum_dy_xhat, C, "sum_dy_xhat", where) / count
+    dx = np.empty(xv.shape, dtype=dy.dtype)
+    _batchnorm_backward_apply(dyv, xv, _per_channel(mean, C, "mean", where), scale, mean_dy, xc_coef, dx)
+    return dx.reshape(x.shape)
