@@ -1,0 +1,17 @@
+"""Single-process layers with PyTorch's constructors, parameter names and shapes (see module.py for the protocol)."""
+from .activation import LeakyReLU, ReLU
+from .container import Residual, Sequential, SkipConcat
+from .conv import Conv2d, Conv3d
+from .linear import Flatten, Linear
+from .loss import CrossEntropyLoss, MSELoss
+from .module import Module, default_rng, manual_seed
+from .norm import BatchNorm2d, BatchNorm3d
+from .pool import AvgPool2d, AvgPool3d, GlobalAvgPool, MaxPool2d, MaxPool3d
+from .upsample import Upsample
+
+__all__ = [
+    "Module", "manual_seed", "default_rng",
+    "Conv2d", "Conv3d", "BatchNorm2d", "BatchNorm3d", "ReLU", "LeakyReLU",
+    "MaxPool2d", "MaxPool3d", "AvgPool2d", "AvgPool3d", "GlobalAvgPool", "Flatten", "Linear", "Upsample",
+    "Sequential", "Residual", "SkipConcat", "CrossEntropyLoss", "MSELoss",
+]
