@@ -6,7 +6,7 @@ import numpy as np
 __all__ = [
     "DEFAULT_DTYPE", "ALLOWED_DTYPES", "get_array_module", "xp_for_device", "is_gpu_array",
     "gpu_available", "default_device", "set_default_device", "check_float_array", "to_numpy",
-    "as_array",
+    "as_array", "LOCAL_RANK_VARIABLES", "node_local_rank", "select_gpu_for_rank",
 ]
 
 DEFAULT_DTYPE = np.dtype(np.float32)
@@ -103,3 +103,45 @@ def as_array(x, like):
     """`x` as an array of the same module as `like`."""
     xp = get_array_module(like)
     return xp.asarray(x)
+
+
+# Where launchers put a rank's index among the ranks of its node, in the order they are read:
+# SLURM (srun), Open MPI, MPICH's hydra (two spellings), MVAPICH2.
+LOCAL_RANK_VARIABLES = ("SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PMI_LOCAL_RANK",
+                        "MV2_COMM_WORLD_LOCAL_RANK")
+
+
+def node_local_rank(environ=None):
+    """This process's rank among the ranks on its node, from the launcher's environment (0 when none says)."""
+    environ = os.environ if environ is None else environ
+    for name in LOCAL_RANK_VARIABLES:
+        value = environ.get(name, "").strip()
+        if value:
+            try:
+                rank = int(value)
+            except ValueError:
+                raise ValueError(f"{name}={value!r} is not a node-local rank (expected an integer)") from None
+            if rank < 0:
+                raise ValueError(f"{name}={value!r} is not a node-local rank (expected 0 or more)")
+            return rank
+    return 0
+
+
+def select_gpu_for_rank(device_count=None, environ=None):
+    """Make GPU (node-local rank mod device count) this process's current CUDA device; returns its index.
+
+    Several ranks may share one GPU (more ranks on a node than GPUs). `device_count` defaults to
+    what CUDA reports (after CUDA_VISIBLE_DEVICES); passing it skips touching CUDA at all.
+    """
+    use = device_count is None
+    if use:
+        xp_for_device("gpu")
+        import cupy
+        device_count = cupy.cuda.runtime.getDeviceCount()
+    if device_count < 1:
+        raise RuntimeError("select_gpu_for_rank: no CUDA device is visible to this process")
+    index = node_local_rank(environ) % device_count
+    if use:
+        import cupy
+        cupy.cuda.Device(index).use()
+    return index

@@ -1,0 +1,189 @@
+"""Batch-norm as separate reductions and applications on the GPU (CuPy), as hpcnn.kernels.cpu.norm.
+
+The per-channel reductions accumulate in float64: each of `lanes` threads per (n, c) row sums a
+strided share of the row (consecutive threads read consecutive elements) and adds its partial sum
+to the channel's total with one double-precision atomicAdd.
+"""
+from ...backend import check_float_array
+from ._cuda import Program, array_module
+
+__all__ = ["channel_sum", "channel_centered_sumsq", "batchnorm_apply", "batchnorm_backward_reduce",
+           "batchnorm_backward_apply"]
+
+_PROGRAM = Program("norm", r"""
+// x, dy: (rows = N*C, M). mode 0: out0[c] += sum x; 1: out0[c] += sum (x - mean[c])^2;
+// 2: out0[c] += sum dy, out1[c] += sum dy * (x - mean[c]).
+extern "C" __global__ void channel_reduce(const T* __restrict__ x, const T* __restrict__ dy,
+                                          const double* __restrict__ mean, double* __restrict__ out0,
+                                          double* __restrict__ out1, i64 rows, int C, i64 M, int lanes, int mode)
+{
+    const i64 total = rows * lanes;
+    for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total; e += (i64)blockDim.x * gridDim.x) {
+        const i64 row = e / lanes;
+        const int lane = e - row * lanes;
+        const int c = row % C;
+        const T* xr = x + row * M;
+        double s0 = 0.0, s1 = 0.0;
+        if (mode == 0) {
+            for (i64 m = lane; m < M; m += lanes) s0 += (double)xr[m];
+        } else if (mode == 1) {
+            const double mu = mean[c];
+            for (i64 m = lane; m < M; m += lanes) { const double d = (double)xr[m] - mu; s0 += d * d; }
+        } else {
+            const double mu = mean[c];
+            const T* gr = dy + row * M;
+            for (i64 m = lane; m < M; m += lanes) {
+                const double g = (double)gr[m];
+                s0 += g;
+                s1 += g * ((double)xr[m] - mu);
+            }
+        }
+        atomicAdd(out0 + c, s0);
+        if (mode == 2) atomicAdd(out1 + c, s1);
+    }
+}
+
+// y = (x - mean[c]) * scale[c] + shift[c] in double; x, y: (N, C, M).
+extern "C" __global__ void batchnorm_apply(const T* __restrict__ x, const double* __restrict__ mean,
+                                           const double* __restrict__ scale, const double* __restrict__ shift,
+                                           T* __restrict__ y, i64 total, int C, i64 M)
+{
+    for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total; e += (i64)blockDim.x * gridDim.x) {
+        const int c = (e / M) % C;
+        y[e] = (T)(((double)x[e] - mean[c]) * scale[c] + shift[c]);
+    }
+}
+
+// dx = scale[c] * (dy - mean_dy[c] - (x - mean[c]) * xc_coef[c]) in double.
+extern "C" __global__ void batchnorm_backward_apply(const T* __restrict__ dy, const T* __restrict__ x,
+                                                    const double* __restrict__ mean,
+                                                    const double* __restrict__ scale,
+                                                    const double* __restrict__ mean_dy,
+                                                    const double* __restrict__ xc_coef, T* __restrict__ dx,
+                                                    i64 total, int C, i64 M)
+{
+    for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total; e += (i64)blockDim.x * gridDim.x) {
+        const int c = (e / M) % C;
+        dx[e] = (T)(scale[c] * ((double)dy[e] - mean_dy[c] - ((double)x[e] - mean[c]) * xc_coef[c]));
+    }
+}
+""")
+
+# Enough work items to fill a large GPU several times over; more lanes per row only add atomics.
+_TARGET_THREADS = 1 << 18
+_MAX_LANES = 4096
+
+
+def _lanes(rows, m):
+    want = -(-_TARGET_THREADS // max(rows, 1))
+    lanes = min(max(want, 32), _MAX_LANES, max(m, 1))
+    return int(lanes)
+
+
+def _channels_view(x, where):
+    """x: (N, C, *S) -> a contiguous (N, C, M) view or copy."""
+    check_float_array(x, where)
+    if x.ndim < 2:
+        raise ValueError(f"{where}: expected an input of shape (N, C, ...), received shape {tuple(x.shape)}")
+    return array_module().ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)
+
+
+def _per_channel(v, channels, name, where):
+    """A (C,) float64 device vector from an array-like (None -> None)."""
+    if v is None:
+        return None
+    xp = array_module()
+    v = xp.ascontiguousarray(xp.asarray(v, dtype=xp.float64))
+    if v.shape != (channels,):
+        raise ValueError(f"{where}: {name} has shape {v.shape}, expected ({channels},)")
+    return v
+
+
+def _check_same_shape(dy, x, where):
+    if tuple(dy.shape) != tuple(x.shape):
+        raise ValueError(f"{where}: dy has shape {tuple(dy.shape)}, expected x's shape {tuple(x.shape)}")
+
+
+def _reduce(mode, xv, dyv=None, mean=None):
+    xp = array_module()
+    n, c, m = xv.shape
+    out0 = xp.zeros(c, dtype=xp.float64)
+    out1 = xp.zeros(c, dtype=xp.float64) if mode == 2 else out0
+    rows = n * c
+    lanes = _lanes(rows, m)
+    _PROGRAM.launch("channel_reduce", xv.dtype, rows * lanes, xv, xv if dyv is None else dyv,
+                    out0 if mean is None else mean, out0, out1, rows, c, m, lanes, mode)
+    return out0, out1
+
+
+def channel_sum(x):
+    """Sum over every axis but 1. x: (N, C, *S) -> (C,) float64."""
+    return _reduce(0, _channels_view(x, "channel_sum"))[0]
+
+
+def channel_centered_sumsq(x, mean):
+    """Sum of (x - mean[c])**2 over every axis but 1. x: (N, C, *S), mean: (C,) -> (C,) float64."""
+    xv = _channels_view(x, "channel_centered_sumsq")
+    return _reduce(1, xv, mean=_per_channel(mean, xv.shape[1], "mean", "channel_centered_sumsq"))[0]
+
+
+def batchnorm_apply(x, mean, invstd, gamma, beta):
+    """y = (x - mean) * invstd * gamma + beta, per channel. x: (N, C, *S); mean, invstd, gamma, beta: (C,).
+
+    gamma and beta may be None (no affine transform). y has x's dtype; the arithmetic is float64.
+    """
+    xp = array_module()
+    where = "batchnorm_apply"
+    xv = _channels_view(x, where)
+    c = xv.shape[1]
+    mean = _per_channel(mean, c, "mean", where)
+    scale = _per_channel(invstd, c, "invstd", where)
+    if gamma is not None:
+        scale = scale * _per_channel(gamma, c, "gamma", where)
+    shift = xp.zeros(c, dtype=xp.float64) if beta is None else _per_channel(beta, c, "beta", where)
+    y = xp.empty(xv.shape, dtype=x.dtype)
+    _PROGRAM.launch("batchnorm_apply", x.dtype, y.size, xv, mean, scale, shift, y, y.size, c, xv.shape[2])
+    return y.reshape(x.shape)
+
+
+def batchnorm_backward_reduce(dy, x, mean, invstd):
+    """The two per-channel sums the batch-norm gradient needs. dy, x: (N, C, *S); mean, invstd: (C,).
+
+    Returns (sum_dy, sum_dy_xhat), each (C,) float64, with xhat = (x - mean) * invstd; they are
+    also dbeta and dgamma.
+    """
+    where = "batchnorm_backward_reduce"
+    _check_same_shape(dy, x, where)
+    xv = _channels_view(x, where)
+    dyv = _channels_view(dy, where)
+    if dyv.dtype != xv.dtype:
+        dyv = dyv.astype(xv.dtype)
+    c = xv.shape[1]
+    sum_dy, sum_dy_xc = _reduce(2, xv, dyv, _per_channel(mean, c, "mean", where))
+    return sum_dy, sum_dy_xc * _per_channel(invstd, c, "invstd", where)
+
+
+def batchnorm_backward_apply(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count):
+    """Training-mode input gradient: dx = gamma*invstd*(dy - sum_dy/count - xhat*sum_dy_xhat/count).
+
+    dy, x: (N, C, *S); mean, invstd, gamma, sum_dy, sum_dy_xhat: (C,); count: the number of
+    elements per channel over all ranks. gamma may be None (no affine transform). dx has dy's dtype.
+    """
+    xp = array_module()
+    where = "batchnorm_backward_apply"
+    _check_same_shape(dy, x, where)
+    xv = _channels_view(x, where)
+    dyv = _channels_view(dy, where)
+    if xv.dtype != dyv.dtype:
+        xv = xv.astype(dyv.dtype)
+    c = xv.shape[1]
+    if count <= 0:
+        raise ValueError(f"{where}: count must be positive, received {count}")
+    invstd = _per_channel(invstd, c, "invstd", where)
+    scale = invstd if gamma is None else invstd * _per_channel(gamma, c, "gamma", where)
+    mean_dy = _per_channel(sum_dy, c, "sum_dy", where) / count
+    xc_coef = invstd * _per_channel(sum_dy_xhat, c, "sum_dy_xhat", where) / count
+    dx = xp.empty(dyv.shape, dtype=dy.dtype)
+    _PROGRAM.launch("batchnorm_backward_apply", dy.dtype, dx.size, dyv, xv, _per_channel(mean, c, "mean", where),
+                    scale, mean_dy, xc_coef, dx, dx.size, c, xv.shape[2])
+    return dx.reshape(x.shape)
