@@ -1,0 +1,319 @@
+"""Job files: TOML read with tomllib, checked against a schema (types, defaults, allowed values), `--set` overrides.
+
+A job file has six tables (see docs/jobs.md for a tour):
+
+    [model]         name = "lenet"; every other key is an option of that model (hpcnn.models.options)
+    [data]          dataset = "digits" | "textures" | "fields3d" | "hdf5" | "npy", seed, and the
+                    dataset's own options (hpcnn.data.OPTIONS)
+    [distribution]  engine = "spatial" | "chaos" | "auto"; grid = [N, H, W] (or [N, D, H, W]) or
+                    "auto"; plan = "plan.json"; CHAOS options threads, staleness, average_every,
+                    deterministic
+    [training]      epochs or steps, batch (global), seed, dtype, val_every, and the tables
+                    [training.optimizer] (sgd: lr, momentum, nesterov, weight_decay) and
+                    [training.schedule] (hpcnn.train.schedule.build_schedule; base_lr defaults to
+                    the optimizer's lr and total_steps to the run's length)
+    [checkpoint]    dir, every (steps; 0: at each epoch's end), keep (the last K)
+    [logging]       dir, metrics (a JSON-lines file in dir), every (steps between progress lines),
+                    progress (the line on rank 0)
+
+Any field that cannot work is refused with one message naming it, e.g.
+"job file jobs/x.toml: training.batch must be a positive integer, got -3".
+"""
+import copy
+import os
+import tomllib
+
+__all__ = ["JobError", "Job", "SCHEMA", "load_job", "parse_job", "apply_overrides", "dataset_options", "ENGINES"]
+
+ENGINES = ("spatial", "chaos", "auto")
+
+# section -> field -> (type, default, rule, meaning). Rules: "required", "positive",
+# "nonnegative", "fraction", a tuple of allowed values, or None. Types: int, float, str, bool,
+# "grid", "table".
+SCHEMA = {
+    "model": {
+        "name": (str, None, "required", "the model (hpcnn.models.names())"),
+    },
+    "data": {
+        "dataset": (str, None, "required", "the dataset (hpcnn.data.DATASETS)"),
+        "seed": (int, 0, "nonnegative", "seed of the data generator and split"),
+    },
+    "distribution": {
+        "engine": (str, "spatial", ENGINES, "spatial (MPI blocks), chaos (CPU threads) or auto"),
+        "grid": ("grid", None, None, "ranks over (N, H, W) or (N, D, H, W), or \"auto\""),
+        "plan": (str, "", None, "a plan file from `hpcnn plan` (instead of a grid)"),
+        "threads": (int, 0, "nonnegative", "CHAOS worker threads (0: the cores)"),
+        "staleness": (int, 0, "nonnegative", "CHAOS bounded staleness (0: unbounded)"),
+        "average_every": (int, 0, "nonnegative", "CHAOS with MPI: average weights every k steps (0: each epoch)"),
+        "deterministic": (bool, False, None, "CHAOS: reproducible order (for tests)"),
+    },
+    "training": {
+        "epochs": (int, 0, "nonnegative", "passes over the training set (or give steps)"),
+        "steps": (int, 0, "nonnegative", "optimizer steps (instead of epochs)"),
+        "batch": (int, 32, "positive", "global batch size (summed over ranks)"),
+        "seed": (int, 0, "nonnegative", "seed of the model's initialization and the data order"),
+        "dtype": (str, "float32", ("float32", "float64"), "parameter and activation dtype"),
+        "val_every": (int, 0, "nonnegative", "steps between validations (0: each epoch's end)"),
+        "val_batch": (int, 0, "nonnegative", "validation batch (0: the training batch)"),
+        "optimizer": ("table", None, None, "[training.optimizer]"),
+        "schedule": ("table", None, None, "[training.schedule]"),
+    },
+    "checkpoint": {
+        "dir": (str, "", None, "checkpoint folder (default: <logging.dir>/checkpoints)"),
+        "every": (int, 0, "nonnegative", "steps between checkpoints (0: at each epoch's end)"),
+        "keep": (int, 3, "positive", "how many of the latest checkpoints to keep"),
+    },
+    "logging": {
+        "dir": (str, "", None, "run folder (default: runs/<job file name>)"),
+        "metrics": (str, "metrics.jsonl", None, "JSON-lines metrics file, relative to logging.dir"),
+        "every": (int, 10, "positive", "steps between progress lines"),
+        "progress": (bool, True, None, "print the progress line on rank 0"),
+    },
+}
+
+OPTIMIZER = {
+    "name": (str, "sgd", ("sgd",), "the optimizer"),
+    "lr": (float, 0.01, "positive", "learning rate (the schedule's base_lr)"),
+    "momentum": (float, 0.0, "nonnegative", "momentum"),
+    "nesterov": (bool, False, None, "Nesterov momentum"),
+    "weight_decay": (float, 0.0, "nonnegative", "L2 weight decay"),
+}
+
+
+class JobError(ValueError):
+    """A job file that cannot work; the message names the file and the field."""
+
+
+class Job(dict):
+    """The validated job: {section: {field: value}} with defaults filled in, plus `path`.
+
+    Sections read as attributes too: job.training["batch"].
+    """
+
+    path = "<job>"
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def to_dict(self):
+        return copy.deepcopy(dict(self))
+
+    @property
+    def stem(self):
+        return os.path.splitext(os.path.basename(self.path))[0]
+
+
+def _kind(value):
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+def _check_value(field, value, kind, rule, fail):
+    """The value converted to its type, or fail(message)."""
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail(f"{field} must be {'a positive ' if rule == 'positive' else 'an '}integer, got {value!r}")
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail(f"{field} must be a number, got {value!r}")
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            fail(f"{field} must be a finite number, got {value!r}")
+    elif kind is bool:
+        if not isinstance(value, bool):
+            fail(f"{field} must be true or false, got {value!r}")
+    elif kind is str:
+        if not isinstance(value, str):
+            fail(f"{field} must be a string, got {_kind(value)} {value!r}")
+    elif kind == "table":
+        if not isinstance(value, dict):
+            fail(f"{field} must be a table, got {_kind(value)} {value!r}")
+    elif kind == "grid":
+        ok = value == "auto" or (isinstance(value, list) and len(value) in (3, 4) and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value))
+        if not ok:
+            fail(f"{field} must be \"auto\" or a list of 3 (N, H, W) or 4 (N, D, H, W) positive integers, "
+                 f"got {value!r}")
+    if rule == "positive" and not value > 0:
+        fail(f"{field} must be {'a positive integer' if kind is int else 'positive'}, got {value!r}")
+    if rule == "nonnegative" and not value >= 0:
+        fail(f"{field} must be {'a non-negative integer' if kind is int else 'non-negative'}, got {value!r}")
+    if rule == "fraction" and not 0.0 < value < 1.0:
+        fail(f"{field} must lie strictly between 0 and 1, got {value!r}")
+    if isinstance(rule, tuple) and value not in rule:
+        fail(f"{field} must be one of {', '.join(repr(r) for r in rule)}, got {value!r}")
+    return value
+
+
+def _fill(section_name, given, schema, fail, extra_ok=False):
+    """given table -> table with every schema field checked and defaults filled in."""
+    if not isinstance(given, dict):
+        fail(f"[{section_name}] must be a table, got {_kind(given)} {given!r}")
+    out = {}
+    for key, (kind, default, rule, _) in schema.items():
+        field = f"{section_name}.{key}"
+        if key not in given:
+            if rule == "required":
+                fail(f"{field} is missing ({schema[key][3]})")
+            out[key] = copy.deepcopy(default)
+            continue
+        out[key] = _check_value(field, given[key], kind, rule, fail)
+    unknown = sorted(set(given) - set(schema))
+    if unknown and not extra_ok:
+        fail(f"{section_name}.{unknown[0]} is not a field of [{section_name}] (fields: {', '.join(schema)})")
+    return out
+
+
+def _set_dotted(table, key, value):
+    parts = key.split(".")
+    node = table
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise JobError(f"--set {key}: {p} is not a table")
+    node[parts[-1]] = value
+
+
+def _parse_value(text):
+    """A --set value as TOML (numbers, booleans, lists, quoted strings); anything else is a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw, overrides):
+    """Apply ["training.batch=64", ...] to a raw job table (a copy is returned)."""
+    raw = copy.deepcopy(raw)
+    for item in overrides or ():
+        if "=" not in item:
+            raise JobError(f"--set expects key=value (e.g. training.batch=64), got {item!r}")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not p for p in key.split(".")):
+            raise JobError(f"--set expects a dotted key such as training.batch, got {key!r}")
+        _set_dotted(raw, key, _parse_value(text.strip()))
+    return raw
+
+
+def parse_job(raw, path="<job>"):
+    """Check a raw job table (from TOML) and fill in defaults; a JobError names the first bad field."""
+    def fail(message):
+        raise JobError(f"job file {path}: {message}")
+
+    from .. import data as hdata
+    from ..nn import models
+
+    unknown = sorted(set(raw) - set(SCHEMA))
+    if unknown:
+        fail(f"[{unknown[0]}] is not a section of a job file (sections: {', '.join(SCHEMA)})")
+    job = Job()
+    job.path = path
+    for section, schema in SCHEMA.items():
+        extra_ok = section in ("model", "data")
+        job[section] = _fill(section, raw.get(section, {}), schema, fail, extra_ok=extra_ok)
+
+    # model: the name, then its options as the zoo declares them
+    name = job["model"]["name"]
+    if name not in models.names():
+        fail(f"model.name must be one of {', '.join(models.names())}, got {name!r}")
+    known = models.options(name)
+    options = {k: v for k, v in raw["model"].items() if k != "name"}
+    for key in options:
+        if key not in known or key == "dtype":
+            valid = ", ".join(k for k in known if k != "dtype")
+            fail(f"model.{key} is not an option of model {name!r} (options: {valid})")
+    job["model"] = {"name": name, "options": options}
+
+    # data: the dataset, then its options
+    dataset = job["data"]["dataset"]
+    if dataset not in hdata.DATASETS:
+        fail(f"data.dataset must be one of {', '.join(hdata.DATASETS)}, got {dataset!r}")
+    given = {k: v for k, v in raw["data"].items() if k not in SCHEMA["data"]}
+    options = _fill("data", given, hdata.OPTIONS[dataset], fail, extra_ok=True)
+    bad = sorted(set(given) - set(hdata.OPTIONS[dataset]))
+    if bad:
+        fail(f"data.{bad[0]} is not an option of dataset {dataset!r} (options: {', '.join(hdata.OPTIONS[dataset])})")
+    job["data"]["options"] = options
+
+    # distribution
+    dist = job["distribution"]
+    if dist["grid"] is not None and dist["plan"]:
+        fail("distribution.grid and distribution.plan exclude each other: give one")
+    if dist["engine"] == "chaos" and (dist["grid"] not in (None, "auto") or dist["plan"]):
+        fail("distribution.engine = \"chaos\" trains whole samples per thread: it takes no grid or plan")
+
+    # training
+    tr = job["training"]
+    if bool(tr["epochs"]) == bool(tr["steps"]):
+        fail("training needs exactly one of epochs and steps, as a positive integer "
+             f"(got epochs = {tr['epochs']}, steps = {tr['steps']})")
+    tr["optimizer"] = _fill("training.optimizer", tr["optimizer"] or {}, OPTIMIZER, fail)
+    schedule = dict(tr["schedule"] or {})
+    schedule.setdefault("name", "constant")
+    schedule.setdefault("base_lr", tr["optimizer"]["lr"])
+    tr["schedule"] = schedule
+    _check_schedule(schedule, fail)
+
+    # checkpoint and logging folders
+    if not job["logging"]["dir"]:
+        job["logging"]["dir"] = os.path.join("runs", job.stem)
+    if not job["checkpoint"]["dir"]:
+        job["checkpoint"]["dir"] = os.path.join(job["logging"]["dir"], "checkpoints")
+    return job
+
+
+def dataset_options(dataset, given):
+    """Check the options of one dataset (as `hpcnn data generate` receives them) and fill in defaults."""
+    from .. import data as hdata
+
+    def fail(message):
+        raise JobError(message)
+
+    if dataset not in hdata.DATASETS:
+        fail(f"dataset must be one of {', '.join(hdata.DATASETS)}, got {dataset!r}")
+    bad = sorted(set(given) - set(hdata.OPTIONS[dataset]))
+    if bad:
+        fail(f"{bad[0]} is not an option of dataset {dataset!r} (options: {', '.join(hdata.OPTIONS[dataset])})")
+    return _fill("data", given, hdata.OPTIONS[dataset], fail)
+
+
+def _check_schedule(schedule, fail):
+    from .schedule import build_schedule
+    probe = dict(schedule)
+    if probe.get("name") == "cosine":
+        probe.setdefault("total_steps", 1)  # the trainer fills in the run's length
+    try:
+        build_schedule(probe)
+    except (ValueError, TypeError) as e:
+        fail(f"training.schedule: {e}")
+
+
+def load_job(path, overrides=()):
+    """Read, override and check the job file at `path`; a JobError names the file and the field."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise JobError(f"job file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise JobError(f"job file {path} is not valid TOML: {e}") from None
+    try:
+        raw = apply_overrides(raw, overrides)
+    except JobError as e:
+        raise JobError(f"job file {path}: {e}") from None
+    return parse_job(raw, path)

@@ -1,0 +1,142 @@
+"""The trainer on P ranks follows the single-process run: losses, validation scores, parameters; resume on another grid."""
+import io
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from hpcnn.train.config import parse_job
+from hpcnn.train.trainer import Trainer
+from tests.mpi.collective import assert_close_all, check_all, world
+
+pytestmark = pytest.mark.mpi
+
+F32 = np.float32
+
+
+def _shared_dir():
+    w = world()
+    path = tempfile.mkdtemp(prefix="hpcnn-trainer-") if w.Get_rank() == 0 else None
+    return w.bcast(path, root=0)
+
+
+def _segmentation_job(folder, **training):
+    return parse_job({
+        "model": {"name": "unet2d", "width": 4, "depth": 2},
+        "data": {"dataset": "textures", "size": 24, "samples": 8, "val_samples": 3, "region": 10},
+        "training": {"steps": 4, "batch": 4, "optimizer": {"lr": 0.1, "momentum": 0.9}, "val_every": 2, **training},
+        "checkpoint": {"every": 2, "keep": 5},
+        "logging": {"dir": folder, "every": 1},
+    }, "segmentation.toml")
+
+
+def _classification_job(folder):
+    return parse_job({
+        "model": {"name": "lenet"}, "data": {"dataset": "digits"},
+        "training": {"steps": 3, "batch": 8, "optimizer": {"lr": 0.1, "momentum": 0.9}, "val_every": 3},
+        "logging": {"dir": folder, "every": 1},
+    }, "classification.toml")
+
+
+def _run(job, comm, grid=None, resume=None):
+    if grid is not None:
+        job["distribution"]["grid"] = list(grid)
+    t = Trainer(job, comm=comm, resume=resume, stream=io.StringIO())
+    t.run()
+    return t
+
+
+def _train_losses(folder):
+    with open(os.path.join(folder, "metrics.jsonl")) as f:
+        return [r["loss"] for r in map(json.loads, f) if r["kind"] == "train"]
+
+
+def _grids(size):
+    if size == 1:
+        return [(1, 1, 1)]
+    grids = [(size, 1, 1), (1, size, 1), (1, 1, size)]
+    if size == 4:
+        grids.append((2, 1, 2))
+    return grids
+
+
+def _compare(t, ref, where):
+    w = world()
+    assert_close_all(np.array([h["train_loss"] for h in t.history]),
+                     np.array([h["train_loss"] for h in ref.history]), F32, f"{where} losses at validation")
+    for key in ref.history[-1]:
+        assert_close_all(np.array(t.history[-1][key]), np.array(ref.history[-1][key]), F32, f"{where} {key}")
+    got = {n: p for n, p, _ in t.model.parameters()}
+    for name, p, _ in ref.model.parameters():
+        assert_close_all(got[name], p, F32, f"{where} parameter {name}")
+    check_all(t.step == ref.step, f"{where}: step {t.step} != {ref.step}")
+
+
+def test_segmentation_losses_agree_on_every_grid():
+    w = world()
+    root = _shared_dir()
+    ref = _run(_segmentation_job(os.path.join(root, f"serial{w.Get_rank()}")), MPI.COMM_SELF)
+    for grid in _grids(w.Get_size()):
+        folder = os.path.join(root, "x".join(map(str, grid)))
+        t = _run(_segmentation_job(folder), w, grid)
+        _compare(t, ref, f"grid {grid}")
+        if w.Get_rank() == 0:
+            assert_close_all(np.array(_train_losses(folder)), np.array([h for h in _train_losses(
+                os.path.join(root, "serial0"))]), F32, f"grid {grid}: the loss curve", comm=MPI.COMM_SELF)
+    w.Barrier()
+    if w.Get_rank() == 0:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_classification_agrees_with_a_batch_split():
+    w = world()
+    root = _shared_dir()
+    ref = _run(_classification_job(os.path.join(root, f"serial{w.Get_rank()}")), MPI.COMM_SELF)
+    grid = (w.Get_size(), 1, 1)
+    t = _run(_classification_job(os.path.join(root, "split")), w, grid)
+    _compare(t, ref, f"lenet grid {grid}")
+    w.Barrier()
+    if w.Get_rank() == 0:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_resume_on_another_grid_equals_an_uninterrupted_run():
+    w = world()
+    size = w.Get_size()
+    root = _shared_dir()
+    ref = _run(_segmentation_job(os.path.join(root, f"serial{w.Get_rank()}")), MPI.COMM_SELF)
+    folder = os.path.join(root, "moved")
+    first_grid = (1, size, 1)
+    second_grid = (size, 1, 1) if size > 1 else (1, 1, 1)
+    _run(_segmentation_job(folder, steps=2), w, first_grid)
+    t = _run(_segmentation_job(folder), w, second_grid, resume="latest")
+    check_all(t.resumed_from.endswith("step-000000002.npz"), f"resumed from {t.resumed_from}")
+    got = {n: p for n, p, _ in t.model.parameters()}
+    for name, p, _ in ref.model.parameters():
+        assert_close_all(got[name], p, F32, f"resumed {first_grid} -> {second_grid}: parameter {name}")
+    w.Barrier()
+    if w.Get_rank() == 0:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_resume_on_another_number_of_ranks():
+    """Stopped on one rank, continued on all of them (any grid): the same parameters as never stopping."""
+    w = world()
+    root = _shared_dir()
+    ref = _run(_segmentation_job(os.path.join(root, f"serial{w.Get_rank()}")), MPI.COMM_SELF)
+    folder = os.path.join(root, "grown")
+    if w.Get_rank() == 0:
+        _run(_segmentation_job(folder, steps=2), MPI.COMM_SELF)
+    w.Barrier()
+    grid = (1, 1, w.Get_size())
+    t = _run(_segmentation_job(folder), w, grid, resume="latest")
+    got = {n: p for n, p, _ in t.model.parameters()}
+    for name, p, _ in ref.model.parameters():
+        assert_close_all(got[name], p, F32, f"resumed 1 rank -> grid {grid}: parameter {name}")
+    w.Barrier()
+    if w.Get_rank() == 0:
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,93 @@
+"""Failure under MPI: an error on one rank ends the whole job within seconds with that rank's message;
+a bad job file is reported once; a killed rank takes the job down (launched with mpiexec from a serial test)."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+MPIEXEC = shutil.which("mpiexec")
+pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="needs mpiexec")
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+FAILING_RANK = textwrap.dedent("""
+    import sys
+    from mpi4py import MPI
+    from hpcnn.train import trainer
+    real = trainer.Trainer._train_step
+    def step(self, idx, lr):
+        if MPI.COMM_WORLD.Get_rank() == 1 and self.step == 2:
+            raise OSError("disk quota exceeded on node 7")
+        return real(self, idx, lr)
+    trainer.Trainer._train_step = step
+    sys.exit(trainer.command("jobs/lenet-digits.toml", [f"logging.dir='{sys.argv[1]}'", "training.epochs=50"]))
+""")
+
+
+def _mpiexec(n, args, timeout=90, **kw):
+    return subprocess.run([MPIEXEC, "-n", str(n), *args], capture_output=True, text=True, timeout=timeout,
+                          env=ENV, **kw)
+
+
+def test_an_error_on_one_rank_ends_the_job_with_its_message(tmp_path):
+    t0 = time.perf_counter()
+    proc = _mpiexec(2, [sys.executable, "-c", FAILING_RANK, str(tmp_path)])
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode != 0
+    assert "[hpcnn rank 1]" in proc.stderr and "OSError: disk quota exceeded on node 7" in proc.stderr, proc.stderr
+    assert elapsed < 60  # 50 epochs would take minutes: the job ended at the failure
+
+
+def test_a_bad_job_file_is_reported_once(tmp_path):
+    proc = _mpiexec(2, [sys.executable, "-m", "hpcnn.cli", "train", "jobs/lenet-digits.toml",
+                        "--set", "training.batch=-3", "--set", f"logging.dir='{tmp_path}'"])
+    assert proc.returncode == 2
+    assert proc.stderr.count("training.batch must be a positive integer, got -3") == 1, proc.stderr
+
+
+def _descendants(pid, marker):
+    """Processes below `pid` whose command line contains `marker` (the ranks, below mpiexec's proxy)."""
+    out, todo = [], [pid]
+    while todo:
+        children = subprocess.run(["pgrep", "-P", str(todo.pop())], capture_output=True, text=True).stdout.split()
+        for c in map(int, children):
+            todo.append(c)
+            try:
+                with open(f"/proc/{c}/cmdline", "rb") as f:
+                    cmd = f.read()
+            except OSError:
+                continue
+            if marker.encode() in cmd and b"mpiexec" not in cmd and b"hydra" not in cmd:
+                out.append(c)
+    return sorted(out)
+
+
+def test_a_killed_rank_takes_the_job_down(tmp_path):
+    proc = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, "-m", "hpcnn.cli", "train", "jobs/lenet-digits.toml",
+                             "--set", f"logging.dir='{tmp_path}'", "--set", "training.epochs=50",
+                             "--set", "logging.every=5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    ranks = []
+    try:
+        for line in proc.stdout:
+            if line.startswith("step"):
+                break
+        ranks = _descendants(proc.pid, "hpcnn.cli")
+        assert len(ranks) == 2, f"expected 2 rank processes under mpiexec, found {ranks}"
+        os.kill(ranks[-1], signal.SIGKILL)
+        t0 = time.perf_counter()
+        proc.communicate(timeout=60)
+        assert time.perf_counter() - t0 < 30
+    finally:
+        proc.kill()
+        for pid in ranks:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert proc.returncode != 0
