@@ -1,29 +1,34 @@
 """Convolution on the CPU (numpy + numba + BLAS): forward, backward-data, backward-filter, bias.
 
-Method: chunked im2col with one GEMM per chunk. The flattened grid of output pixels
-(N, *O) is cut into chunks; for each chunk a numba kernel copies the receptive fields into a
-column block `cols` of shape (C*R, pixels), and one BLAS GEMM with inner dimension C*R
-(R = the product of the kernel sizes) does the arithmetic:
+Method: chunked im2col with one small GEMM per chunk, the chunk loop compiled with numba. The
+output pixels of each image are cut into chunks of a few hundred; for each chunk a numba kernel
+copies the receptive fields into a column block `cols` of shape (C*R, pixels) (R = the product
+of the kernel sizes) and calls BLAS ?gemm, with inner dimension C*R, from the same compiled loop:
 
-    forward          y[:, chunk]  = W (K, C*R) @ cols
-    backward-filter  dW          += dy[:, chunk] @ cols^T      (BLAS beta=1, no temporary)
+    forward          y[n, :, chunk]  = W (K, C*R) @ cols
+    backward-filter  dW             += dy[n, :, chunk] @ cols^T      (BLAS beta=1, no temporary)
     backward-data    stride 1:   the forward correlation of dy with the flipped, transposed filter;
-                     stride > 1: cols = W^T @ dy[:, chunk], then a numba col2im scatter-add.
+                     stride > 1: cols = W^T @ dy[n, :, chunk], then a numba col2im scatter-add.
 
-Why this and not the alternatives: a GEMM with inner dimension C*R runs near the BLAS peak even
-for the few-channel layers at the front of a network (C=3..16), where shift-and-GEMM (R GEMMs
-of inner dimension C, each re-reading and re-writing the output) is bound by memory traffic;
-a full im2col would need R times the input in scratch, which rules it out for 2048^2 blocks.
-The column block is kept near `_CHUNK_BYTES` so that it is still in cache when the GEMM reads
-it, and scratch stays a few MB whatever the image size. 1x1 convolutions with stride 1 and no
-padding need no copy: their GEMMs read x as it is. Chunks hold part of one image, or, for small
-images, several whole images, so that the GEMMs stay large.
+Why this and not the alternatives: one GEMM with inner dimension C*R runs near the BLAS peak
+even for the few-channel layers at the front of a network (C=3..16), where shift-and-GEMM (R
+GEMMs of inner dimension C, each re-reading and re-writing the output) is bound by memory
+traffic, and a full im2col would need R times the input in scratch (144 MB for one 16-channel
+1024^2 image with a 3x3 kernel). Small chunks keep the column block in the L2 cache between the
+copy and the GEMM, where OpenBLAS's small-matrix kernels take it without packing: measured here,
+a (16 x 144) @ (144 x 256) GEMM runs at 115 GFLOP/s, the same with 2048 columns at 45. Calling
+BLAS from numba (see `_blas`) costs nothing per chunk, where a ctypes call from Python costs
+~6 us. Scratch is one column block per thread, at most a few MB, whatever the image size.
+1x1 convolutions with stride 1 and no padding need no copy: their GEMMs read x as it is.
 
-2-D data is handled as 3-D with a depth of 1: one implementation for both. Scratch buffers
-are per thread (several threads may call the kernels at once); the numba kernels and the
-BLAS calls release the GIL.
+2-D data is handled as 3-D with a depth of 1: one implementation for both. The chunks of one
+call are split over `numba.get_num_threads()` threads (each with its own scratch, BLAS single-
+threaded inside; set it with numba.set_num_threads); several threads may also call the kernels
+at once. The compiled loops release the GIL.
 """
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from math import prod
 
 import numba
@@ -31,15 +36,18 @@ import numpy as np
 
 from ...backend import check_float_array
 from ..shapes import WindowGeometry, window_output_size
-from ._blas import gemm
+from ._blas import BLAS_INT, GEMM, NO_TRANS, ROW_MAJOR, TRANS, single_threaded
 
 __all__ = ["conv_forward", "conv_backward_data", "conv_backward_filter", "conv_backward_bias"]
 
-# Target size of one chunk's column block: small enough to stay in the L2/L3 cache between the
-# im2col copy and the GEMM, large enough that the GEMM is efficient.
-_CHUNK_BYTES = 2 << 20
-# Fewest output pixels per chunk, whatever C*R is: below this the GEMMs get inefficient.
-_MIN_CHUNK_PIXELS = 128
+# Chunk sizes, measured with OpenBLAS 0.3.31 on one Zen 4 core. Its small-matrix kernels take a
+# GEMM with M*N*K up to 1e6 unpacked: 115 GFLOP/s for (16 x 432) @ (432 x 128), 47 for
+# (432 x 1024). Larger GEMMs run best with a few hundred columns, the column block in L2.
+_SMALL_GEMM = 900_000
+_CHUNK_PIXELS = 256
+_FILTER_CHUNK_PIXELS = 384
+
+_ROW_MAJOR, _NO_TRANS, _TRANS = np.int32(ROW_MAJOR), np.int32(NO_TRANS), np.int32(TRANS)
 
 
 class _Window:
@@ -102,26 +110,34 @@ def _output_lines(out_spatial, first_pixel, count):
     return lines
 
 
+# The copy loops index flat arrays with unsigned integers: with a signed index numba adds a
+# negative-index wraparound test to every access, which stops LLVM from vectorizing the loop
+# (2-4x slower here). Every count passed in is non-negative.
 @numba.njit(nogil=True, cache=True)
-def _zero(dst):
-    for k in range(dst.shape[0]):
-        dst[k] = 0
-
-
-# The copy loops index views from 0 (not base + ow): numba then proves the indices non-negative,
-# drops its negative-index wraparound and vectorizes, about 5x faster.
-@numba.njit(nogil=True, cache=True)
-def _copy(dst, src):
-    """dst[k] = src[k] for k < len(dst)."""
-    for k in range(dst.shape[0]):
-        dst[k] = src[k]
+def _fill_zero(dst, start, count):
+    start = numba.uint64(start)
+    for k in range(numba.uint64(count)):
+        dst[start + k] = 0
 
 
 @numba.njit(nogil=True, cache=True)
-def _add(dst, src):
-    """dst[k] += src[k] for k < len(src)."""
-    for k in range(src.shape[0]):
-        dst[k] += src[k]
+def _copy(dst, dst_start, src, src_start, src_step, count):
+    """dst[dst_start + k] = src[src_start + k*src_step] for k < count."""
+    dst_start, src_start, src_step = numba.uint64(dst_start), numba.uint64(src_start), numba.uint64(src_step)
+    if src_step == 1:
+        for k in range(numba.uint64(count)):
+            dst[dst_start + k] = src[src_start + k]
+    else:
+        for k in range(numba.uint64(count)):
+            dst[dst_start + k] = src[src_start + k * src_step]
+
+
+@numba.njit(nogil=True, cache=True)
+def _add(dst, dst_start, dst_step, src, src_start, count):
+    """dst[dst_start + k*dst_step] += src[src_start + k] for k < count."""
+    dst_start, dst_step, src_start = numba.uint64(dst_start), numba.uint64(dst_step), numba.uint64(src_start)
+    for k in range(numba.uint64(count)):
+        dst[dst_start + k * dst_step] += src[src_start + k]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -129,34 +145,36 @@ def _im2col(x, kernel, stride, dilation, lo, out_spatial, first_pixel, cols):
     """cols[(c, rd, rh, rw), j] = x[n, c, od*sd - lod + rd*dd, oh*sh - loh + rh*dh, ow*sw - low + rw*dw]
     for output pixel first_pixel + j of the flattened (N, OD, OH, OW) grid; 0 where that is padding.
 
-    x: (N, C, D, H, W); cols: (C*RD*RH*RW, pixels), C-contiguous.
+    x: (N, C, D, H, W) and cols: (C*RD*RH*RW, pixels), both C-contiguous.
     """
     _, C, D, H, W = x.shape
     RD, RH, RW = kernel
     sd, sh, sw = stride
     dd, dh, dw = dilation
-    lines = _output_lines(out_spatial, first_pixel, cols.shape[1])
+    count = cols.shape[1]
+    lines = _output_lines(out_spatial, first_pixel, count)
+    x_flat, cols_flat = x.ravel(), cols.ravel()
     for c in range(C):
         for rd in range(RD):
             for rh in range(RH):
                 for rw in range(RW):
-                    row = cols[((c * RD + rd) * RH + rh) * RW + rw]
+                    j = (((c * RD + rd) * RH + rh) * RW + rw) * count
                     w_offset = rw * dw - lo[2]
                     ow_first, ow_end = _window_range(0, sw, w_offset, W)
-                    j = 0
                     for i in range(lines.shape[0]):
                         n, od, oh, ow0, take = lines[i, 0], lines[i, 1], lines[i, 2], lines[i, 3], lines[i, 4]
                         i_d = od * sd - lo[0] + rd * dd
                         i_h = oh * sh - lo[1] + rh * dh
                         if 0 <= i_d < D and 0 <= i_h < H:
+                            # ow0 <= a <= b <= ow0 + take: zeros, then input, then zeros.
                             a = min(max(ow_first, ow0), ow0 + take)
                             b = max(min(ow_end, ow0 + take), a)
-                            base = j - ow0
-                            _zero(row[j:base + a])
-                            _copy(row[base + a:base + b], x[n, c, i_d, i_h, a * sw + w_offset::sw])
-                            _zero(row[base + b:j + take])
+                            _fill_zero(cols_flat, j, a - ow0)
+                            source = (((n * C + c) * D + i_d) * H + i_h) * W + a * sw + w_offset
+                            _copy(cols_flat, j + a - ow0, x_flat, source, sw, b - a)
+                            _fill_zero(cols_flat, j + b - ow0, ow0 + take - b)
                         else:
-                            _zero(row[j:j + take])
+                            _fill_zero(cols_flat, j, take)
                         j += take
 
 
@@ -167,15 +185,16 @@ def _col2im(cols, kernel, stride, dilation, lo, out_spatial, first_pixel, dx):
     RD, RH, RW = kernel
     sd, sh, sw = stride
     dd, dh, dw = dilation
-    lines = _output_lines(out_spatial, first_pixel, cols.shape[1])
+    count = cols.shape[1]
+    lines = _output_lines(out_spatial, first_pixel, count)
+    dx_flat, cols_flat = dx.ravel(), cols.ravel()
     for c in range(C):
         for rd in range(RD):
             for rh in range(RH):
                 for rw in range(RW):
-                    row = cols[((c * RD + rd) * RH + rh) * RW + rw]
+                    j = (((c * RD + rd) * RH + rh) * RW + rw) * count
                     w_offset = rw * dw - lo[2]
                     ow_first, ow_end = _window_range(0, sw, w_offset, W)
-                    j = 0
                     for i in range(lines.shape[0]):
                         n, od, oh, ow0, take = lines[i, 0], lines[i, 1], lines[i, 2], lines[i, 3], lines[i, 4]
                         i_d = od * sd - lo[0] + rd * dd
@@ -183,84 +202,172 @@ def _col2im(cols, kernel, stride, dilation, lo, out_spatial, first_pixel, dx):
                         if 0 <= i_d < D and 0 <= i_h < H:
                             a = min(max(ow_first, ow0), ow0 + take)
                             b = max(min(ow_end, ow0 + take), a)
-                            base = j - ow0
-                            _add(dx[n, c, i_d, i_h, a * sw + w_offset::sw], row[base + a:base + b])
+                            target = (((n * C + c) * D + i_d) * H + i_h) * W + a * sw + w_offset
+                            _add(dx_flat, target, sw, cols_flat, j + a - ow0, b - a)
                         j += take
+
+
+@numba.njit(nogil=True, cache=True)
+def _chunk(index, pixels, per_chunk):
+    """Chunk `index` of the (N, pixels) output grid, cut per_chunk pixels at a time inside each image:
+    (image, first pixel, pixel count)."""
+    per_image = (pixels + per_chunk - 1) // per_chunk
+    n = index // per_image
+    first = (index - n * per_image) * per_chunk
+    return n, first, min(per_chunk, pixels - first)
+
+
+@numba.njit(nogil=True, cache=True)
+def _address(a, offset):
+    """The address of element `offset` of the flattened contiguous array a."""
+    return a.ctypes.data + numba.uintp(offset * a.itemsize)
+
+
+@numba.njit(nogil=True, cache=True)
+def _forward_chunks(gemm, x, w2, bias, y, kernel, stride, dilation, lo, out_spatial, pointwise,
+                    per_chunk, first, last, scratch, one):
+    """y[n, :, chunk] = w2 @ cols(chunk) + bias for chunks first..last-1 (see _chunk).
+
+    x: (N, C, D, H, W), w2: (K, C*R), bias: (K,) or (0,), y: (N, K, pixels), scratch: >= C*R*per_chunk.
+    """
+    k_out, rows = w2.shape
+    pixels = y.shape[2]
+    for index in range(first, last):
+        n, q0, count = _chunk(index, pixels, per_chunk)
+        if pointwise:  # the columns are x itself
+            cols, ld_cols = _address(x, n * rows * pixels + q0), pixels
+        else:
+            block = scratch[:rows * count].reshape((rows, count))
+            _im2col(x, kernel, stride, dilation, lo, out_spatial, n * pixels + q0, block)
+            cols, ld_cols = block.ctypes.data, count
+        gemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, BLAS_INT(k_out), BLAS_INT(count), BLAS_INT(rows), one,
+             w2.ctypes.data, BLAS_INT(rows), cols, BLAS_INT(ld_cols), one - one,
+             _address(y, n * k_out * pixels + q0), BLAS_INT(pixels))
+        for k in range(bias.shape[0]):
+            out = y[n, k, q0:q0 + count]
+            out += bias[k]
+
+
+@numba.njit(nogil=True, cache=True)
+def _filter_chunks(gemm, x, dy, dw_t, kernel, stride, dilation, lo, out_spatial, pointwise,
+                   per_chunk, first, last, scratch, one):
+    """dw_t += cols(chunk) @ dy[n, :, chunk]^T for chunks first..last-1.
+
+    x: (N, C, D, H, W), dy: (N, K, pixels), dw_t: (C*R, K), the transpose of dW: with K as the
+    short side of the GEMM's output OpenBLAS runs 1.2-2x faster than on dW itself when K is small.
+    """
+    rows, k_out = dw_t.shape
+    pixels = dy.shape[2]
+    for index in range(first, last):
+        n, q0, count = _chunk(index, pixels, per_chunk)
+        if pointwise:
+            cols, ld_cols = _address(x, n * rows * pixels + q0), pixels
+        else:
+            block = scratch[:rows * count].reshape((rows, count))
+            _im2col(x, kernel, stride, dilation, lo, out_spatial, n * pixels + q0, block)
+            cols, ld_cols = block.ctypes.data, count
+        gemm(_ROW_MAJOR, _NO_TRANS, _TRANS, BLAS_INT(rows), BLAS_INT(k_out), BLAS_INT(count), one,
+             cols, BLAS_INT(ld_cols), _address(dy, n * k_out * pixels + q0), BLAS_INT(pixels), one,
+             dw_t.ctypes.data, BLAS_INT(k_out))
+
+
+@numba.njit(nogil=True, cache=True)
+def _data_chunks(gemm, dy, w2, dx, kernel, stride, dilation, lo, out_spatial, per_chunk, first, last,
+                 scratch, one):
+    """dx += col2im(w2^T @ dy[n, :, chunk]) for chunks first..last-1.
+
+    dy: (N, K, pixels), w2: (K, C*R), dx: (N, C, D, H, W).
+    """
+    k_out, rows = w2.shape
+    pixels = dy.shape[2]
+    for index in range(first, last):
+        n, q0, count = _chunk(index, pixels, per_chunk)
+        block = scratch[:rows * count].reshape((rows, count))
+        gemm(_ROW_MAJOR, _TRANS, _NO_TRANS, BLAS_INT(rows), BLAS_INT(count), BLAS_INT(k_out), one,
+             w2.ctypes.data, BLAS_INT(rows), _address(dy, n * k_out * pixels + q0), BLAS_INT(pixels),
+             one - one, block.ctypes.data, BLAS_INT(count))
+        _col2im(block, kernel, stride, dilation, lo, out_spatial, n * pixels + q0, dx)
 
 
 _local = threading.local()
 
 
-def _scratch(slot, shape, dtype):
-    """A reusable per-thread array of `shape` (its contents are garbage); `slot` names one of the
-    buffers that a kernel holds at the same time."""
+def _scratch(size, dtype):
+    """This thread's reusable 1-D scratch array of `size` elements (contents are garbage)."""
+    key = np.dtype(dtype)
     buffers = _local.__dict__.setdefault("buffers", {})
-    size = prod(shape)
-    key = (slot, np.dtype(dtype))
     buf = buffers.get(key)
     if buf is None or buf.size < size:
         buf = buffers[key] = np.empty(size, dtype)
-    return buf[:size].reshape(shape)
+    return buf[:size]
 
 
-def _chunks(images, pixels, rows, itemsize):
-    """Chunks of the (images, pixels) output grid as (first image, image count, first pixel, end pixel).
-
-    A chunk is a run of pixels inside one image, or several whole images, sized so that its column
-    block of `rows` rows is about _CHUNK_BYTES.
-    """
-    target = max(_MIN_CHUNK_PIXELS, _CHUNK_BYTES // (rows * itemsize))
-    if pixels >= target:
-        parts = -(-pixels // target)
-        step = -(-pixels // parts)
-        for n in range(images):
-            for q in range(0, pixels, step):
-                yield n, 1, q, min(pixels, q + step)
-    else:
-        per_chunk = target // pixels
-        for n in range(0, images, per_chunk):
-            yield n, min(per_chunk, images - n), 0, pixels
+_pool = None
+_pool_lock = threading.Lock()
 
 
-def _gather(a, n, count, q0, q1, slot):
-    """a[n:n+count, :, q0:q1] as one (M, pixels) matrix: a view for one image, else a scratch copy."""
-    if count == 1:
-        return a[n, :, q0:q1]
-    out = _scratch(slot, (a.shape[1], count, q1 - q0), a.dtype)
-    out[...] = a[n:n + count, :, q0:q1].transpose(1, 0, 2)
-    return out.reshape(a.shape[1], -1)
+def _threads():
+    """How many threads one kernel call splits its chunks over: numba's thread count."""
+    return numba.get_num_threads()
+
+
+def _in_parallel(work, chunks, chunks_per_image, whole_images=False):
+    """[work(first, last) for each part], the chunks [0, chunks) cut into numba.get_num_threads() parts
+    run on as many threads (whole images per part when the parts' outputs would overlap otherwise)."""
+    global _pool
+    unit = chunks_per_image if whole_images else 1
+    parts = min(_threads(), chunks // unit)
+    if parts <= 1:
+        return [work(0, chunks)]
+    units = chunks // unit
+    bounds = [unit * (units * i // parts) for i in range(parts)] + [chunks]
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="hpcnn-conv")
+
+    def part(first, last):
+        with single_threaded():
+            return work(first, last)
+
+    futures = [_pool.submit(part, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+    return [part(bounds[0], bounds[1])] + [f.result() for f in futures]
+
+
+def _gemm_chunk_pixels(k, rows):
+    """Pixels per chunk for a GEMM (k x rows) @ (rows x pixels): small enough for OpenBLAS's small-matrix
+    kernels (which skip packing) when that still leaves 64 pixels, else _CHUNK_PIXELS."""
+    small = _SMALL_GEMM // (k * rows)
+    return small if small >= 64 else _CHUNK_PIXELS
+
+
+def _chunking(pixels, target):
+    """(pixels per chunk, chunks per image): chunks of at most `target` pixels, balanced within an image."""
+    per_image = -(-pixels // max(target, 1))
+    return -(-pixels // per_image), per_image
+
+
+def _geometry(win, out_spatial):
+    return win.kernel, win.stride, win.dilation, win.lo, out_spatial
 
 
 def _correlate(x, w2, win, out_spatial, bias=None):
     """y = correlate(x, w) + bias: x (N, C, D, H, W) contiguous, w2 (K, C*R) -> y (N, K, prod(out_spatial))."""
     n_img = x.shape[0]
-    k = w2.shape[0]
+    k, rows = w2.shape
     pixels = prod(out_spatial)
     y = np.empty((n_img, k, pixels), x.dtype)
     if y.size == 0:
         return y
-    if win.is_pointwise:
-        xs = x.reshape(n_img, x.shape[1], pixels)
-        for n in range(n_img):
-            gemm(w2, xs[n], y[n])
-            if bias is not None:
-                y[n] += bias[:, None]
-        return y
-    rows = w2.shape[1]
-    geometry = (win.kernel, win.stride, win.dilation, win.lo, out_spatial)
-    for n, count, q0, q1 in _chunks(n_img, pixels, rows, x.itemsize):
-        cols = _scratch("cols", (rows, count * (q1 - q0)), x.dtype)
-        _im2col(x, *geometry, n * pixels + q0, cols)
-        if count == 1:
-            out = y[n, :, q0:q1]
-            gemm(w2, cols, out)
-        else:
-            out = _scratch("out", (k, count * pixels), x.dtype)
-            gemm(w2, cols, out)
-            y[n:n + count] = out.reshape(k, count, pixels).transpose(1, 0, 2)
-            out = y[n:n + count]
-        if bias is not None:
-            out += bias[:, None]
+    bias = np.zeros(0, x.dtype) if bias is None else bias
+    per_chunk, per_image = _chunking(pixels, _gemm_chunk_pixels(k, rows))
+    pointwise = win.is_pointwise
+
+    def work(first, last):
+        scratch = _scratch(0 if pointwise else rows * per_chunk, x.dtype)
+        _forward_chunks(GEMM[x.dtype], x, w2, bias, y, *_geometry(win, out_spatial), pointwise,
+                        per_chunk, first, last, scratch, x.dtype.type(1))
+
+    _in_parallel(work, n_img * per_image, per_image)
     return y
 
 
@@ -269,20 +376,19 @@ def _correlate_filter(x, dy, win, out_spatial):
     n_img, c = x.shape[:2]
     k, pixels = dy.shape[1:]
     rows = c * win.size
-    dw = np.zeros((k, rows), x.dtype)
     if dy.size == 0:
-        return dw
-    if win.is_pointwise:
-        xs = x.reshape(n_img, c, pixels)
-        for n in range(n_img):
-            gemm(dy[n], xs[n].T, dw, beta=1.0)
-        return dw
-    geometry = (win.kernel, win.stride, win.dilation, win.lo, out_spatial)
-    for n, count, q0, q1 in _chunks(n_img, pixels, rows, x.itemsize):
-        cols = _scratch("cols", (rows, count * (q1 - q0)), x.dtype)
-        _im2col(x, *geometry, n * pixels + q0, cols)
-        gemm(_gather(dy, n, count, q0, q1, "dy"), cols.T, dw, beta=1.0)
-    return dw
+        return np.zeros((k, rows), x.dtype)
+    per_chunk, per_image = _chunking(pixels, _FILTER_CHUNK_PIXELS)
+    pointwise = win.is_pointwise
+
+    def work(first, last):
+        dw_t = np.zeros((rows, k), x.dtype)
+        scratch = _scratch(0 if pointwise else rows * per_chunk, x.dtype)
+        _filter_chunks(GEMM[x.dtype], x, dy, dw_t, *_geometry(win, out_spatial), pointwise,
+                       per_chunk, first, last, scratch, x.dtype.type(1))
+        return dw_t
+
+    return np.ascontiguousarray(sum(_in_parallel(work, n_img * per_image, per_image)).T)
 
 
 def _scatter_data(dy, w2, win, out_spatial, x_shape):
@@ -292,11 +398,14 @@ def _scatter_data(dy, w2, win, out_spatial, x_shape):
     dx = np.zeros(x_shape, dy.dtype)
     if dy.size == 0:
         return dx
-    geometry = (win.kernel, win.stride, win.dilation, win.lo, out_spatial)
-    for n, count, q0, q1 in _chunks(n_img, pixels, rows, dy.itemsize):
-        cols = _scratch("cols", (rows, count * (q1 - q0)), dy.dtype)
-        gemm(w2.T, _gather(dy, n, count, q0, q1, "dy"), cols)
-        _col2im(cols, *geometry, n * pixels + q0, dx)
+    per_chunk, per_image = _chunking(pixels, _gemm_chunk_pixels(k, rows))
+
+    def work(first, last):
+        _data_chunks(GEMM[dy.dtype], dy, w2, dx, *_geometry(win, out_spatial), per_chunk, first, last,
+                     _scratch(rows * per_chunk, dy.dtype), dy.dtype.type(1))
+
+    # Windows of neighbouring chunks overlap in dx: threads take whole images.
+    _in_parallel(work, n_img * per_image, per_image, whole_images=True)
     return dx
 
 
