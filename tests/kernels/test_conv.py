@@ -95,20 +95,23 @@ SPLIT_CASES = [CASES[i] for i in (0, 2, 5, 7, 10, 13, 16, 18, 21)]
 
 @pytest.mark.parametrize("case", SPLIT_CASES, ids=_ids)
 def test_conv_matches_torch_in_small_chunks(case, dtype, monkeypatch):
-    """Chunks of a few pixels: they start and end inside output lines and split every image."""
+    """Blocks of a few pixels: they start and end inside output lines and split every image."""
     monkeypatch.setattr(cpu_conv, "_SMALL_GEMM", 0)
-    monkeypatch.setattr(cpu_conv, "_CHUNK_PIXELS", 7)
-    monkeypatch.setattr(cpu_conv, "_FILTER_CHUNK_PIXELS", 5)
+    monkeypatch.setattr(cpu_conv, "_GEMM_PIXELS", 7)
+    monkeypatch.setattr(cpu_conv, "_FILTER_GEMM_PIXELS", 5)
+    monkeypatch.setattr(cpu_conv, "_BLOCK_BYTES", 1)
     _check_case(case, dtype)
 
 
 @pytest.mark.parametrize("case", SPLIT_CASES, ids=_ids)
 def test_conv_matches_torch_split_over_threads(case, monkeypatch):
-    """One call's chunks split over 3 threads (whole images each for the stride > 1 scatter)."""
+    """One call's blocks split over 3 threads (whole images each for the stride > 1 scatter), several
+    GEMMs per block."""
     monkeypatch.setattr(cpu_conv, "_threads", lambda: 3)
     monkeypatch.setattr(cpu_conv, "_SMALL_GEMM", 0)
-    monkeypatch.setattr(cpu_conv, "_CHUNK_PIXELS", 16)
-    monkeypatch.setattr(cpu_conv, "_FILTER_CHUNK_PIXELS", 16)
+    monkeypatch.setattr(cpu_conv, "_GEMM_PIXELS", 16)
+    monkeypatch.setattr(cpu_conv, "_FILTER_GEMM_PIXELS", 16)
+    monkeypatch.setattr(cpu_conv, "_BLOCK_BYTES", 4096)
     _check_case(case, np.float64)
 
 

@@ -42,10 +42,12 @@ __all__ = ["conv_forward", "conv_backward_data", "conv_backward_filter", "conv_b
 
 # Chunk sizes, measured with OpenBLAS 0.3.31 on one Zen 4 core. Its small-matrix kernels take a
 # GEMM with M*N*K up to 1e6 unpacked: 115 GFLOP/s for (16 x 432) @ (432 x 128), 47 for
-# (432 x 1024). Larger GEMMs run best with a few hundred columns, the column block in L2.
+# (432 x 1024). Larger GEMMs run best with a few hundred columns, their operand in L2. im2col
+# fills a block of several GEMMs' columns at once (fewer, longer copies), about _BLOCK_BYTES.
 _SMALL_GEMM = 900_000
-_CHUNK_PIXELS = 256
-_FILTER_CHUNK_PIXELS = 384
+_GEMM_PIXELS = 256
+_FILTER_GEMM_PIXELS = 384
+_BLOCK_BYTES = 1 << 20
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = np.int32(ROW_MAJOR), np.int32(NO_TRANS), np.int32(TRANS)
 
@@ -127,6 +129,9 @@ def _copy(dst, dst_start, src, src_start, src_step, count):
     if src_step == 1:
         for k in range(numba.uint64(count)):
             dst[dst_start + k] = src[src_start + k]
+    elif src_step == 2:  # a constant stride: LLVM vectorizes with shuffles
+        for k in range(numba.uint64(count)):
+            dst[dst_start + k] = src[src_start + 2 * k]
     else:
         for k in range(numba.uint64(count)):
             dst[dst_start + k] = src[src_start + k * src_step]
@@ -141,6 +146,15 @@ def _add(dst, dst_start, dst_step, src, src_start, count):
 
 
 @numba.njit(nogil=True, cache=True)
+def _tap_columns(kernel_w, stride_w, dilation_w, lo_w, size_w):
+    """For each kernel tap along W: the first and end output column whose input column lies inside the image."""
+    first, end = np.empty(kernel_w, np.int64), np.empty(kernel_w, np.int64)
+    for rw in range(kernel_w):
+        first[rw], end[rw] = _window_range(0, stride_w, rw * dilation_w - lo_w, size_w)
+    return first, end
+
+
+@numba.njit(nogil=True, cache=True)
 def _im2col(x, kernel, stride, dilation, lo, out_spatial, first_pixel, cols):
     """cols[(c, rd, rh, rw), j] = x[n, c, od*sd - lod + rd*dd, oh*sh - loh + rh*dh, ow*sw - low + rw*dw]
     for output pixel first_pixel + j of the flattened (N, OD, OH, OW) grid; 0 where that is padding.
@@ -151,31 +165,56 @@ def _im2col(x, kernel, stride, dilation, lo, out_spatial, first_pixel, cols):
     RD, RH, RW = kernel
     sd, sh, sw = stride
     dd, dh, dw = dilation
+    OW = out_spatial[2]
     count = cols.shape[1]
     lines = _output_lines(out_spatial, first_pixel, count)
+    w_first, w_end = _tap_columns(RW, sw, dw, lo[2], W)
+    # With unit strides and as many output as input columns ('same' padding), consecutive full
+    # output lines read consecutive input lines: one copy serves them all, and only the padding
+    # columns at their ends need zeros afterwards.
+    lines_contiguous = sh == 1 and sw == 1 and OW == W
     x_flat, cols_flat = x.ravel(), cols.ravel()
     for c in range(C):
         for rd in range(RD):
             for rh in range(RH):
-                for rw in range(RW):
-                    j = (((c * RD + rd) * RH + rh) * RW + rw) * count
-                    w_offset = rw * dw - lo[2]
-                    ow_first, ow_end = _window_range(0, sw, w_offset, W)
-                    for i in range(lines.shape[0]):
-                        n, od, oh, ow0, take = lines[i, 0], lines[i, 1], lines[i, 2], lines[i, 3], lines[i, 4]
-                        i_d = od * sd - lo[0] + rd * dd
-                        i_h = oh * sh - lo[1] + rh * dh
-                        if 0 <= i_d < D and 0 <= i_h < H:
-                            # ow0 <= a <= b <= ow0 + take: zeros, then input, then zeros.
-                            a = min(max(ow_first, ow0), ow0 + take)
-                            b = max(min(ow_end, ow0 + take), a)
-                            _fill_zero(cols_flat, j, a - ow0)
-                            source = (((n * C + c) * D + i_d) * H + i_h) * W + a * sw + w_offset
-                            _copy(cols_flat, j + a - ow0, x_flat, source, sw, b - a)
-                            _fill_zero(cols_flat, j + b - ow0, ow0 + take - b)
-                        else:
-                            _fill_zero(cols_flat, j, take)
-                        j += take
+                rows = ((c * RD + rd) * RH + rh) * RW  # the first of the RW rows that read input lines (c, rd, rh)
+                j = 0  # the chunk's first pixel on output line i
+                i = 0
+                while i < lines.shape[0]:
+                    n, od, oh, ow0, take = lines[i, 0], lines[i, 1], lines[i, 2], lines[i, 3], lines[i, 4]
+                    group = 1  # lines of one plane handled at once
+                    if lines_contiguous and take == OW:
+                        while (i + group < lines.shape[0] and lines[i + group, 4] == OW
+                               and lines[i + group, 1] == od and lines[i + group, 0] == n):
+                            group += 1
+                    i_d = od * sd - lo[0] + rd * dd
+                    h0 = oh * sh - lo[1] + rh * dh  # input line of the group's first line
+                    # the group's lines l0 <= l < l1 read an input line inside the image
+                    l0, l1 = 0, 0
+                    if 0 <= i_d < D:
+                        l0, l1 = _window_range(0, sh, h0, H)
+                        l1 = min(l1, group)
+                        l0 = min(l0, l1)
+                    for rw in range(RW):
+                        base = (rows + rw) * count + j - ow0  # cols position of column 0 of the first line
+                        _fill_zero(cols_flat, base + ow0, l0 * take)
+                        _fill_zero(cols_flat, base + ow0 + l1 * take, (group - l1) * take)
+                        if l1 == l0:
+                            continue
+                        # ow0 <= a <= b <= ow0 + take: zeros, then input, then zeros, on every line
+                        a = min(max(w_first[rw], ow0), ow0 + take)
+                        b = max(min(w_end[rw], ow0 + take), a)
+                        first = base + l0 * take
+                        if b > a:
+                            source = (((n * C + c) * D + i_d) * H + h0 + l0 * sh) * W + rw * dw - lo[2]
+                            _copy(cols_flat, first + a, x_flat, source + a * sw, sw, (l1 - l0 - 1) * take + b - a)
+                        for line in range(first, first + (l1 - l0) * take, take):
+                            if a > ow0:
+                                _fill_zero(cols_flat, line + ow0, a - ow0)
+                            if b < ow0 + take:
+                                _fill_zero(cols_flat, line + b, ow0 + take - b)
+                    j += group * take
+                    i += group
 
 
 @numba.njit(nogil=True, cache=True)
@@ -187,24 +226,24 @@ def _col2im(cols, kernel, stride, dilation, lo, out_spatial, first_pixel, dx):
     dd, dh, dw = dilation
     count = cols.shape[1]
     lines = _output_lines(out_spatial, first_pixel, count)
+    w_first, w_end = _tap_columns(RW, sw, dw, lo[2], W)
     dx_flat, cols_flat = dx.ravel(), cols.ravel()
     for c in range(C):
         for rd in range(RD):
             for rh in range(RH):
-                for rw in range(RW):
-                    j = (((c * RD + rd) * RH + rh) * RW + rw) * count
-                    w_offset = rw * dw - lo[2]
-                    ow_first, ow_end = _window_range(0, sw, w_offset, W)
-                    for i in range(lines.shape[0]):
-                        n, od, oh, ow0, take = lines[i, 0], lines[i, 1], lines[i, 2], lines[i, 3], lines[i, 4]
-                        i_d = od * sd - lo[0] + rd * dd
-                        i_h = oh * sh - lo[1] + rh * dh
-                        if 0 <= i_d < D and 0 <= i_h < H:
-                            a = min(max(ow_first, ow0), ow0 + take)
-                            b = max(min(ow_end, ow0 + take), a)
-                            target = (((n * C + c) * D + i_d) * H + i_h) * W + a * sw + w_offset
-                            _add(dx_flat, target, sw, cols_flat, j + a - ow0, b - a)
-                        j += take
+                rows = ((c * RD + rd) * RH + rh) * RW
+                j = 0
+                for i in range(lines.shape[0]):
+                    n, od, oh, ow0, take = lines[i, 0], lines[i, 1], lines[i, 2], lines[i, 3], lines[i, 4]
+                    i_d = od * sd - lo[0] + rd * dd
+                    i_h = oh * sh - lo[1] + rh * dh
+                    if 0 <= i_d < D and 0 <= i_h < H:
+                        line = (((n * C + c) * D + i_d) * H + i_h) * W - lo[2]
+                        for rw in range(RW):
+                            a = min(max(w_first[rw], ow0), ow0 + take)
+                            b = max(min(w_end[rw], ow0 + take), a)
+                            _add(dx_flat, line + a * sw + rw * dw, sw, cols_flat, (rows + rw) * count + j - ow0 + a, b - a)
+                    j += take
 
 
 @numba.njit(nogil=True, cache=True)
@@ -225,24 +264,29 @@ def _address(a, offset):
 
 @numba.njit(nogil=True, cache=True)
 def _forward_chunks(gemm, x, w2, bias, y, kernel, stride, dilation, lo, out_spatial, pointwise,
-                    per_chunk, first, last, scratch, one):
-    """y[n, :, chunk] = w2 @ cols(chunk) + bias for chunks first..last-1 (see _chunk).
+                    per_block, per_gemm, first, last, scratch, one):
+    """y[n, :, block] = w2 @ cols(block) + bias for blocks first..last-1 (see _chunk), one GEMM per
+    per_gemm pixels.
 
-    x: (N, C, D, H, W), w2: (K, C*R), bias: (K,) or (0,), y: (N, K, pixels), scratch: >= C*R*per_chunk.
+    x: (N, C, D, H, W), w2: (K, C*R), bias: (K,) or (0,), y: (N, K, pixels), scratch: >= C*R*per_block.
     """
     k_out, rows = w2.shape
     pixels = y.shape[2]
     for index in range(first, last):
-        n, q0, count = _chunk(index, pixels, per_chunk)
-        if pointwise:  # the columns are x itself
-            cols, ld_cols = _address(x, n * rows * pixels + q0), pixels
+        n, q0, count = _chunk(index, pixels, per_block)
+        if pointwise:
+            block = scratch[:0].reshape((0, 0))  # unused: the columns are x itself
         else:
             block = scratch[:rows * count].reshape((rows, count))
             _im2col(x, kernel, stride, dilation, lo, out_spatial, n * pixels + q0, block)
-            cols, ld_cols = block.ctypes.data, count
-        gemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, BLAS_INT(k_out), BLAS_INT(count), BLAS_INT(rows), one,
-             w2.ctypes.data, BLAS_INT(rows), cols, BLAS_INT(ld_cols), one - one,
-             _address(y, n * k_out * pixels + q0), BLAS_INT(pixels))
+        for s in range(0, count, per_gemm):
+            if pointwise:
+                cols, ld_cols = _address(x, n * rows * pixels + q0 + s), pixels
+            else:
+                cols, ld_cols = _address(block, s), count
+            gemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, BLAS_INT(k_out), BLAS_INT(min(per_gemm, count - s)),
+                 BLAS_INT(rows), one, w2.ctypes.data, BLAS_INT(rows), cols, BLAS_INT(ld_cols), one - one,
+                 _address(y, n * k_out * pixels + q0 + s), BLAS_INT(pixels))
         for k in range(bias.shape[0]):
             out = y[n, k, q0:q0 + count]
             out += bias[k]
@@ -250,8 +294,8 @@ def _forward_chunks(gemm, x, w2, bias, y, kernel, stride, dilation, lo, out_spat
 
 @numba.njit(nogil=True, cache=True)
 def _filter_chunks(gemm, x, dy, dw_t, kernel, stride, dilation, lo, out_spatial, pointwise,
-                   per_chunk, first, last, scratch, one):
-    """dw_t += cols(chunk) @ dy[n, :, chunk]^T for chunks first..last-1.
+                   per_block, per_gemm, first, last, scratch, one):
+    """dw_t += cols(block) @ dy[n, :, block]^T for blocks first..last-1, one GEMM per per_gemm pixels.
 
     x: (N, C, D, H, W), dy: (N, K, pixels), dw_t: (C*R, K), the transpose of dW: with K as the
     short side of the GEMM's output OpenBLAS runs 1.2-2x faster than on dW itself when K is small.
@@ -259,33 +303,38 @@ def _filter_chunks(gemm, x, dy, dw_t, kernel, stride, dilation, lo, out_spatial,
     rows, k_out = dw_t.shape
     pixels = dy.shape[2]
     for index in range(first, last):
-        n, q0, count = _chunk(index, pixels, per_chunk)
+        n, q0, count = _chunk(index, pixels, per_block)
         if pointwise:
-            cols, ld_cols = _address(x, n * rows * pixels + q0), pixels
+            block = scratch[:0].reshape((0, 0))  # unused: the columns are x itself
         else:
             block = scratch[:rows * count].reshape((rows, count))
             _im2col(x, kernel, stride, dilation, lo, out_spatial, n * pixels + q0, block)
-            cols, ld_cols = block.ctypes.data, count
-        gemm(_ROW_MAJOR, _NO_TRANS, _TRANS, BLAS_INT(rows), BLAS_INT(k_out), BLAS_INT(count), one,
-             cols, BLAS_INT(ld_cols), _address(dy, n * k_out * pixels + q0), BLAS_INT(pixels), one,
-             dw_t.ctypes.data, BLAS_INT(k_out))
+        for s in range(0, count, per_gemm):
+            if pointwise:
+                cols, ld_cols = _address(x, n * rows * pixels + q0 + s), pixels
+            else:
+                cols, ld_cols = _address(block, s), count
+            gemm(_ROW_MAJOR, _NO_TRANS, _TRANS, BLAS_INT(rows), BLAS_INT(k_out), BLAS_INT(min(per_gemm, count - s)),
+                 one, cols, BLAS_INT(ld_cols), _address(dy, n * k_out * pixels + q0 + s), BLAS_INT(pixels), one,
+                 dw_t.ctypes.data, BLAS_INT(k_out))
 
 
 @numba.njit(nogil=True, cache=True)
-def _data_chunks(gemm, dy, w2, dx, kernel, stride, dilation, lo, out_spatial, per_chunk, first, last,
+def _data_chunks(gemm, dy, w2, dx, kernel, stride, dilation, lo, out_spatial, per_block, per_gemm, first, last,
                  scratch, one):
-    """dx += col2im(w2^T @ dy[n, :, chunk]) for chunks first..last-1.
+    """dx += col2im(w2^T @ dy[n, :, block]) for blocks first..last-1, one GEMM per per_gemm pixels.
 
     dy: (N, K, pixels), w2: (K, C*R), dx: (N, C, D, H, W).
     """
     k_out, rows = w2.shape
     pixels = dy.shape[2]
     for index in range(first, last):
-        n, q0, count = _chunk(index, pixels, per_chunk)
+        n, q0, count = _chunk(index, pixels, per_block)
         block = scratch[:rows * count].reshape((rows, count))
-        gemm(_ROW_MAJOR, _TRANS, _NO_TRANS, BLAS_INT(rows), BLAS_INT(count), BLAS_INT(k_out), one,
-             w2.ctypes.data, BLAS_INT(rows), _address(dy, n * k_out * pixels + q0), BLAS_INT(pixels),
-             one - one, block.ctypes.data, BLAS_INT(count))
+        for s in range(0, count, per_gemm):
+            gemm(_ROW_MAJOR, _TRANS, _NO_TRANS, BLAS_INT(rows), BLAS_INT(min(per_gemm, count - s)), BLAS_INT(k_out),
+                 one, w2.ctypes.data, BLAS_INT(rows), _address(dy, n * k_out * pixels + q0 + s), BLAS_INT(pixels),
+                 one - one, _address(block, s), BLAS_INT(count))
         _col2im(block, kernel, stride, dilation, lo, out_spatial, n * pixels + q0, dx)
 
 
@@ -333,16 +382,18 @@ def _in_parallel(work, chunks, chunks_per_image, whole_images=False):
     return [part(bounds[0], bounds[1])] + [f.result() for f in futures]
 
 
-def _gemm_chunk_pixels(k, rows):
-    """Pixels per chunk for a GEMM (k x rows) @ (rows x pixels): small enough for OpenBLAS's small-matrix
-    kernels (which skip packing) when that still leaves 64 pixels, else _CHUNK_PIXELS."""
+def _gemm_pixels(k, rows):
+    """Pixels per GEMM (k x rows) @ (rows x pixels): few enough for OpenBLAS's small-matrix kernels
+    (which skip packing) when that still leaves 64 pixels, else _GEMM_PIXELS."""
     small = _SMALL_GEMM // (k * rows)
-    return small if small >= 64 else _CHUNK_PIXELS
+    return small if small >= 64 else _GEMM_PIXELS
 
 
-def _chunking(pixels, target):
-    """(pixels per chunk, chunks per image): chunks of at most `target` pixels, balanced within an image."""
-    per_image = -(-pixels // max(target, 1))
+def _blocking(pixels, rows, itemsize, per_gemm):
+    """(pixels per block, blocks per image): blocks of whole GEMMs, their columns about _BLOCK_BYTES,
+    balanced within an image."""
+    target = per_gemm * max(1, _BLOCK_BYTES // (rows * itemsize * per_gemm))
+    per_image = -(-pixels // target)
     return -(-pixels // per_image), per_image
 
 
@@ -359,13 +410,14 @@ def _correlate(x, w2, win, out_spatial, bias=None):
     if y.size == 0:
         return y
     bias = np.zeros(0, x.dtype) if bias is None else bias
-    per_chunk, per_image = _chunking(pixels, _gemm_chunk_pixels(k, rows))
     pointwise = win.is_pointwise
+    per_gemm = _gemm_pixels(k, rows)
+    per_block, per_image = _blocking(pixels, rows, x.itemsize, per_gemm)
 
     def work(first, last):
-        scratch = _scratch(0 if pointwise else rows * per_chunk, x.dtype)
+        scratch = _scratch(0 if pointwise else rows * per_block, x.dtype)
         _forward_chunks(GEMM[x.dtype], x, w2, bias, y, *_geometry(win, out_spatial), pointwise,
-                        per_chunk, first, last, scratch, x.dtype.type(1))
+                        per_block, per_gemm, first, last, scratch, x.dtype.type(1))
 
     _in_parallel(work, n_img * per_image, per_image)
     return y
@@ -378,14 +430,14 @@ def _correlate_filter(x, dy, win, out_spatial):
     rows = c * win.size
     if dy.size == 0:
         return np.zeros((k, rows), x.dtype)
-    per_chunk, per_image = _chunking(pixels, _FILTER_CHUNK_PIXELS)
     pointwise = win.is_pointwise
+    per_block, per_image = _blocking(pixels, rows, x.itemsize, _FILTER_GEMM_PIXELS)
 
     def work(first, last):
         dw_t = np.zeros((rows, k), x.dtype)
-        scratch = _scratch(0 if pointwise else rows * per_chunk, x.dtype)
+        scratch = _scratch(0 if pointwise else rows * per_block, x.dtype)
         _filter_chunks(GEMM[x.dtype], x, dy, dw_t, *_geometry(win, out_spatial), pointwise,
-                       per_chunk, first, last, scratch, x.dtype.type(1))
+                       per_block, _FILTER_GEMM_PIXELS, first, last, scratch, x.dtype.type(1))
         return dw_t
 
     return np.ascontiguousarray(sum(_in_parallel(work, n_img * per_image, per_image)).T)
@@ -398,11 +450,12 @@ def _scatter_data(dy, w2, win, out_spatial, x_shape):
     dx = np.zeros(x_shape, dy.dtype)
     if dy.size == 0:
         return dx
-    per_chunk, per_image = _chunking(pixels, _gemm_chunk_pixels(k, rows))
+    per_gemm = _gemm_pixels(rows, k)
+    per_block, per_image = _blocking(pixels, rows, dy.itemsize, per_gemm)
 
     def work(first, last):
-        _data_chunks(GEMM[dy.dtype], dy, w2, dx, *_geometry(win, out_spatial), per_chunk, first, last,
-                     _scratch(rows * per_chunk, dy.dtype), dy.dtype.type(1))
+        _data_chunks(GEMM[dy.dtype], dy, w2, dx, *_geometry(win, out_spatial), per_block, per_gemm, first, last,
+                     _scratch(rows * per_block, dy.dtype), dy.dtype.type(1))
 
     # Windows of neighbouring chunks overlap in dx: threads take whole images.
     _in_parallel(work, n_img * per_image, per_image, whole_images=True)
