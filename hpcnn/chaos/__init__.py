@@ -1,0 +1,21 @@
+"""The CHAOS engine: thread-parallel CPU training with shared weights and lock-free layer-wise updates.
+
+Entry point: `fit(model, loss, train, val, epochs=..., threads=..., ...)` (see engine.fit), or the
+`ChaosEngine` class it wraps. Choosing the engine for a job: `engine = "chaos"` under
+[distribution] in a job file, or `hpcnn train JOB.toml --engine chaos`; `engine = "auto"` picks
+CHAOS when no GPU is available, no spatial split (grid or plan) is asked for, the job runs on one
+rank and the task is per-sample classification (hpcnn.train.trainer.choose_engine); otherwise the
+spatial engine. Under `mpiexec` with `engine = "chaos"` every rank runs CHAOS workers on its share
+of each epoch and the ranks average their weights every `average_every` steps.
+
+Thread settings (hpcnn.chaos.threads): BLAS is capped at one thread per worker while training,
+the numba kernels are serial and nogil, and the numba threading layer is set to a thread-safe one.
+`hpcnn bench chaos` measures images/s, speedup and accuracy and checks perfmodel.chaos.
+"""
+from .clock import StalenessClock
+from .engine import STEPS, ChaosEngine, ChaosWorkerError, epoch_order, fit
+from .fused import FusedNetwork, NotFusable
+from .threads import available_cores, describe_thread_settings, worker_thread_limits
+
+__all__ = ["fit", "ChaosEngine", "ChaosWorkerError", "epoch_order", "STEPS", "StalenessClock", "FusedNetwork",
+           "NotFusable", "available_cores", "describe_thread_settings", "worker_thread_limits"]

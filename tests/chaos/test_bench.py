@@ -1,0 +1,44 @@
+"""`hpcnn bench chaos --quick`: the smoke run writes a table, CSV, JSON and a plot with every setting."""
+import csv
+import json
+
+from hpcnn.cli import main
+
+
+def test_quick_benchmark_writes_csv_json_and_png(tmp_path, capsys):
+    out = {ext: tmp_path / f"chaos.{ext}" for ext in ("csv", "json", "png")}
+    code = main(["bench", "chaos", "--quick", "--csv", str(out["csv"]), "--json", str(out["json"]),
+                 "--png", str(out["png"])])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "thread settings" in printed and "images/s" in printed
+    with open(out["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    chaos_rows = [r for r in rows if r["step"] != "pytorch"]
+    assert [(r["workers"], r["blas_threads"]) for r in chaos_rows] == [("1", "1"), ("2", "1"), ("1", "2")]
+    for r in chaos_rows:
+        assert float(r["images_per_second"]) > 0
+        assert 0.0 <= float(r["val_accuracy"]) <= 1.0
+    assert float(chaos_rows[0]["speedup"]) == 1.0 and float(chaos_rows[0]["predicted_speedup"]) == 1.0
+    assert 1.0 <= float(chaos_rows[1]["predicted_speedup"]) <= 2.0
+    torch_rows = [r for r in rows if r["step"] == "pytorch"]
+    assert len(torch_rows) == 1 and float(torch_rows[0]["images_per_second"]) > 0
+    assert float(chaos_rows[0]["ratio_vs_torch"]) > 0
+    report = json.loads(out["json"].read_text())
+    costs = report["networks"]["lenet"]["costs"]
+    assert costs["samples"] == 300 and 0 <= costs["gil_seconds"] < costs["sample_seconds"]
+    assert out["png"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_pytorch_comparison_trains_the_same_network():
+    import numpy as np
+    import torch
+
+    from hpcnn import models
+    from hpcnn.bench.chaos import torch_mirror
+    from tests.oracle import assert_close
+    model = models.build("lenet", input_size=32, seed=3)
+    x = np.random.default_rng(0).random((5, 1, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        expected = torch_mirror(model, torch)(torch.from_numpy(x)).numpy()
+    assert_close(model.forward(x), expected, np.float32, "lenet32 in PyTorch")
