@@ -35,6 +35,7 @@ import time
 import numpy as np
 
 from ..backend import is_gpu_array
+from ..data.dataset import epoch_order
 from . import fused as _fused
 from .clock import Aborted, StalenessClock
 from .threads import available_cores, worker_thread_limits, worker_thread_setup
@@ -47,11 +48,6 @@ _EVAL_BATCH = 512
 
 class ChaosWorkerError(RuntimeError):
     """A worker raised: the engine stopped every worker and reports the first error (chained)."""
-
-
-def epoch_order(n, epoch, seed=0):
-    """The sample order of one epoch: a permutation of range(n) drawn from (seed, epoch)."""
-    return np.random.default_rng([int(seed), int(epoch)]).permutation(int(n))
 
 
 def _named_modules(module, prefix=""):

@@ -1,7 +1,7 @@
 """The dataset protocol: global sample shapes, a task, and reads of any samples' spatial block."""
 import numpy as np
 
-__all__ = ["Dataset", "TASKS", "DataError", "block_slices"]
+__all__ = ["Dataset", "TASKS", "DataError", "block_slices", "epoch_order"]
 
 # classify: one integer label per sample; segment: one integer label per pixel (voxel);
 # regress: a float vector of `num_outputs` targets per sample.
@@ -109,3 +109,12 @@ class Dataset:
 
     def _labels(self, index, spatial):
         raise NotImplementedError
+
+
+def epoch_order(n, epoch, seed=0):
+    """The sample order of one epoch: a permutation of range(n) drawn from (seed, epoch) alone.
+
+    Every rank and every engine (spatial trainer, CHAOS) draws the same order, which is what makes
+    a run reproducible on any grid and a resumed run continue exactly.
+    """
+    return np.random.default_rng([int(seed), int(epoch), 0xDA7A]).permutation(int(n))

@@ -43,7 +43,8 @@ SCHEMA = {
         "grid": ("grid", None, None, "ranks over (N, H, W) or (N, D, H, W), or \"auto\""),
         "plan": (str, "", None, "a plan file from `hpcnn plan` (instead of a grid)"),
         "threads": (int, 0, "nonnegative", "CHAOS worker threads (0: the cores)"),
-        "staleness": (int, 0, "nonnegative", "CHAOS bounded staleness (0: unbounded)"),
+        "staleness": (int, -1, None, "CHAOS bounded staleness: at most this many updates ahead of the slowest "
+                                               "worker (0: lockstep; negative: unbounded)"),
         "average_every": (int, 0, "nonnegative", "CHAOS with MPI: average weights every k steps (0: each epoch)"),
         "deterministic": (bool, False, None, "CHAOS: reproducible order (for tests)"),
     },

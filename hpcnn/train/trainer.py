@@ -32,6 +32,7 @@ import numpy as np
 from .. import data as hdata
 from .. import nn
 from ..backend import gpu_available
+from ..data.dataset import epoch_order
 from ..nn import models
 from . import checkpoint as ckpt
 from .config import JobError, load_job
@@ -39,8 +40,7 @@ from .metrics import ConfusionCounts, MetricsLog, Progress, format_duration
 from .optim import SGD
 from .schedule import build_schedule
 
-__all__ = ["Trainer", "TrainingDiverged", "train", "command", "choose_engine", "launched_ranks",
-           "epoch_order"]
+__all__ = ["Trainer", "TrainingDiverged", "train", "command", "choose_engine", "launched_ranks"]
 
 _STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
 # Environment variables that MPI launchers (MPICH/Hydra, Open MPI, SLURM's PMI/PMIx) set in every rank.
@@ -54,11 +54,6 @@ class TrainingDiverged(RuntimeError):
 def launched_ranks():
     """True when this process was started by an MPI launcher (mpiexec, srun)."""
     return any(v in os.environ for v in _LAUNCHER_VARS)
-
-
-def epoch_order(seed, epoch, n):
-    """The sample order of one epoch: a permutation drawn from (seed, epoch) alone, the same on every rank."""
-    return np.random.default_rng([int(seed), int(epoch), 0xDA7A]).permutation(n)
 
 
 def choose_engine(job, ranks):
@@ -519,7 +514,7 @@ class Trainer:
         while self.step < self.total_steps:
             epoch, k = divmod(self.step, self.steps_per_epoch)
             if order_epoch != epoch:
-                order, order_epoch = epoch_order(tr["seed"], epoch, len(self.train_set)), epoch
+                order, order_epoch = epoch_order(len(self.train_set), epoch, tr["seed"]), epoch
             idx = order[k * self.batch:(k + 1) * self.batch]
             lr = self.schedule.lr_at(self.step)
             try:
@@ -605,7 +600,8 @@ class Trainer:
         results = chaos.fit(self.model, self.loss, train, val, epochs=max(tr["epochs"] - done, 0),
                             threads=dist_cfg["threads"] or None, batch=self.batch, schedule=self.schedule,
                             lr=opt["lr"], momentum=opt["momentum"], weight_decay=opt["weight_decay"],
-                            staleness=dist_cfg["staleness"] or None, deterministic=dist_cfg["deterministic"],
+                            staleness=None if dist_cfg["staleness"] < 0 else dist_cfg["staleness"],
+                            deterministic=dist_cfg["deterministic"],
                             average_every=dist_cfg["average_every"] or None,
                             comm=self.world.comm if self.world.size > 1 else None,
                             seed=tr["seed"], on_epoch=on_epoch)

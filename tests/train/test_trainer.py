@@ -13,7 +13,8 @@ import pytest
 from hpcnn.cli import main
 from hpcnn.train import checkpoint as ckpt
 from hpcnn.train.config import load_job
-from hpcnn.train.trainer import Trainer, TrainingDiverged, epoch_order, train
+from hpcnn.data.dataset import epoch_order
+from hpcnn.train.trainer import Trainer, TrainingDiverged, train
 
 DIGITS = ["training.epochs=0", "training.steps=12", "training.batch=8", "checkpoint.every=4", "checkpoint.keep=10",
           "logging.every=4", "training.schedule.name='step'", "training.schedule.step_size=5"]
@@ -51,9 +52,9 @@ def test_lenet_digits_job_reaches_95_percent(tmp_path):
 
 
 def test_epoch_order_is_a_function_of_seed_and_epoch():
-    a = epoch_order(0, 3, 100)
-    assert np.array_equal(a, epoch_order(0, 3, 100)) and sorted(a) == list(range(100))
-    assert not np.array_equal(a, epoch_order(0, 4, 100)) and not np.array_equal(a, epoch_order(1, 3, 100))
+    a = epoch_order(100, 3, 0)
+    assert np.array_equal(a, epoch_order(100, 3, 0)) and sorted(a) == list(range(100))
+    assert not np.array_equal(a, epoch_order(100, 4, 0)) and not np.array_equal(a, epoch_order(100, 3, 1))
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path):
