@@ -173,6 +173,10 @@ def _im2col(x, kernel, stride, dilation, lo, out_spatial, first_pixel, cols):
     # output lines read consecutive input lines: one copy serves them all, and only the padding
     # columns at their ends need zeros afterwards.
     lines_contiguous = sh == 1 and sw == 1 and OW == W
+    # With stride sw > 1 along W, each input line is first split into its sw phases (x[..., p::sw]):
+    # then every tap copies a contiguous run, instead of RW strided gathers that do not vectorize.
+    phase_len = (W + sw - 1) // sw
+    phases = np.empty(sw * phase_len if sw > 1 else 0, x.dtype)
     x_flat, cols_flat = x.ravel(), cols.ravel()
     for c in range(C):
         for rd in range(RD):
@@ -195,6 +199,10 @@ def _im2col(x, kernel, stride, dilation, lo, out_spatial, first_pixel, cols):
                         l0, l1 = _window_range(0, sh, h0, H)
                         l1 = min(l1, group)
                         l0 = min(l0, l1)
+                    line_start = (((n * C + c) * D + i_d) * H + h0 + l0 * sh) * W
+                    if sw > 1 and l1 > l0:
+                        for p in range(sw):
+                            _copy(phases, p * phase_len, x_flat, line_start + p, sw, (W - p + sw - 1) // sw)
                     for rw in range(RW):
                         base = (rows + rw) * count + j - ow0  # cols position of column 0 of the first line
                         _fill_zero(cols_flat, base + ow0, l0 * take)
@@ -205,9 +213,12 @@ def _im2col(x, kernel, stride, dilation, lo, out_spatial, first_pixel, cols):
                         a = min(max(w_first[rw], ow0), ow0 + take)
                         b = max(min(w_end[rw], ow0 + take), a)
                         first = base + l0 * take
-                        if b > a:
-                            source = (((n * C + c) * D + i_d) * H + h0 + l0 * sh) * W + rw * dw - lo[2]
-                            _copy(cols_flat, first + a, x_flat, source + a * sw, sw, (l1 - l0 - 1) * take + b - a)
+                        if b > a and sw > 1:  # one line
+                            column = a * sw + rw * dw - lo[2]
+                            _copy(cols_flat, first + a, phases, (column % sw) * phase_len + column // sw, 1, b - a)
+                        elif b > a:
+                            source = line_start + a + rw * dw - lo[2]
+                            _copy(cols_flat, first + a, x_flat, source, 1, (l1 - l0 - 1) * take + b - a)
                         for line in range(first, first + (l1 - l0) * take, take):
                             if a > ow0:
                                 _fill_zero(cols_flat, line + ow0, a - ow0)
@@ -227,6 +238,10 @@ def _col2im(cols, kernel, stride, dilation, lo, out_spatial, first_pixel, dx):
     count = cols.shape[1]
     lines = _output_lines(out_spatial, first_pixel, count)
     w_first, w_end = _tap_columns(RW, sw, dw, lo[2], W)
+    # As in _im2col: the taps add contiguous runs into the sw phases of an input line, which are
+    # then added to the line once.
+    phase_len = (W + sw - 1) // sw
+    phases = np.empty(sw * phase_len, dx.dtype)
     dx_flat, cols_flat = dx.ravel(), cols.ravel()
     for c in range(C):
         for rd in range(RD):
@@ -238,11 +253,21 @@ def _col2im(cols, kernel, stride, dilation, lo, out_spatial, first_pixel, dx):
                     i_d = od * sd - lo[0] + rd * dd
                     i_h = oh * sh - lo[1] + rh * dh
                     if 0 <= i_d < D and 0 <= i_h < H:
-                        line = (((n * C + c) * D + i_d) * H + i_h) * W - lo[2]
+                        line_start = (((n * C + c) * D + i_d) * H + i_h) * W
+                        if sw > 1:
+                            _fill_zero(phases, 0, phases.shape[0])
                         for rw in range(RW):
                             a = min(max(w_first[rw], ow0), ow0 + take)
                             b = max(min(w_end[rw], ow0 + take), a)
-                            _add(dx_flat, line + a * sw + rw * dw, sw, cols_flat, (rows + rw) * count + j - ow0 + a, b - a)
+                            source = (rows + rw) * count + j - ow0 + a
+                            column = a * sw + rw * dw - lo[2]
+                            if sw > 1:
+                                _add(phases, (column % sw) * phase_len + column // sw, 1, cols_flat, source, b - a)
+                            else:
+                                _add(dx_flat, line_start + column, 1, cols_flat, source, b - a)
+                        if sw > 1:
+                            for p in range(sw):
+                                _add(dx_flat, line_start + p, sw, phases, p * phase_len, (W - p + sw - 1) // sw)
                     j += take
 
 
