@@ -198,3 +198,30 @@ def test_gemm_strided_views_and_accumulate(dtype):
         expected = 2.0 * a @ b + 0.5 * c
         gemm(a, b, c, alpha=2.0, beta=0.5)
         assert_close(c, expected, dtype, "gemm")
+
+
+def _forward_in_child(queue):
+    x = seeded(8).standard_normal((2, 3, 9, 9))
+    w = seeded(9).standard_normal((2, 3, 3, 3))
+    queue.put(K.conv_forward(x, w, None, 1, 1))
+
+
+def test_conv_threads_after_fork(monkeypatch):
+    """A child forked after the kernels started their worker threads still runs split calls."""
+    import multiprocessing
+    monkeypatch.setattr(cpu_conv, "_threads", lambda: 2)
+    x = seeded(8).standard_normal((2, 3, 9, 9))
+    w = seeded(9).standard_normal((2, 3, 3, 3))
+    expected = K.conv_forward(x, w, None, 1, 1)
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_forward_in_child, args=(queue,))
+    child.start()
+    try:
+        result = queue.get(timeout=60)
+        child.join(timeout=60)
+    finally:
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
+    np.testing.assert_array_equal(result, expected)

@@ -16,7 +16,6 @@ import os
 import numba
 import numba.experimental.function_type  # noqa: F401  (registers WrapperAddressProtocol with numba)
 import numpy as np
-import scipy.linalg  # noqa: F401  (loads scipy's BLAS, one of the candidates)
 from numba.core import types
 
 __all__ = ["gemm", "GEMM", "BLAS_INT", "BLAS_SOURCE", "ROW_MAJOR", "NO_TRANS", "TRANS", "single_threaded"]

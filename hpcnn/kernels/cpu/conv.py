@@ -380,6 +380,14 @@ _pool = None
 _pool_lock = threading.Lock()
 
 
+def _forget_pool():
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()  # a forked child has none of its parent's threads
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _threads():
     """How many threads one kernel call splits its chunks over: numba's thread count."""
     return numba.get_num_threads()
