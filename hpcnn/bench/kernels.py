@@ -275,7 +275,8 @@ def run(args):
         return 2
     repeat = args.repeat or (2 if args.quick else 5)
     threads, torch = _set_threads(args.threads)
-    print("threads: " + ", ".join(f"{name} {n}" for name, n in threads.items()))
+    from ..kernels.cpu._blas import BLAS_SOURCE
+    print("threads: " + ", ".join(f"{name} {n}" for name, n in threads.items()) + f"; hpcnn BLAS: {BLAS_SOURCE}")
     if torch is None:
         print("PyTorch is not installed: timing hpcnn alone (pip install torch for the comparison)")
     peak = matmul_peak(args.threads, *((512, 3) if args.quick else (2048, 5)))
@@ -296,7 +297,7 @@ def run(args):
         worst = summary["conv_worst"]
         print(f"convolution hpcnn/torch: geometric mean {summary['conv_geomean_ratio']:.3f}, "
               f"worst {worst['ratio']:.2f} ({worst['op']}, {worst['shape']})")
-    result = {"device": "cpu", "threads": threads, "repeat": repeat, "quick": args.quick,
+    result = {"device": "cpu", "threads": threads, "blas": BLAS_SOURCE, "repeat": repeat, "quick": args.quick,
               "matmul_peak_gflops": peak, "rows": rows, **summary}
     _write(args, result, rows)
     return 0

@@ -108,6 +108,7 @@ def test_conv_matches_torch_split_over_threads(case, monkeypatch):
     """One call's blocks split over 3 threads (whole images each for the stride > 1 scatter), several
     GEMMs per block."""
     monkeypatch.setattr(cpu_conv, "_threads", lambda: 3)
+    monkeypatch.setattr(cpu_conv, "_PARALLEL_FLOPS", 0)
     monkeypatch.setattr(cpu_conv, "_SMALL_GEMM", 0)
     monkeypatch.setattr(cpu_conv, "_GEMM_PIXELS", 16)
     monkeypatch.setattr(cpu_conv, "_FILTER_GEMM_PIXELS", 16)
@@ -210,6 +211,7 @@ def test_conv_threads_after_fork(monkeypatch):
     """A child forked after the kernels started their worker threads still runs split calls."""
     import multiprocessing
     monkeypatch.setattr(cpu_conv, "_threads", lambda: 2)
+    monkeypatch.setattr(cpu_conv, "_PARALLEL_FLOPS", 0)
     x = seeded(8).standard_normal((2, 3, 9, 9))
     w = seeded(9).standard_normal((2, 3, 3, 3))
     expected = K.conv_forward(x, w, None, 1, 1)

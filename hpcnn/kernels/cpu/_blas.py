@@ -18,7 +18,7 @@ import numba.experimental.function_type  # noqa: F401  (registers WrapperAddress
 import numpy as np
 from numba.core import types
 
-__all__ = ["gemm", "GEMM", "BLAS_INT", "BLAS_SOURCE", "ROW_MAJOR", "NO_TRANS", "TRANS", "single_threaded"]
+__all__ = ["gemm", "GEMM", "BLAS_INT", "BLAS_SOURCE", "ROW_MAJOR", "NO_TRANS", "TRANS", "single_threaded_here"]
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
@@ -57,19 +57,21 @@ BLAS_INT = np.int64 if _WIDTH == 64 else np.int32
 BLAS_SOURCE = f"{os.path.basename(_PATH)} ({_WIDTH}-bit integers)"
 
 
-class _Routine(types.WrapperAddressProtocol):
+class _Routine:
     """cblas_?gemm(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc), pointers as addresses."""
 
     def __init__(self, function, real):
         self._address = ctypes.cast(function, ctypes.c_void_p).value
-        self._real = real
+        e, n, p = types.int32, types.int64 if _WIDTH == 64 else types.int32, types.uintp
+        self._signature = types.void(e, e, e, n, n, n, real, p, n, p, n, real, p, n)
+        # numba types a WrapperAddressProtocol argument anew on every call (~40 us); the type is fixed.
+        self._numba_type_ = types.FunctionType(self._signature)
 
     def __wrapper_address__(self):
         return self._address
 
     def signature(self):
-        e, n, p, r = types.int32, types.int64 if _WIDTH == 64 else types.int32, types.uintp, self._real
-        return types.void(e, e, e, n, n, n, r, p, n, p, n, r, p, n)
+        return self._signature
 
 
 GEMM = {np.dtype(np.float32): _Routine(_SGEMM, types.float32),
@@ -87,19 +89,11 @@ if _set_local_threads is not None:
     _set_local_threads.argtypes, _set_local_threads.restype = [ctypes.c_int], ctypes.c_int
 
 
-class single_threaded:
-    """Context: BLAS calls from this thread run on this thread only (OpenBLAS >= 0.3.27, else no effect).
-
-    For kernels that split their work over threads themselves.
-    """
-
-    def __enter__(self):
-        self._previous = _set_local_threads(1) if _set_local_threads is not None else None
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            _set_local_threads(self._previous)
+def single_threaded_here():
+    """From now on, BLAS calls made by this thread run on this thread alone (OpenBLAS >= 0.3.27;
+    elsewhere no effect). For the worker threads of kernels that split their work themselves."""
+    if _set_local_threads is not None:
+        _set_local_threads(1)
 
 
 def _layout(a):

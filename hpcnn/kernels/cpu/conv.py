@@ -36,7 +36,7 @@ import numpy as np
 
 from ...backend import check_float_array
 from ..shapes import WindowGeometry, window_output_size
-from ._blas import BLAS_INT, GEMM, NO_TRANS, ROW_MAJOR, TRANS, single_threaded
+from ._blas import BLAS_INT, GEMM, NO_TRANS, ROW_MAJOR, TRANS, single_threaded_here
 
 __all__ = ["conv_forward", "conv_backward_data", "conv_backward_filter", "conv_backward_bias"]
 
@@ -48,6 +48,8 @@ _SMALL_GEMM = 900_000
 _GEMM_PIXELS = 256
 _FILTER_GEMM_PIXELS = 384
 _BLOCK_BYTES = 1 << 20
+# Least work (flops) worth handing to another thread.
+_PARALLEL_FLOPS = 20e6
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = np.int32(ROW_MAJOR), np.int32(NO_TRANS), np.int32(TRANS)
 
@@ -393,26 +395,24 @@ def _threads():
     return numba.get_num_threads()
 
 
-def _in_parallel(work, chunks, chunks_per_image, whole_images=False):
-    """[work(first, last) for each part], the chunks [0, chunks) cut into numba.get_num_threads() parts
-    run on as many threads (whole images per part when the parts' outputs would overlap otherwise)."""
+def _in_parallel(work, chunks, chunks_per_image, flops, whole_images=False):
+    """[work(first, last) for each part]: the chunks [0, chunks) cut into up to _threads() parts, run
+    on as many worker threads, each part worth at least _PARALLEL_FLOPS (whole images per part when
+    the parts' outputs would overlap otherwise)."""
     global _pool
     unit = chunks_per_image if whole_images else 1
-    parts = min(_threads(), chunks // unit)
+    units = chunks // unit
+    parts = min(_threads(), units, int(flops // _PARALLEL_FLOPS) if _PARALLEL_FLOPS else units)
     if parts <= 1:
         return [work(0, chunks)]
-    units = chunks // unit
     bounds = [unit * (units * i // parts) for i in range(parts)] + [chunks]
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="hpcnn-conv")
-
-    def part(first, last):
-        with single_threaded():
-            return work(first, last)
-
-    futures = [_pool.submit(part, bounds[i], bounds[i + 1]) for i in range(1, parts)]
-    return [part(bounds[0], bounds[1])] + [f.result() for f in futures]
+            # BLAS runs single-threaded in the workers: the parts are the parallelism.
+            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="hpcnn-conv",
+                                       initializer=single_threaded_here)
+    futures = [_pool.submit(work, bounds[i], bounds[i + 1]) for i in range(parts)]
+    return [f.result() for f in futures]
 
 
 def _gemm_pixels(k, rows):
@@ -452,7 +452,7 @@ def _correlate(x, w2, win, out_spatial, bias=None):
         _forward_chunks(GEMM[x.dtype], x, w2, bias, y, *_geometry(win, out_spatial), pointwise,
                         per_block, per_gemm, first, last, scratch, x.dtype.type(1))
 
-    _in_parallel(work, n_img * per_image, per_image)
+    _in_parallel(work, n_img * per_image, per_image, 2.0 * y.size * rows)
     return y
 
 
@@ -473,7 +473,8 @@ def _correlate_filter(x, dy, win, out_spatial):
                        per_block, _FILTER_GEMM_PIXELS, first, last, scratch, x.dtype.type(1))
         return dw_t
 
-    return np.ascontiguousarray(sum(_in_parallel(work, n_img * per_image, per_image)).T)
+    parts = _in_parallel(work, n_img * per_image, per_image, 2.0 * dy.size * rows)
+    return np.ascontiguousarray(sum(parts).T)
 
 
 def _scatter_data(dy, w2, win, out_spatial, x_shape):
@@ -491,7 +492,7 @@ def _scatter_data(dy, w2, win, out_spatial, x_shape):
                      _scratch(rows * per_block, dy.dtype), dy.dtype.type(1))
 
     # Windows of neighbouring chunks overlap in dx: threads take whole images.
-    _in_parallel(work, n_img * per_image, per_image, whole_images=True)
+    _in_parallel(work, n_img * per_image, per_image, 2.0 * dy.size * rows, whole_images=True)
     return dx
 
 
