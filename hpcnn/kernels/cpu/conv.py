@@ -1,30 +1,30 @@
 """Convolution on the CPU (numpy + numba + BLAS): forward, backward-data, backward-filter, bias.
 
-Method: chunked im2col with one small GEMM per chunk, the chunk loop compiled with numba. The
-output pixels of each image are cut into chunks of a few hundred; for each chunk a numba kernel
-copies the receptive fields into a column block `cols` of shape (C*R, pixels) (R = the product
-of the kernel sizes) and calls BLAS ?gemm, with inner dimension C*R, from the same compiled loop:
+Method: chunked im2col, the loop over chunks compiled with numba and calling BLAS ?gemm itself.
+The output pixels of each image are cut into blocks; for each block a numba kernel copies the
+receptive fields into a column block `cols` of shape (C*R, pixels) (R = the product of the
+kernel sizes, scratch of about 1 MB) and then runs GEMMs over it, a few hundred pixels each:
 
-    forward          y[n, :, chunk]  = W (K, C*R) @ cols
-    backward-filter  dW             += dy[n, :, chunk] @ cols^T      (BLAS beta=1, no temporary)
+    forward          y[n, :, pixels]  = W (K, C*R) @ cols
+    backward-filter  dW^T            += cols @ dy[n, :, pixels]^T      (beta=1, no temporaries)
     backward-data    stride 1:   the forward correlation of dy with the flipped, transposed filter;
-                     stride > 1: cols = W^T @ dy[n, :, chunk], then a numba col2im scatter-add.
+                     stride > 1: cols = W^T @ dy[n, :, pixels], then a numba col2im scatter-add.
 
-Why this and not the alternatives: one GEMM with inner dimension C*R runs near the BLAS peak
-even for the few-channel layers at the front of a network (C=3..16), where shift-and-GEMM (R
-GEMMs of inner dimension C, each re-reading and re-writing the output) is bound by memory
-traffic, and a full im2col would need R times the input in scratch (144 MB for one 16-channel
-1024^2 image with a 3x3 kernel). Small chunks keep the column block in the L2 cache between the
-copy and the GEMM, where OpenBLAS's small-matrix kernels take it without packing: measured here,
-a (16 x 144) @ (144 x 256) GEMM runs at 115 GFLOP/s, the same with 2048 columns at 45. Calling
-BLAS from numba (see `_blas`) costs nothing per chunk, where a ctypes call from Python costs
-~6 us. Scratch is one column block per thread, at most a few MB, whatever the image size.
-1x1 convolutions with stride 1 and no padding need no copy: their GEMMs read x as it is.
+Why: one GEMM with inner dimension C*R keeps even the few-channel layers (C, K = 3..16) near the
+BLAS peak, where shift-and-GEMM (R GEMMs of inner dimension C, each re-reading and re-writing
+the output) is bound by memory traffic; a full im2col would need R times the input in scratch
+(144 MB for one 16-channel 1024^2 image with a 3x3 kernel), chunks need a block. The GEMMs are
+small on purpose: OpenBLAS's small-matrix kernels take M*N*K up to 1e6 without packing, e.g.
+(16 x 432) @ (432 x 128) at 115 GFLOP/s on one core here where 1024 columns run at 47; larger
+GEMMs run best with a few hundred columns, their operand in L2. Calling BLAS from compiled code
+(see `_blas`) costs nothing per GEMM, where ctypes from Python costs ~6 us. dW is accumulated
+transposed, K on the short side of the output: 1.2-2x faster than dW itself when K is small.
+1x1 convolutions with stride 1 and no padding copy nothing: their GEMMs read x as it is.
 
-2-D data is handled as 3-D with a depth of 1: one implementation for both. The chunks of one
-call are split over `numba.get_num_threads()` threads (each with its own scratch, BLAS single-
-threaded inside; set it with numba.set_num_threads); several threads may also call the kernels
-at once. The compiled loops release the GIL.
+2-D data is handled as 3-D with a depth of 1: one implementation for both. One call's blocks
+are split over numba's thread count (`numba.set_num_threads`), each part on a worker thread
+with its own scratch and single-threaded BLAS; several threads may also call the kernels at
+once. The compiled loops release the GIL.
 """
 import os
 import threading
@@ -86,9 +86,9 @@ class _Window:
 
 
 @numba.njit(nogil=True, cache=True)
-def _window_range(lo_index, stride, offset, size):
-    """Output positions o in [lo_index, ...) whose input index o*stride + offset lies in [0, size): (first, end)."""
-    first = max(lo_index, -(offset // stride))
+def _window_range(stride, offset, size):
+    """The output positions o >= 0 whose input index o*stride + offset lies in [0, size): (first, end)."""
+    first = max(0, -(offset // stride))
     end = (size - 1 - offset) // stride + 1
     return first, max(first, end)
 
@@ -131,9 +131,6 @@ def _copy(dst, dst_start, src, src_start, src_step, count):
     if src_step == 1:
         for k in range(numba.uint64(count)):
             dst[dst_start + k] = src[src_start + k]
-    elif src_step == 2:  # a constant stride: LLVM vectorizes with shuffles
-        for k in range(numba.uint64(count)):
-            dst[dst_start + k] = src[src_start + 2 * k]
     else:
         for k in range(numba.uint64(count)):
             dst[dst_start + k] = src[src_start + k * src_step]
@@ -152,7 +149,7 @@ def _tap_columns(kernel_w, stride_w, dilation_w, lo_w, size_w):
     """For each kernel tap along W: the first and end output column whose input column lies inside the image."""
     first, end = np.empty(kernel_w, np.int64), np.empty(kernel_w, np.int64)
     for rw in range(kernel_w):
-        first[rw], end[rw] = _window_range(0, stride_w, rw * dilation_w - lo_w, size_w)
+        first[rw], end[rw] = _window_range(stride_w, rw * dilation_w - lo_w, size_w)
     return first, end
 
 
@@ -198,7 +195,7 @@ def _im2col(x, kernel, stride, dilation, lo, out_spatial, first_pixel, cols):
                     # the group's lines l0 <= l < l1 read an input line inside the image
                     l0, l1 = 0, 0
                     if 0 <= i_d < D:
-                        l0, l1 = _window_range(0, sh, h0, H)
+                        l0, l1 = _window_range(sh, h0, H)
                         l1 = min(l1, group)
                         l0 = min(l0, l1)
                     line_start = (((n * C + c) * D + i_d) * H + h0 + l0 * sh) * W
