@@ -31,7 +31,9 @@ CASES = [
     ((2, 8, 13, 17), 8, 5, 1, ((1, 3), (0, 2)), 2, False),
     ((1, 3, 13, 17), 2, 3, 1, ((4, 0), (0, 5)), 1, True),  # padding wider than the kernel reach
     ((1, 3, 13, 17), 2, (3, 5), (1, 2), (1, 2), (2, 1), True),
-    ((9, 3, 5, 6), 4, 3, 1, 1, 1, True),              # many small images in one chunk
+    ((9, 3, 5, 6), 4, 3, 1, 1, 1, True),              # many small images
+    ((2, 3, 5, 5), 4, 5, 1, 0, 1, True),              # one output pixel
+    ((1, 2, 7, 9), 3, 7, 3, 0, 1, False),
     ((2, 3, 7, 9, 11), 4, 3, 1, 1, 1, True),
     ((1, 2, 9, 8, 7), 3, 3, 2, 0, 1, False),
     ((2, 3, 7, 9, 11), 4, 3, 1, "same", 2, True),
@@ -145,6 +147,19 @@ def test_conv_rejects_mismatched_shapes():
         K.conv_forward(x, np.zeros((4, 3, 3, 3), np.float32), stride=2, padding="same")
 
 
+def test_conv_takes_non_contiguous_views(dtype):
+    rng = seeded(4)
+    x = rng.standard_normal((2, 9, 4, 26)).astype(dtype).transpose(0, 2, 1, 3)[:, :, :, ::2]
+    w = rng.standard_normal((3, 5, 4, 3)).astype(dtype).transpose(3, 2, 1, 0)[:, :, ::-1]
+    dy = rng.standard_normal((2, 7, 3, 13)).astype(dtype).transpose(0, 2, 1, 3)
+    xc, wc, dyc = (np.ascontiguousarray(a) for a in (x, w, dy))
+    np.testing.assert_array_equal(K.conv_forward(x, w, None, 1, 1), K.conv_forward(xc, wc, None, 1, 1))
+    np.testing.assert_array_equal(K.conv_backward_data(dy, w, (9, 13), 1, 1),
+                                  K.conv_backward_data(dyc, wc, (9, 13), 1, 1))
+    np.testing.assert_array_equal(K.conv_backward_filter(x, dy, (5, 3), 1, 1),
+                                  K.conv_backward_filter(xc, dyc, (5, 3), 1, 1))
+
+
 def test_conv_from_several_threads():
     """Concurrent calls (per-thread scratch) give the same results as serial ones."""
     rng = seeded(5)
@@ -227,3 +242,34 @@ def test_conv_threads_after_fork(monkeypatch):
             child.kill()
     assert child.exitcode == 0
     np.testing.assert_array_equal(result, expected)
+
+
+def test_conv_with_a_32_bit_integer_blas(tmp_path):
+    """HPCNN_BLAS naming scipy's OpenBLAS (32-bit integer cblas) gives the same results."""
+    import glob
+    import os
+    import subprocess
+    import sys
+    import scipy
+    libs = glob.glob(os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs", "*openblas*"))
+    if not libs:
+        pytest.skip("scipy has no bundled OpenBLAS here")
+    rng = seeded(10)
+    x, w, dy = rng.standard_normal((2, 3, 9, 11)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal((2, 4, 5, 6))
+    np.savez(tmp_path / "in.npz", x=x, w=w, dy=dy)
+    script = (
+        "import numpy as np, sys\n"
+        "from hpcnn import kernels as K\n"
+        "from hpcnn.kernels.cpu import _blas\n"
+        "assert _blas.BLAS_INT is np.int32, _blas.BLAS_SOURCE\n"
+        f"d = np.load({str(tmp_path / 'in.npz')!r})\n"
+        "np.savez(sys.argv[1], y=K.conv_forward(d['x'], d['w'], None, 1, 1), "
+        "dx=K.conv_backward_data(d['dy'], d['w'], (9, 11), 2, 1), "
+        "dw=K.conv_backward_filter(d['x'], d['dy'], (3, 3), 2, 1))\n")
+    env = dict(os.environ, HPCNN_BLAS=libs[0])
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "out.npz")], check=True, env=env,
+                   cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    out = np.load(tmp_path / "out.npz")
+    assert_close(out["y"], K.conv_forward(x, w, None, 1, 1), np.float64, "forward")
+    assert_close(out["dx"], K.conv_backward_data(dy, w, (9, 11), 2, 1), np.float64, "dx")
+    assert_close(out["dw"], K.conv_backward_filter(x, dy, (3, 3), 2, 1), np.float64, "dw")

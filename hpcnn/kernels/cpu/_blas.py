@@ -4,10 +4,11 @@ The convolution kernels run their chunk loops in numba and call cblas_?gemm ther
 views, with beta=1 to accumulate. numba reaches the routine through a `WrapperAddressProtocol`
 object passed as an argument (`GEMM[dtype]`), so that the compiled kernels can still be cached.
 
-The library is numpy's own OpenBLAS when it can be found (ILP64 `scipy_cblas_sgemm64_` in
-numpy's wheels): its small-matrix kernels run the thin GEMMs of a convolution chunk (16..256 rows,
-a few hundred columns) at up to 1.5x the speed of the older OpenBLAS in scipy's wheels. Then
-scipy's, then any BLAS that threadpoolctl sees loaded.
+The library is the one named by $HPCNN_BLAS if set, else numpy's own OpenBLAS when it can be
+found (ILP64 `scipy_cblas_sgemm64_` in numpy's wheels): its small-matrix kernels run the thin
+GEMMs of a convolution chunk (16..256 rows, a few hundred columns) at up to 1.5x the speed of the
+older OpenBLAS in scipy's wheels. Then scipy's, then any BLAS that threadpoolctl sees loaded.
+Both 64-bit (ILP64) and 32-bit integer interfaces work.
 """
 import ctypes
 import glob
@@ -24,10 +25,15 @@ ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
 # (single, double, integer width) symbol names of cblas ?gemm, most wanted first.
 _SYMBOLS = [("scipy_cblas_sgemm64_", "scipy_cblas_dgemm64_", 64), ("cblas_sgemm64_", "cblas_dgemm64_", 64),
+            ("cblas_sgemm_64", "cblas_dgemm_64", 64),
             ("scipy_cblas_sgemm", "scipy_cblas_dgemm", 32), ("cblas_sgemm", "cblas_dgemm", 32)]
 
 
 def _candidate_libraries():
+    """$HPCNN_BLAS (a shared library path) if set, then numpy's and scipy's OpenBLAS, then any loaded BLAS."""
+    chosen = os.environ.get("HPCNN_BLAS")
+    if chosen:
+        return [chosen]
     site = os.path.dirname(os.path.dirname(np.__file__))
     paths = sorted(glob.glob(os.path.join(site, "numpy.libs", "*openblas*")))
     paths += sorted(glob.glob(os.path.join(site, "scipy.libs", "*openblas*")))
@@ -48,8 +54,8 @@ def _find_cblas():
         for single, double, width in _SYMBOLS:
             if hasattr(lib, single) and hasattr(lib, double):
                 return lib, getattr(lib, single), getattr(lib, double), width, path
-    raise ImportError("hpcnn's CPU kernels need a BLAS with cblas_sgemm/cblas_dgemm; none was found next to "
-                      "numpy or scipy (pip wheels of numpy and scipy bring one)")
+    raise ImportError(f"hpcnn's CPU kernels need a BLAS with cblas_sgemm/cblas_dgemm; none in {_candidate_libraries()} "
+                      "(pip wheels of numpy and scipy bring one; HPCNN_BLAS may name another library)")
 
 
 _LIB, _SGEMM, _DGEMM, _WIDTH, _PATH = _find_cblas()
