@@ -118,6 +118,39 @@ def test_conv_matches_torch_split_over_threads(case, monkeypatch):
     _check_case(case, np.float64)
 
 
+@pytest.mark.parametrize("shape,kernel,stride,padding,dilation,parts", [
+    ((1, 3, 64, 60), 3, 2, 1, 1, 6),
+    ((1, 2, 80, 33), 5, (2, 3), 2, 2, 6),
+    ((1, 2, 30, 12, 10), 3, 2, 1, 1, 6),
+    ((2, 2, 9, 16, 10), 3, (1, 2, 2), (1, 0, 1), 1, 6),
+    ((1, 2, 12, 20, 18), 3, 2, 1, 1, 0),  # bands thinner than the window: one part on the calling thread
+], ids=["2d", "2d-dilated", "3d", "3d-mixed", "3d-thin"])
+def test_conv_backward_data_strided_one_image_over_threads(shape, kernel, stride, padding, dilation, parts,
+                                                           monkeypatch):
+    """Stride > 1 backward-data of one image split over threads: bands of blocks in two rounds, each
+    round's bands writing disjoint input lines."""
+    monkeypatch.setattr(cpu_conv, "_threads", lambda: 3)
+    monkeypatch.setattr(cpu_conv, "_PARALLEL_FLOPS", 0)
+    monkeypatch.setattr(cpu_conv, "_GEMM_PIXELS", 16)
+    monkeypatch.setattr(cpu_conv, "_SMALL_GEMM", 0)
+    monkeypatch.setattr(cpu_conv, "_BLOCK_BYTES", 1)
+    nd = len(shape) - 2
+    rng = seeded(11)
+    x = rng.standard_normal(shape)
+    w = rng.standard_normal((3, shape[1]) + (kernel,) * nd)
+    tx = to_torch(x, True)
+    ty = _torch_conv(tx, to_torch(w), None, stride, padding, dilation)
+    dy = rng.standard_normal(tuple(ty.shape))
+    ty.backward(to_torch(dy))
+    pool = cpu_conv._worker_pool()
+    submitted = []
+    monkeypatch.setattr(cpu_conv, "_worker_pool", lambda: type("Spy", (), {
+        "submit": lambda self, fn, *args: submitted.append(args) or pool.submit(fn, *args)})())
+    dx = K.conv_backward_data(dy, w, shape[2:], stride, padding, dilation)
+    assert_close(dx, tx.grad.numpy(), np.float64, "dx")
+    assert len(submitted) == parts, submitted  # two rounds of three bands
+
+
 @pytest.mark.parametrize("shape,kernel,padding", [
     ((0, 3, 9, 9), 3, 1),          # empty batch
     ((2, 3, 2, 9), 3, 0),          # the window does not fit: output height 0

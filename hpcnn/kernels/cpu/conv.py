@@ -392,24 +392,64 @@ def _threads():
     return numba.get_num_threads()
 
 
-def _in_parallel(work, chunks, chunks_per_image, flops, whole_images=False):
-    """[work(first, last) for each part]: the chunks [0, chunks) cut into up to _threads() parts, run
-    on as many worker threads, each part worth at least _PARALLEL_FLOPS (whole images per part when
-    the parts' outputs would overlap otherwise)."""
-    global _pool
-    unit = chunks_per_image if whole_images else 1
-    units = chunks // unit
-    parts = min(_threads(), units, int(flops // _PARALLEL_FLOPS) if _PARALLEL_FLOPS else units)
-    if parts <= 1:
+def _in_parallel(work, chunks, flops, footprint=None):
+    """[work(first, last) for each part]: the chunks [0, chunks) cut into up to _threads() parts, each
+    worth at least _PARALLEL_FLOPS, run on as many worker threads.
+
+    `footprint(first, last)` -> (lo, hi), when given, bounds the outputs that chunks first..last-1
+    write (they may overlap between neighbours): then 2*parts ranges run in two rounds, even ranges
+    then odd ones, if same-round ranges never overlap; else the chunks run in one part.
+    """
+    parts = min(_threads(), chunks, int(flops // _PARALLEL_FLOPS) if _PARALLEL_FLOPS else chunks)
+    ranges = parts if footprint is None else 2 * parts
+    if parts <= 1 or ranges > chunks:
         return [work(0, chunks)]
-    bounds = [unit * (units * i // parts) for i in range(parts)] + [chunks]
+    bounds = [chunks * i // ranges for i in range(ranges + 1)]
+    rounds = [list(range(ranges))]
+    if footprint is not None:
+        spans = [footprint(bounds[i], bounds[i + 1]) for i in range(ranges)]
+        if any(spans[i][1] >= spans[i + 2][0] for i in range(ranges - 2)):
+            return [work(0, chunks)]
+        rounds = [list(range(0, ranges, 2)), list(range(1, ranges, 2))]
+    pool = _worker_pool()
+    results = []
+    for members in rounds:
+        futures = [pool.submit(work, bounds[i], bounds[i + 1]) for i in members]
+        results += [f.result() for f in futures]
+    return results
+
+
+def _worker_pool():
+    global _pool
     with _pool_lock:
         if _pool is None:
             # BLAS runs single-threaded in the workers: the parts are the parallelism.
             _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="hpcnn-conv",
                                        initializer=single_threaded_here)
-    futures = [_pool.submit(work, bounds[i], bounds[i + 1]) for i in range(parts)]
-    return [f.result() for f in futures]
+        return _pool
+
+
+def _input_lines(win, out_spatial, in_spatial, per_block):
+    """footprint(first, last) for _in_parallel: an interval of flattened input lines (n, d, h) that holds
+    every line that the output pixels of blocks first..last-1 read (blocks as in _chunk)."""
+    od_, oh_, ow_ = out_spatial
+    d_, h_ = in_spatial[:2]
+    (rd, rh, _), (sd, sh, _), (dd, dh, _), (lod, loh, _) = win.kernel, win.stride, win.dilation, win.lo
+
+    def line(n, pixel, last):
+        od, oh = divmod(pixel // ow_, oh_)
+        plane = od * sd - lod + (dd * (rd - 1) if last else 0)
+        row = oh * sh - loh + (dh * (rh - 1) if last else 0)
+        if last:
+            return (n * d_ + min(plane, d_ - 1)) * h_ + (min(row, h_ - 1) if plane < d_ else h_ - 1)
+        return (n * d_ + max(plane, 0)) * h_ + (max(row, 0) if plane >= 0 else 0)
+
+    def footprint(first, last):
+        n0, q0, _ = _chunk(first, od_ * oh_ * ow_, per_block)
+        n1, q1, count = _chunk(last - 1, od_ * oh_ * ow_, per_block)
+        return line(n0, q0, False), line(n1, q1 + count - 1, True)
+
+    return footprint
 
 
 def _gemm_pixels(k, rows):
@@ -449,7 +489,7 @@ def _correlate(x, w2, win, out_spatial, bias=None):
         _forward_chunks(GEMM[x.dtype], x, w2, bias, y, *_geometry(win, out_spatial), pointwise,
                         per_block, per_gemm, first, last, scratch, x.dtype.type(1))
 
-    _in_parallel(work, n_img * per_image, per_image, 2.0 * y.size * rows)
+    _in_parallel(work, n_img * per_image, 2.0 * y.size * rows)
     return y
 
 
@@ -470,7 +510,7 @@ def _correlate_filter(x, dy, win, out_spatial):
                        per_block, _FILTER_GEMM_PIXELS, first, last, scratch, x.dtype.type(1))
         return dw_t
 
-    parts = _in_parallel(work, n_img * per_image, per_image, 2.0 * dy.size * rows)
+    parts = _in_parallel(work, n_img * per_image, 2.0 * dy.size * rows)
     return np.ascontiguousarray(sum(parts).T)
 
 
@@ -488,8 +528,9 @@ def _scatter_data(dy, w2, win, out_spatial, x_shape):
         _data_chunks(GEMM[dy.dtype], dy, w2, dx, *_geometry(win, out_spatial), per_block, per_gemm, first, last,
                      _scratch(rows * per_block, dy.dtype), dy.dtype.type(1))
 
-    # Windows of neighbouring chunks overlap in dx: threads take whole images.
-    _in_parallel(work, n_img * per_image, per_image, 2.0 * dy.size * rows, whole_images=True)
+    # The windows of neighbouring blocks overlap in dx: blocks that may write the same lines run apart.
+    _in_parallel(work, n_img * per_image, 2.0 * dy.size * rows,
+                 _input_lines(win, out_spatial, x_shape[2:], per_block))
     return dx
 
 
