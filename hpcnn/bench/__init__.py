@@ -4,7 +4,7 @@ import importlib
 __all__ = ["BENCHMARKS", "load"]
 
 # name -> module under hpcnn.bench; a benchmark is listed here once it runs.
-BENCHMARKS = {"kernels": "kernels"}
+BENCHMARKS = {"kernels": "kernels", "chaos": "chaos", "model": "model", "halo": "halo", "scaling": "scaling"}
 
 
 def load(name):

@@ -1,0 +1,132 @@
+"""Every distributed layer equals the single-process one: forward, dx and parameter gradients."""
+import numpy as np
+import pytest
+
+from hpcnn import nn
+from tests.mpi.collective import world
+from tests.mpi.compare import grid_sample, run_both
+
+pytestmark = pytest.mark.mpi
+
+F64 = np.float64
+
+
+def _x(shape, dtype=F64, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+CONV2D = [  # (in, out, kernel, stride, padding, dilation, input spatial)
+    (2, 3, 3, 1, 1, 1, (13, 11)),
+    (2, 3, 1, 1, 0, 1, (7, 9)),
+    (2, 2, 5, 1, "same", 1, (12, 9)),
+    (1, 2, 7, 1, 3, 1, (11, 10)),
+    (2, 3, 3, 2, 1, 1, (13, 10)),
+    (2, 2, 5, 2, 0, 1, (15, 12)),
+    (2, 2, 3, 1, 2, 2, (12, 9)),
+    (2, 3, 2, 2, 0, 1, (10, 8)),     # even kernel with stride == kernel
+    (2, 2, 3, 1, ((0, 2), (1, 0)), 1, (9, 8)),   # per-side padding
+]
+
+
+@pytest.mark.parametrize("case", CONV2D, ids=[f"k{c[2]}s{c[3]}p{c[4]}d{c[5]}" for c in CONV2D])
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "plain"])
+def test_conv2d(case, overlap):
+    cin, cout, k, s, p, dl, spatial = case
+    for grid in grid_sample(world().Get_size()):
+        layer = nn.Conv2d(cin, cout, k, stride=s, padding=p, dilation=dl, rng=np.random.default_rng(1), dtype=F64)
+        run_both(layer, _x((3, cin) + spatial), grid, F64, overlap=overlap)
+
+
+def test_conv2d_odd_size_float32():
+    for grid in grid_sample(world().Get_size()):
+        layer = nn.Conv2d(2, 3, 3, padding=1, rng=np.random.default_rng(2))
+        run_both(layer, _x((2, 2, 37, 53), np.float32), grid, np.float32)
+
+
+@pytest.mark.parametrize("case", [(3, 1, 1, (5, 6, 7)), (3, 2, 1, (7, 5, 6)), (2, 1, "same", (5, 4, 6)),
+                                  (2, 2, 0, (6, 4, 6))])
+def test_conv3d(case):
+    k, s, p, spatial = case
+    for grid in grid_sample(world().Get_size(), nd=3):
+        layer = nn.Conv3d(2, 2, k, stride=s, padding=p, rng=np.random.default_rng(3), dtype=F64)
+        run_both(layer, _x((2, 2) + spatial), grid, F64)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("case", [(2, None, 0, (10, 9)), (3, 2, 1, (11, 9)), (3, 1, 1, (9, 7)), (5, 3, 2, (13, 8))])
+def test_pool2d(kind, case):
+    k, s, p, spatial = case
+    for grid in grid_sample(world().Get_size()):
+        layer = (nn.MaxPool2d if kind == "max" else nn.AvgPool2d)(k, stride=s, padding=p)
+        run_both(layer, _x((3, 2) + spatial), grid, F64)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_pool3d(kind):
+    for grid in grid_sample(world().Get_size(), nd=3):
+        layer = (nn.MaxPool3d if kind == "max" else nn.AvgPool3d)(2)
+        run_both(layer, _x((2, 2, 6, 5, 4)), grid, F64)
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+def test_batchnorm_train_and_eval(nd):
+    shape = (3, 3, 7, 5) if nd == 2 else (2, 3, 5, 4, 3)
+    for grid in grid_sample(world().Get_size(), nd=nd):
+        layer = (nn.BatchNorm2d if nd == 2 else nn.BatchNorm3d)(3, dtype=F64)
+        layer.params["weight"][...] = np.linspace(0.5, 1.5, 3)
+        layer.params["bias"][...] = np.linspace(-1, 1, 3)
+        run_both(layer, _x(shape) * 2 + 1, grid, F64, steps=2)
+        layer.eval()
+        run_both(layer, _x(shape, seed=4), grid, F64)
+
+
+def test_batchnorm_local_statistics_are_per_block():
+    from hpcnn import dist
+    from tests.mpi.collective import check_all
+    w = world()
+    d = dist.Distribution(w, (1, w.Get_size(), 1))
+    layer = nn.BatchNorm2d(2, dtype=F64)
+    dm = dist.distribute(layer, d, bn_stats="local")
+    x = _x((2, 2, 4 * w.Get_size(), 3)) * 3 + 2
+    y = dm.forward(dist.scatter(x, d)).local
+    check_all(np.allclose(y.mean(axis=(0, 2, 3)), 0, atol=1e-12), "local batch-norm: zero mean per block")
+
+
+@pytest.mark.parametrize("layer", [nn.ReLU(), nn.LeakyReLU(0.1)], ids=["relu", "leaky"])
+def test_activations(layer):
+    for grid in grid_sample(world().Get_size()):
+        run_both(layer, _x((3, 2, 7, 6)), grid, F64)
+
+
+@pytest.mark.parametrize("scale,spatial", [(2, (5, 7)), ((3, 2), (4, 5))])
+def test_upsample(scale, spatial):
+    for grid in grid_sample(world().Get_size()):
+        run_both(nn.Upsample(scale), _x((2, 2) + spatial), grid, F64)
+
+
+def test_upsample3d():
+    for grid in grid_sample(world().Get_size(), nd=3):
+        run_both(nn.Upsample(2), _x((2, 1, 3, 4, 5)), grid, F64)
+
+
+def test_residual_and_skipconcat():
+    rng = np.random.default_rng(6)
+    for grid in grid_sample(world().Get_size()):
+        body = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1, rng=rng, dtype=F64), nn.ReLU(),
+                             nn.Conv2d(2, 2, 3, padding=1, rng=rng, dtype=F64))
+        run_both(nn.Residual(body), _x((2, 2, 9, 7)), grid, F64)
+        shortcut = nn.Conv2d(2, 3, 1, stride=2, rng=rng, dtype=F64)
+        body = nn.Conv2d(2, 3, 3, stride=2, padding=1, rng=rng, dtype=F64)
+        run_both(nn.Residual(body, shortcut), _x((2, 2, 9, 7)), grid, F64)
+        inner = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(2, 3, 3, padding=1, rng=rng, dtype=F64), nn.Upsample(2))
+        run_both(nn.SkipConcat(inner), _x((2, 2, 8, 10)), grid, F64)
+
+
+def test_global_pool_flatten_linear():
+    rng = np.random.default_rng(7)
+    for grid in grid_sample(world().Get_size()):
+        head = nn.Sequential(nn.GlobalAvgPool(), nn.Flatten(), nn.Linear(3, 4, rng=rng, dtype=F64))
+        run_both(head, _x((5, 3, 7, 6)), grid, F64)
+        head = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1, rng=rng, dtype=F64), nn.Flatten(),
+                             nn.Linear(2 * 5 * 7, 3, rng=rng, dtype=F64))
+        run_both(head, _x((3, 2, 5, 7)), grid, F64)

@@ -1,0 +1,42 @@
+"""Shuffle between distributions: correct blocks, adjoint, replicated (N, F) tensors."""
+import itertools
+
+import numpy as np
+import pytest
+
+from hpcnn import dist
+from tests.mpi.collective import check_all, grids_for, world
+
+pytestmark = pytest.mark.mpi
+
+
+def _pairs(nd):
+    grids = grids_for(world().Get_size(), nd)
+    return list(itertools.product(grids[:6], grids[-6:]))
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+def test_shuffle_moves_blocks(nd):
+    rng = np.random.default_rng(11)
+    shapes = [(5, 2, 7, 6), (3, 4)] if nd == 2 else [(3, 2, 5, 3, 4)]
+    for (ga, gb) in _pairs(nd):
+        a, b = dist.Distribution(world(), ga), dist.Distribution(world(), gb)
+        for shape in shapes:
+            x = rng.standard_normal(shape)
+            t = dist.shuffle(dist.scatter(x, a), b)
+            ok = t.distribution == b and np.array_equal(t.local, x[b.local_slices(shape)])
+            check_all(ok, f"{ga} -> {gb} for {shape}")
+
+
+def test_shuffle_adjoint():
+    w = world()
+    rng = np.random.default_rng(w.Get_rank())
+    shape = (3, 2, 9, 7)
+    for (ga, gb) in _pairs(2):
+        a, b = dist.Distribution(w, ga), dist.Distribution(w, gb)
+        s = dist.Shuffle(a, b, shape)
+        x = dist.DistTensor(rng.standard_normal(a.local_shape(shape)), a, shape)
+        y = dist.DistTensor(rng.standard_normal(b.local_shape(shape)), b, shape)
+        lhs = w.allreduce(float(np.sum(s.forward(x).local * y.local)))
+        rhs = w.allreduce(float(np.sum(x.local * s.backward(y).local)))
+        check_all(abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs)), f"{ga} -> {gb}: {lhs} != {rhs}")
