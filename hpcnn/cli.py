@@ -16,12 +16,206 @@ def _add_bench(sub):
         bp.set_defaults(func=module.run)
 
 
+def _add_train(sub):
+    p = sub.add_parser("train", help="train the model of a job file (under mpiexec/srun: on every rank)",
+                       description="Train the model of a TOML job file: validation each epoch, a metrics "
+                                   "log, checkpoints; SIGTERM/SIGUSR1 write a checkpoint and exit.")
+    p.add_argument("job", help="the job file (TOML), e.g. jobs/lenet-digits.toml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. --set training.batch=64 (repeatable)")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                   help="continue from the newest checkpoint of checkpoint.dir (or from CHECKPOINT)")
+    p.add_argument("--restart", action="store_true",
+                   help="start over, deleting the checkpoints an earlier run left in checkpoint.dir")
+    p.add_argument("--engine", choices=("spatial", "chaos", "auto"), help="same as --set distribution.engine=...")
+    p.add_argument("--grid", metavar="NxHxW", help="same as --set distribution.grid=[N,H,W] (e.g. 1x2x2)")
+    p.add_argument("--plan", metavar="FILE", help="same as --set distribution.plan=FILE")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args):
+    overrides = list(args.overrides)
+    if args.engine:
+        overrides.append(f"distribution.engine={args.engine!r}")
+    if args.grid:
+        overrides.append("distribution.grid=[" + ",".join(args.grid.lower().split("x")) + "]")
+    if args.plan:
+        overrides.append(f"distribution.plan={args.plan!r}")
+    from .train.trainer import command
+    return command(args.job, overrides, resume=args.resume, restart=args.restart)
+
+
+def _add_data(sub):
+    p = sub.add_parser("data", help="write datasets to HDF5 or .npy files; describe a data file")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    g = dsub.add_parser("generate", help="write the train and val splits of a dataset to a file",
+                        description="Write a generated dataset (textures, fields3d, digits) to an HDF5 file "
+                                    "(groups train/ and val/ with x and y) or a .npy folder, sample by sample.")
+    g.add_argument("dataset", help="digits, textures or fields3d")
+    g.add_argument("-o", "--out", required=True, help="output: FILE.h5 (hdf5) or a folder (npy)")
+    g.add_argument("--format", choices=("hdf5", "npy"), default=None, help="default: from --out (.h5/.hdf5: hdf5)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--size", type=int, help="image side (textures, fields3d)")
+    g.add_argument("--samples", type=int, help="training samples")
+    g.add_argument("--val-samples", type=int, help="validation samples")
+    g.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="another dataset option, e.g. --set region=128")
+    g.set_defaults(func=_run_data_generate)
+    i = dsub.add_parser("info", help="check a data file (HDF5 file or .npy folder) and describe its splits")
+    i.add_argument("path")
+    i.set_defaults(func=_run_data_info)
+
+
+def _run_data_generate(args):
+    from .data.command import generate_command
+    from .train.config import JobError, apply_overrides, dataset_options
+    options = {k: v for k, v in (("size", args.size), ("samples", args.samples),
+                                 ("val_samples", args.val_samples)) if v is not None}
+    try:
+        options = dataset_options(args.dataset, apply_overrides(options, args.options))
+    except JobError as e:
+        sys.stderr.write(f"hpcnn data generate: error: {e}\n")
+        return 2
+    return generate_command(args.dataset, args.out, args.format, args.seed, options)
+
+
+def _run_data_info(args):
+    from .data.command import info_command
+    return info_command(args.path)
+
+
+def _add_calibrate(sub):
+    p = sub.add_parser("calibrate", help="measure this machine for the performance model (run under mpiexec)",
+                       description="Kernel microbenchmarks over sampled shapes, ping-pong, allreduce and all-to-all "
+                                   "sweeps on every rank; writes a machine profile for `hpcnn plan --machine`. "
+                                   "Run as `mpiexec -n P hpcnn calibrate -o PROFILE.json` (P = ranks per node).")
+    p.add_argument("-o", "--out", required=True, help="the profile to write (JSON)")
+    p.add_argument("--quick", action="store_true", help="at most 2 minutes (fewer shapes and sizes)")
+    p.add_argument("--budget", type=float, default=540.0, metavar="SECONDS",
+                   help="time for the measurements (default 540; --quick caps it at 120)")
+    p.add_argument("--name", help="the profile's name (default: HOST-cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shape sampling")
+    p.set_defaults(func=_run_calibrate)
+
+
+def _run_calibrate(args):
+    from perfmodel.calibrate import calibrate
+    from .dist import comm as _comm
+    _comm.install_abort_on_error()
+    comm = _comm.world()
+    profile = calibrate(comm, budget=args.budget, quick=args.quick, progress=True, seed=args.seed, name=args.name)
+    if comm.Get_rank() == 0:
+        profile.save(args.out)
+        fits = ", ".join(f"{op} {m.spec['fit']['median_abs_relative'] * 100:.0f}%"
+                         for op, m in profile.kernels.items())
+        alpha, beta = profile.link(False)
+        print(f"wrote {args.out}: alpha {alpha * 1e6:.2f} us, {1 / beta / 1e9:.2f} GB/s, concurrency slowdown "
+              f"{profile.concurrency_slowdown:.2f}; kernel fits (median relative error): {fits}")
+    _comm.barrier(comm)
+    return 0
+
+
+def _shape_arg(text):
+    try:
+        return tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 3x224x224, received {text!r}") from None
+
+
+def _add_plan(sub):
+    p = sub.add_parser("plan", help="choose each layer's process grid with the performance model",
+                       description="Plan a model over P ranks: every layer's grid (shortest path through the "
+                                   "layered graph of layer x grid, shuffles between grids), the predicted time "
+                                   "and memory per layer, and a plan file for `hpcnn train --plan`.")
+    p.add_argument("--model", required=True, help="a zoo model (hpcnn.models.names())")
+    p.add_argument("--input", type=_shape_arg, metavar="CxHxW", help="one sample's shape, CxHxW or CxDxHxW "
+                   "(default: the model's usual input)")
+    p.add_argument("--batch", type=int, required=True, help="global batch size")
+    p.add_argument("--ranks", type=int, required=True, help="number of MPI ranks")
+    p.add_argument("--machine", required=True, help="a machine profile: a JSON file or a shipped name "
+                   "(perfmodel/profiles/, e.g. v100-nvlink-edr)")
+    p.add_argument("--memory-per-rank", type=float, metavar="GiB", help="memory limit per rank (default: the profile's)")
+    p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="a model option, e.g. --set width=32 (repeatable)")
+    p.add_argument("--json", metavar="OUT", help="write the plan (hpcnn.dist.Plan JSON) to OUT")
+    p.add_argument("--explain", metavar="LAYER", action="append", default=[],
+                   help="show every candidate grid's costs for LAYER and why its grid was chosen (repeatable)")
+    p.set_defaults(func=_run_plan)
+
+
+_DEFAULT_INPUTS = {"resnet18": (3, 224, 224), "resnet34": (3, 224, 224), "resnet50": (3, 224, 224),
+                   "unet2d": (1, 256, 256), "meshnet": (18, 2048, 2048), "cosmoflow": (4, 128, 128, 128),
+                   "lenet": (1, 8, 8)}
+
+
+def _run_plan(args):
+    import json as _json
+
+    from perfmodel import report
+    from perfmodel.layers import model_chain
+    from perfmodel.machine import ProfileError, load_profile
+    from perfmodel.planner import PlanError, plan_chain
+    from .dist.plan import Plan
+    options = {}
+    for item in args.options:
+        key, _, value = item.partition("=")
+        try:
+            options[key] = _json.loads(value)
+        except _json.JSONDecodeError:
+            options[key] = value
+    try:
+        if args.input is None and args.model not in _DEFAULT_INPUTS:
+            raise ValueError(f"--input is needed for model {args.model!r}")
+        shape = args.input or _DEFAULT_INPUTS[args.model]
+        if args.batch < 1 or args.ranks < 1:
+            raise ValueError("--batch and --ranks must be positive")
+        machine = load_profile(args.machine)
+        _, chain = model_chain(args.model, shape, args.batch, **options)
+        limit = None if args.memory_per_rank is None else args.memory_per_rank * 2**30
+        result = plan_chain(chain, args.ranks, machine, memory_limit=limit)
+        explanations = [report.explain(result, name) for name in args.explain]
+    except (ValueError, ProfileError, PlanError) as e:
+        sys.stderr.write(f"hpcnn plan: error: {e}\n")
+        return 2
+    print(f"plan for {args.model} input {'x'.join(map(str, shape))}, batch {args.batch}, {args.ranks} ranks on "
+          f"'{machine.name}' ({machine.backend}, {machine.ranks_per_node} ranks per node); planned in "
+          f"{result.planning_seconds:.2f} s")
+    print(report.plan_table(result))
+    print(report.speedups(result))
+    for text in explanations:
+        print()
+        print(text)
+    if args.json:
+        grids, predicted = report.plan_entries(result)
+        counts = {}
+        for g in grids.values():
+            counts[tuple(g)] = counts.get(tuple(g), 0) + 1
+        default = max(counts, key=counts.get)
+        plan = Plan(args.ranks, list(default), grids, args.model, {**options, **_input_options(args.model, shape)},
+                    (args.batch,) + tuple(shape), predicted)
+        plan.save(args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _input_options(model, shape):
+    if model == "cosmoflow":
+        return {"in_channels": shape[0], "input_size": shape[1]}
+    if model == "lenet":
+        return {"in_channels": shape[0], "input_size": shape[1]}
+    return {"in_channels": shape[0]}
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="hpcnn", description=(
         "Train convolutional networks on inputs too large for one process: spatial blocks per MPI "
         "rank, halo exchange, a performance-model planner, a CHAOS thread engine for CPUs."))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_bench(sub)
+    _add_plan(sub)
+    _add_calibrate(sub)
+    _add_train(sub)
+    _add_data(sub)
     return parser
 
 

@@ -1,0 +1,278 @@
+"""Performance model against measurement: per layer and per iteration, every candidate grid, 1 and 2 ranks.
+
+For each model (meshnet, resnet18 with small input, a small cosmoflow) and rank count, every
+candidate grid (every factorization of P over N and the spatial dims that the planner accepts)
+runs a few training iterations under `mpiexec -n P` (one thread per rank); forward and backward
+of every leaf layer are timed on each rank (the slowest rank counts) and compared with the
+prediction of `perfmodel` for the same layer and grid. An iteration is forward, backward with
+the bucketed gradient allreduce, and an SGD-with-momentum step; its input gradient is a tensor of
+ones (no loss), as in the model. The plan the planner chooses is measured too and compared with
+the fastest measured candidate. Writes model_layers.csv, model_iterations.csv and model.png.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+__all__ = ["add_arguments", "run", "CASES"]
+
+# name -> (input shape (C, *S), batch, build options)
+CASES = {
+    "meshnet": ((18, 256, 256), 2, {}),
+    "resnet18": ((3, 32, 32), 8, {"small_input": True}),
+    "cosmoflow": ((4, 32, 32, 32), 2, {}),
+}
+
+
+def add_arguments(p):
+    p.add_argument("--models", default=",".join(CASES), help="comma-separated, from: " + ", ".join(CASES))
+    p.add_argument("--ranks", default="1,2", help="comma-separated rank counts (default 1,2)")
+    p.add_argument("--machine", default=None, help="machine profile (default: the shipped profile of this host, "
+                   "else the newest CPU profile in perfmodel/profiles)")
+    p.add_argument("--iterations", type=int, default=3, help="timed iterations per configuration (default 3)")
+    p.add_argument("--out", default="bench-out", help="folder for the CSV files and the PNG plot")
+    p.add_argument("--timeout", type=float, default=900, help="seconds allowed per mpiexec run")
+
+
+def _default_machine():
+    import socket
+
+    from perfmodel.machine import shipped_profiles
+    shipped = shipped_profiles()
+    host = socket.gethostname()
+    for name, path in shipped.items():
+        if name.startswith(host):
+            return path
+    cpu = [p for n, p in shipped.items() if "cpu" in n]
+    if not cpu:
+        raise SystemExit("hpcnn bench model: no CPU profile found; run `mpiexec -n 2 hpcnn calibrate -o P.json` "
+                         "and pass --machine P.json")
+    return max(cpu, key=os.path.getmtime)
+
+
+# --- the worker (runs under mpiexec) --------------------------------------------------------------
+def _timed(module, store, name):
+    fwd, bwd = module.forward, module.backward
+
+    def forward(t):
+        t0 = time.perf_counter()
+        out = fwd(t)
+        store.setdefault(name, [[], []])[0].append(time.perf_counter() - t0)
+        return out
+
+    def backward(g):
+        t0 = time.perf_counter()
+        out = bwd(g)
+        store.setdefault(name, [[], []])[1].append(time.perf_counter() - t0)
+        return out
+    module.forward, module.backward = forward, backward
+
+
+def _worker(spec_path, out_path):
+    from hpcnn import dist, models
+    from hpcnn.dist import comm as _comm
+    from hpcnn.dist.layers import _Container
+    from hpcnn.dist.model import leaf_layers
+    from hpcnn.dist.plan import Plan
+    _comm.install_abort_on_error()
+    comm = _comm.world()
+    with open(spec_path) as f:
+        spec = json.load(f)
+    results = []
+    for job in spec["jobs"]:
+        model = models.build(job["model"], seed=0, **job["options"])
+        shape = tuple(job["input"])
+        x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+        if job.get("plan"):
+            plan = Plan.from_dict(job["plan"])
+            dm = dist.distribute(model, plan=plan)
+            first = dist.Distribution(comm, plan.grid_for(leaf_layers(model)[0][0]))
+        else:
+            first = dist.Distribution(comm, tuple(job["grid"]))
+            dm = dist.distribute(model, first)
+        store = {}
+        names = iter(n for n, _ in leaf_layers(model))
+        for m in dm.root.modules():
+            if not isinstance(m, _Container):
+                _timed(m, store, next(names))
+        xt = dist.scatter(x, first)
+        momentum = {name: np.zeros_like(p) for name, p, _ in model.parameters()}
+        iters = []
+        for i in range(job["iterations"] + 1):
+            if i == 1:
+                store.clear()
+            _comm.barrier(comm)
+            t0 = time.perf_counter()
+            y = dm.forward(xt)
+            dm.backward(y.like(np.ones_like(y.local)))
+            for name, p, g in model.parameters():
+                buf = momentum[name]
+                buf *= 0.9
+                buf += g
+                p -= 1e-4 * buf
+            t = _comm.allreduce_scalar(comm, time.perf_counter() - t0, "max")
+            if i > 0:
+                iters.append(t)
+        layers = {}
+        for name, (f, b) in store.items():
+            layers[name] = [_comm.allreduce_scalar(comm, float(np.median(f)) if f else 0.0, "max"),
+                            _comm.allreduce_scalar(comm, float(np.median(b)) if b else 0.0, "max")]
+        results.append({**{k: job[k] for k in ("model", "grid", "label")}, "iteration": float(np.median(iters)),
+                        "layers": layers})
+    if comm.Get_rank() == 0:
+        with open(out_path, "w") as f:
+            json.dump(results, f)
+
+
+# --- the driver --------------------------------------------------------------------------------
+def _predict(name, grid_or_plan, machine, chain, ranks):
+    """(iteration seconds, {leaf name: (fwd, bwd) seconds}) predicted for a uniform grid or a PlanResult."""
+    from perfmodel.layers import Block
+    from perfmodel.planner import uniform_time
+    if isinstance(grid_or_plan, tuple):
+        u = uniform_time(chain, grid_or_plan, machine)
+        if u is None:
+            return None, {}
+        t, pairs = u
+        per = {n.name: (c.forward + c.halo_forward + c.collective_forward,
+                        c.backward + c.halo_backward + c.collective_backward)
+               for n, c in pairs if not isinstance(n, Block)}
+        return t, per
+    result = grid_or_plan
+    per = {}
+    for n, _, c, s in result.layers:
+        if n is not None and not isinstance(n, Block):
+            per[n.name] = (c.forward + c.halo_forward + c.collective_forward + s / 2,
+                           c.backward + c.halo_backward + c.collective_backward + s / 2)
+    return result.totals()["iteration"], per
+
+
+def run(args):
+    from perfmodel.costs import candidate_grids, grid_refusal
+    from perfmodel.layers import iter_layers, model_chain
+    from perfmodel.machine import load_profile
+    from perfmodel.planner import grid_string, plan_chain
+    from perfmodel.report import plan_entries
+
+    machine = load_profile(args.machine or _default_machine())
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    for m in names:
+        if m not in CASES:
+            raise SystemExit(f"hpcnn bench model: unknown model {m!r}; expected some of {', '.join(CASES)}")
+    ranks_list = [int(r) for r in args.ranks.split(",")]
+    os.makedirs(args.out, exist_ok=True)
+    print(f"machine profile: {machine.path or machine.name}")
+    rows_layers, rows_iter, plan_rows = [], [], []
+    for ranks in ranks_list:
+        jobs, predictions = [], {}
+        for m in names:
+            shape, batch, options = CASES[m]
+            _, chain = model_chain(m, shape, batch, **options)
+            build = {**options, "in_channels": shape[0]}
+            if m == "cosmoflow":
+                build["input_size"] = shape[1]
+            nd = len(shape) - 1
+            for grid in candidate_grids(ranks, nd):
+                if any(grid_refusal(layer, grid) for layer in iter_layers(chain)):
+                    continue
+                label = grid_string(grid)
+                jobs.append({"model": m, "options": build, "input": (batch,) + tuple(shape), "grid": list(grid),
+                             "label": label, "iterations": args.iterations})
+                predictions[(m, label)] = _predict(m, tuple(grid), machine, chain, ranks)
+            result = plan_chain(chain, ranks, machine)
+            grids, _ = plan_entries(result)
+            default = max(set(map(tuple, grids.values())), key=list(map(tuple, grids.values())).count)
+            plan = {"format": "hpcnn-plan", "version": 1, "ranks": ranks, "default_grid": list(default),
+                    "layers": [{"name": k, "grid": v} for k, v in grids.items()]}
+            jobs.append({"model": m, "options": build, "input": (batch,) + tuple(shape), "grid": list(default),
+                         "label": "plan", "plan": plan, "iterations": args.iterations})
+            predictions[(m, "plan")] = _predict(m, result, machine, chain, ranks)
+        with tempfile.TemporaryDirectory() as tmp:
+            spec_path = os.path.join(tmp, "spec.json")
+            out_path = os.path.join(tmp, "out.json")
+            with open(spec_path, "w") as f:
+                json.dump({"jobs": jobs}, f)
+            env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+                       MKL_NUM_THREADS="1")
+            cmd = ["mpiexec", "-n", str(ranks), sys.executable, "-m", "hpcnn.bench.model", spec_path, out_path]
+            print(f"{ranks} rank(s): {len(jobs)} configurations ...", flush=True)
+            subprocess.run(cmd, env=env, check=True, timeout=args.timeout)
+            with open(out_path) as f:
+                measured = json.load(f)
+        by_model = {}
+        for res in measured:
+            key = (res["model"], res["label"])
+            pred_iter, pred_layers = predictions[key]
+            rows_iter.append((ranks, res["model"], res["label"], res["iteration"], pred_iter))
+            by_model.setdefault(res["model"], []).append((res["label"], res["iteration"], pred_iter))
+            for lname, (f, b) in res["layers"].items():
+                pf, pb = pred_layers.get(lname, (float("nan"), float("nan")))
+                rows_layers.append((ranks, res["model"], res["label"], lname, f + b, pf + pb))
+        for m, entries in by_model.items():
+            cands = [e for e in entries if e[0] != "plan"]
+            fastest = min(cands, key=lambda e: e[1])
+            planned = next(e for e in entries if e[0] == "plan")
+            plan_rows.append((ranks, m, planned[1], fastest[0], fastest[1]))
+    _report(rows_layers, rows_iter, plan_rows, args.out)
+    return 0
+
+
+def _errors(pairs):
+    rel = np.array([abs(p - m) / m for m, p in pairs if m > 0 and np.isfinite(p)])
+    return (float(np.median(rel)), float(rel.max())) if rel.size else (float("nan"), float("nan"))
+
+
+def _report(rows_layers, rows_iter, plan_rows, out):
+    with open(os.path.join(out, "model_layers.csv"), "w") as f:
+        f.write("ranks,model,grid,layer,measured_s,predicted_s\n")
+        for r in rows_layers:
+            f.write(",".join(map(str, r)) + "\n")
+    with open(os.path.join(out, "model_iterations.csv"), "w") as f:
+        f.write("ranks,model,grid,measured_s,predicted_s\n")
+        for r in rows_iter:
+            f.write(",".join(map(str, r)) + "\n")
+    print(f"\n{'ranks':>5s} {'model':10s} {'grid':>10s} {'measured ms':>12s} {'predicted ms':>13s} {'error':>7s}")
+    for ranks, m, label, meas, pred in rows_iter:
+        print(f"{ranks:5d} {m:10s} {label:>10s} {meas * 1e3:12.2f} {pred * 1e3:13.2f} {(pred - meas) / meas * 100:6.1f}%")
+    it_med, it_max = _errors([(m, p) for *_, m, p in rows_iter])
+    # per-layer errors over layers that take at least 1% of their iteration (tiny layers are noise)
+    iter_time = {(r, m, g): meas for r, m, g, meas, _ in rows_iter}
+    big = [(meas, pred) for r, m, g, _, meas, pred in rows_layers if meas >= 0.01 * iter_time[(r, m, g)]]
+    ly_med, ly_max = _errors(big)
+    al_med, al_max = _errors([(meas, pred) for *_, meas, pred in rows_layers])
+    print(f"\nper iteration: median |error| {it_med * 100:.1f}%, largest {it_max * 100:.1f}% ({len(rows_iter)} runs)")
+    print(f"per layer (>= 1% of the iteration): median |error| {ly_med * 100:.1f}%, largest {ly_max * 100:.1f}% "
+          f"({len(big)} layers); all layers: median {al_med * 100:.1f}%, largest {al_max * 100:.1f}%")
+    for ranks, m, planned, label, fastest in plan_rows:
+        print(f"{ranks} rank(s) {m}: the planner's plan measures {planned * 1e3:.2f} ms, the fastest candidate "
+              f"({label}) {fastest * 1e3:.2f} ms: {(planned / fastest - 1) * 100:+.1f}%")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is missing: no plot")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+    for ax, data, title in ((axes[0], [(m, p) for *_, m, p in rows_layers], "per layer (fwd + bwd)"),
+                            (axes[1], [(m, p) for *_, m, p in rows_iter], "per iteration")):
+        d = np.array([(m, p) for m, p in data if m > 0 and np.isfinite(p) and p > 0])
+        if d.size == 0:
+            continue
+        ax.loglog(d[:, 0] * 1e3, d[:, 1] * 1e3, ".", alpha=0.6)
+        lo, hi = d.min() * 1e3, d.max() * 1e3
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+        ax.set_xlabel("measured ms")
+        ax.set_ylabel("predicted ms")
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "model.png"), dpi=120)
+    print(f"wrote {out}/model_layers.csv, {out}/model_iterations.csv, {out}/model.png")
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1], sys.argv[2])

@@ -1,0 +1,48 @@
+"""Calibration: shape sampling, the relative-error fit, and (under MPI, 2 ranks) a tiny end-to-end run."""
+import numpy as np
+import pytest
+
+from perfmodel.calibrate import fit_linear, sample_shapes
+from perfmodel.machine import MachineProfile, OPERATIONS, operation_features
+
+
+def test_fit_recovers_coefficients_from_exact_data():
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(30):
+        f = {"flops": float(rng.uniform(1e5, 1e9)), "bytes": float(rng.uniform(1e3, 1e8))}
+        rows.append((f, 2e-6 + 3e-11 * f["flops"] + 5e-10 * f["bytes"]))
+    coef, rms, med = fit_linear(rows, ("fixed", "flops", "bytes"))
+    assert coef["fixed"] == pytest.approx(2e-6, rel=1e-6)
+    assert coef["flops"] == pytest.approx(3e-11, rel=1e-6)
+    assert coef["bytes"] == pytest.approx(5e-10, rel=1e-6)
+    assert rms < 1e-9 and med < 1e-9
+
+
+@pytest.mark.parametrize("op", OPERATIONS)
+def test_sampled_shapes_are_valid(op):
+    shapes = sample_shapes(op, np.random.default_rng(1), 20)
+    assert len(shapes) == 20
+    for s in shapes:
+        keys = {k: s[k] for k in ("n", "c", "k", "in_spatial", "kernel", "out_spatial", "m", "gemm_k", "gemm_n",
+                                  "nbytes") if k in s}
+        f = operation_features(op, **keys)
+        assert f["bytes"] > 0
+        if op.startswith("conv_") or op.startswith("pool_"):
+            assert all(o >= 1 for o in s["out_spatial"])
+
+
+@pytest.mark.mpi(min_size=2)
+def test_calibrate_smoke_two_ranks(tmp_path_factory):
+    from hpcnn.dist import comm as _comm
+    from perfmodel.calibrate import calibrate
+    comm = _comm.world()
+    profile = calibrate(comm, budget=2.0, quick=True, progress=False)
+    ok = True
+    if comm.Get_rank() == 0:
+        path = tmp_path_factory.mktemp("cal") / "p.json"
+        profile.save(path)
+        again = MachineProfile.load(path)
+        ok = (str(comm.Get_size()) in again.doc["collectives"]["allreduce"]["measured"]["ranks"]
+              and again.link(False)[0] > 0 and again.kernel_time("elementwise", n=1, c=4, in_spatial=(8, 8)) > 0)
+    assert _comm.all_true(comm, ok)

@@ -1,0 +1,108 @@
+"""Per-layer costs on hand-computed cases: compute on the extended block, halo, collectives, shuffle, memory."""
+import pytest
+
+from hpcnn.kernels.shapes import WindowGeometry
+from perfmodel.costs import (candidate_grids, grid_refusal, gradient_allreduce_time, layer_cost, shuffle_bytes,
+                             shuffle_time)
+from perfmodel.layers import LayerSpec
+from perfmodel.machine import MachineProfile
+
+A, B, F = 1e-6, 1e-9, 1e-9      # alpha, beta (s/byte), s/flop; every kernel also pays 1e-9 s per byte
+
+
+@pytest.fixture
+def machine():
+    return MachineProfile.synthetic(per_flop=F, per_byte=1e-9, alpha=A, beta=B)
+
+
+def conv_spec(n=2, c=4, k=8, h=8, w=8, kernel=3, padding=1, stride=1, bias=False):
+    geo = WindowGeometry(2, kernel, stride, padding)
+    out = (n, k) + geo.output_shape((h, w))
+    spec = LayerSpec("conv", "conv", (n, c, h, w), out, geo, (k * c * kernel * kernel,), 0.0)
+    spec.options["bias"] = bias
+    return spec
+
+
+def test_conv_one_rank_by_hand(machine):
+    c = layer_cost(conv_spec(), (1, 1, 1), machine)
+    flops = 2 * 2 * 8 * 4 * 9 * 64
+    nbytes = 4 * (2 * 4 * 64 + 2 * 8 * 64 + 8 * 4 * 9)
+    assert c.forward == pytest.approx(flops * F + nbytes * 1e-9)
+    assert c.backward == pytest.approx(2 * (flops * F + nbytes * 1e-9))
+    assert c.halo_forward == 0 and c.halo_backward == 0 and c.gradient_allreduce == 0
+    assert c.workspace_bytes == 2 * 4 * 9 * 64 * 4     # the lowered matrix
+
+
+def test_conv_h_split_halo_by_hand(machine):
+    # grid (1, 2, 1): rows 0-3 and 4-7; each block needs one row from its neighbour
+    c = layer_cost(conv_spec(), (1, 2, 1), machine)
+    ext, own = (5, 8), 4
+    flops = 2 * 2 * 8 * 4 * 9 * (4 * 8)
+    nbytes = 4 * (2 * 4 * 5 * 8 + 2 * 8 * 4 * 8 + 8 * 4 * 9)
+    assert c.forward == pytest.approx(flops * F + nbytes * 1e-9)
+    block = 2 * 4 * 5 * 8 * 4                 # extended buffer
+    halo = 2 * 4 * 1 * 8 * 4                  # one row of (n, c, W)
+    fwd = (block + 2 * halo) * 1e-9 + A + halo * B
+    assert c.halo_forward == pytest.approx(fwd)
+    assert c.halo_backward == pytest.approx(fwd + (block + halo) * 1e-9)
+    assert c.details["halo_bytes"] == halo
+    # the kept extended input
+    assert c.activation_bytes == pytest.approx(block)
+    # weight gradient: 288 floats over 2 ranks, recursive doubling
+    assert c.gradient_allreduce == pytest.approx(A + 288 * 4 * B)
+    assert own == 4
+
+
+def test_strided_conv_halo_only_on_one_side(machine):
+    # stride 2, kernel 3, pad 1 on 8 rows split in two: output rows 0-1 | 2-3; block 1 (rows 4-7)
+    # needs rows 3-7 (one row from below), block 0 needs rows -1..3 -> nothing from block 1
+    c = layer_cost(conv_spec(kernel=3, padding=1, stride=2), (1, 2, 1), machine)
+    assert c.details["halo_bytes"] == 2 * 4 * 1 * 8 * 4
+
+
+def test_batchnorm_allreduces(machine):
+    spec = LayerSpec("bn", "batchnorm", (4, 16, 8, 8), (4, 16, 8, 8), None, (16, 16), 0.0)
+    c = layer_cost(spec, (2, 1, 2), machine)
+    # 4 ranks, 16 float64 sums: recursive doubling (2 steps), twice forward, once (32 values) backward
+    one = 2 * (A + 128 * B)
+    assert c.collective_forward == pytest.approx(2 * one)
+    assert c.collective_backward == pytest.approx(2 * (A + 256 * B))
+    e = 2 * 16 * 8 * 4
+    assert c.forward == pytest.approx(4 * e * F + 2 * e * 4 * 1e-9)
+
+
+def test_global_pool_allreduce_over_the_spatial_group(machine):
+    spec = LayerSpec("gap", "global_avgpool", (4, 16, 8, 8), (4, 16), None, (), 0.0)
+    c = layer_cost(spec, (2, 1, 2), machine)
+    assert c.collective_forward == pytest.approx(A + 2 * 16 * 8 * B)   # 2 spatial ranks, (2, 16) float64
+
+
+def test_shuffle_sample_to_spatial_by_hand(machine):
+    shape = (4, 3, 8, 8)
+    sent, partners = shuffle_bytes(shape, (4, 1, 1), (1, 4, 1), 4)
+    # keeps 2 of its 8 rows of its one sample, sends the rest to 3 others
+    assert sent == 3 * (64 - 16) * 4 and partners == 3
+    t = shuffle_time(shape, (4, 1, 1), (1, 4, 1), machine)
+    # 192 bytes per partner is below the 256-byte Bruck threshold: log2(4) steps of half the data
+    assert t == pytest.approx(2 * A + sent / 2 * 2 * B + 2 * (3 * 64 * 4) * 1e-9)
+    assert shuffle_time(shape, (1, 4, 1), (1, 4, 1), machine) == 0.0
+
+
+def test_gradient_allreduce_overlap():
+    m0 = MachineProfile.synthetic(alpha=0.0, beta=1e-9, overlap_gradient=0.0)
+    m1 = MachineProfile.synthetic(alpha=0.0, beta=1e-9, overlap_gradient=1.0)
+    grads = [1000.0, 1000.0]
+    ready = [1.0, 2.0]          # seconds: long backward steps hide everything but the last bucket
+    exposed0, total = gradient_allreduce_time(grads, ready, m0, 2, 2.0)
+    exposed1, _ = gradient_allreduce_time(grads, ready, m1, 2, 2.0)
+    assert exposed0 == pytest.approx(total) and total == pytest.approx(2000 * 1e-9)
+    assert exposed1 == pytest.approx(2000 * 1e-9)   # one bucket (both fit in 4 MiB), ready at the end
+
+
+def test_candidate_grids_and_refusals():
+    assert sorted(candidate_grids(4, 2)) == sorted([(1, 1, 4), (1, 2, 2), (1, 4, 1), (2, 1, 2), (2, 2, 1), (4, 1, 1)])
+    assert len(candidate_grids(1024, 2)) == 66
+    spec = conv_spec(n=2, h=4, w=4, kernel=5, padding=2)
+    assert grid_refusal(spec, (4, 1, 1)) == "4 sample blocks for a batch of 2"
+    assert "smaller than the halo" in grid_refusal(spec, (1, 4, 1))
+    assert grid_refusal(spec, (2, 1, 1)) is None

@@ -1,0 +1,56 @@
+"""`hpcnn plan`: the table, the plan JSON that hpcnn.dist.Plan reads back, --explain, and clear errors."""
+import json
+
+import pytest
+
+from hpcnn.cli import main
+from hpcnn.dist.plan import Plan
+from perfmodel.layers import iter_layers, model_chain
+from perfmodel.machine import MachineProfile
+
+
+@pytest.fixture
+def profile(tmp_path):
+    path = tmp_path / "machine.json"
+    MachineProfile.synthetic(per_flop=1e-10, per_byte=1e-10, alpha=1e-6, beta=1e-9, ranks_per_node=2).save(path)
+    return str(path)
+
+
+def test_plan_json_round_trip(tmp_path, profile, capsys):
+    out = tmp_path / "plan.json"
+    code = main(["plan", "--model", "resnet18", "--input", "3x32x32", "--batch", "4", "--ranks", "4",
+                 "--machine", profile, "--set", "small_input=true", "--json", str(out),
+                 "--explain", "layer1.0.residual.body.conv1"])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "predicted speedup" in text and "chosen grid" in text and "total (per iteration)" in text
+    plan = Plan.load(out)
+    assert plan.ranks == 4 and plan.model == "resnet18" and plan.input_shape == (4, 3, 32, 32)
+    _, chain = model_chain("resnet18", (3, 32, 32), 4, small_input=True)
+    names = [layer.name for layer in iter_layers(chain)]
+    assert sorted(plan.layers) == sorted(names)
+    assert all(plan.predicted[n]["time_s"] >= 0 for n in names)
+    # the plan file is exactly what Plan writes back
+    again = tmp_path / "again.json"
+    plan.save(again)
+    assert json.loads(again.read_text()) == json.loads(out.read_text())
+    from hpcnn import models
+    plan.validate(models.build("resnet18", small_input=True), 4)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "resnet5", "--input", "3x32x32", "--batch", "2", "--ranks", "2"], "unknown model 'resnet5'"),
+    (["--model", "meshnet", "--input", "18x4x4", "--batch", "1", "--ranks", "64"], "no grid of 64 ranks"),
+    (["--model", "meshnet", "--input", "18x64x64", "--batch", "2", "--ranks", "2", "--memory-per-rank", "0.0001"],
+     "no plan fits"),
+    (["--model", "meshnet", "--input", "18x64x64", "--batch", "2", "--ranks", "2", "--explain", "nope"],
+     "no layer 'nope'"),
+])
+def test_bad_input_is_a_clear_error(profile, capsys, argv, message):
+    assert main(["plan", "--machine", profile] + argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_profile(capsys):
+    assert main(["plan", "--model", "meshnet", "--batch", "1", "--ranks", "1", "--machine", "no-such-machine"]) == 2
+    assert "no such file" in capsys.readouterr().err
