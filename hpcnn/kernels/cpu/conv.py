@@ -432,21 +432,21 @@ def _worker_pool():
 def _input_lines(win, out_spatial, in_spatial, per_block):
     """footprint(first, last) for _in_parallel: an interval of flattened input lines (n, d, h) that holds
     every line that the output pixels of blocks first..last-1 read (blocks as in _chunk)."""
-    od_, oh_, ow_ = out_spatial
-    d_, h_ = in_spatial[:2]
+    out_d, out_h, out_w = out_spatial
+    in_d, in_h = in_spatial[:2]
     (rd, rh, _), (sd, sh, _), (dd, dh, _), (lod, loh, _) = win.kernel, win.stride, win.dilation, win.lo
 
     def line(n, pixel, last):
-        od, oh = divmod(pixel // ow_, oh_)
+        od, oh = divmod(pixel // out_w, out_h)
         plane = od * sd - lod + (dd * (rd - 1) if last else 0)
         row = oh * sh - loh + (dh * (rh - 1) if last else 0)
         if last:
-            return (n * d_ + min(plane, d_ - 1)) * h_ + (min(row, h_ - 1) if plane < d_ else h_ - 1)
-        return (n * d_ + max(plane, 0)) * h_ + (max(row, 0) if plane >= 0 else 0)
+            return (n * in_d + min(plane, in_d - 1)) * in_h + (min(row, in_h - 1) if plane < in_d else in_h - 1)
+        return (n * in_d + max(plane, 0)) * in_h + (max(row, 0) if plane >= 0 else 0)
 
     def footprint(first, last):
-        n0, q0, _ = _chunk(first, od_ * oh_ * ow_, per_block)
-        n1, q1, count = _chunk(last - 1, od_ * oh_ * ow_, per_block)
+        n0, q0, _ = _chunk(first, out_d * out_h * out_w, per_block)
+        n1, q1, count = _chunk(last - 1, out_d * out_h * out_w, per_block)
         return line(n0, q0, False), line(n1, q1 + count - 1, True)
 
     return footprint
