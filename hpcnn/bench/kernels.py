@@ -75,7 +75,7 @@ def _set_threads(threads):
     """One thread count for every pool in the process; returns what each now uses."""
     import numba
     from threadpoolctl import threadpool_limits
-    # BLAS libraries are limited only once loaded: load hpcnn's (scipy's and numpy's) first.
+    # threadpoolctl limits only the BLAS libraries already loaded: load hpcnn's first.
     from ..kernels.cpu import _blas  # noqa: F401
     threadpool_limits(threads)
     numba_threads = min(threads, numba.config.NUMBA_NUM_THREADS)
