@@ -287,6 +287,19 @@ def _address(a, offset):
 
 
 @numba.njit(nogil=True, cache=True)
+def _columns(x, kernel, stride, dilation, lo, out_spatial, pointwise, n, first, count, scratch):
+    """(address, leading dimension) of the (C*R, count) columns of output pixels first.. of image n:
+    x itself for a pointwise window, else their im2col in scratch."""
+    rows = x.shape[1] * kernel[0] * kernel[1] * kernel[2]
+    pixels = out_spatial[0] * out_spatial[1] * out_spatial[2]
+    if pointwise:
+        return _address(x, (n * rows) * pixels + first), pixels
+    block = scratch[:rows * count].reshape((rows, count))
+    _im2col(x, kernel, stride, dilation, lo, out_spatial, n * pixels + first, block)
+    return block.ctypes.data, count
+
+
+@numba.njit(nogil=True, cache=True)
 def _forward_chunks(gemm, x, w2, bias, y, kernel, stride, dilation, lo, out_spatial, pointwise,
                     per_block, per_gemm, first, last, scratch, one):
     """y[n, :, block] = w2 @ cols(block) + bias for blocks first..last-1 (see _chunk), one GEMM per
@@ -298,19 +311,11 @@ def _forward_chunks(gemm, x, w2, bias, y, kernel, stride, dilation, lo, out_spat
     pixels = y.shape[2]
     for index in range(first, last):
         n, q0, count = _chunk(index, pixels, per_block)
-        if pointwise:
-            block = scratch[:0].reshape((0, 0))  # unused: the columns are x itself
-        else:
-            block = scratch[:rows * count].reshape((rows, count))
-            _im2col(x, kernel, stride, dilation, lo, out_spatial, n * pixels + q0, block)
+        cols, ld_cols = _columns(x, kernel, stride, dilation, lo, out_spatial, pointwise, n, q0, count, scratch)
         for s in range(0, count, per_gemm):
-            if pointwise:
-                cols, ld_cols = _address(x, n * rows * pixels + q0 + s), pixels
-            else:
-                cols, ld_cols = _address(block, s), count
             gemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, BLAS_INT(k_out), BLAS_INT(min(per_gemm, count - s)),
-                 BLAS_INT(rows), one, w2.ctypes.data, BLAS_INT(rows), cols, BLAS_INT(ld_cols), one - one,
-                 _address(y, n * k_out * pixels + q0 + s), BLAS_INT(pixels))
+                 BLAS_INT(rows), one, w2.ctypes.data, BLAS_INT(rows), cols + numba.uintp(s * x.itemsize),
+                 BLAS_INT(ld_cols), one - one, _address(y, (n * k_out) * pixels + q0 + s), BLAS_INT(pixels))
         for k in range(bias.shape[0]):
             out = y[n, k, q0:q0 + count]
             out += bias[k]
@@ -328,19 +333,11 @@ def _filter_chunks(gemm, x, dy, dw_t, kernel, stride, dilation, lo, out_spatial,
     pixels = dy.shape[2]
     for index in range(first, last):
         n, q0, count = _chunk(index, pixels, per_block)
-        if pointwise:
-            block = scratch[:0].reshape((0, 0))  # unused: the columns are x itself
-        else:
-            block = scratch[:rows * count].reshape((rows, count))
-            _im2col(x, kernel, stride, dilation, lo, out_spatial, n * pixels + q0, block)
+        cols, ld_cols = _columns(x, kernel, stride, dilation, lo, out_spatial, pointwise, n, q0, count, scratch)
         for s in range(0, count, per_gemm):
-            if pointwise:
-                cols, ld_cols = _address(x, n * rows * pixels + q0 + s), pixels
-            else:
-                cols, ld_cols = _address(block, s), count
             gemm(_ROW_MAJOR, _NO_TRANS, _TRANS, BLAS_INT(rows), BLAS_INT(k_out), BLAS_INT(min(per_gemm, count - s)),
-                 one, cols, BLAS_INT(ld_cols), _address(dy, n * k_out * pixels + q0 + s), BLAS_INT(pixels), one,
-                 dw_t.ctypes.data, BLAS_INT(k_out))
+                 one, cols + numba.uintp(s * x.itemsize), BLAS_INT(ld_cols),
+                 _address(dy, (n * k_out) * pixels + q0 + s), BLAS_INT(pixels), one, dw_t.ctypes.data, BLAS_INT(k_out))
 
 
 @numba.njit(nogil=True, cache=True)
