@@ -1,7 +1,8 @@
 """Kernel timings: hpcnn's convolution, pooling and batch-norm against PyTorch, same machine, same threads.
 
 Every operation is timed for hpcnn and for PyTorch in the same run, the two interleaved (one call
-of each per round, after a warm-up call of each), and the median of the rounds is reported. The
+of each per round, after a warm-up call of each, a 20 ms pause before each timed call), and the
+median of the rounds is reported. The
 table gives milliseconds, the ratio hpcnn/PyTorch, GFLOP/s and the share of the float32 matmul
 peak measured here at the same thread count, then the geometric mean of the convolution ratios
 (forward, backward-data and backward-filter each count once) and the worst of them.
@@ -41,6 +42,7 @@ QUICK_CONV_SUITE = [
 POOL_SHAPE = (8, 64, 128, 128)
 QUICK_POOL_SHAPE = (2, 8, 32, 32)
 BN_EPS = 1e-5
+_PAUSE_S = 0.02
 
 CONV_OPS = ("conv forward", "conv backward-data", "conv backward-filter")
 
@@ -91,6 +93,16 @@ def _set_threads(threads):
     return used, torch
 
 
+def _timed(call):
+    # Idle threads of the library timed before (PyTorch's OpenMP team, OpenBLAS's servers) spin for
+    # a few ms after a call: a pause first lets them sleep, so that neither library is timed on
+    # cores that the other still holds.
+    time.sleep(_PAUSE_S)
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
 def _timed_pair(hp, ref, repeat):
     """Median seconds of hp() and ref() (None when ref is None), one call of each per round after a warm-up."""
     hp()
@@ -98,13 +110,9 @@ def _timed_pair(hp, ref, repeat):
         ref()
     hp_times, ref_times = [], []
     for _ in range(repeat):
-        start = time.perf_counter()
-        hp()
-        hp_times.append(time.perf_counter() - start)
+        hp_times.append(_timed(hp))
         if ref is not None:
-            start = time.perf_counter()
-            ref()
-            ref_times.append(time.perf_counter() - start)
+            ref_times.append(_timed(ref))
     return statistics.median(hp_times), (statistics.median(ref_times) if ref_times else None)
 
 

@@ -420,7 +420,8 @@ def _worker_pool():
     global _pool
     with _pool_lock:
         if _pool is None:
-            # BLAS runs single-threaded in the workers: the parts are the parallelism.
+            # BLAS runs on the worker itself (the parts are the parallelism): two workers each waiting
+            # on OpenBLAS's own threads run up to 5x slower when other threads compete for the cores.
             _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="hpcnn-conv",
                                        initializer=single_threaded_here)
         return _pool
