@@ -19,7 +19,7 @@ import numba.experimental.function_type  # noqa: F401  (registers WrapperAddress
 import numpy as np
 from numba.core import types
 
-__all__ = ["gemm", "GEMM", "BLAS_INT", "BLAS_SOURCE", "ROW_MAJOR", "NO_TRANS", "TRANS", "single_threaded_here"]
+__all__ = ["gemm", "GEMM", "BLAS_INT", "BLAS_SOURCE", "ROW_MAJOR", "NO_TRANS", "TRANS", "single_threaded_here", "blas_threads"]
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
@@ -93,6 +93,25 @@ _PY_GEMM = {np.dtype(np.float32): _SGEMM, np.dtype(np.float64): _DGEMM}
 _set_local_threads = getattr(_LIB, "openblas_set_num_threads_local", None)
 if _set_local_threads is not None:
     _set_local_threads.argtypes, _set_local_threads.restype = [ctypes.c_int], ctypes.c_int
+
+
+def _thread_count_routine():
+    for name in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
+                 "openblas_get_num_threads", "MKL_Get_Max_Threads"):
+        routine = getattr(_LIB, name, None)
+        if routine is not None:
+            routine.argtypes, routine.restype = [], ctypes.c_int
+            return routine
+    return None
+
+
+_get_threads = _thread_count_routine()
+
+
+def blas_threads():
+    """How many threads the BLAS library may use now (as set by OMP_NUM_THREADS, threadpoolctl...), or
+    None when the library does not say."""
+    return _get_threads() if _get_threads is not None else None
 
 
 def single_threaded_here():

@@ -22,7 +22,8 @@ transposed, K on the short side of the output: 1.2-2x faster than dW itself when
 1x1 convolutions with stride 1 and no padding copy nothing: their GEMMs read x as it is.
 
 2-D data is handled as 3-D with a depth of 1: one implementation for both. One call's blocks
-are split over numba's thread count (`numba.set_num_threads`), each part on a worker thread
+are split over numba's thread count (`numba.set_num_threads`, at most BLAS's thread count, so
+OMP_NUM_THREADS=1 or a threadpoolctl limit keeps a call serial), each part on a worker thread
 with its own scratch and single-threaded BLAS; several threads may also call the kernels at
 once. The compiled loops release the GIL.
 """
@@ -36,7 +37,7 @@ import numpy as np
 
 from ...backend import check_float_array
 from ..shapes import WindowGeometry, window_output_size
-from ._blas import BLAS_INT, GEMM, NO_TRANS, ROW_MAJOR, TRANS, single_threaded_here
+from ._blas import BLAS_INT, GEMM, NO_TRANS, ROW_MAJOR, TRANS, blas_threads, single_threaded_here
 
 __all__ = ["conv_forward", "conv_backward_data", "conv_backward_filter", "conv_backward_bias"]
 
@@ -385,8 +386,9 @@ os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _threads():
-    """How many threads one kernel call splits its chunks over: numba's thread count."""
-    return numba.get_num_threads()
+    """How many threads one kernel call splits its blocks over: numba's thread count for this thread,
+    at most BLAS's (so that OMP_NUM_THREADS=1 under MPI, or a threadpoolctl limit, keeps it serial)."""
+    return min(numba.get_num_threads(), blas_threads() or numba.get_num_threads())
 
 
 def _in_parallel(work, chunks, flops, footprint=None):
