@@ -306,3 +306,28 @@ def test_conv_with_a_32_bit_integer_blas(tmp_path):
     assert_close(out["y"], K.conv_forward(x, w, None, 1, 1), np.float64, "forward")
     assert_close(out["dx"], K.conv_backward_data(dy, w, (9, 11), 2, 1), np.float64, "dx")
     assert_close(out["dw"], K.conv_backward_filter(x, dy, (3, 3), 2, 1), np.float64, "dw")
+
+
+def test_serial_blas_restores_the_thread_count_when_the_last_context_closes():
+    from threadpoolctl import threadpool_limits
+    from hpcnn.kernels.cpu._blas import blas_threads, serial_blas
+    if blas_threads() is None:
+        pytest.skip("this BLAS does not report its thread count")
+    with threadpool_limits(limits=2, user_api="blas"):
+        if blas_threads() != 2:
+            pytest.skip("this BLAS does not take a thread limit of 2")
+        first, second = serial_blas(), serial_blas()
+        first.__enter__()
+        second.__enter__()
+        assert blas_threads() == 1
+        first.__exit__(None, None, None)
+        assert blas_threads() == 1  # the second is still open
+        second.__exit__(None, None, None)
+        assert blas_threads() == 2
+        x = seeded(12).standard_normal((4, 3, 17, 19))
+        w = seeded(13).standard_normal((5, 3, 3, 3))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(cpu_conv, "_threads", lambda: 2)
+            mp.setattr(cpu_conv, "_PARALLEL_FLOPS", 0)
+            K.conv_forward(x, w, None, 1, 1)
+        assert blas_threads() == 2

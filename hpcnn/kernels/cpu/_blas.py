@@ -13,13 +13,14 @@ Both 64-bit (ILP64) and 32-bit integer interfaces work.
 import ctypes
 import glob
 import os
+import threading
 
 import numba
 import numba.experimental.function_type  # noqa: F401  (registers WrapperAddressProtocol with numba)
 import numpy as np
 from numba.core import types
 
-__all__ = ["gemm", "GEMM", "BLAS_INT", "BLAS_SOURCE", "ROW_MAJOR", "NO_TRANS", "TRANS", "single_threaded_here", "blas_threads"]
+__all__ = ["gemm", "GEMM", "BLAS_INT", "BLAS_SOURCE", "ROW_MAJOR", "NO_TRANS", "TRANS", "serial_blas", "blas_threads"]
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
@@ -90,22 +91,22 @@ for _function, _real in ((_SGEMM, ctypes.c_float), (_DGEMM, ctypes.c_double)):
     _function.restype = None
 _PY_GEMM = {np.dtype(np.float32): _SGEMM, np.dtype(np.float64): _DGEMM}
 
-_set_local_threads = getattr(_LIB, "openblas_set_num_threads_local", None)
-if _set_local_threads is not None:
-    _set_local_threads.argtypes, _set_local_threads.restype = [ctypes.c_int], ctypes.c_int
+def _thread_routines():
+    """(get, set) of the library's thread count, or (None, None)."""
+    for get, set_ in (("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+                      ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+                      ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
+                      ("openblas_get_num_threads", "openblas_set_num_threads"),
+                      ("MKL_Get_Max_Threads", "MKL_Set_Num_Threads")):
+        if hasattr(_LIB, get) and hasattr(_LIB, set_):
+            get, set_ = getattr(_LIB, get), getattr(_LIB, set_)
+            get.argtypes, get.restype = [], ctypes.c_int
+            set_.argtypes, set_.restype = [ctypes.c_int], None
+            return get, set_
+    return None, None
 
 
-def _thread_count_routine():
-    for name in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
-                 "openblas_get_num_threads", "MKL_Get_Max_Threads"):
-        routine = getattr(_LIB, name, None)
-        if routine is not None:
-            routine.argtypes, routine.restype = [], ctypes.c_int
-            return routine
-    return None
-
-
-_get_threads = _thread_count_routine()
+_get_threads, _set_threads = _thread_routines()
 
 
 def blas_threads():
@@ -114,11 +115,34 @@ def blas_threads():
     return _get_threads() if _get_threads is not None else None
 
 
-def single_threaded_here():
-    """From now on, BLAS calls made by this thread run on this thread alone (OpenBLAS >= 0.3.27;
-    elsewhere no effect). For the worker threads of kernels that split their work themselves."""
-    if _set_local_threads is not None:
-        _set_local_threads(1)
+class serial_blas:
+    """Context: the BLAS library runs every call on its calling thread while any such context is open.
+
+    For kernels that split their work over threads themselves: two threads each waiting on
+    OpenBLAS's own thread pool run up to 5x slower than the same calls run serially, and
+    OpenBLAS's per-thread setting (openblas_set_num_threads_local) changes the process-wide
+    count in the pthreads builds of numpy's wheels. The count is process-wide: it is restored
+    when the last open context closes.
+    """
+
+    _lock = threading.Lock()
+    _open = 0
+    _saved = None
+
+    def __enter__(self):
+        with serial_blas._lock:
+            if serial_blas._open == 0 and _get_threads is not None:
+                serial_blas._saved = _get_threads()
+                if serial_blas._saved != 1:
+                    _set_threads(1)
+            serial_blas._open += 1
+        return self
+
+    def __exit__(self, *exc):
+        with serial_blas._lock:
+            serial_blas._open -= 1
+            if serial_blas._open == 0 and serial_blas._saved not in (None, 1):
+                _set_threads(serial_blas._saved)
 
 
 def _layout(a):

@@ -24,8 +24,8 @@ transposed, K on the short side of the output: 1.2-2x faster than dW itself when
 2-D data is handled as 3-D with a depth of 1: one implementation for both. One call's blocks
 are split over numba's thread count (`numba.set_num_threads`, at most BLAS's thread count, so
 OMP_NUM_THREADS=1 or a threadpoolctl limit keeps a call serial), each part on a worker thread
-with its own scratch and single-threaded BLAS; several threads may also call the kernels at
-once. The compiled loops release the GIL.
+with its own scratch, BLAS single-threaded meanwhile (`_blas.serial_blas`); several threads may
+also call the kernels at once. The compiled loops release the GIL.
 """
 import os
 import threading
@@ -37,7 +37,7 @@ import numpy as np
 
 from ...backend import check_float_array
 from ..shapes import WindowGeometry, window_output_size
-from ._blas import BLAS_INT, GEMM, NO_TRANS, ROW_MAJOR, TRANS, blas_threads, single_threaded_here
+from ._blas import BLAS_INT, GEMM, NO_TRANS, ROW_MAJOR, TRANS, blas_threads, serial_blas
 
 __all__ = ["conv_forward", "conv_backward_data", "conv_backward_filter", "conv_backward_bias"]
 
@@ -412,9 +412,10 @@ def _in_parallel(work, chunks, flops, footprint=None):
         rounds = [list(range(0, ranges, 2)), list(range(1, ranges, 2))]
     pool = _worker_pool()
     results = []
-    for members in rounds:
-        futures = [pool.submit(work, bounds[i], bounds[i + 1]) for i in members]
-        results += [f.result() for f in futures]
+    with serial_blas():  # the parts are the parallelism
+        for members in rounds:
+            futures = [pool.submit(work, bounds[i], bounds[i + 1]) for i in members]
+            results += [f.result() for f in futures]
     return results
 
 
@@ -422,10 +423,7 @@ def _worker_pool():
     global _pool
     with _pool_lock:
         if _pool is None:
-            # BLAS runs on the worker itself (the parts are the parallelism): two workers each waiting
-            # on OpenBLAS's own threads run up to 5x slower when other threads compete for the cores.
-            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="hpcnn-conv",
-                                       initializer=single_threaded_here)
+            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="hpcnn-conv")
         return _pool
 
 
