@@ -1,8 +1,9 @@
 """BLAS ?gemm for the CPU kernels: callable from numba code (no Python between GEMMs) and from Python.
 
 The convolution kernels run their chunk loops in numba and call cblas_?gemm there, on strided
-views, with beta=1 to accumulate. numba reaches the routine through a `WrapperAddressProtocol`
-object passed as an argument (`GEMM[dtype]`), so that the compiled kernels can still be cached.
+views, with beta=1 to accumulate. numba reaches the routine through an object passed as an
+argument (`GEMM[dtype]`, a numba first-class function: its address and signature), so that the
+compiled kernels can still be cached.
 
 The library is the one named by $HPCNN_BLAS if set, else numpy's own OpenBLAS when it can be
 found (ILP64 `scipy_cblas_sgemm64_` in numpy's wheels): its small-matrix kernels run the thin
@@ -15,8 +16,7 @@ import glob
 import os
 import threading
 
-import numba
-import numba.experimental.function_type  # noqa: F401  (registers WrapperAddressProtocol with numba)
+import numba.experimental.function_type  # noqa: F401  (lets numba take first-class function arguments)
 import numpy as np
 from numba.core import types
 
@@ -71,7 +71,7 @@ class _Routine:
         self._address = ctypes.cast(function, ctypes.c_void_p).value
         e, n, p = types.int32, types.int64 if _WIDTH == 64 else types.int32, types.uintp
         self._signature = types.void(e, e, e, n, n, n, real, p, n, p, n, real, p, n)
-        # numba types a WrapperAddressProtocol argument anew on every call (~40 us); the type is fixed.
+        # Not a numba WrapperAddressProtocol subclass: numba types those anew on every call (~20 us).
         self._numba_type_ = types.FunctionType(self._signature)
 
     def __wrapper_address__(self):
@@ -90,6 +90,7 @@ for _function, _real in ((_SGEMM, ctypes.c_float), (_DGEMM, ctypes.c_double)):
                                                           ctypes.c_void_p, _n]
     _function.restype = None
 _PY_GEMM = {np.dtype(np.float32): _SGEMM, np.dtype(np.float64): _DGEMM}
+
 
 def _thread_routines():
     """(get, set) of the library's thread count, or (None, None)."""
