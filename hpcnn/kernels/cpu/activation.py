@@ -3,6 +3,7 @@ import numba
 import numpy as np
 
 from ...backend import check_float_array
+from ..checks import check_same_shape
 
 __all__ = ["relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward"]
 
@@ -10,11 +11,6 @@ __all__ = ["relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_ba
 def _flat(x, where):
     check_float_array(x, where)
     return np.ascontiguousarray(x).reshape(-1)
-
-
-def _check_same_shape(dy, other, name, where):
-    if tuple(dy.shape) != tuple(other.shape):
-        raise ValueError(f"{where}: dy has shape {tuple(dy.shape)}, expected {name}'s shape {tuple(other.shape)}")
 
 
 @numba.njit(cache=True, nogil=True)
@@ -56,7 +52,7 @@ def relu_forward(x):
 def relu_backward(dy, y):
     """dx = dy where y > 0, else 0 (y is the forward output). dy, y: same shape."""
     where = "relu_backward"
-    _check_same_shape(dy, y, "y", where)
+    check_same_shape(dy, "dy", y, "y", where)
     dyf = _flat(dy, where)
     dx = np.empty_like(dyf)
     _relu_backward(dyf, _flat(y, where), dx)
@@ -74,7 +70,7 @@ def leaky_relu_forward(x, slope):
 def leaky_relu_backward(dy, x, slope):
     """dx = dy where x > 0, else slope * dy (x is the forward input). dy, x: same shape."""
     where = "leaky_relu_backward"
-    _check_same_shape(dy, x, "x", where)
+    check_same_shape(dy, "dy", x, "x", where)
     dyf = _flat(dy, where)
     dx = np.empty_like(dyf)
     _leaky_relu_backward(dyf, _flat(x, where), dyf.dtype.type(slope), dx)

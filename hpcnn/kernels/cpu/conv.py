@@ -36,7 +36,8 @@ import numba
 import numpy as np
 
 from ...backend import check_float_array
-from ..shapes import WindowGeometry, window_output_size
+from ..checks import (VolumeWindow, check_batch, check_bias, check_filter, check_filter_outputs, checked_conv_output,
+                      spatial_dims)
 from ._blas import BLAS_INT, GEMM, NO_TRANS, ROW_MAJOR, TRANS, blas_threads, serial_blas
 
 __all__ = ["conv_forward", "conv_backward_data", "conv_backward_filter", "conv_backward_bias"]
@@ -53,37 +54,6 @@ _BLOCK_BYTES = 1 << 20
 _PARALLEL_FLOPS = 20e6
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = np.int32(ROW_MAJOR), np.int32(NO_TRANS), np.int32(TRANS)
-
-
-class _Window:
-    """Geometry of a correlation over 3 spatial dimensions (2-D data has depth 1).
-
-    Output index o reads input index o*stride - lo + r*dilation. `lo` may be negative
-    (backward-data reads dy with padding d*(R-1) - lo), which im2col treats as cropping.
-    """
-
-    __slots__ = ("kernel", "stride", "dilation", "lo")
-
-    def __init__(self, kernel, stride, dilation, lo):
-        self.kernel, self.stride, self.dilation, self.lo = kernel, stride, dilation, lo
-
-    @classmethod
-    def of(cls, nd, kernel, stride, padding, dilation):
-        """The window of a layer's geometry, and its per-side padding as (lo, hi) per dimension."""
-        g = WindowGeometry(nd, kernel, stride, padding, dilation)
-        fill = 3 - nd
-        win = cls((1,) * fill + g.kernel, (1,) * fill + g.stride, (1,) * fill + g.dilation,
-                  (0,) * fill + tuple(lo for lo, _ in g.padding))
-        return win, ((0, 0),) * fill + g.padding
-
-    @property
-    def size(self):
-        return prod(self.kernel)
-
-    @property
-    def is_pointwise(self):
-        """A 1x1 window with stride 1 and no padding: the output is a GEMM of x as it is."""
-        return self.size == 1 and self.stride == (1, 1, 1) and self.lo == (0, 0, 0)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -538,15 +508,8 @@ def _as_3d(a, nd):
     return a.reshape(a.shape[:2] + (1,) * (3 - nd) + a.shape[2:])
 
 
-def _spatial_dims(a, where):
-    check_float_array(a, where, ndim=(4, 5))
-    return a.ndim - 2
-
-
 def _filter(w, nd, channels, dtype, where):
-    if w.ndim != nd + 2 or w.shape[1] != channels:
-        raise ValueError(f"{where}: filter of shape {tuple(w.shape)} does not match {channels} input channels "
-                         f"and {nd} spatial dimensions (expected (K, {channels}, *kernel))")
+    check_filter(w, nd, channels, where)
     return np.ascontiguousarray(w, dtype=dtype)
 
 
@@ -555,33 +518,16 @@ def conv_forward(x, w, bias=None, stride=1, padding=0, dilation=1):
 
     x: (N, C, *S), w: (K, C, *R), bias: (K,) or None -> y: (N, K, *O), of x's dtype.
     """
-    nd = _spatial_dims(x, "conv_forward")
+    nd = spatial_dims(x, "conv_forward")
     w = _filter(w, nd, x.shape[1], x.dtype, "conv_forward")
-    win, padding = _Window.of(nd, w.shape[2:], stride, padding, dilation)
+    win, padding = VolumeWindow.of(nd, w.shape[2:], stride, padding, dilation)
     x3 = _as_3d(x, nd)
-    out_spatial = tuple(window_output_size(s, r, st, d, lo, hi) for s, r, st, d, (lo, hi)
-                        in zip(x3.shape[2:], win.kernel, win.stride, win.dilation, padding))
+    out_spatial = win.output_shape(x3.shape[2:], padding)
     if bias is not None:
         bias = np.asarray(bias, dtype=x.dtype)
-        if bias.shape != (w.shape[0],):
-            raise ValueError(f"conv_forward: bias of shape {bias.shape}, expected ({w.shape[0]},)")
+        check_bias(bias, w.shape[0], "conv_forward")
     y = _correlate(x3, w.reshape(w.shape[0], x.shape[1] * win.size), win, out_spatial, bias)
     return y.reshape((x.shape[0], w.shape[0]) + out_spatial[3 - nd:])
-
-
-def _checked_output(dy, nd, x_spatial, win, padding, where):
-    """The 3-D output shape that x_spatial gives; it must be dy's spatial shape."""
-    x_spatial = tuple(int(s) for s in x_spatial)
-    if len(x_spatial) != nd:
-        raise ValueError(f"{where}: x_spatial {x_spatial} must have {nd} entries")
-    spatial3 = (1,) * (3 - nd) + x_spatial
-    out = tuple(window_output_size(s, r, st, d, lo, hi) for s, r, st, d, (lo, hi)
-                in zip(spatial3, win.kernel, win.stride, win.dilation, padding))
-    if out[3 - nd:] != tuple(dy.shape[2:]):
-        raise ValueError(f"{where}: dy of spatial shape {tuple(dy.shape[2:])} does not match input {x_spatial} "
-                         f"with {win.kernel[3 - nd:]} kernel, stride {win.stride[3 - nd:]}, padding "
-                         f"{padding[3 - nd:]}, dilation {win.dilation[3 - nd:]} (expected {out[3 - nd:]})")
-    return spatial3, out
 
 
 def conv_backward_data(dy, w, x_spatial, stride=1, padding=0, dilation=1):
@@ -590,12 +536,11 @@ def conv_backward_data(dy, w, x_spatial, stride=1, padding=0, dilation=1):
     dy: (N, K, *O), w: (K, C, *R), x_spatial: S -> dx: (N, C, *S); input positions that no window
     reads (stride > 1 with a leftover) get 0.
     """
-    nd = _spatial_dims(dy, "conv_backward_data")
+    nd = spatial_dims(dy, "conv_backward_data")
     w = _filter(w, nd, w.shape[1], dy.dtype, "conv_backward_data")
-    if w.shape[0] != dy.shape[1]:
-        raise ValueError(f"conv_backward_data: dy has {dy.shape[1]} channels, the filter {w.shape[0]} outputs")
-    win, padding = _Window.of(nd, w.shape[2:], stride, padding, dilation)
-    spatial3, out3 = _checked_output(dy, nd, x_spatial, win, padding, "conv_backward_data")
+    check_filter_outputs(dy, w, "conv_backward_data")
+    win, padding = VolumeWindow.of(nd, w.shape[2:], stride, padding, dilation)
+    spatial3, out3 = checked_conv_output(dy, nd, x_spatial, win, padding, "conv_backward_data")
     n_img, k, c = dy.shape[0], w.shape[0], w.shape[1]
     dy3 = _as_3d(dy, nd).reshape(n_img, k, prod(out3))
     w3 = w.reshape((k, c) + win.kernel)
@@ -604,7 +549,7 @@ def conv_backward_data(dy, w, x_spatial, stride=1, padding=0, dilation=1):
         # index i - (d*(R-1) - lo) + r*d.
         flipped = np.ascontiguousarray(w3[:, :, ::-1, ::-1, ::-1].transpose(1, 0, 2, 3, 4)).reshape(c, k * win.size)
         lo = tuple(d * (r - 1) - p for d, r, p in zip(win.dilation, win.kernel, win.lo))
-        transposed = _Window(win.kernel, win.stride, win.dilation, lo)
+        transposed = VolumeWindow(win.kernel, win.stride, win.dilation, lo)
         dx = _correlate(dy3.reshape((n_img, k) + out3), flipped, transposed, spatial3)
     else:
         dx = _scatter_data(dy3, w.reshape(k, c * win.size), win, out3, (n_img, c) + spatial3)
@@ -616,12 +561,10 @@ def conv_backward_filter(x, dy, kernel, stride=1, padding=0, dilation=1):
 
     x: (N, C, *S), dy: (N, K, *O), kernel: R -> dw: (K, C, *R), of x's dtype.
     """
-    nd = _spatial_dims(x, "conv_backward_filter")
-    check_float_array(dy, "conv_backward_filter", ndim=nd + 2)
-    if dy.shape[0] != x.shape[0]:
-        raise ValueError(f"conv_backward_filter: x has batch {x.shape[0]}, dy {dy.shape[0]}")
-    win, padding = _Window.of(nd, kernel, stride, padding, dilation)
-    _, out3 = _checked_output(dy, nd, x.shape[2:], win, padding, "conv_backward_filter")
+    nd = spatial_dims(x, "conv_backward_filter")
+    check_batch(x, dy, nd, "conv_backward_filter")
+    win, padding = VolumeWindow.of(nd, kernel, stride, padding, dilation)
+    _, out3 = checked_conv_output(dy, nd, x.shape[2:], win, padding, "conv_backward_filter")
     n_img, k = dy.shape[:2]
     dy3 = np.ascontiguousarray(dy, dtype=x.dtype).reshape(n_img, k, prod(out3))
     dw = _correlate_filter(_as_3d(x, nd), dy3, win, out3)

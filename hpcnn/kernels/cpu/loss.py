@@ -3,6 +3,7 @@ import numba
 import numpy as np
 
 from ...backend import check_float_array
+from ..checks import check_label_range, check_labels, check_logits, check_same_shape
 
 __all__ = ["softmax_cross_entropy", "squared_error"]
 
@@ -90,22 +91,12 @@ def softmax_cross_entropy(logits, labels, ignore_index=-100):
     count the number of non-ignored elements.
     """
     where = "softmax_cross_entropy"
-    check_float_array(logits, where)
-    if logits.ndim < 2:
-        raise ValueError(f"{where}: expected logits of shape (N, C) or (N, C, *S), received {tuple(logits.shape)}")
+    check_logits(logits, where)
     labels = np.asarray(labels)
-    expected = (logits.shape[0],) + tuple(logits.shape[2:])
-    if tuple(labels.shape) != expected:
-        raise ValueError(f"{where}: labels have shape {tuple(labels.shape)}, expected {expected} "
-                         f"for logits of shape {tuple(logits.shape)}")
-    if labels.dtype.kind not in "iu":
-        raise ValueError(f"{where}: labels must be integers, received dtype {labels.dtype}")
+    check_labels(labels, logits, where)
     N, C = logits.shape[:2]
     labels = np.ascontiguousarray(labels, dtype=np.int64).reshape(N, -1)
-    bad = labels[(labels != ignore_index) & ((labels < 0) | (labels >= C))]
-    if bad.size:
-        raise ValueError(f"{where}: label {int(bad[0])} is out of range: expected 0..{C - 1} "
-                         f"or ignore_index {ignore_index}")
+    check_label_range(labels, C, ignore_index, where)
     lv = np.ascontiguousarray(logits).reshape(N, C, -1)
     peak = lv.max(axis=1, keepdims=True)
     # numpy's exp is vectorized (numba's is not without SVML); the rest runs in numba, in place.
@@ -128,8 +119,7 @@ def squared_error(pred, target):
     where = "squared_error"
     check_float_array(pred, where)
     target = np.asarray(target)
-    if tuple(target.shape) != tuple(pred.shape):
-        raise ValueError(f"{where}: target has shape {tuple(target.shape)}, expected pred's shape {tuple(pred.shape)}")
+    check_same_shape(target, "target", pred, "pred", where)
     pf = np.ascontiguousarray(pred).reshape(-1)
     dpred = np.empty_like(pf)
     loss_sum = _squared_error(pf, np.ascontiguousarray(target, dtype=pred.dtype).reshape(-1), dpred)

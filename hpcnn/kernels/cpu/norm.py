@@ -2,7 +2,7 @@
 import numba
 import numpy as np
 
-from ...backend import check_float_array
+from ..checks import check_channels_input, check_count, check_per_channel, check_same_shape
 
 __all__ = ["channel_sum", "channel_centered_sumsq", "batchnorm_apply", "batchnorm_backward_reduce",
            "batchnorm_backward_apply"]
@@ -13,9 +13,7 @@ _REDUCE_MATH = {"reassoc", "contract"}
 
 def _channels_view(x, where):
     """x: (N, C, *S) -> a contiguous (N, C, M) view or copy."""
-    check_float_array(x, where)
-    if x.ndim < 2:
-        raise ValueError(f"{where}: expected an input of shape (N, C, ...), received shape {tuple(x.shape)}")
+    check_channels_input(x, where)
     return np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)
 
 
@@ -24,14 +22,8 @@ def _per_channel(v, channels, name, where):
     if v is None:
         return None
     v = np.ascontiguousarray(v, dtype=np.float64)
-    if v.shape != (channels,):
-        raise ValueError(f"{where}: {name} has shape {v.shape}, expected ({channels},)")
+    check_per_channel(v, channels, name, where)
     return v
-
-
-def _check_same_shape(dy, x, where):
-    if tuple(dy.shape) != tuple(x.shape):
-        raise ValueError(f"{where}: dy has shape {tuple(dy.shape)}, expected x's shape {tuple(x.shape)}")
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_REDUCE_MATH)
@@ -142,7 +134,7 @@ def batchnorm_backward_reduce(dy, x, mean, invstd):
     also dbeta and dgamma.
     """
     where = "batchnorm_backward_reduce"
-    _check_same_shape(dy, x, where)
+    check_same_shape(dy, "dy", x, "x", where)
     xv = _channels_view(x, where)
     dyv = _channels_view(dy, where)
     C = xv.shape[1]
@@ -157,12 +149,11 @@ def batchnorm_backward_apply(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, co
     elements per channel over all ranks. gamma may be None (no affine transform). dx has dy's dtype.
     """
     where = "batchnorm_backward_apply"
-    _check_same_shape(dy, x, where)
+    check_same_shape(dy, "dy", x, "x", where)
     xv = _channels_view(x, where)
     dyv = _channels_view(dy, where)
     C = xv.shape[1]
-    if count <= 0:
-        raise ValueError(f"{where}: count must be positive, received {count}")
+    check_count(count, where)
     invstd = _per_channel(invstd, C, "invstd", where)
     scale = invstd if gamma is None else invstd * _per_channel(gamma, C, "gamma", where)
     mean_dy = _per_channel(sum_dy, C, "sum_dy", where) / count

@@ -2,23 +2,12 @@
 import numba
 import numpy as np
 
-from ...backend import check_float_array
-from ..shapes import WindowGeometry
+from ..checks import check_argmax, check_dy_shape, pool_backward_spatial, pool_geometry, spatial_dims
 
 __all__ = ["maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward"]
 
 # Every kernel works on a (B, D, H, W) volume with B = N*C; 2-D data is a volume with D = 1,
 # so one compiled loop nest serves both ranks.
-
-
-def _spatial_rank(x, where):
-    check_float_array(x, where, ndim=(4, 5))
-    return x.ndim - 2
-
-
-def _geometry(nd, kernel, stride, padding, dilation=1):
-    # PyTorch's pooling default: stride = kernel size.
-    return WindowGeometry(nd, kernel, kernel if stride is None else stride, padding, dilation)
 
 
 def _as_volume(a, spatial):
@@ -66,12 +55,6 @@ def _window_bounds(geom, spatial, out_spatial):
     begin, end = _taps(o, s, k, st, d, lo)
     bounds.extend((st, d, lo, np.where(begin < end, begin, -1), k))
     return tuple(bounds)
-
-
-def _check_dy(dy, expected_spatial, where):
-    expected = tuple(dy.shape[:2]) + tuple(expected_spatial)
-    if tuple(dy.shape) != expected:
-        raise ValueError(f"{where}: dy has shape {tuple(dy.shape)}, expected {expected}")
 
 
 # --- max pooling -----------------------------------------------------------------------------
@@ -140,8 +123,8 @@ def maxpool_forward(x, kernel, stride=None, padding=0, dilation=1):
     Padding is -inf; ties go to the first element in scan order and NaN wins (as PyTorch).
     A window that lies wholly in padding gives -inf with argmax -1.
     """
-    nd = _spatial_rank(x, "maxpool_forward")
-    geom = _geometry(nd, kernel, stride, padding, dilation)
+    nd = spatial_dims(x, "maxpool_forward")
+    geom = pool_geometry(nd, kernel, stride, padding, dilation)
     spatial = x.shape[2:]
     out_spatial = geom.output_shape(spatial)
     xv = _as_volume(x, spatial)
@@ -157,14 +140,8 @@ def maxpool_backward(dy, argmax, x_spatial):
 
     Each dy element is added at its argmax; overlapping windows accumulate.
     """
-    nd = _spatial_rank(dy, "maxpool_backward")
-    x_spatial = tuple(int(s) for s in x_spatial)
-    if len(x_spatial) != nd:
-        raise ValueError(f"maxpool_backward: x_spatial {x_spatial} has {len(x_spatial)} dimensions, "
-                         f"dy of shape {tuple(dy.shape)} has {nd}")
-    if tuple(argmax.shape) != tuple(dy.shape):
-        raise ValueError(f"maxpool_backward: argmax has shape {tuple(argmax.shape)}, expected dy's shape "
-                         f"{tuple(dy.shape)}")
+    _, x_spatial = pool_backward_spatial(dy, x_spatial, "maxpool_backward")
+    check_argmax(argmax, dy, "maxpool_backward")
     N, C = dy.shape[:2]
     dx = np.zeros((N * C, int(np.prod(x_spatial))), dtype=dy.dtype)
     bad = _maxpool_backward_volume(np.ascontiguousarray(dy).reshape(N * C, -1),
@@ -239,8 +216,8 @@ def avgpool_forward(x, kernel, stride=None, padding=0):
 
     The divisor is the full window size, padding included (PyTorch's count_include_pad=True).
     """
-    nd = _spatial_rank(x, "avgpool_forward")
-    geom = _geometry(nd, kernel, stride, padding)
+    nd = spatial_dims(x, "avgpool_forward")
+    geom = pool_geometry(nd, kernel, stride, padding)
     spatial = x.shape[2:]
     out_spatial = geom.output_shape(spatial)
     xv = _as_volume(x, spatial)
@@ -252,14 +229,10 @@ def avgpool_forward(x, kernel, stride=None, padding=0):
 
 def avgpool_backward(dy, x_spatial, kernel, stride=None, padding=0):
     """Gradient of average pooling: dy: (N, C, *O) -> dx: (N, C, *x_spatial)."""
-    nd = _spatial_rank(dy, "avgpool_backward")
-    x_spatial = tuple(int(s) for s in x_spatial)
-    if len(x_spatial) != nd:
-        raise ValueError(f"avgpool_backward: x_spatial {x_spatial} has {len(x_spatial)} dimensions, "
-                         f"dy of shape {tuple(dy.shape)} has {nd}")
-    geom = _geometry(nd, kernel, stride, padding)
+    nd, x_spatial = pool_backward_spatial(dy, x_spatial, "avgpool_backward")
+    geom = pool_geometry(nd, kernel, stride, padding)
     out_spatial = geom.output_shape(x_spatial)
-    _check_dy(dy, out_spatial, "avgpool_backward")
+    check_dy_shape(dy, out_spatial, "avgpool_backward")
     dyv = _as_volume(dy, out_spatial)
     dx = np.zeros((dyv.shape[0],) + (1,) * (3 - nd) + x_spatial, dtype=dy.dtype)
     _avgpool_backward_volume(dyv, dx, *_window_bounds(geom, x_spatial, out_spatial),

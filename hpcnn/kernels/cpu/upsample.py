@@ -2,18 +2,9 @@
 import numba
 import numpy as np
 
-from ...backend import check_float_array
-from ..shapes import as_tuple
+from ..checks import interleaved_shape, upsample_input_spatial, upsample_scale
 
 __all__ = ["upsample_nearest_forward", "upsample_nearest_backward"]
-
-
-def _interleaved(shape, spatial, scale):
-    """(N, C, S0, f0, S1, f1, ...): each spatial axis followed by its scale-factor axis."""
-    out = tuple(shape[:2])
-    for s, f in zip(spatial, scale):
-        out += (s, f)
-    return out
 
 
 @numba.njit(cache=True, nogil=True)
@@ -41,25 +32,18 @@ def upsample_nearest_forward(x, scale):
 
     x: (N, C, *S); scale: int or nd ints -> y: (N, C, *(S * scale)).
     """
-    check_float_array(x, "upsample_nearest_forward", ndim=(4, 5))
-    nd = x.ndim - 2
-    scale = as_tuple(scale, nd, "scale")
+    nd, scale = upsample_scale(x, scale, "upsample_nearest_forward")
     spatial = x.shape[2:]
-    ones = _interleaved(x.shape, spatial, (1,) * nd)
-    y = np.broadcast_to(x.reshape(ones), _interleaved(x.shape, spatial, scale))
+    ones = interleaved_shape(x.shape, spatial, (1,) * nd)
+    y = np.broadcast_to(x.reshape(ones), interleaved_shape(x.shape, spatial, scale))
     return np.ascontiguousarray(y).reshape(x.shape[:2] + tuple(s * f for s, f in zip(spatial, scale)))
 
 
 def upsample_nearest_backward(dy, scale):
     """Sum each scale-block of dy. dy: (N, C, *(S * scale)) -> dx: (N, C, *S)."""
     where = "upsample_nearest_backward"
-    check_float_array(dy, where, ndim=(4, 5))
-    nd = dy.ndim - 2
-    scale = as_tuple(scale, nd, "scale")
-    if any(s % f for s, f in zip(dy.shape[2:], scale)):
-        raise ValueError(f"{where}: dy has shape {tuple(dy.shape)}, whose spatial sizes are not multiples "
-                         f"of the scale {scale}")
-    spatial = tuple(s // f for s, f in zip(dy.shape[2:], scale))
+    nd, scale = upsample_scale(dy, scale, where)
+    spatial = upsample_input_spatial(dy, scale, where)
     lead = (1,) * (3 - nd)
     N, C = dy.shape[:2]
     dx = np.empty((N * C,) + lead + spatial, dtype=dy.dtype)

@@ -1,5 +1,6 @@
 """Element-wise activations and their gradients on the GPU (CuPy), with PyTorch's semantics at zero and NaN."""
 from ...backend import check_float_array
+from ..checks import check_same_shape
 from ._cuda import Program, array_module
 
 __all__ = ["relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward"]
@@ -28,11 +29,6 @@ def _flat(x, where):
     return array_module().ascontiguousarray(x).reshape(-1)
 
 
-def _check_same_shape(dy, other, name, where):
-    if tuple(dy.shape) != tuple(other.shape):
-        raise ValueError(f"{where}: dy has shape {tuple(dy.shape)}, expected {name}'s shape {tuple(other.shape)}")
-
-
 def _same_dtype(a, like):
     return a if a.dtype == like.dtype else a.astype(like.dtype)
 
@@ -48,7 +44,7 @@ def relu_forward(x):
 def relu_backward(dy, y):
     """dx = dy where y > 0, else 0 (y is the forward output). dy, y: same shape."""
     where = "relu_backward"
-    _check_same_shape(dy, y, "y", where)
+    check_same_shape(dy, "dy", y, "y", where)
     dyf = _flat(dy, where)
     dx = array_module().empty_like(dyf)
     _PROGRAM.launch("relu_backward", dyf.dtype, dyf.size, dyf, _same_dtype(_flat(y, where), dyf), dx, dyf.size)
@@ -66,7 +62,7 @@ def leaky_relu_forward(x, slope):
 def leaky_relu_backward(dy, x, slope):
     """dx = dy where x > 0, else slope * dy (x is the forward input). dy, x: same shape."""
     where = "leaky_relu_backward"
-    _check_same_shape(dy, x, "x", where)
+    check_same_shape(dy, "dy", x, "x", where)
     dyf = _flat(dy, where)
     dx = array_module().empty_like(dyf)
     _PROGRAM.launch("leaky_relu_backward", dyf.dtype, dyf.size, dyf, _same_dtype(_flat(x, where), dyf), slope, dx,

@@ -18,7 +18,8 @@ stride 1 and no padding on large images read x as it is. 2-D data is 3-D data wi
 from math import prod
 
 from ...backend import check_float_array
-from ..shapes import WindowGeometry, window_output_size
+from ..checks import (VolumeWindow, check_batch, check_bias, check_filter, check_filter_outputs, checked_conv_output,
+                      spatial_dims)
 from ._cuda import MAX_WORK_ITEMS, Program, array_module, scratch_elements
 
 __all__ = ["conv_forward", "conv_backward_data", "conv_backward_filter", "conv_backward_bias"]
@@ -76,30 +77,10 @@ _MIN_TILE_PIXELS = 256
 _POINTWISE_DIRECT_PIXELS = 1024
 
 
-class _Window:
-    """A window over 3 spatial dimensions (2-D data has depth 1); `lo` may be negative."""
+class _Window(VolumeWindow):
+    """A VolumeWindow that also gives its geometry as the kernels' launch arguments."""
 
-    __slots__ = ("kernel", "stride", "dilation", "lo")
-
-    def __init__(self, kernel, stride, dilation, lo):
-        self.kernel, self.stride, self.dilation, self.lo = kernel, stride, dilation, lo
-
-    @classmethod
-    def of(cls, nd, kernel, stride, padding, dilation):
-        """The window of a layer's geometry, and its per-side padding as (lo, hi) per dimension."""
-        g = WindowGeometry(nd, kernel, stride, padding, dilation)
-        fill = 3 - nd
-        win = cls((1,) * fill + g.kernel, (1,) * fill + g.stride, (1,) * fill + g.dilation,
-                  (0,) * fill + tuple(lo for lo, _ in g.padding))
-        return win, ((0, 0),) * fill + g.padding
-
-    @property
-    def size(self):
-        return prod(self.kernel)
-
-    @property
-    def is_pointwise(self):
-        return self.size == 1 and self.stride == (1, 1, 1) and self.lo == (0, 0, 0)
+    __slots__ = ()
 
     def args(self):
         return self.kernel + self.stride + self.lo + self.dilation
@@ -203,15 +184,8 @@ def _as_3d(a, nd):
     return a.reshape(a.shape[:2] + (1,) * (3 - nd) + a.shape[2:])
 
 
-def _spatial_dims(a, where):
-    check_float_array(a, where, ndim=(4, 5))
-    return a.ndim - 2
-
-
 def _filter(w, nd, channels, dtype, where):
-    if w.ndim != nd + 2 or w.shape[1] != channels:
-        raise ValueError(f"{where}: filter of shape {tuple(w.shape)} does not match {channels} input channels "
-                         f"and {nd} spatial dimensions (expected (K, {channels}, *kernel))")
+    check_filter(w, nd, channels, where)
     xp = array_module()
     return xp.ascontiguousarray(xp.asarray(w, dtype=dtype))
 
@@ -222,33 +196,16 @@ def conv_forward(x, w, bias=None, stride=1, padding=0, dilation=1):
     x: (N, C, *S), w: (K, C, *R), bias: (K,) or None -> y: (N, K, *O), of x's dtype.
     """
     xp = array_module()
-    nd = _spatial_dims(x, "conv_forward")
+    nd = spatial_dims(x, "conv_forward")
     w = _filter(w, nd, x.shape[1], x.dtype, "conv_forward")
     win, padding = _Window.of(nd, w.shape[2:], stride, padding, dilation)
     x5 = _as_3d(x, nd)
-    out3 = tuple(window_output_size(s, r, st, d, lo, hi) for s, r, st, d, (lo, hi)
-                 in zip(x5.shape[2:], win.kernel, win.stride, win.dilation, padding))
+    out3 = win.output_shape(x5.shape[2:], padding)
     if bias is not None:
         bias = xp.asarray(bias, dtype=x.dtype)
-        if bias.shape != (w.shape[0],):
-            raise ValueError(f"conv_forward: bias of shape {bias.shape}, expected ({w.shape[0]},)")
+        check_bias(bias, w.shape[0], "conv_forward")
     y = _correlate(x5, w.reshape(w.shape[0], -1), win, out3, bias)
     return y.reshape((x.shape[0], w.shape[0]) + out3[3 - nd:])
-
-
-def _checked_output(dy, nd, x_spatial, win, padding, where):
-    """The 3-D output shape that x_spatial gives; it must be dy's spatial shape."""
-    x_spatial = tuple(int(s) for s in x_spatial)
-    if len(x_spatial) != nd:
-        raise ValueError(f"{where}: x_spatial {x_spatial} must have {nd} entries")
-    spatial3 = (1,) * (3 - nd) + x_spatial
-    out = tuple(window_output_size(s, r, st, d, lo, hi) for s, r, st, d, (lo, hi)
-                in zip(spatial3, win.kernel, win.stride, win.dilation, padding))
-    if out[3 - nd:] != tuple(dy.shape[2:]):
-        raise ValueError(f"{where}: dy of spatial shape {tuple(dy.shape[2:])} does not match input {x_spatial} "
-                         f"with {win.kernel[3 - nd:]} kernel, stride {win.stride[3 - nd:]}, padding "
-                         f"{padding[3 - nd:]}, dilation {win.dilation[3 - nd:]} (expected {out[3 - nd:]})")
-    return spatial3, out
 
 
 def conv_backward_data(dy, w, x_spatial, stride=1, padding=0, dilation=1):
@@ -258,12 +215,11 @@ def conv_backward_data(dy, w, x_spatial, stride=1, padding=0, dilation=1):
     reads (stride > 1 with a leftover) get 0.
     """
     xp = array_module()
-    nd = _spatial_dims(dy, "conv_backward_data")
+    nd = spatial_dims(dy, "conv_backward_data")
     w = _filter(w, nd, w.shape[1], dy.dtype, "conv_backward_data")
-    if w.shape[0] != dy.shape[1]:
-        raise ValueError(f"conv_backward_data: dy has {dy.shape[1]} channels, the filter {w.shape[0]} outputs")
+    check_filter_outputs(dy, w, "conv_backward_data")
     win, padding = _Window.of(nd, w.shape[2:], stride, padding, dilation)
-    spatial3, out3 = _checked_output(dy, nd, x_spatial, win, padding, "conv_backward_data")
+    spatial3, out3 = checked_conv_output(dy, nd, x_spatial, win, padding, "conv_backward_data")
     n_img, k, c = dy.shape[0], w.shape[0], w.shape[1]
     dy5 = _as_3d(dy, nd)
     w3 = w.reshape((k, c) + win.kernel)
@@ -285,12 +241,10 @@ def conv_backward_filter(x, dy, kernel, stride=1, padding=0, dilation=1):
     x: (N, C, *S), dy: (N, K, *O), kernel: R -> dw: (K, C, *R), of x's dtype.
     """
     xp = array_module()
-    nd = _spatial_dims(x, "conv_backward_filter")
-    check_float_array(dy, "conv_backward_filter", ndim=nd + 2)
-    if dy.shape[0] != x.shape[0]:
-        raise ValueError(f"conv_backward_filter: x has batch {x.shape[0]}, dy {dy.shape[0]}")
+    nd = spatial_dims(x, "conv_backward_filter")
+    check_batch(x, dy, nd, "conv_backward_filter")
     win, padding = _Window.of(nd, kernel, stride, padding, dilation)
-    _, out3 = _checked_output(dy, nd, x.shape[2:], win, padding, "conv_backward_filter")
+    _, out3 = checked_conv_output(dy, nd, x.shape[2:], win, padding, "conv_backward_filter")
     n_img, k = dy.shape[:2]
     dy3 = xp.ascontiguousarray(xp.asarray(dy, dtype=x.dtype)).reshape(n_img, k, -1)
     dw = _correlate_filter(_as_3d(x, nd), dy3, win, out3)

@@ -1,5 +1,6 @@
 """Loss sums and their gradients on the GPU (CuPy): softmax cross-entropy per sample or per pixel, squared error."""
 from ...backend import check_float_array
+from ..checks import check_label_range, check_labels, check_logits, check_same_shape
 from ._cuda import Program, array_module
 
 __all__ = ["softmax_cross_entropy", "squared_error"]
@@ -46,23 +47,12 @@ def softmax_cross_entropy(logits, labels, ignore_index=-100):
     """
     xp = array_module()
     where = "softmax_cross_entropy"
-    check_float_array(logits, where)
-    if logits.ndim < 2:
-        raise ValueError(f"{where}: expected logits of shape (N, C) or (N, C, *S), received {tuple(logits.shape)}")
+    check_logits(logits, where)
     labels = xp.asarray(labels)
-    expected = (logits.shape[0],) + tuple(logits.shape[2:])
-    if tuple(labels.shape) != expected:
-        raise ValueError(f"{where}: labels have shape {tuple(labels.shape)}, expected {expected} "
-                         f"for logits of shape {tuple(logits.shape)}")
-    if labels.dtype.kind not in "iu":
-        raise ValueError(f"{where}: labels must be integers, received dtype {labels.dtype}")
+    check_labels(labels, logits, where)
     n, c = logits.shape[:2]
     labels = xp.ascontiguousarray(labels.astype(xp.int64, copy=False)).reshape(n, -1)
-    kept = labels != ignore_index
-    bad = labels[kept & ((labels < 0) | (labels >= c))]
-    if bad.size:
-        raise ValueError(f"{where}: label {int(bad[0])} is out of range: expected 0..{c - 1} "
-                         f"or ignore_index {ignore_index}")
+    kept = check_label_range(labels, c, ignore_index, where)
     lv = xp.ascontiguousarray(logits).reshape(n, c, -1)
     dlogits = xp.empty(lv.shape, dtype=logits.dtype)
     loss = xp.empty(labels.shape, dtype=xp.float64)
@@ -80,7 +70,6 @@ def squared_error(pred, target):
     where = "squared_error"
     check_float_array(pred, where)
     target = xp.asarray(target)
-    if tuple(target.shape) != tuple(pred.shape):
-        raise ValueError(f"{where}: target has shape {tuple(target.shape)}, expected pred's shape {tuple(pred.shape)}")
+    check_same_shape(target, "target", pred, "pred", where)
     d = pred.astype(xp.float64) - target.astype(pred.dtype).astype(xp.float64)
     return float((d * d).sum()), (2.0 * d).astype(pred.dtype)

@@ -4,7 +4,7 @@ The per-channel reductions accumulate in float64: each of `lanes` threads per (n
 strided share of the row (consecutive threads read consecutive elements) and adds its partial sum
 to the channel's total with one double-precision atomicAdd.
 """
-from ...backend import check_float_array
+from ..checks import check_channels_input, check_count, check_per_channel, check_same_shape
 from ._cuda import Program, array_module
 
 __all__ = ["channel_sum", "channel_centered_sumsq", "batchnorm_apply", "batchnorm_backward_reduce",
@@ -82,9 +82,7 @@ def _lanes(rows, m):
 
 def _channels_view(x, where):
     """x: (N, C, *S) -> a contiguous (N, C, M) view or copy."""
-    check_float_array(x, where)
-    if x.ndim < 2:
-        raise ValueError(f"{where}: expected an input of shape (N, C, ...), received shape {tuple(x.shape)}")
+    check_channels_input(x, where)
     return array_module().ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)
 
 
@@ -94,14 +92,8 @@ def _per_channel(v, channels, name, where):
         return None
     xp = array_module()
     v = xp.ascontiguousarray(xp.asarray(v, dtype=xp.float64))
-    if v.shape != (channels,):
-        raise ValueError(f"{where}: {name} has shape {v.shape}, expected ({channels},)")
+    check_per_channel(v, channels, name, where)
     return v
-
-
-def _check_same_shape(dy, x, where):
-    if tuple(dy.shape) != tuple(x.shape):
-        raise ValueError(f"{where}: dy has shape {tuple(dy.shape)}, expected x's shape {tuple(x.shape)}")
 
 
 def _reduce(mode, xv, dyv=None, mean=None):
@@ -153,7 +145,7 @@ def batchnorm_backward_reduce(dy, x, mean, invstd):
     also dbeta and dgamma.
     """
     where = "batchnorm_backward_reduce"
-    _check_same_shape(dy, x, where)
+    check_same_shape(dy, "dy", x, "x", where)
     xv = _channels_view(x, where)
     dyv = _channels_view(dy, where)
     if dyv.dtype != xv.dtype:
@@ -171,14 +163,13 @@ def batchnorm_backward_apply(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, co
     """
     xp = array_module()
     where = "batchnorm_backward_apply"
-    _check_same_shape(dy, x, where)
+    check_same_shape(dy, "dy", x, "x", where)
     xv = _channels_view(x, where)
     dyv = _channels_view(dy, where)
     if xv.dtype != dyv.dtype:
         xv = xv.astype(dyv.dtype)
     c = xv.shape[1]
-    if count <= 0:
-        raise ValueError(f"{where}: count must be positive, received {count}")
+    check_count(count, where)
     invstd = _per_channel(invstd, c, "invstd", where)
     scale = invstd if gamma is None else invstd * _per_channel(gamma, c, "gamma", where)
     mean_dy = _per_channel(sum_dy, c, "sum_dy", where) / count

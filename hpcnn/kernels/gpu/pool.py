@@ -8,8 +8,7 @@ pooling backward gathers, so it needs no atomics.
 """
 from math import prod
 
-from ...backend import check_float_array
-from ..shapes import WindowGeometry
+from ..checks import check_argmax, check_dy_shape, pool_backward_spatial, pool_geometry, spatial_dims
 from ._cuda import Program, array_module
 
 __all__ = ["maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward"]
@@ -130,16 +129,6 @@ extern "C" __global__ void avgpool_backward(const T* __restrict__ dy, T* __restr
 """)
 
 
-def _spatial_rank(x, where):
-    check_float_array(x, where, ndim=(4, 5))
-    return x.ndim - 2
-
-
-def _geometry(nd, kernel, stride, padding, dilation=1):
-    # PyTorch's pooling default: stride = kernel size.
-    return WindowGeometry(nd, kernel, kernel if stride is None else stride, padding, dilation)
-
-
 def _volume(shape):
     """A spatial shape as (D, H, W) (D = 1 for 2-D)."""
     return (1,) * (3 - len(shape)) + tuple(shape)
@@ -159,8 +148,8 @@ def maxpool_forward(x, kernel, stride=None, padding=0, dilation=1):
     A window that lies wholly in padding gives -inf with argmax -1.
     """
     xp = array_module()
-    nd = _spatial_rank(x, "maxpool_forward")
-    geom = _geometry(nd, kernel, stride, padding, dilation)
+    nd = spatial_dims(x, "maxpool_forward")
+    geom = pool_geometry(nd, kernel, stride, padding, dilation)
     spatial = tuple(x.shape[2:])
     out_spatial = geom.output_shape(spatial)
     shape = tuple(x.shape[:2]) + out_spatial
@@ -178,14 +167,8 @@ def maxpool_backward(dy, argmax, x_spatial):
     Each dy element is added at its argmax; overlapping windows accumulate.
     """
     xp = array_module()
-    nd = _spatial_rank(dy, "maxpool_backward")
-    x_spatial = tuple(int(s) for s in x_spatial)
-    if len(x_spatial) != nd:
-        raise ValueError(f"maxpool_backward: x_spatial {x_spatial} has {len(x_spatial)} dimensions, "
-                         f"dy of shape {tuple(dy.shape)} has {nd}")
-    if tuple(argmax.shape) != tuple(dy.shape):
-        raise ValueError(f"maxpool_backward: argmax has shape {tuple(argmax.shape)}, expected dy's shape "
-                         f"{tuple(dy.shape)}")
+    _, x_spatial = pool_backward_spatial(dy, x_spatial, "maxpool_backward")
+    check_argmax(argmax, dy, "maxpool_backward")
     n, c = dy.shape[:2]
     dx = xp.zeros((n, c) + x_spatial, dtype=dy.dtype)
     bad = xp.zeros(1, dtype=xp.int32)
@@ -205,8 +188,8 @@ def avgpool_forward(x, kernel, stride=None, padding=0):
     The divisor is the full window size, padding included (PyTorch's count_include_pad=True).
     """
     xp = array_module()
-    nd = _spatial_rank(x, "avgpool_forward")
-    geom = _geometry(nd, kernel, stride, padding)
+    nd = spatial_dims(x, "avgpool_forward")
+    geom = pool_geometry(nd, kernel, stride, padding)
     spatial = tuple(x.shape[2:])
     out_spatial = geom.output_shape(spatial)
     y = xp.empty(tuple(x.shape[:2]) + out_spatial, dtype=x.dtype)
@@ -219,16 +202,10 @@ def avgpool_forward(x, kernel, stride=None, padding=0):
 def avgpool_backward(dy, x_spatial, kernel, stride=None, padding=0):
     """Gradient of average pooling: dy: (N, C, *O) -> dx: (N, C, *x_spatial)."""
     xp = array_module()
-    nd = _spatial_rank(dy, "avgpool_backward")
-    x_spatial = tuple(int(s) for s in x_spatial)
-    if len(x_spatial) != nd:
-        raise ValueError(f"avgpool_backward: x_spatial {x_spatial} has {len(x_spatial)} dimensions, "
-                         f"dy of shape {tuple(dy.shape)} has {nd}")
-    geom = _geometry(nd, kernel, stride, padding)
+    nd, x_spatial = pool_backward_spatial(dy, x_spatial, "avgpool_backward")
+    geom = pool_geometry(nd, kernel, stride, padding)
     out_spatial = geom.output_shape(x_spatial)
-    expected = tuple(dy.shape[:2]) + out_spatial
-    if tuple(dy.shape) != expected:
-        raise ValueError(f"avgpool_backward: dy has shape {tuple(dy.shape)}, expected {expected}")
+    check_dy_shape(dy, out_spatial, "avgpool_backward")
     dx = xp.empty(tuple(dy.shape[:2]) + x_spatial, dtype=dy.dtype)
     k, s, lo, _ = _window_args(geom)
     _PROGRAM.launch("avgpool_backward", dy.dtype, dx.size, xp.ascontiguousarray(dy), dx, dx.size,
