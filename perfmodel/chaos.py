@@ -8,8 +8,10 @@ One epoch of n samples (mini-batch b, so n/b worker steps) on T workers and P fr
     epoch(T) = train(T) + s
 
     c(T)    = c * (1 + kappa * (min(T, P) - 1))   per-sample worker time; c is measured with one worker,
-              kappa is the slowdown per extra worker from sharing the weights (cache lines of the
-              weights that every update invalidates on the other cores); 0 unless measured
+              kappa is the slowdown per extra busy worker: from sharing the weights (cache lines of
+              the weights that every update invalidates on the other cores) plus from the machine
+              (a neighbour core busy with independent work: shared caches, memory bandwidth, SMT
+              siblings), both measured by the benchmark; 0 unless measured
     g       = the part of c for which a worker holds the GIL (Python between nogil calls): the GIL
               serializes it, so throughput never exceeds 1/g samples per second whatever T is
     tail(T) = (T > 1) * chunk * b * c(T) / 2: when the shared counter runs out, the other workers

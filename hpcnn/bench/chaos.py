@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-__all__ = ["add_arguments", "run", "NETWORKS", "torch_mirror", "layers_gil_fraction",
+__all__ = ["add_arguments", "run", "NETWORKS", "torch_mirror", "layers_gil_fraction", "core_sharing_slowdown",
            "weight_sharing_contention"]
 
 # name -> (model options, digits upscale factor)
@@ -150,8 +150,11 @@ def _bench_network(name, settings, epochs, repeats, torch_epochs, subset, args):
         if step == "fused":
             net_params = chaos.FusedNetwork.from_model(models.build("lenet", seed=0, **options),
                                                        nn.CrossEntropyLoss(), train[0].shape[1:], args.batch).params
-            costs.contention = weight_sharing_contention(net_params, costs.sample_seconds)
-            print(f"  {name}: sharing the weights costs a second worker kappa = {costs.contention:.3f} per sample")
+            sharing = weight_sharing_contention(net_params, costs.sample_seconds)
+            corun = core_sharing_slowdown(options, train, args)
+            costs.contention = sharing + corun
+            print(f"  {name}: a second worker costs kappa = {costs.contention:.3f} per sample "
+                  f"(shared weights {sharing:.3f}, a busy neighbour core {corun:.3f})")
         if step == "layers":
             model = models.build("lenet", seed=0, **options)
             fraction = layers_gil_fraction(model, nn.CrossEntropyLoss(), train, args.batch)
@@ -267,6 +270,45 @@ def weight_sharing_contention(params, sample_seconds, sweeps=400):
         both = timed([shared, shared])
         results.append((both - private) / sweeps / sample_seconds)
     return max(0.0, statistics.median(results))
+
+
+def core_sharing_slowdown(options, train, args, epochs=2):
+    """The part of kappa that comes from the machine, not from the shared weights: how much slower one
+    worker's per-sample time gets while an independent worker (its own model, its own weights) runs
+    on the other core. Cores that share caches, memory bandwidth or a physical core (SMT siblings)
+    show it; the weight-sharing sweep above cannot.
+    """
+    import threading
+
+    from .. import chaos, models, nn
+
+    def one_engine():
+        model = models.build("lenet", seed=0, **options)
+        return chaos.ChaosEngine(model, nn.CrossEntropyLoss(), threads=1, blas_threads=1, batch=args.batch,
+                                 seed=0, step="fused", chunk=args.chunk)
+
+    def per_sample(history):
+        return statistics.median(m["busy_seconds"] / m["samples"] for m in history)
+
+    solo = one_engine()
+    solo.fit(train, epochs=1)                      # warm-up: compile, caches
+    alone = per_sample(solo.fit(train, epochs=epochs))
+    engines = [one_engine() for _ in range(2)]
+    for e in engines:
+        e.fit(train, epochs=1)
+    results = [None, None]
+
+    def work(i):
+        results[i] = per_sample(engines[i].fit(train, epochs=epochs))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if None in results:
+        raise RuntimeError("core_sharing_slowdown: a co-running engine failed")
+    return max(0.0, statistics.median(results) / alone - 1.0)
 
 
 # --- PyTorch on the same network --------------------------------------------------------------------------------
