@@ -27,11 +27,15 @@ Compute model of one operation (OP is one of ``OPERATIONS``) ::
     t = fixed + max(flops * per_flop, bytes * per_byte)         ("roofline", for published GPUs)
 
 with the features of ``operation_features`` (FLOPs, bytes moved, and for convolutions the
-lowered-matrix bytes). A measured profile also keeps its samples ("table": feature dicts with
-measured seconds); the prediction for an unseen shape is then the linear fit times a local
-correction: the geometric mean of measured/fitted ratios of the nearest samples in
-log(GEMM dimensions) space, damped towards 1 with distance. Near measured shapes this is
-table interpolation; far from them it is the fitted efficiency curve.
+lowered-matrix bytes and the "thin" term for GEMMs with a small dimension). A measured profile
+also keeps its samples ("table": feature dicts with measured seconds); the prediction for an
+unseen shape is then the linear fit times a local correction: the geometric mean of
+measured/fitted ratios of the nearest samples in log(GEMM dimensions) space, damped towards 1
+with distance. Near measured shapes this is table interpolation; far from them it is the
+fitted efficiency curve. The ratios of the table use the same features as the prediction (a
+row's "thin" term is rebuilt from its "dims" where the row does not store it), and rows marked
+``"outlier": true`` by the fit (samples inflated by a descheduled process, see
+``perfmodel.calibrate.fit_linear``) are kept for the record but take no part in the correction.
 
 Collectives: alpha-beta-gamma models per algorithm (recursive doubling for small messages,
 Rabenseifner's reduce-scatter + allgather for medium, ring for large; Bruck or pairwise for
@@ -45,7 +49,7 @@ import os
 import numpy as np
 
 __all__ = [
-    "OPERATIONS", "ProfileError", "MachineProfile", "KernelModel", "operation_features",
+    "OPERATIONS", "ProfileError", "MachineProfile", "KernelModel", "operation_features", "row_features",
     "load_profile", "shipped_profiles",
 ]
 
@@ -109,6 +113,16 @@ def operation_features(op, *, n=1, c=1, k=1, in_spatial=(), kernel=(), out_spati
     raise ProfileError(f"unknown operation {op!r}: expected one of {', '.join(OPERATIONS)}")
 
 
+def row_features(op, row):
+    """The features of a stored table row (a profile's "table" of measured samples), with the
+    "thin" term of convolutions and GEMMs rebuilt from the row's "dims" where the row lacks it."""
+    if "thin" in row or not (op.startswith("conv_") or op == "gemm"):
+        return row
+    dims = row["dims"]
+    small = min(dims[1], dims[2]) if op.startswith("conv_") else min(dims)
+    return {**row, "thin": float(row["flops"]) / max(small, 1)}
+
+
 def _value(q, where):
     if not isinstance(q, dict) or "value" not in q:
         raise ProfileError(f"{where}: expected {{'value': number, 'source': KEY}}, received {q!r}")
@@ -139,10 +153,11 @@ class KernelModel:
             raise ProfileError(f"{where}.coef: the roofline form needs 'per_flop' and 'per_byte'")
         self._table = None
         table = spec.get("table")
-        if table:
-            dims = np.array([np.log(np.maximum(np.asarray(row["dims"], float), 1.0)) for row in table["rows"]])
-            base = np.array([self._base(row) for row in table["rows"]])
-            measured = np.array([float(row["seconds"]) for row in table["rows"]])
+        rows = [row for row in table["rows"] if not row.get("outlier")] if table else []
+        if rows:
+            dims = np.array([np.log(np.maximum(np.asarray(row["dims"], float), 1.0)) for row in rows])
+            base = np.array([self._base(row_features(op, row)) for row in rows])
+            measured = np.array([float(row["seconds"]) for row in rows])
             self._table = (dims, np.log(np.maximum(measured, 1e-9) / np.maximum(base, 1e-9)))
 
     def _base(self, features):

@@ -83,6 +83,22 @@ def test_measured_table_corrects_the_fit():
     assert m.kernel_time("elementwise", **far) == pytest.approx(ff["flops"] * 1e-9, rel=1e-3)
 
 
+def test_table_rows_use_the_thin_term_and_skip_outliers():
+    doc = MachineProfile.synthetic(per_flop=1e-12, per_byte=0.0).doc
+    doc["compute"]["conv_forward"]["coef"]["thin"] = {"value": 1e-11, "source": "stated"}
+    shape = dict(n=1, c=2, k=64, in_spatial=(16, 16), kernel=(3, 3), out_spatial=(14, 14))
+    f = operation_features("conv_forward", **shape)
+    fitted = f["flops"] * 1e-12 + f["thin"] * 1e-11
+    # a row measured exactly at the fit, stored without its "thin" term (older profiles): no correction
+    row = {"dims": list(f["dims"]), "flops": f["flops"], "bytes": f["bytes"], "lowered": f["lowered"],
+           "seconds": fitted}
+    doc["compute"]["conv_forward"]["table"] = {"source": "stated", "rows": [row]}
+    assert MachineProfile(doc).kernel_time("conv_forward", **shape) == pytest.approx(fitted, rel=1e-9)
+    # a row 100x slow marked as an outlier takes no part in the correction either
+    doc["compute"]["conv_forward"]["table"]["rows"] = [dict(row, seconds=100 * fitted, outlier=True)]
+    assert MachineProfile(doc).kernel_time("conv_forward", **shape) == pytest.approx(fitted, rel=1e-9)
+
+
 def test_allreduce_algorithms_by_size():
     a, b, g = 1e-6, 1e-9, 1e-10
     m = MachineProfile.synthetic(alpha=a, beta=b, gamma=g, small_bytes=2048, ring_bytes=1 << 20)
