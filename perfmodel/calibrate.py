@@ -5,7 +5,7 @@ timed on rank 0 alone while the others wait (the fit), and, with P > 1, every fe
 every rank running the same kernel at once: the median ratio is the profile's
 `concurrency_slowdown` (cores of one node share memory bandwidth). Each kernel model is fitted by
 non-negative least squares on relative error (t = fixed + flops*a + bytes*b [+ lowered*c]
-[+ thin*d]) and keeps its samples as a table for the local correction (see `perfmodel.machine`).
+[+ thin*d] [+ weights*e]) and keeps its samples as a table for the local correction (see `perfmodel.machine`).
 The fit rejects inflated samples (`fit_robust`): on a machine whose cores are shared, a timed
 call whose process was descheduled reads whole scheduler time slices (4, 8, 16 ... ms) instead of
 its kernel time; such a sample is marked ``"outlier": true`` in the table and ignored by the fit
@@ -13,7 +13,10 @@ and the correction. `refit_profile` redoes the fits of a stored profile from its
 ping-pong between ranks 0 and 1 (alpha = half the small-message round trip, beta from the
 large-message slope); allreduce and all-to-all: sweeps over sizes at P ranks, kept as measured
 tables. With one rank there are no messages to time: the links are then estimated from the
-memory-copy bandwidth and say so in their source.
+memory-copy bandwidth and say so in their source. Layer calls (`measure_layer_calls`): every
+layer kind's distributed layer is timed on one rank, forward and backward, on a tiny and a large
+shape; what the kernel models do not explain is the per-call term of the profile (see
+`perfmodel.machine`).
 """
 import math
 import os
@@ -28,9 +31,9 @@ from hpcnn.dist import comm as _comm
 
 from .machine import FORMAT, OPERATIONS, VERSION, MachineProfile, operation_features, row_features
 
-__all__ = ["calibrate", "sample_shapes", "fit_linear", "fit_robust", "refit_profile"]
+__all__ = ["calibrate", "sample_shapes", "fit_linear", "fit_robust", "refit_profile", "measure_layer_calls"]
 
-_FEATURES = {op: ("fixed", "flops", "bytes", "lowered", "thin") if op.startswith("conv_") else
+_FEATURES = {op: ("fixed", "flops", "bytes", "lowered", "thin", "weights") if op.startswith("conv_") else
              ("fixed", "flops", "bytes", "thin") if op == "gemm" else ("fixed", "flops", "bytes") for op in OPERATIONS}
 
 
@@ -383,6 +386,89 @@ def _sweep(comm, sizes, collective, reps=10):
     return out
 
 
+def _layer_cases():
+    """kind -> (layer factory, tiny input shape, large input shape or None: no per-byte term).
+
+    Convolutions get no per-byte term: their kernels' own fit already covers their data, and a
+    large convolution's kernel-model error would be read as overhead."""
+    from hpcnn import nn
+    big = (2, 16, 256, 256)          # 8 MiB of float32: well beyond the caches
+    return {
+        "conv": (lambda: nn.Conv2d(8, 8, 3, padding=1, bias=False), (1, 8, 4, 4), None),
+        "batchnorm": (lambda: nn.BatchNorm2d(16), (1, 16, 4, 4), big),
+        "relu": (lambda: nn.ReLU(), (1, 16, 4, 4), big),
+        "leaky_relu": (lambda: nn.LeakyReLU(0.01), (1, 16, 4, 4), big),
+        "maxpool": (lambda: nn.MaxPool2d(2), (1, 16, 4, 4), big),
+        "avgpool": (lambda: nn.AvgPool2d(2), (1, 16, 4, 4), big),
+        "global_avgpool": (lambda: nn.GlobalAvgPool(), (1, 16, 4, 4), big),
+        "flatten": (lambda: nn.Flatten(), (1, 16, 4, 4), big),
+        "upsample": (lambda: nn.Upsample(2), (1, 16, 4, 4), (2, 16, 128, 128)),
+        "linear": (lambda: nn.Linear(64, 16), (1, 64), (2, 4096, 256)),
+    }
+
+
+def _time_layer(layer, shape, comm, reps):
+    """Median (forward, backward) seconds of `layer`'s distributed layer on one rank for input `shape`."""
+    from hpcnn import dist, nn
+    from hpcnn.dist.layers import _Container
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    grid = (1,) * max(len(shape) - 1, 3)
+    dm = dist.distribute(nn.Sequential(layer), dist.Distribution(comm, grid))
+    leaf = next(m for m in dm.root.modules() if not isinstance(m, _Container))
+    xt = dist.scatter(x, dist.Distribution(comm, grid))
+    fwd, bwd = [], []
+    for i in range(reps + 1):
+        t0 = time.perf_counter()
+        y = leaf.forward(xt)
+        t1 = time.perf_counter()
+        g = y.like(np.ones_like(y.local))       # the gradient's allocation is not the layer's
+        t2 = time.perf_counter()
+        leaf.backward(g)
+        t3 = time.perf_counter()
+        if i:
+            fwd.append(t1 - t0)
+            bwd.append(t3 - t2)
+    return float(np.median(fwd)), float(np.median(bwd))
+
+
+def measure_layer_calls(comm, machine, source, reps=15):
+    """The "layer_calls" section of a profile: per layer kind and direction, fixed seconds and seconds
+    per byte (local input + output + parameters) that a distributed layer call costs beyond the kernel
+    models of `machine` (a profile without layer-call terms). Timed on rank 0 of `comm` alone (the
+    others wait); every term cites `source`."""
+    from hpcnn import nn
+    from .costs import _kernel_cost, _local_numel
+    from .layers import walk
+    rank = comm.Get_rank()
+    alone = _comm.split(comm, rank, 0)
+    kinds = {}
+    if rank == 0:
+        for kind, (factory, tiny, large) in _layer_cases().items():
+            resid = []
+            for shape in (tiny,) + ((large,) if large else ()):
+                if kind == "linear" and len(shape) == 3:
+                    layer, shape = nn.Linear(shape[1], shape[2]), shape[:2]
+                else:
+                    layer = factory()
+                spec = walk(nn.Sequential(layer), shape)[0]
+                grid = (1,) * max(len(shape) - 1, 3)
+                kc = _kernel_cost(spec, grid, machine)
+                f, b = _time_layer(layer, shape, alone, reps if large is None or shape == tiny else max(reps // 3, 3))
+                nbytes = (_local_numel(spec.in_shape, grid) + _local_numel(spec.out_shape, grid)
+                          + spec.params) * machine.itemsize
+                resid.append((nbytes, f - kc.forward, b - kc.backward))
+            terms = {}
+            for j, direction in ((1, "forward"), (2, "backward")):
+                fixed = max(resid[0][j], 0.0)
+                per_byte = max((resid[1][j] - fixed) / resid[1][0], 0.0) if len(resid) > 1 else 0.0
+                terms[direction] = {"fixed": {"value": fixed, "source": source},
+                                    "per_byte": {"value": per_byte, "source": source}}
+            kinds[kind] = terms
+        # 3-D layers run the same layer code as their 2-D kinds
+    _comm.barrier(comm)
+    return {"source": source, "kinds": kinds}
+
+
 def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None):
     """Measure this machine on every rank of `comm`; returns a MachineProfile (only rank 0's is complete)."""
     if quick:
@@ -425,7 +511,7 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None)
                     "median_abs_relative": med},
             "table": {"source": src, "rows": [
                 {"dims": list(f["dims"]), "flops": f["flops"], "bytes": f["bytes"],
-                 **({k: f[k] for k in ("lowered", "thin") if k in f}), "seconds": t,
+                 **({k: f[k] for k in ("lowered", "thin", "weights") if k in f}), "seconds": t,
                  **({"outlier": True} if bad else {})}
                 for (f, t), bad in zip(tables[op], outlier)]},
         }
@@ -476,11 +562,12 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None)
         },
         "overlap": {"gradient_allreduce": {"value": 0.0, "source": "cpu-overlap"},
                     "halo": {"value": 0.0, "source": "cpu-overlap"}},
-        "calibration_seconds": {"value": time.perf_counter() - t_start, "source": src},
     }
     sources["mpich-defaults"] = ("MPICH's default algorithm thresholds (MPIR_CVAR_ALLREDUCE_SHORT_MSG_SIZE = 2048, "
                                  "MPIR_CVAR_ALLTOALL_SHORT_MSG_SIZE = 256 bytes); used only for rank counts "
                                  "without a measured sweep")
     sources["cpu-overlap"] = ("assumption of hpcnn: on CPU ranks without an MPI progress thread, non-blocking "
                               "messages advance only inside MPI calls, so no overlap is counted")
+    doc["layer_calls"] = measure_layer_calls(comm, MachineProfile(doc), src)
+    doc["calibration_seconds"] = {"value": time.perf_counter() - t_start, "source": src}
     return MachineProfile(doc)

@@ -21,6 +21,13 @@ What the layer's time is made of, as the distributed layers do it:
   features are replicated there); linear layers compute redundantly on every replica;
 - weight gradients: allreduce over all ranks, in buckets, overlapped with backward
   (`iteration_time` below; per layer the un-overlapped time is reported);
+- a convolution with exactly one exchanged spatial dimension runs hpcnn.dist.DistConv's halo-row
+  path: the owned block's kernels plus, per side with halo rows, one thin piece in each direction
+  (conv_forward; conv_backward_data + conv_backward_filter + adding the piece's filter gradient
+  into dw), each a full-window kernel call over the output rows the halo reaches;
+- every leaf layer call, forward and backward, also costs the profile's per-call term
+  (`MachineProfile.layer_call`: fixed + per byte of local input + output + parameters), the work
+  of the layer code around its kernels;
 - a shuffle between two grids: one Alltoallv (each rank sends what it owns and the other
   grid's rank needs), pack and unpack; its adjoint costs the same in backward.
 Memory per rank: activations kept for backward (block bytes, extended blocks where halos are
@@ -193,7 +200,50 @@ def _layer_cost_cached(signature, spec, grid, machine):
     return hit
 
 
+def _local_numel(shape, grid):
+    """Elements of the largest local block of a global (N, C, *S) or (N, F) tensor under `grid`."""
+    n = _ceil_div(shape[0], grid[0])
+    if len(shape) == 2:
+        return n * shape[1]
+    return n * shape[1] * math.prod(_ceil_div(s, g) for s, g in zip(shape[2:], grid[1:]))
+
+
 def _layer_cost(spec, grid, machine):
+    cost = _kernel_cost(spec, grid, machine)
+    nbytes = (_local_numel(spec.in_shape, grid) + _local_numel(spec.out_shape, grid) + spec.params) * machine.itemsize
+    cost.forward += machine.layer_call(spec.kind, "forward", nbytes)
+    cost.backward += machine.layer_call(spec.kind, "backward", nbytes)
+    return cost
+
+
+def _halo_pieces(spec, grid, axes):
+    """The thin halo-piece convolutions of hpcnn.dist.DistConv's one-split-dimension path.
+
+    When exactly one spatial dimension exchanges a halo, the owned block is convolved with the halo
+    rows taken as zero padding, and each side's halo rows are convolved on their own into the few
+    output rows they reach (padded to the full window, so each piece costs a full-window kernel
+    call over those output rows). Returns [(in_spatial, out_spatial)] of those pieces (empty on
+    the extended-block path: several exchanged dimensions, or none)."""
+    exchanged = [k for k, a in enumerate(axes) if grid[1 + k] > 1 and a[3] > 0]
+    if len(exchanged) != 1:
+        return []
+    k = exchanged[0]
+    out, ext, own, rows, sides = axes[k]
+    stride = spec.geometry.stride[k]
+    pieces = []
+    for side in range(max(sides, 1)):
+        r = rows // max(sides, 1) + (1 if side < rows % max(sides, 1) else 0)
+        if r <= 0:
+            continue
+        in_sp = [a[2] for a in axes]
+        out_sp = [a[0] for a in axes]
+        in_sp[k] = r
+        out_sp[k] = min(out, _ceil_div(r, stride))
+        pieces.append((tuple(in_sp), tuple(out_sp)))
+    return pieces
+
+
+def _kernel_cost(spec, grid, machine):
     ranks = math.prod(grid)
     busy = _busy(machine, ranks)
     inter_all = machine.spans_nodes(ranks)
@@ -269,6 +319,13 @@ def _layer_cost(spec, grid, machine):
             shape = dict(n=n, c=c_in, k=c_out, in_spatial=ext, kernel=g.kernel, out_spatial=out_block)
             cost.forward = kt("conv_forward", busy, **shape)
             cost.backward = kt("conv_backward_data", busy, **shape) + kt("conv_backward_filter", busy, **shape)
+            w_bytes = c_out * c_in * math.prod(g.kernel) * item
+            for p_in, p_out in _halo_pieces(spec, grid, axes):
+                piece = dict(n=n, c=c_in, k=c_out, in_spatial=p_in, kernel=g.kernel, out_spatial=p_out)
+                cost.forward += kt("conv_forward", busy, **piece)
+                # the piece's data gradient, its filter gradient, and adding that into dw
+                cost.backward += (kt("conv_backward_data", busy, **piece) + kt("conv_backward_filter", busy, **piece)
+                                  + kt("elementwise", busy, n=1, c=1, in_spatial=(w_bytes // item,)))
             if spec.options.get("bias"):
                 cost.forward += kt("elementwise", busy, n=n, c=c_out, in_spatial=out_block)
                 cost.backward += kt("elementwise", busy, n=n, c=c_out, in_spatial=out_block)

@@ -15,7 +15,9 @@ The profile is a JSON document (``MachineProfile.load`` / ``save`` / ``validate`
                       "measured": {"source": "KEY", "ranks": {"2": [[bytes, seconds], ...]}}},
         "alltoall":  {"small_bytes": Q, "measured": {...}}
       },
-      "overlap": {"gradient_allreduce": Q, "halo": Q}
+      "overlap": {"gradient_allreduce": Q, "halo": Q},
+      "layer_calls": {"source": "KEY", "kinds": {KIND: {"forward": {"fixed": Q, "per_byte": Q},
+                                                        "backward": {"fixed": Q, "per_byte": Q}}}}
     }
 
 where Q is ``{"value": number, "source": KEY}``. The rule checked by ``validate``: every number in
@@ -27,15 +29,26 @@ Compute model of one operation (OP is one of ``OPERATIONS``) ::
     t = fixed + max(flops * per_flop, bytes * per_byte)         ("roofline", for published GPUs)
 
 with the features of ``operation_features`` (FLOPs, bytes moved, and for convolutions the
-lowered-matrix bytes and the "thin" term for GEMMs with a small dimension). A measured profile
+lowered-matrix bytes, the "thin" term for GEMMs with a small dimension and the filter bytes
+"weights" that every call walks whatever its block size). A measured profile
 also keeps its samples ("table": feature dicts with measured seconds); the prediction for an
 unseen shape is then the linear fit times a local correction: the geometric mean of
 measured/fitted ratios of the nearest samples in log(GEMM dimensions) space, damped towards 1
 with distance. Near measured shapes this is table interpolation; far from them it is the
 fitted efficiency curve. The ratios of the table use the same features as the prediction (a
-row's "thin" term is rebuilt from its "dims" where the row does not store it), and rows marked
+row's "thin" and "weights" terms are rebuilt from its "dims" where the row does not store them), and rows marked
 ``"outlier": true`` by the fit (samples inflated by a descheduled process, see
 ``perfmodel.calibrate.fit_linear``) are kept for the record but take no part in the correction.
+
+Layer calls (optional "layer_calls"; absent = zero): what one forward or backward call of a
+layer costs on top of its kernels, as the distributed layer path runs it (Python, input checks,
+the halo bookkeeping, allocating its outputs, data not in cache)::
+
+    t_call(kind, direction) = fixed + per_byte * (local input + output + parameter bytes)
+
+per layer kind (``perfmodel.layers.KINDS``) and direction. `hpcnn calibrate` measures it by timing
+each kind's distributed layer on one rank on a tiny and a large shape and subtracting the kernel
+models' prediction for the same shapes (``perfmodel.calibrate.measure_layer_calls``).
 
 Collectives: alpha-beta-gamma models per algorithm (recursive doubling for small messages,
 Rabenseifner's reduce-scatter + allgather for medium, ring for large; Bruck or pairwise for
@@ -92,8 +105,11 @@ def operation_features(op, *, n=1, c=1, k=1, in_spatial=(), kernel=(), out_spati
         x_b, y_b, w_b = n * c * s_in * itemsize, n * k * s_out * itemsize, k * c * taps * itemsize
         lowered = float(n * c * taps * s_out * itemsize)   # im2col-style column matrix
         # "thin": GEMMs with a small dimension (few channels, or few filters) run far below peak
+        # "weights": the filter bytes each call walks (and backward-filter writes) whatever the batch and
+        # block: it dominates calls on small blocks with many channels (halo pieces, late layers)
         return {"flops": flops, "bytes": float(x_b + y_b + w_b), "lowered": lowered,
-                "thin": flops / max(min(k, c * taps), 1), "dims": (n * s_out, k, c * taps, taps)}
+                "thin": flops / max(min(k, c * taps), 1), "weights": float(w_b),
+                "dims": (n * s_out, k, c * taps, taps)}
     if op.startswith("pool_"):
         return {"flops": float(n * c * s_out * taps), "bytes": float(n * c * (s_in + s_out) * itemsize),
                 "dims": (n * c * s_out, taps, n * c * s_in)}
@@ -113,14 +129,20 @@ def operation_features(op, *, n=1, c=1, k=1, in_spatial=(), kernel=(), out_spati
     raise ProfileError(f"unknown operation {op!r}: expected one of {', '.join(OPERATIONS)}")
 
 
-def row_features(op, row):
+def row_features(op, row, itemsize=4):
     """The features of a stored table row (a profile's "table" of measured samples), with the
-    "thin" term of convolutions and GEMMs rebuilt from the row's "dims" where the row lacks it."""
-    if "thin" in row or not (op.startswith("conv_") or op == "gemm"):
+    "thin" term of convolutions and GEMMs and the "weights" term of convolutions rebuilt from the
+    row's "dims" where the row lacks them."""
+    if not (op.startswith("conv_") or op == "gemm"):
         return row
     dims = row["dims"]
-    small = min(dims[1], dims[2]) if op.startswith("conv_") else min(dims)
-    return {**row, "thin": float(row["flops"]) / max(small, 1)}
+    out = dict(row)
+    if "thin" not in out:
+        small = min(dims[1], dims[2]) if op.startswith("conv_") else min(dims)
+        out["thin"] = float(row["flops"]) / max(small, 1)
+    if op.startswith("conv_") and "weights" not in out:
+        out["weights"] = float(dims[1] * dims[2] * itemsize)
+    return out
 
 
 def _value(q, where):
@@ -214,6 +236,10 @@ class MachineProfile:
         overlap = doc.get("overlap", {})
         self.overlap = {key: _value(overlap[key], f"overlap.{key}") if key in overlap else 0.0
                         for key in ("gradient_allreduce", "halo")}
+        calls = doc.get("layer_calls", {}).get("kinds", {})
+        self.layer_calls = {(kind, direction): (_value(terms["fixed"], f"layer_calls.{kind}.{direction}.fixed"),
+                                                _value(terms["per_byte"], f"layer_calls.{kind}.{direction}.per_byte"))
+                            for kind, spec in calls.items() for direction, terms in spec.items()}
         self.concurrency_slowdown = (_value(doc["concurrency_slowdown"], "concurrency_slowdown")
                                      if "concurrency_slowdown" in doc else 1.0)
 
@@ -331,6 +357,12 @@ class MachineProfile:
         if busy_ranks_per_node > 1:
             t *= self.concurrency_slowdown
         return t
+
+    def layer_call(self, kind, direction, nbytes):
+        """Seconds one `direction` ("forward" / "backward") call of a `kind` layer costs beyond its
+        kernels, for `nbytes` of local input + output + parameters (0 where the profile has no term)."""
+        fixed, per_byte = self.layer_calls.get((kind, direction), (0.0, 0.0))
+        return fixed + per_byte * nbytes
 
     # --- communication ------------------------------------------------------------------
     def link(self, inter_node):

@@ -39,7 +39,12 @@ def test_conv_h_split_halo_by_hand(machine):
     ext, own = (5, 8), 4
     flops = 2 * 2 * 8 * 4 * 9 * (4 * 8)
     nbytes = 4 * (2 * 4 * 5 * 8 + 2 * 8 * 4 * 8 + 8 * 4 * 9)
-    assert c.forward == pytest.approx(flops * F + nbytes * 1e-9)
+    # one split dimension: hpcnn.dist.DistConv's halo-row path adds a thin piece (the halo row in,
+    # the one output row it reaches out, full 3x3 window), and in backward adds its dw into dw
+    piece = 2 * 2 * 8 * 4 * 9 * (1 * 8) * F + 4 * (2 * 4 * 1 * 8 + 2 * 8 * 1 * 8 + 8 * 4 * 9) * 1e-9
+    add_dw = 288 * F + 2 * 288 * 4 * 1e-9
+    assert c.forward == pytest.approx(flops * F + nbytes * 1e-9 + piece)
+    assert c.backward == pytest.approx(2 * (flops * F + nbytes * 1e-9 + piece) + add_dw)
     block = 2 * 4 * 5 * 8 * 4                 # extended buffer
     halo = 2 * 4 * 1 * 8 * 4                  # one row of (n, c, W)
     fwd = (block + 2 * halo) * 1e-9 + A + halo * B
@@ -106,3 +111,23 @@ def test_candidate_grids_and_refusals():
     assert grid_refusal(spec, (4, 1, 1)) == "4 sample blocks for a batch of 2"
     assert "smaller than the halo" in grid_refusal(spec, (1, 4, 1))
     assert grid_refusal(spec, (2, 1, 1)) is None
+
+
+def test_layer_call_term_by_hand():
+    # a profile's per-call term: fixed + per_byte * (local input + output + parameter bytes)
+    m = MachineProfile.synthetic(per_flop=F, per_byte=1e-9, alpha=A, beta=B)
+    doc = m.doc
+    q = lambda v: {"value": v, "source": "stated"}      # noqa: E731
+    doc["layer_calls"] = {"source": "stated", "kinds": {
+        "relu": {"forward": {"fixed": q(2e-5), "per_byte": q(1e-10)},
+                 "backward": {"fixed": q(3e-5), "per_byte": q(0.0)}}}}
+    with_calls = MachineProfile(doc)
+    spec = LayerSpec("relu", "relu", (4, 16, 8, 8), (4, 16, 8, 8), None, (), 0.0)
+    base = layer_cost(spec, (2, 1, 2), m)
+    c = layer_cost(spec, (2, 1, 2), with_calls)
+    local = 2 * 16 * 8 * 4 * 4                        # (2, 16, 8, 4) float32 block, in and out
+    assert c.forward == pytest.approx(base.forward + 2e-5 + 1e-10 * 2 * local)
+    assert c.backward == pytest.approx(base.backward + 3e-5)
+    # kinds the profile does not name cost nothing extra
+    bn = LayerSpec("bn", "batchnorm", (4, 16, 8, 8), (4, 16, 8, 8), None, (16, 16), 0.0)
+    assert layer_cost(bn, (2, 1, 2), with_calls).forward == pytest.approx(layer_cost(bn, (2, 1, 2), m).forward)
