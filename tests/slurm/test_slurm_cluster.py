@@ -199,7 +199,14 @@ def test_usr1_writes_a_checkpoint_and_the_job_requeues_and_resumes(cluster):
     assert "hpcnn train exited with status 0 after SIGUSR1" in log, log  # a clean exit, then the requeue
     assert _records(run / "metrics.jsonl", "stop")[0]["reason"] == "SIGUSR1"
 
-    # SLURM holds a requeued job back for about two minutes; as the cluster's root, let it start now.
+    # SLURM holds a requeued job back for about two minutes; as the cluster's root, let it start now,
+    # but only once the first run's steps are gone: a restart while slurmd still tears the old
+    # allocation down is refused ("job credential revoked") and the job ends FAILED.
+    def settled():
+        steps_left = cluster.run("squeue", "--steps", "--noheader", "-j", job_id)
+        return cluster.job(job_id)["JobState"] == "PENDING" and not steps_left
+    cluster.wait(settled, 60, f"job {job_id}'s first run to be torn down", job_id, out)
+    time.sleep(2)
     cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
     job = cluster.wait_until_ended(job_id, out, timeout=150)
     log = _text(out)
