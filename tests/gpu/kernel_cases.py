@@ -12,7 +12,8 @@ import numpy as np
 from hpcnn.backend import to_numpy
 from hpcnn.kernels import cpu
 
-__all__ = ["CONV", "POOL", "NORM", "ACTIVATION", "LOSS", "UPSAMPLE", "CHECKS", "all_cases", "assert_close"]
+__all__ = ["CONV", "POOL", "NORM", "ACTIVATION", "LOSS", "UPSAMPLE", "CHECKS", "all_cases", "assert_close",
+           "exact_float32_gpu"]
 
 _TOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
 
@@ -246,3 +247,21 @@ def all_cases():
     """(id, check, case) for every row of every table."""
     return [(f"{family}-{i}", check, case) for family, (check, table) in CHECKS.items()
             for i, case in enumerate(table)]
+
+
+def exact_float32_gpu():
+    """(hpcnn.kernels.gpu, cupy.asarray, torch device or None) with TF32 off everywhere.
+
+    The references must be exact float32: TF32 would be 1e-3 off.
+    """
+    import cupy
+    from hpcnn.kernels import gpu
+    try:
+        import torch
+        torch_device = "cuda" if torch.cuda.is_available() else None
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    except ImportError:
+        torch_device = None
+    gpu.set_tf32(False)
+    return gpu, cupy.asarray, torch_device

@@ -14,21 +14,12 @@ from tests.gpu import kernel_cases  # noqa: E402
 
 
 def _checks():
-    import cupy
-    from hpcnn.kernels import gpu
-    try:
-        import torch
-        torch_device = "cuda" if torch.cuda.is_available() else None
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
-    except ImportError:
-        torch_device = None
-    gpu.set_tf32(False)
+    gpu, asarray, torch_device = kernel_cases.exact_float32_gpu()
     for name, check, case in kernel_cases.all_cases():
-        yield name, lambda check=check, case=case: check(gpu, cupy.asarray, case, torch_device=torch_device)
+        yield name, lambda check=check, case=case: check(gpu, asarray, case, torch_device=torch_device)
     for family in ("conv", "pool", "norm", "loss"):
         check, table = kernel_cases.CHECKS[family]
-        yield f"{family}-float64", lambda check=check, case=table[0]: check(gpu, cupy.asarray, case,
+        yield f"{family}-float64", lambda check=check, case=table[0]: check(gpu, asarray, case,
                                                                             dtype=np.float64)
     from tests.gpu.device_models import check_training_run
     yield "training-run", check_training_run

@@ -11,18 +11,7 @@ _CASES = kernel_cases.all_cases()
 
 @pytest.fixture(scope="module")
 def device():
-    import cupy
-    from hpcnn.kernels import gpu
-    try:
-        import torch
-        torch_device = "cuda" if torch.cuda.is_available() else None
-        # The references must be exact float32: TF32 would be 1e-3 off.
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
-    except ImportError:
-        torch_device = None
-    gpu.set_tf32(False)
-    return gpu, cupy.asarray, torch_device
+    return kernel_cases.exact_float32_gpu()
 
 
 @pytest.mark.parametrize("name, check, case", _CASES, ids=[c[0] for c in _CASES])
