@@ -2,7 +2,7 @@
 import argparse
 import sys
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "model_options", "DEFAULT_INPUTS"]
 
 
 def _add_bench(sub):
@@ -143,30 +143,21 @@ def _add_plan(sub):
     p.set_defaults(func=_run_plan)
 
 
-_DEFAULT_INPUTS = {"resnet18": (3, 224, 224), "resnet34": (3, 224, 224), "resnet50": (3, 224, 224),
+DEFAULT_INPUTS = {"resnet18": (3, 224, 224), "resnet34": (3, 224, 224), "resnet50": (3, 224, 224),
                    "unet2d": (1, 256, 256), "meshnet": (18, 2048, 2048), "cosmoflow": (4, 128, 128, 128),
                    "lenet": (1, 8, 8)}
 
 
 def _run_plan(args):
-    import json as _json
-
     from perfmodel import report
     from perfmodel.layers import model_chain
     from perfmodel.machine import ProfileError, load_profile
     from perfmodel.planner import PlanError, plan_chain
-    from .dist.plan import Plan
-    options = {}
-    for item in args.options:
-        key, _, value = item.partition("=")
-        try:
-            options[key] = _json.loads(value)
-        except _json.JSONDecodeError:
-            options[key] = value
+    options = model_options(args.options)
     try:
-        if args.input is None and args.model not in _DEFAULT_INPUTS:
+        if args.input is None and args.model not in DEFAULT_INPUTS:
             raise ValueError(f"--input is needed for model {args.model!r}")
-        shape = args.input or _DEFAULT_INPUTS[args.model]
+        shape = args.input or DEFAULT_INPUTS[args.model]
         if args.batch < 1 or args.ranks < 1:
             raise ValueError("--batch and --ranks must be positive")
         machine = load_profile(args.machine)
@@ -186,16 +177,26 @@ def _run_plan(args):
         print()
         print(text)
     if args.json:
-        grids, predicted = report.plan_entries(result)
-        counts = {}
-        for g in grids.values():
-            counts[tuple(g)] = counts.get(tuple(g), 0) + 1
-        default = max(counts, key=counts.get)
-        plan = Plan(args.ranks, list(default), grids, args.model, {**options, **_input_options(args.model, shape)},
-                    (args.batch,) + tuple(shape), predicted)
+        plan = report.to_plan(result, args.model, {**options, **_input_options(args.model, shape)},
+                              (args.batch,) + tuple(shape))
         plan.save(args.json)
         print(f"wrote {args.json}")
     return 0
+
+
+def model_options(items):
+    """{key: value} from KEY=VALUE strings; values are read as JSON where they parse (3, true, [16,16])."""
+    import json as _json
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"hpcnn: expected KEY=VALUE, received {item!r}")
+        try:
+            options[key] = _json.loads(value)
+        except _json.JSONDecodeError:
+            options[key] = value
+    return options
 
 
 def _input_options(model, shape):

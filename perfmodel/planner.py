@@ -38,7 +38,7 @@ from . import costs as _costs
 from .costs import OPTIMIZER_STATE, LayerCost, block_extra_cost, candidate_grids, grid_refusal, layer_cost
 from .layers import Block, iter_layers
 
-__all__ = ["PlanError", "PlanResult", "plan_chain", "grid_string", "parse_grid"]
+__all__ = ["PlanError", "PlanResult", "plan_chain", "uniform_plan", "grid_string", "parse_grid"]
 
 _INF = math.inf
 
@@ -350,6 +350,17 @@ def uniform_time(chain, grid, machine):
             out.append((node, layer_cost(node, grid, machine)))
     t, _ = _costs.iteration_time([c for _, c in out], 0.0, machine, math.prod(grid))
     return t, out
+
+
+def uniform_plan(chain, grid, machine):
+    """A PlanResult with one grid for every layer (costs, totals and memory as for a plan), or None if a
+    layer refuses the grid. Memory is not checked against the profile's limit: `.memory` says what it needs."""
+    grid = tuple(grid)
+    if any(grid_refusal(node, grid) for node in iter_layers(chain)):
+        return None
+    solver = _Solver(chain, [grid], machine, None)
+    assignment = {node.name: 0 for node in iter_blocks_and_layers(chain)}
+    return PlanResult(chain, math.prod(grid), machine, assignment, [grid], solver, 0.0)
 
 
 def iter_blocks_and_layers(chain):

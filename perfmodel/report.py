@@ -5,7 +5,7 @@ from .costs import candidate_grids, grid_refusal, layer_cost, shuffle_time
 from .layers import Block
 from .planner import grid_string, uniform_time
 
-__all__ = ["plan_table", "speedups", "explain", "plan_entries", "best_uniform"]
+__all__ = ["plan_table", "speedups", "explain", "plan_entries", "best_uniform", "to_plan", "breakdown"]
 
 
 def _ms(seconds):
@@ -203,3 +203,39 @@ def plan_entries(result):
             "shuffle_before_s": shuffle, "memory_bytes": c.activation_bytes + c.workspace_bytes,
         }
     return grids, predicted
+
+
+def to_plan(result, model=None, model_options=None, input_shape=None):
+    """The `hpcnn.dist.Plan` of a PlanResult: every leaf's grid, the most common one as the default."""
+    from hpcnn.dist.plan import Plan
+    grids, predicted = plan_entries(result)
+    counts = {}
+    for g in grids.values():
+        counts[tuple(g)] = counts.get(tuple(g), 0) + 1
+    default = max(counts, key=counts.get)
+    return Plan(result.ranks, list(default), grids, model, model_options, input_shape, predicted)
+
+
+def breakdown(result):
+    """What a PlanResult predicts, split the way `hpcnn bench scaling` measures it.
+
+    Returns {"layers": {leaf name: {compute_s, halo_s, collective_s, shuffle_s}}, "block_shuffle_s":
+    shuffles inside blocks (a residual's shortcut output joining the body's grid), "other_s": the rest
+    outside the leaves (residual adds and concatenations, the optimizer step), "gradient_allreduce_s":
+    the exposed wait after backward, "iteration_s", "memory_bytes"}; a shuffle into a leaf's grid counts
+    for that leaf (the leaf's forward runs it).
+    """
+    layers, other, between = {}, 0.0, 0.0
+    for node, _, c, shuffle in result.layers:
+        if node is None:
+            between += shuffle
+            continue
+        if isinstance(node, Block):
+            other += c.time
+            continue
+        layers[node.name] = {"compute_s": c.forward + c.backward, "halo_s": c.halo_forward + c.halo_backward,
+                             "collective_s": c.collective_forward + c.collective_backward, "shuffle_s": shuffle}
+    t = result.totals()
+    return {"layers": layers, "block_shuffle_s": between, "other_s": other + t["optimizer"],
+            "gradient_allreduce_s": t["gradient_allreduce"],
+            "iteration_s": t["iteration"], "memory_bytes": t["memory"]}

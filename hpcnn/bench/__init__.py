@@ -1,7 +1,10 @@
 """Benchmark drivers behind `hpcnn bench NAME`: each module has add_arguments(parser) and run(args)."""
 import importlib
+import os
+import shutil
+import sys
 
-__all__ = ["BENCHMARKS", "load"]
+__all__ = ["BENCHMARKS", "load", "mpiexec"]
 
 # name -> module under hpcnn.bench; a benchmark is listed here once it runs.
 BENCHMARKS = {"kernels": "kernels", "chaos": "chaos", "model": "model", "halo": "halo", "scaling": "scaling"}
@@ -9,3 +12,15 @@ BENCHMARKS = {"kernels": "kernels", "chaos": "chaos", "model": "model", "halo": 
 
 def load(name):
     return importlib.import_module(f"hpcnn.bench.{BENCHMARKS[name]}")
+
+
+def mpiexec():
+    """The mpiexec to start benchmark runs with: the one on PATH, else the one beside this Python (a venv's
+    MPICH from PyPI)."""
+    found = shutil.which("mpiexec")
+    if found:
+        return found
+    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    if os.path.exists(beside):
+        return beside
+    raise SystemExit("hpcnn bench: no mpiexec on PATH (pip install mpich, or load your MPI module)")

@@ -4,9 +4,9 @@ For each model (meshnet, resnet18 with small input, a small cosmoflow) and rank 
 candidate grid (every factorization of P over N and the spatial dims that the planner accepts)
 runs a few training iterations under `mpiexec -n P` (one thread per rank); forward and backward
 of every leaf layer are timed on each rank (the slowest rank counts) and compared with the
-prediction of `perfmodel` for the same layer and grid. An iteration is forward, backward with
-the bucketed gradient allreduce, and an SGD-with-momentum step; its input gradient is a tensor of
-ones (no loss), as in the model. The plan the planner chooses is measured too and compared with
+prediction of `perfmodel` for the same layer and grid. An iteration is `probe.training_step`:
+forward, backward of a gradient of ones (no loss, as in the model) with the bucketed gradient
+allreduce, and an SGD-with-momentum step. The plan the planner chooses is measured too and compared with
 the fastest measured candidate. Writes model_layers.csv, model_iterations.csv and model.png.
 """
 import json
@@ -17,6 +17,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from . import mpiexec
 
 __all__ = ["add_arguments", "run", "CASES"]
 
@@ -55,29 +57,13 @@ def _default_machine():
 
 
 # --- the worker (runs under mpiexec) --------------------------------------------------------------
-def _timed(module, store, name):
-    fwd, bwd = module.forward, module.backward
-
-    def forward(t):
-        t0 = time.perf_counter()
-        out = fwd(t)
-        store.setdefault(name, [[], []])[0].append(time.perf_counter() - t0)
-        return out
-
-    def backward(g):
-        t0 = time.perf_counter()
-        out = bwd(g)
-        store.setdefault(name, [[], []])[1].append(time.perf_counter() - t0)
-        return out
-    module.forward, module.backward = forward, backward
-
-
 def _worker(spec_path, out_path):
     from hpcnn import dist, models
     from hpcnn.dist import comm as _comm
-    from hpcnn.dist.layers import _Container
     from hpcnn.dist.model import leaf_layers
     from hpcnn.dist.plan import Plan
+
+    from .probe import LayerProbe, training_step
     _comm.install_abort_on_error()
     comm = _comm.world()
     with open(spec_path) as f:
@@ -94,33 +80,20 @@ def _worker(spec_path, out_path):
         else:
             first = dist.Distribution(comm, tuple(job["grid"]))
             dm = dist.distribute(model, first)
-        store = {}
-        names = iter(n for n, _ in leaf_layers(model))
-        for m in dm.root.modules():
-            if not isinstance(m, _Container):
-                _timed(m, store, next(names))
+        probe = LayerProbe(dm, model)
         xt = dist.scatter(x, first)
         momentum = {name: np.zeros_like(p) for name, p, _ in model.parameters()}
         iters = []
         for i in range(job["iterations"] + 1):
             if i == 1:
-                store.clear()
+                probe.clear()
             _comm.barrier(comm)
             t0 = time.perf_counter()
-            y = dm.forward(xt)
-            dm.backward(y.like(np.ones_like(y.local)))
-            for name, p, g in model.parameters():
-                buf = momentum[name]
-                buf *= 0.9
-                buf += g
-                p -= 1e-4 * buf
+            training_step(dm, xt, momentum)
             t = _comm.allreduce_scalar(comm, time.perf_counter() - t0, "max")
             if i > 0:
                 iters.append(t)
-        layers = {}
-        for name, (f, b) in store.items():
-            layers[name] = [_comm.allreduce_scalar(comm, float(np.median(f)) if f else 0.0, "max"),
-                            _comm.allreduce_scalar(comm, float(np.median(b)) if b else 0.0, "max")]
+        layers = {name: [v["forward_s"], v["backward_s"]] for name, v in probe.summary(comm).items()}
         results.append({**{k: job[k] for k in ("model", "grid", "label")}, "iteration": float(np.median(iters)),
                         "layers": layers})
     if comm.Get_rank() == 0:
@@ -156,7 +129,7 @@ def run(args):
     from perfmodel.layers import iter_layers, model_chain
     from perfmodel.machine import load_profile
     from perfmodel.planner import grid_string, plan_chain
-    from perfmodel.report import plan_entries
+    from perfmodel.report import to_plan
 
     machine = load_profile(args.machine or _default_machine())
     names = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -184,12 +157,9 @@ def run(args):
                              "label": label, "iterations": args.iterations})
                 predictions[(m, label)] = _predict(m, tuple(grid), machine, chain, ranks)
             result = plan_chain(chain, ranks, machine)
-            grids, _ = plan_entries(result)
-            default = max(set(map(tuple, grids.values())), key=list(map(tuple, grids.values())).count)
-            plan = {"format": "hpcnn-plan", "version": 1, "ranks": ranks, "default_grid": list(default),
-                    "layers": [{"name": k, "grid": v} for k, v in grids.items()]}
-            jobs.append({"model": m, "options": build, "input": (batch,) + tuple(shape), "grid": list(default),
-                         "label": "plan", "plan": plan, "iterations": args.iterations})
+            plan = to_plan(result).to_dict()
+            jobs.append({"model": m, "options": build, "input": (batch,) + tuple(shape),
+                         "grid": plan["default_grid"], "label": "plan", "plan": plan, "iterations": args.iterations})
             predictions[(m, "plan")] = _predict(m, result, machine, chain, ranks)
         with tempfile.TemporaryDirectory() as tmp:
             spec_path = os.path.join(tmp, "spec.json")
@@ -198,7 +168,7 @@ def run(args):
                 json.dump({"jobs": jobs}, f)
             env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
                        MKL_NUM_THREADS="1")
-            cmd = ["mpiexec", "-n", str(ranks), sys.executable, "-m", "hpcnn.bench.model", spec_path, out_path]
+            cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "hpcnn.bench.model", spec_path, out_path]
             print(f"{ranks} rank(s): {len(jobs)} configurations ...", flush=True)
             subprocess.run(cmd, env=env, check=True, timeout=args.timeout)
             with open(out_path) as f:

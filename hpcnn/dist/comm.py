@@ -8,7 +8,9 @@ staged buffer is copied back when `wait_all` completes its request.
 """
 import os
 import sys
+import time
 import traceback
+from contextlib import contextmanager
 
 import numpy as np
 from mpi4py import MPI
@@ -18,8 +20,25 @@ from . import device_buffers as _device
 __all__ = [
     "world", "SUM", "MAX", "MIN", "mpi_dtype", "isend", "irecv", "wait_all", "test_all",
     "allreduce_", "iallreduce_", "allreduce_scalar", "all_true", "alltoallv", "allgatherv", "allgather_object", "gather_object",
-    "split", "barrier", "abort", "install_abort_on_error", "wall_time",
+    "split", "barrier", "abort", "install_abort_on_error", "wall_time", "SECONDS", "counting",
 ]
+
+# Wall seconds this process has spent communicating, by kind: "halo" (HaloExchange calls),
+# "collective" (blocking allreduce and allgather inside layers: batch-norm statistics, pooling,
+# flatten, losses), "shuffle" (moving a tensor between grids, packing included) and
+# "gradient_allreduce" (the wait for the gradient buckets after backward). Only ever added to;
+# `hpcnn bench scaling` and `hpcnn bench model` read differences around the calls they time.
+SECONDS = {"halo": 0.0, "collective": 0.0, "shuffle": 0.0, "gradient_allreduce": 0.0}
+
+
+@contextmanager
+def counting(kind):
+    """Add the wall time of the `with` body to SECONDS[kind]."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        SECONDS[kind] += time.perf_counter() - t0
 
 SUM, MAX, MIN = "sum", "max", "min"
 _OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
@@ -110,9 +129,10 @@ def allreduce_(comm, array, op="sum"):
     array: any C-contiguous numeric array; every rank passes the same shape and dtype.
     """
     if comm.Get_size() > 1 and array.size:
-        buf = _device.prepare_inout(_contiguous(array))
-        comm.Allreduce(MPI.IN_PLACE, _spec(buf), op=_OPS[op])
-        _device.finish_recv(array, buf)
+        with counting("collective"):
+            buf = _device.prepare_inout(_contiguous(array))
+            comm.Allreduce(MPI.IN_PLACE, _spec(buf), op=_OPS[op])
+            _device.finish_recv(array, buf)
     return array
 
 
@@ -223,10 +243,11 @@ def allgatherv(comm, send, recv, counts):
     counts = np.asarray(counts, dtype=np.int64)
     displs = np.concatenate(([0], np.cumsum(counts)[:-1]))
     t = mpi_dtype(send.dtype)
-    sbuf = _device.prepare_send(_contiguous(send))
-    rbuf = _device.prepare_recv(_contiguous(recv))
-    comm.Allgatherv([sbuf, t], [rbuf, (counts, displs), t])
-    if sbuf is not send:
-        _device.finish_send(sbuf)
-    _device.finish_recv(recv, rbuf)
+    with counting("collective"):
+        sbuf = _device.prepare_send(_contiguous(send))
+        rbuf = _device.prepare_recv(_contiguous(recv))
+        comm.Allgatherv([sbuf, t], [rbuf, (counts, displs), t])
+        if sbuf is not send:
+            _device.finish_send(sbuf)
+        _device.finish_recv(recv, rbuf)
     return recv

@@ -267,7 +267,7 @@ class HaloExchange:
         self._pending = None
         _comm.wait_all(requests)
         self._halo_source = (x, steps[0])
-        self.seconds += time.perf_counter() - t0
+        self._count(t0)
 
     def rows(self, a, b):
         """Rows [a, b) (global indices along the split dimension) of the extended block, contiguous."""
@@ -326,7 +326,7 @@ class HaloExchange:
             requests.append(_comm.isend(self.d.comm, sbuf, rank, 31 + k))
             self.bytes_sent += sbuf.nbytes
         self._pending_pieces = (steps[0], requests)
-        self.seconds += time.perf_counter() - t0
+        self._count(t0)
 
     def reverse_pieces_finish(self, dx_own):
         """Add the halo gradients received from the other ranks into dx_own: (N, C, *own along the
@@ -338,7 +338,7 @@ class HaloExchange:
         axis = 2 + k
         for rank, r, rbuf in recvs:
             dx_own[self._take(dx_own, axis, r)] += rbuf
-        self.seconds += time.perf_counter() - t0
+        self._count(t0)
         return self._untrim(dx_own)
 
     # --- backward (the adjoint) --------------------------------------------------------------
@@ -379,26 +379,31 @@ class HaloExchange:
         return out
 
     # --- timed entry points -------------------------------------------------------------------
+    def _count(self, t0):
+        dt = time.perf_counter() - t0
+        self.seconds += dt
+        _comm.SECONDS["halo"] += dt
+
     def start(self, x):
         """Post the first dimension's messages for x: (N, C, *own); finish() returns (N, C, *need)."""
         t0 = time.perf_counter()
         self._start(x)
-        self.seconds += time.perf_counter() - t0
+        self._count(t0)
 
     def finish(self):
         t0 = time.perf_counter()
         out = self._finish()
-        self.seconds += time.perf_counter() - t0
+        self._count(t0)
         return out
 
     def reverse_start(self, dx_ext):
         """Post the first messages of the adjoint for dx_ext: (N, C, *need)."""
         t0 = time.perf_counter()
         self._reverse_start(dx_ext)
-        self.seconds += time.perf_counter() - t0
+        self._count(t0)
 
     def reverse_finish(self):
         t0 = time.perf_counter()
         out = self._reverse_finish()
-        self.seconds += time.perf_counter() - t0
+        self._count(t0)
         return out

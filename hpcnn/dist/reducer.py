@@ -94,4 +94,6 @@ class GradientReducer:
         for b in self.buckets:
             for module, key, offset, size, shape in b.entries:
                 module.grads[key][...] = b.buffer[offset:offset + size].reshape(shape)
-        self.wait_seconds += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        self.wait_seconds += dt
+        _comm.SECONDS["gradient_allreduce"] += dt

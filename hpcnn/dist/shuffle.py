@@ -70,6 +70,10 @@ class Shuffle:
 
     def forward(self, t):
         """t: DistTensor under `src` -> the same global tensor under `dst`."""
+        with _comm.counting("shuffle"):
+            return self._forward(t)
+
+    def _forward(self, t):
         if t.distribution != self.src or t.global_shape != self.global_shape:
             raise ValueError(f"Shuffle: expected a tensor of global shape {self.global_shape} under {self.src}, "
                              f"received {t}")

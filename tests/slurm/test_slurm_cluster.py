@@ -215,3 +215,23 @@ def test_usr1_writes_a_checkpoint_and_the_job_requeues_and_resumes(cluster):
     assert "(run 2)" in log and f"resumed at step {stopped_at} from" in log, log
     assert _records(run / "metrics.jsonl", "summary")[-1]["steps"] == steps
     assert (run / "checkpoints" / f"step-{steps:09d}.npz").is_file()
+
+
+def test_the_scaling_sweep_measures_every_rank_count_and_merges_one_csv(cluster):
+    """slurm/scaling.sbatch: srun per rank count and split (--here), then one --merge into CSV and plots."""
+    out, results = cluster.folder / "scaling.out", cluster.folder / "scaling"
+    job_id = cluster.run(
+        "sbatch", "--parsable", f"--chdir={ROOT}", f"--output={out}", "--time=10", "--nodes=1",
+        "--ntasks-per-node=2", f"--export=ALL,HPCNN_SCALING_OUT={results}", str(ROOT / "slurm" / "scaling.sbatch"),
+        "--model", "meshnet", "--input", "4x32x32", "--batch", "2", "--set", "widths=[4,4]",
+        "--set", "dilations=[1,2]", "--iterations", "1").split(";")[0]
+    job = cluster.wait_until_ended(job_id, out, timeout=180)
+    assert (job["JobState"], job["ExitCode"]) == ("COMPLETED", "0:0"), cluster.report(job_id, out)
+    log = _text(out)
+    assert "rank counts 1 2;" in log and "2 ranks on 1 node(s), split spatial" in log, log
+    lines = (results / "scaling.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    rows = [dict(zip(header, line.split(","))) for line in lines[1:]]
+    assert {(r["ranks"], r["split"], r["grid"]) for r in rows if r["split"] == r["measured_as"]} == {
+        ("1", "sample", "1x1x1"), ("2", "sample", "2x1x1"), ("2", "spatial", "1x1x2")}, lines
+    assert (results / "scaling_strong.png").is_file() and (results / "breakdown_strong.png").is_file()

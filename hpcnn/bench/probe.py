@@ -1,0 +1,108 @@
+"""Per-layer timing of a distributed model: wall seconds of every leaf layer's forward and backward, and the
+communication seconds inside them by kind.
+
+The kinds are those of `hpcnn.dist.comm.SECONDS` (halo, collective, shuffle, gradient_allreduce); a
+layer's compute is its wall time less its communication. Shuffles that containers run between their
+children (a residual's shortcut joining the body's grid) and the gradient-allreduce wait after
+backward fall outside every leaf: `iteration_clock` measures them for a whole iteration.
+
+    probe = LayerProbe(dm, model)        # wraps the leaves of dm in place
+    ... iterations ...; probe.clear()    # drop the warm-up
+    ... timed iterations ...
+    table = probe.summary(comm)          # {leaf name: {...}}, the slowest rank's medians, on every rank
+"""
+import statistics
+import time
+
+from ..dist import comm as _comm
+
+__all__ = ["LayerProbe", "KINDS", "iteration_clock", "clock_difference", "training_step"]
+
+KINDS = tuple(_comm.SECONDS)
+
+
+def iteration_clock():
+    """A snapshot of the process's communication seconds by kind."""
+    return dict(_comm.SECONDS)
+
+
+def clock_difference(before, after):
+    """{kind: seconds} spent between two `iteration_clock()` snapshots."""
+    return {k: after[k] - before[k] for k in KINDS}
+
+
+class LayerProbe:
+    """Wraps every leaf of DistModel `dm` (built from nn `model`) to record its calls.
+
+    Per call: wall seconds and communication seconds by kind. `summary` gives, per leaf name,
+    forward_s, backward_s (wall, median over the recorded iterations) and halo_s, collective_s,
+    shuffle_s (forward + backward, medians), compute_s (the rest), as the maximum over ranks.
+    """
+
+    def __init__(self, dm, model):
+        from ..dist.layers import _Container
+        from ..dist.model import leaf_layers
+        names = [n for n, _ in leaf_layers(model)]
+        leaves = [m for m in dm.root.modules() if not isinstance(m, _Container)]
+        if len(names) != len(leaves):
+            raise ValueError(f"LayerProbe: the model has {len(names)} leaf layers but the distributed model "
+                             f"{len(leaves)}")
+        self.names = names
+        self.calls = {}
+        for name, module in zip(names, leaves):
+            self._wrap(module, name)
+
+    def _wrap(self, module, name):
+        calls = self.calls.setdefault(name, {"forward": [], "backward": []})
+        for direction in ("forward", "backward"):
+            inner = getattr(module, direction)
+
+            def timed(t, inner=inner, record=calls[direction]):
+                before = iteration_clock()
+                t0 = time.perf_counter()
+                out = inner(t)
+                wall = time.perf_counter() - t0
+                record.append((wall, clock_difference(before, iteration_clock())))
+                return out
+            setattr(module, direction, timed)
+
+    def clear(self):
+        for calls in self.calls.values():
+            calls["forward"].clear()
+            calls["backward"].clear()
+
+    def local_summary(self):
+        """This rank's medians per leaf (see the class docstring)."""
+        out = {}
+        for name in self.names:
+            c = self.calls[name]
+            fwd = statistics.median(w for w, _ in c["forward"]) if c["forward"] else 0.0
+            bwd = statistics.median(w for w, _ in c["backward"]) if c["backward"] else 0.0
+            entry = {"forward_s": fwd, "backward_s": bwd}
+            for kind in ("halo", "collective", "shuffle"):
+                entry[f"{kind}_s"] = sum(statistics.median(d[kind] for _, d in c[direction])
+                                         for direction in ("forward", "backward") if c[direction])
+            entry["compute_s"] = max(fwd + bwd - entry["halo_s"] - entry["collective_s"] - entry["shuffle_s"], 0.0)
+            out[name] = entry
+        return out
+
+    def summary(self, comm):
+        """local_summary() of the slowest rank, field by field, on every rank (a collective)."""
+        every = _comm.allgather_object(comm, self.local_summary())
+        return {name: {key: max(r[name][key] for r in every) for key in every[0][name]} for name in self.names}
+
+
+def training_step(dm, xt, momentum, lr=1e-4):
+    """One iteration as the performance model counts it: forward, backward of a gradient of ones (the
+    loss is left out, as in the model), the bucketed gradient allreduce, and SGD with momentum 0.9.
+
+    momentum: {parameter name: buffer} (zeros at first), updated in place.
+    """
+    import numpy as np
+    y = dm.forward(xt)
+    dm.backward(y.like(np.ones_like(y.local)))
+    for name, p, g in dm.parameters():
+        buf = momentum[name]
+        buf *= 0.9
+        buf += g
+        p -= lr * buf

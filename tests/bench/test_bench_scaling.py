@@ -1,0 +1,135 @@
+"""`hpcnn bench scaling`: a 1-vs-2-rank run end to end (it starts mpiexec itself), the CSV schema, the plots,
+the predictions beside the measurements, and how splits are resolved."""
+import csv
+import json
+
+import pytest
+
+from hpcnn.bench import scaling
+from hpcnn.cli import main
+
+TINY = ["--model", "meshnet", "--input", "4x32x32", "--batch", "2", "--set", "widths=[4,4]",
+        "--set", "dilations=[1,2]", "--iterations", "2"]
+LEAVES = ["block1.conv", "block1.bn", "block1.relu", "block2.conv", "block2.bn", "block2.relu", "classifier"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _read(path):
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+@pytest.fixture(scope="module")
+def strong_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("scaling")
+    assert main(["bench", "scaling", *TINY, "--ranks", "1,2", "--threads", "2", "--out", str(out)]) == 0
+    return out
+
+
+def test_strong_run_writes_the_csv_schema_and_every_point(strong_run):
+    columns, rows = _read(strong_run / "scaling.csv")
+    assert columns == scaling.CSV_COLUMNS
+    points = {(int(r["ranks"]), int(r["threads"]), r["split"]) for r in rows}
+    # 1 rank: one measurement stands for all three splits; 2 ranks: sample (2x1x1) and spatial differ
+    assert points == {(1, 1, s) for s in ("sample", "spatial", "plan")} | \
+        {(1, 2, s) for s in ("sample", "spatial", "plan")} | {(2, 1, s) for s in ("sample", "spatial", "plan")}
+    one = [r for r in rows if r["ranks"] == "1" and r["threads"] == "1"]
+    assert {r["measured_as"] for r in one} == {"sample"}
+    assert all(float(r["speedup"]) == 1.0 and float(r["efficiency"]) == 1.0 for r in one)
+    by = {(int(r["ranks"]), int(r["threads"]), r["split"]): r for r in rows}
+    assert by[(2, 1, "sample")]["grid"] == "2x1x1"
+    assert by[(2, 1, "spatial")]["grid"] in ("1x2x1", "1x1x2")
+    for r in rows:
+        t, rate = float(r["iteration_s"]), float(r["samples_per_s"])
+        assert 0 < float(r["best_s"]) <= t
+        assert rate == pytest.approx(int(r["batch"]) / t, rel=1e-3)
+        assert 0.0 <= float(r["comm_share"]) <= 1.0
+        assert float(r["peak_rss_mib"]) > float(r["peak_arrays_mib"]) > 0
+        assert r["cores"] == str(int(r["ranks"]) * int(r["threads"]))
+        assert float(r["error"]) == pytest.approx(float(r["predicted_iteration_s"]) / t - 1, abs=1e-3) \
+            if r["threads"] == "1" else r["error"] == "nan"
+        assert float(r["predicted_memory_mib"]) > 0
+
+
+def test_predictions_are_the_models_for_the_same_grid(strong_run):
+    from perfmodel.layers import model_chain
+    from perfmodel.machine import load_profile
+    from perfmodel.planner import uniform_time
+    data = json.loads((strong_run / "scaling.json").read_text())
+    point = next(p for p in data["points"] if p["ranks"] == 2 and p["label"] == "sample")
+    machine = load_profile(point["machine"])
+    _, chain = model_chain("meshnet", (4, 32, 32), 2, widths=[4, 4], dilations=[1, 2])
+    predicted, _ = uniform_time(chain, (2, 1, 1), machine)
+    assert point["predicted"]["iteration_s"] == pytest.approx(predicted, rel=1e-9)
+    assert data["summary"]["median_abs_error"] >= 0
+
+
+def test_per_layer_breakdown_covers_every_leaf(strong_run):
+    columns, rows = _read(strong_run / "scaling_layers.csv")
+    assert columns == scaling.LAYER_COLUMNS
+    measured = {(r["ranks"], r["threads"], r["split"]) for r in rows}
+    assert len(measured) == 4   # 1 rank, 1 rank x 2 threads, 2 ranks sample, 2 ranks spatial
+    for key in measured:
+        assert [r["layer"] for r in rows if (r["ranks"], r["threads"], r["split"]) == key] == LEAVES
+    spatial = [r for r in rows if r["ranks"] == "2" and r["split"] == "spatial"]
+    conv = next(r for r in spatial if r["layer"] == "block2.conv")
+    # a spatially split dilated convolution exchanges halos; batch-norm reduces its statistics
+    assert float(conv["halo_s"]) > 0 and float(conv["predicted_halo_s"]) > 0
+    assert float(next(r for r in spatial if r["layer"] == "block1.bn")["collective_s"]) > 0
+    for r in rows:
+        assert all(float(r[f"{k}_s"]) >= 0 for k in ("compute", "halo", "collective", "shuffle"))
+
+
+def test_plots_are_written(strong_run):
+    for name in ("scaling_strong.png", "breakdown_strong.png"):
+        assert (strong_run / name).read_bytes()[:8] == PNG
+
+
+def test_merge_rebuilds_the_tables_from_the_points(strong_run, capsys):
+    before = (strong_run / "scaling.csv").read_text()
+    (strong_run / "scaling.csv").unlink()
+    assert main(["bench", "scaling", "--merge", "--out", str(strong_run)]) == 0
+    assert (strong_run / "scaling.csv").read_text() == before
+    assert "prediction error per iteration" in capsys.readouterr().out
+
+
+def test_weak_run_grows_the_batch_with_the_ranks(tmp_path):
+    assert main(["bench", "scaling", *TINY, "--iterations", "1", "--ranks", "1,2", "--mode", "weak",
+                 "--grids", "sample,1x1x2", "--out", str(tmp_path)]) == 0
+    _, rows = _read(tmp_path / "scaling.csv")
+    assert {(r["ranks"], r["split"], r["batch"], r["grid"]) for r in rows} == {
+        ("1", "sample", "2", "1x1x1"), ("2", "sample", "4", "2x1x1"), ("2", "1x1x2", "4", "1x1x2")}
+    assert all(r["mode"] == "weak" for r in rows)
+    assert (tmp_path / "scaling_weak.png").read_bytes()[:8] == PNG
+
+
+def test_resolve_splits_names_what_is_impossible_and_merges_equal_configurations():
+    from perfmodel.layers import model_chain
+    from perfmodel.machine import load_profile
+    machine = load_profile("vm-cpu")
+    _, chain = model_chain("meshnet", (4, 32, 32), 2, widths=[4, 4], dilations=[1, 2])
+    resolved = scaling.resolve_splits(chain, 4, machine, ["sample", "spatial", "hybrid", "plan", "1x2x1", "1x4x1"])
+    by = {label: (result, note) for label, result, note in resolved}
+    assert by["sample"][0] is None and "4 sample blocks for a batch of 2" in by["sample"][1]
+    assert by["1x2x1"][0] is None and by["1x2x1"][1] == "another rank count"
+    assert by["1x4x1"][0] is not None and by["hybrid"][0] is not None
+    hybrid_grid = scaling._grid_text(by["hybrid"][0])
+    assert hybrid_grid.startswith("2x")
+    _, one = model_chain("meshnet", (4, 32, 32), 2, widths=[4, 4], dilations=[1, 2])
+    groups = scaling._distinct(scaling.resolve_splits(one, 1, machine, ["sample", "spatial", "plan"]))
+    assert groups == {"sample": ["sample", "spatial", "plan"]}
+
+
+def test_bad_split_and_weak_batch_are_refused():
+    with pytest.raises(SystemExit, match="--grids takes"):
+        main(["bench", "scaling", *TINY, "--grids", "diagonal", "--list-splits", "2"])
+    with pytest.raises(SystemExit, match="weak scaling needs"):
+        main(["bench", "scaling", *TINY, "--batch", "3", "--ranks", "2,3", "--mode", "weak", "--list-splits", "3"])
+
+
+def test_list_splits_prints_the_distinct_splits(capsys):
+    assert main(["bench", "scaling", *TINY, "--list-splits", "1"]) == 0
+    assert capsys.readouterr().out.split() == ["sample"]
+    assert main(["bench", "scaling", *TINY, "--list-splits", "2"]) == 0
+    assert capsys.readouterr().out.split() == ["sample", "spatial"]

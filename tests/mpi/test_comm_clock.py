@@ -1,0 +1,68 @@
+"""The communication clock (hpcnn.dist.comm.SECONDS) and the per-layer probe: each kind of communication is
+counted where it happens, and the probe's per-layer parts add up to the layer's wall time."""
+import numpy as np
+import pytest
+
+from hpcnn import dist, models
+from hpcnn.bench.probe import KINDS, LayerProbe, clock_difference, iteration_clock, training_step
+from hpcnn.dist.model import leaf_layers
+from tests.mpi.collective import check_all, world
+
+pytestmark = pytest.mark.mpi
+
+
+def _model_and_input(grid):
+    w = world()
+    model = models.build("meshnet", in_channels=3, num_classes=2, widths=(4, 4), dilations=(1, 2), seed=0)
+    d = dist.Distribution(w, grid)
+    shape = (max(grid[0], 2), 3, 24, 20)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    return model, d, dist.scatter(x, d)
+
+
+def test_each_kind_is_counted_where_it_happens():
+    w = world()
+    p = w.Get_size()
+    model, d, xt = _model_and_input((1, p, 1))
+    dm = dist.distribute(model, d)
+    momentum = {name: np.zeros_like(v) for name, v, _ in model.parameters()}
+    before = iteration_clock()
+    training_step(dm, xt, momentum)
+    spent = clock_difference(before, iteration_clock())
+    check_all(set(spent) == set(KINDS) and all(v >= 0 for v in spent.values()), f"kinds {spent}")
+    # halos are exchanged (padding copies on one rank too); more than one rank: statistics and gradients reduce
+    check_all(spent["halo"] > 0, f"no halo time: {spent}")
+    if p > 1:
+        check_all(spent["collective"] > 0 and spent["gradient_allreduce"] > 0, f"no collective time: {spent}")
+    check_all(spent["shuffle"] == 0, f"shuffle time without a shuffle: {spent}")
+    other = dist.Distribution(w, (1, 1, p))
+    before = iteration_clock()
+    dist.shuffle(xt, other)
+    moved = clock_difference(before, iteration_clock())
+    check_all(moved["shuffle"] > 0 and moved["halo"] == 0, f"shuffle not counted: {moved}")
+
+
+def test_probe_parts_add_up_per_layer():
+    w = world()
+    p = w.Get_size()
+    model, d, xt = _model_and_input((1, 1, p))
+    dm = dist.distribute(model, d)
+    probe = LayerProbe(dm, model)
+    momentum = {name: np.zeros_like(v) for name, v, _ in model.parameters()}
+    training_step(dm, xt, momentum)
+    probe.clear()
+    for _ in range(2):
+        training_step(dm, xt, momentum)
+    local = probe.local_summary()
+    table = probe.summary(w)
+    names = [n for n, _ in leaf_layers(model)]
+    check_all(list(table) == names, f"layers {list(table)}")
+    ok = True
+    for name in names:
+        v = local[name]
+        parts = v["compute_s"] + v["halo_s"] + v["collective_s"] + v["shuffle_s"]
+        ok &= abs(parts - (v["forward_s"] + v["backward_s"])) < 1e-9 and v["forward_s"] > 0 and v["backward_s"] > 0
+        # the summary is the slowest rank's, field by field
+        ok &= all(table[name][k] >= v[k] for k in v)
+    check_all(ok, f"per-layer parts do not add up: {local}")
+    check_all(table["block2.conv"]["halo_s"] > 0, "a dilated convolution spent no time on halos")
