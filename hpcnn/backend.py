@@ -6,7 +6,7 @@ import numpy as np
 __all__ = [
     "DEFAULT_DTYPE", "ALLOWED_DTYPES", "get_array_module", "xp_for_device", "is_gpu_array",
     "gpu_available", "default_device", "set_default_device", "check_float_array", "to_numpy",
-    "as_array", "LOCAL_RANK_VARIABLES", "node_local_rank", "select_gpu_for_rank",
+    "as_array", "LOCAL_RANK_VARIABLES", "node_local_rank", "select_gpu_for_rank", "GPU_SCRATCH_BYTES",
 ]
 
 DEFAULT_DTYPE = np.dtype(np.float32)
@@ -14,6 +14,8 @@ DEFAULT_DTYPE = np.dtype(np.float32)
 ALLOWED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 _default_device = os.environ.get("HPCNN_DEVICE", "cpu")
+# Upper bound of a GPU convolution's im2col scratch buffer (HPCNN_GPU_SCRATCH_MB, default 256 MiB).
+GPU_SCRATCH_BYTES = int(float(os.environ.get("HPCNN_GPU_SCRATCH_MB", "256")) * 2**20)
 
 
 def _cupy():

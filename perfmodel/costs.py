@@ -31,8 +31,10 @@ What the layer's time is made of, as the distributed layers do it:
 - a shuffle between two grids: one Alltoallv (each rank sends what it owns and the other
   grid's rank needs), pack and unpack; its adjoint costs the same in backward.
 Memory per rank: activations kept for backward (block bytes, extended blocks where halos are
-exchanged, max-pool argmax), the largest transient workspace (a convolution's lowered
-matrix), parameters + gradients + optimizer state + the reducer's bucket copy.
+exchanged, max-pool argmax), the largest transient workspace (a layer's output and input
+gradients during its backward, plus a convolution's lowered columns, which the kernels bound:
+about 2 MiB per call on CPU, HPCNN_GPU_SCRATCH_MB on GPU), parameters + gradients + optimizer
+state + the reducer's bucket copy.
 """
 import math
 from dataclasses import dataclass, field
@@ -208,9 +210,22 @@ def _local_numel(shape, grid):
     return n * shape[1] * math.prod(_ceil_div(s, g) for s, g in zip(shape[2:], grid[1:]))
 
 
+def _scratch_budget(backend):
+    """The most a convolution's lowered columns take at once: hpcnn's kernels work in bounded chunks."""
+    if backend == "gpu":
+        from hpcnn.backend import GPU_SCRATCH_BYTES
+        return GPU_SCRATCH_BYTES
+    from hpcnn.kernels.cpu.conv import SCRATCH_BYTES
+    return SCRATCH_BYTES
+
+
 def _layer_cost(spec, grid, machine):
     cost = _kernel_cost(spec, grid, machine)
-    nbytes = (_local_numel(spec.in_shape, grid) + _local_numel(spec.out_shape, grid) + spec.params) * machine.itemsize
+    local = (_local_numel(spec.in_shape, grid) + _local_numel(spec.out_shape, grid)) * machine.itemsize
+    # transient while the layer runs backward: the gradients of its output and its input (both live
+    # at once), plus the kernels' bounded scratch
+    cost.workspace_bytes = min(cost.workspace_bytes, _scratch_budget(machine.backend)) + local
+    nbytes = local + spec.params * machine.itemsize
     cost.forward += machine.layer_call(spec.kind, "forward", nbytes)
     cost.backward += machine.layer_call(spec.kind, "backward", nbytes)
     return cost

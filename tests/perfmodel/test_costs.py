@@ -30,7 +30,15 @@ def test_conv_one_rank_by_hand(machine):
     assert c.forward == pytest.approx(flops * F + nbytes * 1e-9)
     assert c.backward == pytest.approx(2 * (flops * F + nbytes * 1e-9))
     assert c.halo_forward == 0 and c.halo_backward == 0 and c.gradient_allreduce == 0
-    assert c.workspace_bytes == 2 * 4 * 9 * 64 * 4     # the lowered matrix
+    # the lowered matrix (under the kernels' scratch budget), and the output and input gradients
+    assert c.workspace_bytes == 2 * 4 * 9 * 64 * 4 + 4 * (2 * 4 * 64 + 2 * 8 * 64)
+
+
+def test_conv_workspace_is_bounded_by_the_kernels_scratch(machine):
+    from hpcnn.kernels.cpu.conv import SCRATCH_BYTES
+    c = layer_cost(conv_spec(n=2, c=16, k=16, h=256, w=256), (1, 1, 1), machine)
+    assert 2 * 16 * 9 * 256 * 256 * 4 > SCRATCH_BYTES
+    assert c.workspace_bytes == SCRATCH_BYTES + 4 * 2 * (2 * 16 * 256 * 256)
 
 
 def test_conv_h_split_halo_by_hand(machine):

@@ -40,7 +40,7 @@ from ..checks import (VolumeWindow, check_batch, check_bias, check_filter, check
                       spatial_dims)
 from ._blas import BLAS_INT, GEMM, NO_TRANS, ROW_MAJOR, TRANS, blas_threads, serial_blas
 
-__all__ = ["conv_forward", "conv_backward_data", "conv_backward_filter", "conv_backward_bias"]
+__all__ = ["conv_forward", "conv_backward_data", "conv_backward_filter", "conv_backward_bias", "SCRATCH_BYTES"]
 
 # Chunk sizes, measured with OpenBLAS 0.3.31 on one Zen 4 core. Its small-matrix kernels take a
 # GEMM with M*N*K up to 1e6 unpacked: 115 GFLOP/s for (16 x 432) @ (432 x 128), 47 for
@@ -50,6 +50,9 @@ _SMALL_GEMM = 900_000
 _GEMM_PIXELS = 256
 _FILTER_GEMM_PIXELS = 384
 _BLOCK_BYTES = 1 << 20
+# About what one call's im2col scratch takes, per thread (a block holds at least one GEMM's columns);
+# perfmodel counts it as a convolution's workspace.
+SCRATCH_BYTES = 2 * _BLOCK_BYTES
 # Least work (flops) worth handing to another thread.
 _PARALLEL_FLOPS = 20e6
 

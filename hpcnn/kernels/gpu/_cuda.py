@@ -17,9 +17,10 @@ import re
 
 import numpy as np
 
+from ...backend import GPU_SCRATCH_BYTES as _SCRATCH_BYTES
+
 __all__ = ["Program", "array_module", "backend", "use_backend", "scratch_elements", "set_tf32", "tf32_enabled"]
 
-_SCRATCH_BYTES = int(float(os.environ.get("HPCNN_GPU_SCRATCH_MB", "256")) * 2**20)
 _THREADS_PER_BLOCK = 256
 # A grid-stride loop needs no more blocks than keep every SM busy; 64K blocks of 256 threads
 # is far above that on any current GPU, and keeps the grid inside every launch limit.
