@@ -166,10 +166,9 @@ def _halo_time(machine, grid, n, c, axes, ranks, backward):
     total = 0.0
     busy = _busy(machine, ranks)
     for k, (out, ext, own, rows, sides) in enumerate(axes):
-        if grid[1 + k] == 1:
-            extent[k] = ext
-            continue
         extent[k] = ext
+        if grid[1 + k] == 1 or rows == 0:
+            continue   # nothing to exchange along k (a pointwise window): the layer uses its block as it is
         block = n * c * math.prod(extent) * itemsize
         halo = n * c * rows * math.prod(e for j, e in enumerate(extent) if j != k) * itemsize
         inter = _axis_crosses_nodes(grid, 1 + k, machine.ranks_per_node)
@@ -177,9 +176,8 @@ def _halo_time(machine, grid, n, c, axes, ranks, backward):
         t = copy(block) + 2 * copy(halo)                       # extended buffer, pack, unpack
         if backward:
             t += copy(block) + copy(halo)                       # zero fill, accumulate received rows
-        if rows > 0:
-            alpha, beta = machine.link(inter)
-            t += (1.0 - machine.overlap["halo"]) * (max(sides, 1) * alpha + halo * beta)
+        alpha, beta = machine.link(inter)
+        t += (1.0 - machine.overlap["halo"]) * (max(sides, 1) * alpha + halo * beta)
         total += t
     return total
 

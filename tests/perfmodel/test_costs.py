@@ -139,3 +139,8 @@ def test_layer_call_term_by_hand():
     # kinds the profile does not name cost nothing extra
     bn = LayerSpec("bn", "batchnorm", (4, 16, 8, 8), (4, 16, 8, 8), None, (16, 16), 0.0)
     assert layer_cost(bn, (2, 1, 2), with_calls).forward == pytest.approx(layer_cost(bn, (2, 1, 2), m).forward)
+
+
+def test_pointwise_conv_exchanges_nothing_under_a_spatial_split(machine):
+    c = layer_cost(conv_spec(kernel=1, padding=0), (1, 2, 2), machine)
+    assert c.halo_forward == 0 and c.halo_backward == 0 and c.details["halo_bytes"] == 0
