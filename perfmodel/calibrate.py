@@ -31,7 +31,8 @@ from hpcnn.dist import comm as _comm
 
 from .machine import FORMAT, OPERATIONS, VERSION, MachineProfile, operation_features, row_features
 
-__all__ = ["calibrate", "sample_shapes", "fit_linear", "fit_robust", "refit_profile", "measure_layer_calls"]
+__all__ = ["calibrate", "sample_shapes", "fit_linear", "fit_robust", "refit_profile", "measure_layer_calls",
+           "measure_fresh_memory", "FRESH_MEMORY_THRESHOLD"]
 
 _FEATURES = {op: ("fixed", "flops", "bytes", "lowered", "thin", "weights") if op.startswith("conv_") else
              ("fixed", "flops", "bytes", "thin") if op == "gemm" else ("fixed", "flops", "bytes") for op in OPERATIONS}
@@ -469,6 +470,36 @@ def measure_layer_calls(comm, machine, source, reps=15):
     return {"source": source, "kinds": kinds}
 
 
+# glibc's malloc maps requests above its mmap threshold from the kernel and unmaps them on free; the
+# threshold adapts to freed sizes but never beyond DEFAULT_MMAP_THRESHOLD_MAX (32 MiB on 64-bit).
+FRESH_MEMORY_THRESHOLD = 32 << 20
+GLIBC_MMAP_SOURCE = ("glibc mallopt(3), M_MMAP_THRESHOLD: the dynamic mmap threshold never exceeds "
+                     "DEFAULT_MMAP_THRESHOLD_MAX, 32 MiB on 64-bit systems; larger requests are always mapped")
+
+
+def measure_fresh_memory(source, reps=7):
+    """The "fresh_memory" section of a profile: seconds per byte of allocating and first writing an array
+    above the mmap threshold, beyond writing one that exists (median over 48 and 96 MiB arrays)."""
+    rates = []
+    for mib in (48, 96):
+        n = (mib << 20) // 4
+        kept = np.empty(n, np.float32)
+        kept.fill(1.0)
+        fresh, reuse = [], []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            a = np.empty(n, np.float32)
+            a.fill(1.0)
+            fresh.append(time.perf_counter() - t0)
+            del a
+            t0 = time.perf_counter()
+            kept.fill(1.0)
+            reuse.append(time.perf_counter() - t0)
+        rates.append(max(float(np.median(fresh)) - float(np.median(reuse)), 0.0) / (n * 4))
+    return {"per_byte": {"value": float(np.median(rates)), "source": source},
+            "threshold_bytes": {"value": FRESH_MEMORY_THRESHOLD, "source": "glibc-mmap-threshold"}}
+
+
 def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None):
     """Measure this machine on every rank of `comm`; returns a MachineProfile (only rank 0's is complete)."""
     if quick:
@@ -568,6 +599,8 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None)
                                  "without a measured sweep")
     sources["cpu-overlap"] = ("assumption of hpcnn: on CPU ranks without an MPI progress thread, non-blocking "
                               "messages advance only inside MPI calls, so no overlap is counted")
+    sources["glibc-mmap-threshold"] = GLIBC_MMAP_SOURCE
+    doc["fresh_memory"] = measure_fresh_memory(src)
     doc["layer_calls"] = measure_layer_calls(comm, MachineProfile(doc), src)
     doc["calibration_seconds"] = {"value": time.perf_counter() - t_start, "source": src}
     return MachineProfile(doc)

@@ -27,7 +27,8 @@ What the layer's time is made of, as the distributed layers do it:
   into dw), each a full-window kernel call over the output rows the halo reaches;
 - every leaf layer call, forward and backward, also costs the profile's per-call term
   (`MachineProfile.layer_call`: fixed + per byte of local input + output + parameters), the work
-  of the layer code around its kernels;
+  of the layer code around its kernels, and, for arrays above the profile's fresh-memory
+  threshold, the page faults of its new output (forward) and input gradient (backward);
 - a shuffle between two grids: one Alltoallv (each rank sends what it owns and the other
   grid's rank needs), pack and unpack; its adjoint costs the same in backward.
 Memory per rank: activations kept for backward (block bytes, extended blocks where halos are
@@ -226,6 +227,9 @@ def _layer_cost(spec, grid, machine):
     nbytes = local + spec.params * machine.itemsize
     cost.forward += machine.layer_call(spec.kind, "forward", nbytes)
     cost.backward += machine.layer_call(spec.kind, "backward", nbytes)
+    # a fresh output in forward and a fresh input gradient in backward (page faults of large arrays)
+    cost.forward += machine.fresh_memory_time(_local_numel(spec.out_shape, grid) * machine.itemsize)
+    cost.backward += machine.fresh_memory_time(_local_numel(spec.in_shape, grid) * machine.itemsize)
     return cost
 
 

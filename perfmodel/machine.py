@@ -17,7 +17,8 @@ The profile is a JSON document (``MachineProfile.load`` / ``save`` / ``validate`
       },
       "overlap": {"gradient_allreduce": Q, "halo": Q},
       "layer_calls": {"source": "KEY", "kinds": {KIND: {"forward": {"fixed": Q, "per_byte": Q},
-                                                        "backward": {"fixed": Q, "per_byte": Q}}}}
+                                                        "backward": {"fixed": Q, "per_byte": Q}}}},
+      "fresh_memory": {"per_byte": Q, "threshold_bytes": Q}
     }
 
 where Q is ``{"value": number, "source": KEY}``. The rule checked by ``validate``: every number in
@@ -49,6 +50,17 @@ the halo bookkeeping, allocating its outputs, data not in cache)::
 per layer kind (``perfmodel.layers.KINDS``) and direction. `hpcnn calibrate` measures it by timing
 each kind's distributed layer on one rank on a tiny and a large shape and subtracting the kernel
 models' prediction for the same shapes (``perfmodel.calibrate.measure_layer_calls``).
+
+Fresh memory (optional "fresh_memory"; absent = zero, as on GPUs, whose allocations come from
+a pool): an array at least `threshold_bytes` large is mapped from the operating system on every
+allocation (glibc's malloc serves requests above its largest mmap threshold, 32 MiB, with mmap,
+and returns them on free), so the first write to each page faults. A layer pays it for its output
+in forward and for its input gradient in backward::
+
+    "fresh_memory": {"per_byte": Q, "threshold_bytes": Q}
+
+`hpcnn calibrate` measures per_byte as the time to allocate and fill a 48 and a 96 MiB array less
+the time to fill one allocated before (``perfmodel.calibrate.measure_fresh_memory``).
 
 Collectives: alpha-beta-gamma models per algorithm (recursive doubling for small messages,
 Rabenseifner's reduce-scatter + allgather for medium, ring for large; Bruck or pairwise for
@@ -240,6 +252,10 @@ class MachineProfile:
         self.layer_calls = {(kind, direction): (_value(terms["fixed"], f"layer_calls.{kind}.{direction}.fixed"),
                                                 _value(terms["per_byte"], f"layer_calls.{kind}.{direction}.per_byte"))
                             for kind, spec in calls.items() for direction, terms in spec.items()}
+        fresh = doc.get("fresh_memory")
+        self.fresh_memory = ((_value(fresh["per_byte"], "fresh_memory.per_byte"),
+                              _value(fresh["threshold_bytes"], "fresh_memory.threshold_bytes"))
+                             if fresh else (0.0, float("inf")))
         self.concurrency_slowdown = (_value(doc["concurrency_slowdown"], "concurrency_slowdown")
                                      if "concurrency_slowdown" in doc else 1.0)
 
@@ -363,6 +379,11 @@ class MachineProfile:
         kernels, for `nbytes` of local input + output + parameters (0 where the profile has no term)."""
         fixed, per_byte = self.layer_calls.get((kind, direction), (0.0, 0.0))
         return fixed + per_byte * nbytes
+
+    def fresh_memory_time(self, nbytes):
+        """Seconds of page faults when one array of `nbytes` is allocated and written (see "fresh_memory")."""
+        per_byte, threshold = self.fresh_memory
+        return per_byte * nbytes if nbytes >= threshold else 0.0
 
     # --- communication ------------------------------------------------------------------
     def link(self, inter_node):

@@ -72,3 +72,14 @@ def test_calibrate_smoke_two_ranks(tmp_path_factory):
         ok = (str(comm.Get_size()) in again.doc["collectives"]["allreduce"]["measured"]["ranks"]
               and again.link(False)[0] > 0 and again.kernel_time("elementwise", n=1, c=4, in_spatial=(8, 8)) > 0)
     assert _comm.all_true(comm, ok)
+
+
+def test_fresh_memory_is_measured_with_its_threshold_and_a_valid_source():
+    from perfmodel.calibrate import FRESH_MEMORY_THRESHOLD, measure_fresh_memory
+    section = measure_fresh_memory("measured", reps=3)
+    assert section["threshold_bytes"] == {"value": FRESH_MEMORY_THRESHOLD, "source": "glibc-mmap-threshold"}
+    # page faults cost something, and far less than a second per GiB
+    assert 0 < section["per_byte"]["value"] < 1.0 / 2**30
+    from perfmodel.machine import load_profile
+    shipped = load_profile("vm-cpu")
+    assert shipped.fresh_memory[1] == FRESH_MEMORY_THRESHOLD and shipped.fresh_memory[0] > 0

@@ -1,4 +1,7 @@
 """Per-layer costs on hand-computed cases: compute on the extended block, halo, collectives, shuffle, memory."""
+import json
+import math
+
 import pytest
 
 from hpcnn.kernels.shapes import WindowGeometry
@@ -144,3 +147,22 @@ def test_layer_call_term_by_hand():
 def test_pointwise_conv_exchanges_nothing_under_a_spatial_split(machine):
     c = layer_cost(conv_spec(kernel=1, padding=0), (1, 2, 2), machine)
     assert c.halo_forward == 0 and c.halo_backward == 0 and c.details["halo_bytes"] == 0
+
+
+def test_fresh_memory_is_paid_for_large_outputs_and_input_gradients_only():
+    base = MachineProfile.synthetic(per_flop=F, per_byte=1e-9, alpha=A, beta=B)
+    doc = json.loads(json.dumps(base.doc))
+    doc["fresh_memory"] = {"per_byte": {"value": 1e-10, "source": "stated"},
+                           "threshold_bytes": {"value": 1 << 20, "source": "stated"}}
+    fresh = MachineProfile(doc)
+    assert fresh.fresh_memory_time((1 << 20) - 4) == 0 and fresh.fresh_memory_time(1 << 20) == 1e-10 * (1 << 20)
+    small, large = conv_spec(), conv_spec(n=2, c=8, k=16, h=128, w=128)
+    for spec in (small, large):
+        a, b = layer_cost(spec, (1, 1, 1), base), layer_cost(spec, (1, 1, 1), fresh)
+        out_bytes, in_bytes = 4 * math.prod(spec.out_shape), 4 * math.prod(spec.in_shape)
+        expect_f = fresh.fresh_memory_time(out_bytes)
+        expect_b = fresh.fresh_memory_time(in_bytes)
+        assert b.forward - a.forward == pytest.approx(expect_f, abs=1e-15)
+        assert b.backward - a.backward == pytest.approx(expect_b, abs=1e-15)
+    assert fresh.fresh_memory_time(4 * math.prod(large.out_shape)) > 0   # 2 MiB output: above the threshold
+    assert base.fresh_memory_time(1 << 40) == 0                          # absent: no term (GPU pools)
