@@ -5,7 +5,7 @@ from .costs import candidate_grids, grid_refusal, layer_cost, shuffle_time
 from .layers import Block
 from .planner import grid_string, uniform_time
 
-__all__ = ["plan_table", "speedups", "explain", "plan_entries", "best_uniform", "to_plan", "breakdown"]
+__all__ = ["plan_table", "speedups", "explain", "plan_entries", "best_uniform", "to_plan", "breakdown", "first_refusal"]
 
 
 def _ms(seconds):
@@ -59,14 +59,15 @@ def best_uniform(chain, ranks, machine, sample=None):
     for g in grids:
         u = uniform_time(chain, g, machine)
         if u is None:
-            why = why or _first_refusal(chain, g)
+            why = why or first_refusal(chain, g)
             continue
         if best is None or u[0] < best[1]:
             best = (g, u[0])
     return best if best else (None, why)
 
 
-def _first_refusal(chain, grid):
+def first_refusal(chain, grid):
+    """Why `grid` cannot run `chain`: the first leaf layer that refuses it, with the reason."""
     from .planner import iter_blocks_and_layers
     for node in iter_blocks_and_layers(chain):
         if not isinstance(node, Block):

@@ -1,13 +1,15 @@
 """Benchmark drivers behind `hpcnn bench NAME`: each module has add_arguments(parser) and run(args)."""
+import csv
 import importlib
 import os
 import shutil
 import sys
 
-__all__ = ["BENCHMARKS", "load", "mpiexec"]
+__all__ = ["BENCHMARKS", "load", "mpiexec", "write_csv"]
 
 # name -> module under hpcnn.bench; a benchmark is listed here once it runs.
-BENCHMARKS = {"kernels": "kernels", "chaos": "chaos", "model": "model", "halo": "halo", "scaling": "scaling"}
+BENCHMARKS = {"kernels": "kernels", "chaos": "chaos", "model": "model", "halo": "halo", "scaling": "scaling",
+              "project": "project"}
 
 
 def load(name):
@@ -24,3 +26,12 @@ def mpiexec():
     if os.path.exists(beside):
         return beside
     raise SystemExit("hpcnn bench: no mpiexec on PATH (pip install mpich, or load your MPI module)")
+
+
+def write_csv(path, columns, rows):
+    """A CSV file with a header of `columns` and one line per dict of `rows`, floats to 6 significant figures."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})

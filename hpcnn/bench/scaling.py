@@ -28,7 +28,6 @@ scaling.json, scaling_<mode>.png (speedup with the ideal line, efficiency, time 
 part) and breakdown_<mode>.png (per-layer stacked compute, halo, allreduce, shuffle; measured and
 predicted).
 """
-import csv
 import gc
 import glob
 import json
@@ -42,7 +41,7 @@ import sys
 import time
 import tracemalloc
 
-from . import mpiexec
+from . import mpiexec, write_csv
 
 __all__ = ["add_arguments", "run", "THREAD_VARIABLES", "CSV_COLUMNS", "LAYER_COLUMNS", "resolve_splits"]
 
@@ -475,18 +474,11 @@ def _rows(points):
     return rows, layer_rows
 
 
-def _write_csv(path, columns, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
-        w.writeheader()
-        w.writerows(rows)
-
-
 def _merge(out):
     points = _load_points(out)
     rows, layer_rows = _rows(points)
-    _write_csv(os.path.join(out, "scaling.csv"), CSV_COLUMNS, rows)
-    _write_csv(os.path.join(out, "scaling_layers.csv"), LAYER_COLUMNS, layer_rows)
+    write_csv(os.path.join(out, "scaling.csv"), CSV_COLUMNS, rows)
+    write_csv(os.path.join(out, "scaling_layers.csv"), LAYER_COLUMNS, layer_rows)
     errors = [abs(r["error"]) for r in rows if r["threads"] == 1 and not r["oversubscribed"]]
     summary = {"median_abs_error": statistics.median(errors) if errors else None,
                "max_abs_error": max(errors) if errors else None}
