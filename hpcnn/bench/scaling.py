@@ -338,9 +338,10 @@ def _here(args):
             path = os.path.join(folder, f"{args.mode}-r{ranks}-t{threads}-{label}.json")
             with open(path, "w") as f:
                 json.dump(point, f, indent=1)
+            predicted = (f"predicted {point['predicted']['iteration_s']:.3f} s" if threads == 1 else
+                         "(the model predicts one thread per rank)")
             print(f"  {ranks} rank(s) x {threads} thread(s), {label} ({point['grid']}): "
-                  f"{point['iteration_s']:.3f} s per iteration, predicted {point['predicted']['iteration_s']:.3f} s",
-                  flush=True)
+                  f"{point['iteration_s']:.3f} s per iteration, {predicted}", flush=True)
     return 0
 
 
@@ -537,6 +538,7 @@ def _plot(rows, points, mode, out):
     if ranks:
         ax1.plot([min(ranks), max(ranks)], [min(ranks), max(ranks)], "k:", lw=1, label="ideal")
     ax2.axhline(1.0, color="k", ls=":", lw=1)
+    ax2.set_ylim(0, max([1.1] + [r["efficiency"] + 0.05 for r in part]))
     ax1.set_xlabel("ranks (one core each)")
     ax1.set_ylabel("speedup" if mode == "strong" else "throughput speedup (samples/s)")
     ax1.set_title(f"{mode} scaling: speedup")
