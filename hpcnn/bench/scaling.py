@@ -12,8 +12,8 @@ come to the same configuration at a rank count are measured once. Strong: the gl
 --batch at every rank count; weak: it grows with the ranks (--batch at the smallest count).
 
 Every configuration runs in its own `mpiexec -n R` (so peak memory is its own), with BLAS, OpenMP and
-numba set to one thread per rank (ranks are cores); `--threads 2` adds 1 rank with 2 threads beside
-it (strong mode). An iteration is `probe.training_step` (forward, backward of a gradient of ones,
+numba set to --threads-per-rank threads (default one: ranks are cores); `--threads 2` adds 1 rank with
+2 threads beside the sweep (strong mode), to set splitting the sample against threading the kernels. An iteration is `probe.training_step` (forward, backward of a gradient of ones,
 bucketed gradient allreduce, SGD with momentum), as in the performance model; after a warm-up and
 one traced iteration, --iterations are timed (the slowest rank's time; median and best). Recorded:
 time per iteration, samples per second, communication seconds by kind (halo exchange, collectives
@@ -28,6 +28,7 @@ scaling.json, scaling_<mode>.png (speedup with the ideal line, efficiency, time 
 part) and breakdown_<mode>.png (per-layer stacked compute, halo, allreduce, shuffle; measured and
 predicted).
 """
+import argparse
 import gc
 import glob
 import json
@@ -50,14 +51,14 @@ SPLITS = ("sample", "spatial", "hybrid", "plan")
 AUTO = ("sample", "spatial", "plan")
 
 CSV_COLUMNS = [
-    "mode", "model", "input", "batch", "ranks", "threads", "cores", "split", "grid", "measured_as",
+    "mode", "model", "input", "batch", "ranks", "threads", "role", "cores", "split", "grid", "measured_as",
     "iterations", "iteration_s", "best_s", "samples_per_s", "speedup", "efficiency",
     "comm_s", "comm_share", "halo_s", "collective_s", "shuffle_s", "gradient_allreduce_s",
     "peak_rss_mib", "peak_arrays_mib",
     "predicted_iteration_s", "predicted_samples_per_s", "predicted_speedup", "predicted_efficiency",
     "predicted_comm_share", "predicted_memory_mib", "error", "oversubscribed",
 ]
-LAYER_COLUMNS = ["mode", "ranks", "threads", "split", "layer", "compute_s", "halo_s", "collective_s", "shuffle_s",
+LAYER_COLUMNS = ["mode", "ranks", "threads", "role", "split", "layer", "compute_s", "halo_s", "collective_s", "shuffle_s",
                  "predicted_compute_s", "predicted_halo_s", "predicted_collective_s", "predicted_shuffle_s"]
 _PARTS = ("compute", "halo", "collective", "shuffle")
 
@@ -77,6 +78,8 @@ def add_arguments(p):
                    "sample, spatial, hybrid, plan and grids like 1x2x1")
     p.add_argument("--threads", default="2", help="thread counts to run on 1 rank beside them (strong mode; "
                    "default 2; '' for none)")
+    p.add_argument("--threads-per-rank", type=int, default=1, help="BLAS/OpenMP/numba threads of every rank of the "
+                   "sweep (default 1; the predictions assume the machine profile's threads per rank)")
     p.add_argument("--iterations", type=int, default=3, help="timed iterations per configuration (default 3)")
     p.add_argument("--overlap", choices=("on", "off"), default="on",
                    help="compute convolution interiors while halos travel (default on)")
@@ -86,7 +89,9 @@ def add_arguments(p):
     p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per configuration (default 1800)")
     p.add_argument("--here", action="store_true", help="measure on the ranks this process was started with "
                    "(under mpiexec or srun) and write OUT/points/*.json; the SLURM sweep uses this")
-    p.add_argument("--only", default=None, help="with --here: measure only this split (default: every split)")
+    p.add_argument("--only", default=None, help="with --here: measure only this split (default: every split; the "
+                   "peak resident set then covers the splits measured before in the same process)")
+    p.add_argument("--role", choices=("sweep", "threads"), default="sweep", help=argparse.SUPPRESS)
     p.add_argument("--merge", action="store_true", help="only write the tables and plots from OUT/points/*.json")
     p.add_argument("--list-splits", type=int, default=None, metavar="RANKS",
                    help="print the distinct splits to measure at RANKS ranks, one per line, and exit")
@@ -298,7 +303,7 @@ def _measure(args, label, result, splits, machine):
     threads = int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
     return {
         "mode": args.mode, "model": args.model, "input": "x".join(map(str, shape)), "batch": batch,
-        "ranks": ranks, "threads": threads, "label": label, "splits": splits, "grid": _grid_text(result),
+        "ranks": ranks, "threads": threads, "role": args.role, "label": label, "splits": splits, "grid": _grid_text(result),
         "overlap": args.overlap, "iterations_s": times, "iteration_s": statistics.median(times),
         "best_s": min(times),
         "comm_s": {k: max(r["comm"][k] for r in every) for k in every[0]["comm"]},
@@ -335,11 +340,11 @@ def _here(args):
         point = _measure(args, label, by_label[label], groups[label], machine)
         if point is not None:
             threads = point["threads"]
-            path = os.path.join(folder, f"{args.mode}-r{ranks}-t{threads}-{label}.json")
+            path = os.path.join(folder, f"{args.mode}-{args.role}-r{ranks}-t{threads}-{label}.json")
             with open(path, "w") as f:
                 json.dump(point, f, indent=1)
-            predicted = (f"predicted {point['predicted']['iteration_s']:.3f} s" if threads == 1 else
-                         "(the model predicts one thread per rank)")
+            predicted = (f"predicted {point['predicted']['iteration_s']:.3f} s" if args.role == "sweep" else
+                         "(the model predicts the profile's threads per rank)")
             print(f"  {ranks} rank(s) x {threads} thread(s), {label} ({point['grid']}): "
                   f"{point['iteration_s']:.3f} s per iteration, {predicted}", flush=True)
     return 0
@@ -349,7 +354,7 @@ def _here(args):
 def _worker_argv(args):
     argv = ["--model", args.model, "--batch", str(args.batch), "--ranks", args.ranks, "--mode", args.mode,
             "--grids", args.grids, "--iterations", str(args.iterations), "--overlap", args.overlap,
-            "--out", args.out]
+            "--threads-per-rank", str(args.threads_per_rank), "--out", args.out]
     if args.input:
         argv += ["--input", args.input]
     if args.machine:
@@ -359,12 +364,12 @@ def _worker_argv(args):
     return argv
 
 
-def _launch(args, ranks, threads, label):
+def _launch(args, ranks, threads, label, role):
     env = dict(os.environ)
     for name in THREAD_VARIABLES:
         env[name] = str(threads)
     cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m", "hpcnn.cli", "bench", "scaling",
-           *_worker_argv(args), "--here", "--only", label]
+           *_worker_argv(args), "--here", "--only", label, "--role", role]
     print(f"running {ranks} rank(s) x {threads} thread(s), split {label}", flush=True)
     try:
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
@@ -390,9 +395,11 @@ def _drive(args):
     cores = os.cpu_count() or 1
     print(f"hpcnn bench scaling: {args.model} input {'x'.join(map(str, _shape(args)))}, {args.mode} scaling, "
           f"ranks {ranks_list}, splits {', '.join(tokens)}; predictions from {machine.path or machine.name}")
-    if max(ranks_list) > cores:
-        print(f"note: {max(ranks_list)} ranks on {cores} cores: those timings are oversubscribed (correct runs, "
-              f"meaningless times)")
+    if args.threads_per_rank < 1:
+        raise SystemExit(f"hpcnn bench scaling: --threads-per-rank must be at least 1, received {args.threads_per_rank}")
+    if max(ranks_list) * args.threads_per_rank > cores:
+        print(f"note: {max(ranks_list)} ranks x {args.threads_per_rank} thread(s) on {cores} cores: those timings are "
+              f"oversubscribed (correct runs, meaningless times)")
     runs = []
     for ranks in ranks_list:
         _, chain = _chain(args, ranks)
@@ -400,14 +407,15 @@ def _drive(args):
         for label, result, note in resolved:
             if result is None and note != "another rank count":
                 print(f"  {ranks} rank(s): no {label} split ({note})")
-        runs += [(ranks, 1, label) for label in _distinct(resolved)]
+        runs += [(ranks, args.threads_per_rank, label, "sweep") for label in _distinct(resolved)]
     if args.mode == "strong":
         for threads in _ints(args.threads):
-            if threads > 1:
+            if threads != args.threads_per_rank:
                 _, chain = _chain(args, 1)
-                runs += [(1, threads, label) for label in _distinct(resolve_splits(chain, 1, machine, tokens))]
-    for ranks, threads, label in runs:
-        _launch(args, ranks, threads, label)
+                runs += [(1, threads, label, "threads")
+                         for label in _distinct(resolve_splits(chain, 1, machine, tokens))]
+    for ranks, threads, label, role in runs:
+        _launch(args, ranks, threads, label, role)
     return _merge(args.out)
 
 
@@ -416,7 +424,9 @@ def _load_points(out):
     points = []
     for path in sorted(glob.glob(os.path.join(out, "points", "*.json"))):
         with open(path) as f:
-            points.append(json.load(f))
+            point = json.load(f)
+        point.setdefault("role", "sweep" if point["threads"] == 1 else "threads")
+        points.append(point)
     if not points:
         raise SystemExit(f"hpcnn bench scaling: no measured points in {out}/points")
     return points
@@ -432,36 +442,40 @@ def _rows(points):
     rows, layer_rows = [], []
     for mode in dict.fromkeys(p["mode"] for p in points):
         part = [p for p in points if p["mode"] == mode]
-        r0 = min(p["ranks"] for p in part)
-        base = [p for p in part if p["ranks"] == r0 and p["threads"] == 1]
+        r0 = min(p["ranks"] for p in part if p["role"] == "sweep")
+        base = [p for p in part if p["ranks"] == r0 and p["role"] == "sweep"]
         # the reference: the fastest configuration at the smallest rank count, one thread per rank
         ref = min(base, key=lambda p: p["iteration_s"]) if base else min(part, key=lambda p: p["iteration_s"])
         ref_rate = ref["batch"] / ref["iteration_s"]
         ref_pred = ref["batch"] / ref["predicted"]["iteration_s"]
-        for p in sorted(part, key=lambda p: (p["ranks"], p["threads"], p["label"])):
+        for p in sorted(part, key=lambda p: (p["role"] != "sweep", p["ranks"], p["threads"], p["label"])):
             cores = p["ranks"] * p["threads"]
+            sweep = p["role"] == "sweep"
             rate = p["batch"] / p["iteration_s"]
-            pred_t = p["predicted"]["iteration_s"] if p["threads"] == 1 else float("nan")
+            pred_t = p["predicted"]["iteration_s"] if sweep else float("nan")
             pred_rate = p["batch"] / pred_t
+            # speedup over the reference configuration counted as r0 (ideal: the ranks); efficiency per core
+            # of the sweep's threads per rank
             speedup = rate / ref_rate * r0
             pred_speedup = pred_rate / ref_pred * r0
+            per_core = ref["threads"] / cores
             for split in p["splits"]:
                 rows.append({
                     "mode": mode, "model": p["model"], "input": p["input"], "batch": p["batch"], "ranks": p["ranks"],
-                    "threads": p["threads"], "cores": cores, "split": split, "grid": p["grid"],
+                    "threads": p["threads"], "role": p["role"], "cores": cores, "split": split, "grid": p["grid"],
                     "measured_as": p["label"], "iterations": len(p["iterations_s"]),
                     "iteration_s": _sig(p["iteration_s"]), "best_s": _sig(p["best_s"]),
                     "samples_per_s": _sig(rate), "speedup": _sig(speedup),
-                    "efficiency": _sig(speedup / cores),
+                    "efficiency": _sig(speedup * per_core),
                     "comm_s": _sig(p["comm_total_s"]), "comm_share": _sig(p["comm_total_s"] / p["iteration_s"]),
                     **{f"{k}_s": _sig(v) for k, v in p["comm_s"].items()},
                     "peak_rss_mib": _sig(p["peak_rss_bytes"] / 2**20),
                     "peak_arrays_mib": _sig(p["peak_arrays_bytes"] / 2**20),
                     "predicted_iteration_s": _sig(pred_t), "predicted_samples_per_s": _sig(pred_rate),
                     "predicted_speedup": _sig(pred_speedup),
-                    "predicted_efficiency": _sig(pred_speedup / cores),
+                    "predicted_efficiency": _sig(pred_speedup * per_core),
                     "predicted_comm_share": _sig(p["predicted"]["comm_s"] / p["predicted"]["iteration_s"])
-                    if p["threads"] == 1 else float("nan"),
+                    if sweep else float("nan"),
                     "predicted_memory_mib": _sig(p["predicted"]["memory_bytes"] / 2**20),
                     "error": _sig(pred_t / p["iteration_s"] - 1),
                     "oversubscribed": cores > (p.get("cpu_count") or cores),
@@ -469,7 +483,8 @@ def _rows(points):
             for name, v in p["layers"].items():
                 q = p["predicted"]["layers"].get(name, {})
                 layer_rows.append({
-                    "mode": mode, "ranks": p["ranks"], "threads": p["threads"], "split": p["label"], "layer": name,
+                    "mode": mode, "ranks": p["ranks"], "threads": p["threads"], "role": p["role"], "split": p["label"],
+                    "layer": name,
                     **{f"{k}_s": _sig(v[f"{k}_s"]) for k in _PARTS},
                     **{f"predicted_{k}_s": _sig(q.get(f"{k}_s", float("nan"))) for k in _PARTS}})
     return rows, layer_rows
@@ -480,7 +495,7 @@ def _merge(out):
     rows, layer_rows = _rows(points)
     write_csv(os.path.join(out, "scaling.csv"), CSV_COLUMNS, rows)
     write_csv(os.path.join(out, "scaling_layers.csv"), LAYER_COLUMNS, layer_rows)
-    errors = [abs(r["error"]) for r in rows if r["threads"] == 1 and not r["oversubscribed"]]
+    errors = [abs(r["error"]) for r in rows if r["role"] == "sweep" and not r["oversubscribed"]]
     summary = {"median_abs_error": statistics.median(errors) if errors else None,
                "max_abs_error": max(errors) if errors else None}
     with open(os.path.join(out, "scaling.json"), "w") as f:
@@ -507,7 +522,7 @@ def _print_table(rows, summary, points):
               f"{r['peak_arrays_mib']:8.0f} {r['predicted_memory_mib']:8.0f}"
               + ("  (oversubscribed)" if r["oversubscribed"] else ""))
     if summary["median_abs_error"] is not None:
-        print(f"prediction error per iteration (one thread per rank, not oversubscribed): median "
+        print(f"prediction error per iteration (the sweep's points, not oversubscribed): median "
               f"{100 * summary['median_abs_error']:.1f}%, largest {100 * summary['max_abs_error']:.1f}%")
 
 
@@ -519,7 +534,7 @@ def _plot(rows, points, mode, out):
     except ImportError:
         print("matplotlib is missing: no plots")
         return []
-    part = [r for r in rows if r["mode"] == mode and r["threads"] == 1]
+    part = [r for r in rows if r["mode"] == mode and r["role"] == "sweep"]
     splits = list(dict.fromkeys(r["split"] for r in part))
     ranks = sorted({r["ranks"] for r in part})
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.6))
@@ -528,29 +543,34 @@ def _plot(rows, points, mode, out):
         rs = sorted((r for r in part if r["split"] == split), key=lambda r: r["ranks"])
         c = colors[i % len(colors)]
         x = [r["ranks"] for r in rs]
-        ax1.plot(x, [r["speedup"] for r in rs], "o-", color=c, label=f"{split} measured")
-        ax1.plot(x, [r["predicted_speedup"] for r in rs], "s--", color=c, mfc="none", label=f"{split} predicted")
-        ax2.plot(x, [r["efficiency"] for r in rs], "o-", color=c, label=f"{split} measured")
-        ax2.plot(x, [r["predicted_efficiency"] for r in rs], "s--", color=c, mfc="none", label=f"{split} predicted")
-    threaded = [r for r in rows if r["mode"] == mode and r["threads"] > 1 and r["split"] == r["measured_as"]]
+        size = 11 - 2.5 * min(i, 3)   # splits measured as one configuration lie on top of each other
+        ax1.plot(x, [r["speedup"] for r in rs], "o-", color=c, ms=size, label=f"{split} measured")
+        ax1.plot(x, [r["predicted_speedup"] for r in rs], "s--", color=c, mfc="none", ms=size,
+                 label=f"{split} predicted")
+        ax2.plot(x, [r["efficiency"] for r in rs], "o-", color=c, ms=size, label=f"{split} measured")
+        ax2.plot(x, [r["predicted_efficiency"] for r in rs], "s--", color=c, mfc="none", ms=size,
+                 label=f"{split} predicted")
+    threaded = [r for r in rows if r["mode"] == mode and r["role"] == "threads" and r["split"] == r["measured_as"]]
     for r in threaded:
-        ax1.plot([r["cores"]], [r["speedup"]], "k^", label=f"1 rank x {r['threads']} threads ({r['grid']})")
+        ax1.plot([r["cores"] / max(part[0]["threads"], 1) if part else r["cores"]], [r["speedup"]], "k^", label=f"1 rank x {r['threads']} threads ({r['grid']})")
     if ranks:
         ax1.plot([min(ranks), max(ranks)], [min(ranks), max(ranks)], "k:", lw=1, label="ideal")
     ax2.axhline(1.0, color="k", ls=":", lw=1)
     ax2.set_ylim(0, max([1.1] + [r["efficiency"] + 0.05 for r in part]))
-    ax1.set_xlabel("ranks (one core each)")
+    threads = {r["threads"] for r in part}
+    per_rank = f"{threads.pop()} thread(s) each" if len(threads) == 1 else "threads vary"
+    ax1.set_xlabel(f"ranks ({per_rank})")
     ax1.set_ylabel("speedup" if mode == "strong" else "throughput speedup (samples/s)")
     ax1.set_title(f"{mode} scaling: speedup")
-    ax2.set_xlabel("ranks (one core each)")
+    ax2.set_xlabel(f"ranks ({per_rank})")
     ax2.set_ylabel("parallel efficiency")
-    ax2.set_title("efficiency (speedup / cores)")
+    ax2.set_title("efficiency (speedup per core)")
     for ax in (ax1, ax2):
         ax.set_xscale("log", base=2)
         ax.set_xticks(ranks, [str(r) for r in ranks])
         ax.legend(fontsize=7)
     # time per iteration by part, measured (solid) and predicted (hatched), per measured configuration
-    pts = sorted((p for p in points if p["threads"] == 1), key=lambda p: (p["ranks"], p["label"]))
+    pts = sorted((p for p in points if p["role"] == "sweep"), key=lambda p: (p["ranks"], p["label"]))
     names = ["compute", "halo", "collective", "shuffle", "gradient allreduce", "other"]
     labels = []
     for j, p in enumerate(pts):
@@ -606,8 +626,8 @@ def _groups(names, limit=32):
 
 
 def _plot_breakdown(points, mode, out, plt, colors):
-    top = max(p["ranks"] for p in points)
-    pts = sorted((p for p in points if p["ranks"] == top and p["threads"] == 1), key=lambda p: p["label"])
+    top = max(p["ranks"] for p in points if p["role"] == "sweep")
+    pts = sorted((p for p in points if p["ranks"] == top and p["role"] == "sweep"), key=lambda p: p["label"])
     fig, axes = plt.subplots(len(pts), 1, figsize=(14, 3.6 * len(pts)), squeeze=False)
     for ax, p in zip(axes[:, 0], pts):
         group = _groups(list(p["layers"]))

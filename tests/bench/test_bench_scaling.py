@@ -34,6 +34,8 @@ def test_strong_run_writes_the_csv_schema_and_every_point(strong_run):
     # 1 rank: one measurement stands for all three splits; 2 ranks: sample (2x1x1) and spatial differ
     assert points == {(1, 1, s) for s in ("sample", "spatial", "plan")} | \
         {(1, 2, s) for s in ("sample", "spatial", "plan")} | {(2, 1, s) for s in ("sample", "spatial", "plan")}
+    assert {r["role"] for r in rows if r["threads"] == "2"} == {"threads"}
+    assert {r["role"] for r in rows if r["threads"] == "1"} == {"sweep"}
     one = [r for r in rows if r["ranks"] == "1" and r["threads"] == "1"]
     assert {r["measured_as"] for r in one} == {"sample"}
     assert all(float(r["speedup"]) == 1.0 and float(r["efficiency"]) == 1.0 for r in one)
@@ -133,3 +135,18 @@ def test_list_splits_prints_the_distinct_splits(capsys):
     assert capsys.readouterr().out.split() == ["sample"]
     assert main(["bench", "scaling", *TINY, "--list-splits", "2"]) == 0
     assert capsys.readouterr().out.split() == ["sample", "spatial"]
+
+
+def test_threads_per_rank_sets_the_sweep_and_the_threads_rows_compare_with_it(tmp_path):
+    assert main(["bench", "scaling", *TINY, "--iterations", "1", "--ranks", "1", "--grids", "sample",
+                 "--threads-per-rank", "2", "--threads", "1", "--out", str(tmp_path)]) == 0
+    _, rows = _read(tmp_path / "scaling.csv")
+    by = {r["role"]: r for r in rows}
+    assert set(by) == {"sweep", "threads"}
+    assert (by["sweep"]["threads"], by["threads"]["threads"]) == ("2", "1")
+    assert float(by["sweep"]["speedup"]) == 1.0 and by["sweep"]["error"] != "nan"
+    # one thread against the 2-thread reference: efficiency per core is the speedup times 2
+    assert float(by["threads"]["efficiency"]) == pytest.approx(2 * float(by["threads"]["speedup"]), rel=1e-4)
+    assert by["threads"]["predicted_iteration_s"] == "nan"
+    names = sorted(p.name for p in (tmp_path / "points").iterdir())
+    assert names == ["strong-sweep-r1-t2-sample.json", "strong-threads-r1-t1-sample.json"]
