@@ -36,7 +36,7 @@ class LayerProbe:
 
     Per call: wall seconds and communication seconds by kind. `summary` gives, per leaf name,
     forward_s, backward_s (wall, median over the recorded iterations) and halo_s, collective_s,
-    shuffle_s (forward + backward, medians), compute_s (the rest), as the maximum over ranks.
+    shuffle_s (forward + backward, medians), compute_s (the rest), from the rank slowest at that layer.
     """
 
     def __init__(self, dm, model):
@@ -87,9 +87,14 @@ class LayerProbe:
         return out
 
     def summary(self, comm):
-        """local_summary() of the slowest rank, field by field, on every rank (a collective)."""
+        """Per leaf, the entry of the rank whose forward + backward took longest, on every rank (a collective).
+
+        Whole entries, not field-by-field maxima: a rank waiting for a slower neighbour shows the wait as
+        halo or collective time, while the slower rank shows the compute that made it wait; the layer's
+        time is the slower rank's, and its parts add up to it."""
         every = _comm.allgather_object(comm, self.local_summary())
-        return {name: {key: max(r[name][key] for r in every) for key in every[0][name]} for name in self.names}
+        return {name: dict(max((r[name] for r in every), key=lambda e: e["forward_s"] + e["backward_s"]))
+                for name in self.names}
 
 
 def training_step(dm, xt, momentum, lr=1e-4):

@@ -62,7 +62,9 @@ def test_probe_parts_add_up_per_layer():
         v = local[name]
         parts = v["compute_s"] + v["halo_s"] + v["collective_s"] + v["shuffle_s"]
         ok &= abs(parts - (v["forward_s"] + v["backward_s"])) < 1e-9 and v["forward_s"] > 0 and v["backward_s"] > 0
-        # the summary is the slowest rank's, field by field
-        ok &= all(table[name][k] >= v[k] for k in v)
+        # the summary is the whole entry of the rank slowest at this layer
+        ok &= table[name]["forward_s"] + table[name]["backward_s"] >= v["forward_s"] + v["backward_s"]
+        ok &= abs(sum(table[name][f"{k}_s"] for k in ("compute", "halo", "collective", "shuffle"))
+                  - table[name]["forward_s"] - table[name]["backward_s"]) < 1e-9
     check_all(ok, f"per-layer parts do not add up: {local}")
-    check_all(table["block2.conv"]["halo_s"] > 0, "a dilated convolution spent no time on halos")
+    check_all(local["block2.conv"]["halo_s"] > 0, "a dilated convolution spent no time on halos")
