@@ -193,7 +193,7 @@ def _fastest_fitting(chain, grids, machine, limit):
             timed.append((u[0], g))
     if not timed:
         return None
-    timed.sort()
+    timed.sort(key=lambda e: e[0])   # stable: equal times keep candidate_grids' order (outer splits first)
     first = None
     for _, g in timed:
         plan = uniform_plan(chain, g, machine)

@@ -233,5 +233,5 @@ def test_the_scaling_sweep_measures_every_rank_count_and_merges_one_csv(cluster)
     header = lines[0].split(",")
     rows = [dict(zip(header, line.split(","))) for line in lines[1:]]
     assert {(r["ranks"], r["split"], r["grid"]) for r in rows if r["split"] == r["measured_as"]} == {
-        ("1", "sample", "1x1x1"), ("2", "sample", "2x1x1"), ("2", "spatial", "1x1x2")}, lines
+        ("1", "sample", "1x1x1"), ("2", "sample", "2x1x1"), ("2", "spatial", "1x2x1")}, lines
     assert (results / "scaling_strong.png").is_file() and (results / "breakdown_strong.png").is_file()
