@@ -220,16 +220,17 @@ def _scratch_budget(backend):
 
 def _layer_cost(spec, grid, machine):
     cost = _kernel_cost(spec, grid, machine)
-    local = (_local_numel(spec.in_shape, grid) + _local_numel(spec.out_shape, grid)) * machine.itemsize
+    in_bytes = _local_numel(spec.in_shape, grid) * machine.itemsize
+    out_bytes = _local_numel(spec.out_shape, grid) * machine.itemsize
     # transient while the layer runs backward: the gradients of its output and its input (both live
     # at once), plus the kernels' bounded scratch
-    cost.workspace_bytes = min(cost.workspace_bytes, _scratch_budget(machine.backend)) + local
-    nbytes = local + spec.params * machine.itemsize
+    cost.workspace_bytes = min(cost.workspace_bytes, _scratch_budget(machine.backend)) + in_bytes + out_bytes
+    nbytes = in_bytes + out_bytes + spec.params * machine.itemsize
     cost.forward += machine.layer_call(spec.kind, "forward", nbytes)
     cost.backward += machine.layer_call(spec.kind, "backward", nbytes)
     # a fresh output in forward and a fresh input gradient in backward (page faults of large arrays)
-    cost.forward += machine.fresh_memory_time(_local_numel(spec.out_shape, grid) * machine.itemsize)
-    cost.backward += machine.fresh_memory_time(_local_numel(spec.in_shape, grid) * machine.itemsize)
+    cost.forward += machine.fresh_memory_time(out_bytes)
+    cost.backward += machine.fresh_memory_time(in_bytes)
     return cost
 
 

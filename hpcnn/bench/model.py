@@ -102,26 +102,16 @@ def _worker(spec_path, out_path):
 
 
 # --- the driver --------------------------------------------------------------------------------
-def _predict(name, grid_or_plan, machine, chain, ranks):
-    """(iteration seconds, {leaf name: (fwd, bwd) seconds}) predicted for a uniform grid or a PlanResult."""
-    from perfmodel.layers import Block
-    from perfmodel.planner import uniform_time
-    if isinstance(grid_or_plan, tuple):
-        u = uniform_time(chain, grid_or_plan, machine)
-        if u is None:
-            return None, {}
-        t, pairs = u
-        per = {n.name: (c.forward + c.halo_forward + c.collective_forward,
-                        c.backward + c.halo_backward + c.collective_backward)
-               for n, c in pairs if not isinstance(n, Block)}
-        return t, per
-    result = grid_or_plan
-    per = {}
-    for n, _, c, s in result.layers:
-        if n is not None and not isinstance(n, Block):
-            per[n.name] = (c.forward + c.halo_forward + c.collective_forward + s / 2,
-                           c.backward + c.halo_backward + c.collective_backward + s / 2)
-    return result.totals()["iteration"], per
+def _predict(grid_or_plan, machine, chain):
+    """(iteration seconds, {leaf name: forward + backward seconds}) predicted for a uniform grid or a
+    PlanResult; (None, {}) when a layer refuses the grid."""
+    from perfmodel.planner import uniform_plan
+    from perfmodel.report import breakdown
+    result = uniform_plan(chain, grid_or_plan, machine) if isinstance(grid_or_plan, tuple) else grid_or_plan
+    if result is None:
+        return None, {}
+    b = breakdown(result)
+    return b["iteration_s"], {name: sum(parts.values()) for name, parts in b["layers"].items()}
 
 
 def run(args):
@@ -155,12 +145,12 @@ def run(args):
                 label = grid_string(grid)
                 jobs.append({"model": m, "options": build, "input": (batch,) + tuple(shape), "grid": list(grid),
                              "label": label, "iterations": args.iterations})
-                predictions[(m, label)] = _predict(m, tuple(grid), machine, chain, ranks)
+                predictions[(m, label)] = _predict(tuple(grid), machine, chain)
             result = plan_chain(chain, ranks, machine)
             plan = to_plan(result).to_dict()
             jobs.append({"model": m, "options": build, "input": (batch,) + tuple(shape),
                          "grid": plan["default_grid"], "label": "plan", "plan": plan, "iterations": args.iterations})
-            predictions[(m, "plan")] = _predict(m, result, machine, chain, ranks)
+            predictions[(m, "plan")] = _predict(result, machine, chain)
         with tempfile.TemporaryDirectory() as tmp:
             spec_path = os.path.join(tmp, "spec.json")
             out_path = os.path.join(tmp, "out.json")
@@ -180,8 +170,8 @@ def run(args):
             rows_iter.append((ranks, res["model"], res["label"], res["iteration"], pred_iter))
             by_model.setdefault(res["model"], []).append((res["label"], res["iteration"], pred_iter))
             for lname, (f, b) in res["layers"].items():
-                pf, pb = pred_layers.get(lname, (float("nan"), float("nan")))
-                rows_layers.append((ranks, res["model"], res["label"], lname, f + b, pf + pb))
+                rows_layers.append((ranks, res["model"], res["label"], lname, f + b,
+                                    pred_layers.get(lname, float("nan"))))
         for m, entries in by_model.items():
             cands = [e for e in entries if e[0] != "plan"]
             fastest = min(cands, key=lambda e: e[1])

@@ -165,7 +165,7 @@ def resolve_splits(chain, ranks, machine, tokens):
     halos, no plan within the memory per rank) or an explicit grid has another rank count.
     """
     from perfmodel.costs import candidate_grids
-    from perfmodel.planner import PlanError, parse_grid, plan_chain, uniform_plan
+    from perfmodel.planner import PlanError, parse_grid, plan_chain, uniform_plan, uniform_time
     from perfmodel.report import best_uniform
     nd = len(chain[0].in_shape) - 2
     batch = chain[0].in_shape[0]
@@ -186,10 +186,10 @@ def resolve_splits(chain, ranks, machine, tokens):
             best = None
             for g in candidate_grids(ranks, nd):
                 if 1 < g[0] <= batch and math.prod(g[1:]) > 1:
-                    r = uniform_plan(chain, g, machine)
-                    if r is not None and (best is None or r.totals()["iteration"] < best.totals()["iteration"]):
-                        best = r
-            result = best
+                    u = uniform_time(chain, g, machine)
+                    if u is not None and (best is None or u[0] < best[0]):
+                        best = (u[0], g)
+            result = uniform_plan(chain, best[1], machine) if best else None
             note = "" if best else f"no grid of {ranks} ranks splits both the batch and the sample"
         elif t == "plan":
             try:
