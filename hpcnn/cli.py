@@ -1,19 +1,30 @@
-"""`hpcnn` and its subcommands: the one place that composes hpcnn and perfmodel."""
+"""`hpcnn` and its subcommands: the one place that composes hpcnn and perfmodel.
+
+Each subcommand's module is imported only when that subcommand runs (a benchmark's module only
+for `hpcnn bench NAME`), so `hpcnn plan` loads the performance model and not MPI.
+"""
 import argparse
 import sys
 
-__all__ = ["main", "build_parser", "model_options", "DEFAULT_INPUTS"]
+__all__ = ["main", "build_parser"]
 
 
 def _add_bench(sub):
-    from .bench import BENCHMARKS, load
-    p = sub.add_parser("bench", help="benchmarks with tables, CSV and PNG plots")
+    from .bench import BENCHMARKS
+    p = sub.add_parser("bench", help="benchmarks with tables, CSV and PNG plots",
+                       description="Benchmarks with tables, CSV and PNG plots; `hpcnn bench NAME --help` for one.")
     bsub = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
-    for name in BENCHMARKS:
-        module = load(name)
-        bp = bsub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
-        module.add_arguments(bp)
-        bp.set_defaults(func=module.run)
+    for name, (_, summary) in BENCHMARKS.items():
+        # the benchmark's own options are parsed by its module's parser, once it is loaded
+        bsub.add_parser(name, help=summary, add_help=False).set_defaults(func=_run_bench)
+
+
+def _run_bench(args):
+    from .bench import BENCHMARKS, load
+    module = load(args.benchmark)
+    parser = argparse.ArgumentParser(prog=f"hpcnn bench {args.benchmark}", description=BENCHMARKS[args.benchmark][1])
+    module.add_arguments(parser)
+    return module.run(parser.parse_args(args.bench_args))
 
 
 def _add_train(sub):
@@ -99,19 +110,19 @@ def _add_calibrate(sub):
 
 
 def _run_calibrate(args):
-    from perfmodel.calibrate import calibrate
-    from .dist import comm as _comm
-    _comm.install_abort_on_error()
-    comm = _comm.world()
+    from .calibrate import calibrate
+    from .parallel.mpi import Communicator, install_abort_on_error
+    install_abort_on_error()
+    comm = Communicator.world()
     profile = calibrate(comm, budget=args.budget, quick=args.quick, progress=True, seed=args.seed, name=args.name)
-    if comm.Get_rank() == 0:
+    if comm.rank == 0:
         profile.save(args.out)
         fits = ", ".join(f"{op} {m.spec['fit']['median_abs_relative'] * 100:.0f}%"
                          for op, m in profile.kernels.items())
         alpha, beta = profile.link(False)
         print(f"wrote {args.out}: alpha {alpha * 1e6:.2f} us, {1 / beta / 1e9:.2f} GB/s, concurrency slowdown "
               f"{profile.concurrency_slowdown:.2f}; kernel fits (median relative error): {fits}")
-    _comm.barrier(comm)
+    comm.barrier()
     return 0
 
 
@@ -137,15 +148,10 @@ def _add_plan(sub):
     p.add_argument("--memory-per-rank", type=float, metavar="GiB", help="memory limit per rank (default: the profile's)")
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="a model option, e.g. --set width=32 (repeatable)")
-    p.add_argument("--json", metavar="OUT", help="write the plan (hpcnn.dist.Plan JSON) to OUT")
+    p.add_argument("--json", metavar="OUT", help="write the plan (hpcnn.plan.Plan JSON) to OUT")
     p.add_argument("--explain", metavar="LAYER", action="append", default=[],
                    help="show every candidate grid's costs for LAYER and why its grid was chosen (repeatable)")
     p.set_defaults(func=_run_plan)
-
-
-DEFAULT_INPUTS = {"resnet18": (3, 224, 224), "resnet34": (3, 224, 224), "resnet50": (3, 224, 224),
-                   "unet2d": (1, 256, 256), "meshnet": (18, 2048, 2048), "cosmoflow": (4, 128, 128, 128),
-                   "lenet": (1, 8, 8)}
 
 
 def _run_plan(args):
@@ -153,11 +159,12 @@ def _run_plan(args):
     from perfmodel.layers import model_chain
     from perfmodel.machine import ProfileError, load_profile
     from perfmodel.planner import PlanError, plan_chain
-    options = model_options(args.options)
+
+    from .nn import models
+    from .train.config import JobError, parse_options
     try:
-        if args.input is None and args.model not in DEFAULT_INPUTS:
-            raise ValueError(f"--input is needed for model {args.model!r}")
-        shape = args.input or DEFAULT_INPUTS[args.model]
+        options = parse_options(args.options)
+        shape = args.input or models.default_input(args.model)
         if args.batch < 1 or args.ranks < 1:
             raise ValueError("--batch and --ranks must be positive")
         machine = load_profile(args.machine)
@@ -165,7 +172,7 @@ def _run_plan(args):
         limit = None if args.memory_per_rank is None else args.memory_per_rank * 2**30
         result = plan_chain(chain, args.ranks, machine, memory_limit=limit)
         explanations = [report.explain(result, name) for name in args.explain]
-    except (ValueError, ProfileError, PlanError) as e:
+    except (ValueError, ProfileError, PlanError, JobError) as e:
         sys.stderr.write(f"hpcnn plan: error: {e}\n")
         return 2
     print(f"plan for {args.model} input {'x'.join(map(str, shape))}, batch {args.batch}, {args.ranks} ranks on "
@@ -177,34 +184,11 @@ def _run_plan(args):
         print()
         print(text)
     if args.json:
-        plan = report.to_plan(result, args.model, {**options, **_input_options(args.model, shape)},
+        plan = report.to_plan(result, args.model, {**options, **models.input_options(args.model, shape)},
                               (args.batch,) + tuple(shape))
         plan.save(args.json)
         print(f"wrote {args.json}")
     return 0
-
-
-def model_options(items):
-    """{key: value} from KEY=VALUE strings; values are read as JSON where they parse (3, true, [16,16])."""
-    import json as _json
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"hpcnn: expected KEY=VALUE, received {item!r}")
-        try:
-            options[key] = _json.loads(value)
-        except _json.JSONDecodeError:
-            options[key] = value
-    return options
-
-
-def _input_options(model, shape):
-    if model == "cosmoflow":
-        return {"in_channels": shape[0], "input_size": shape[1]}
-    if model == "lenet":
-        return {"in_channels": shape[0], "input_size": shape[1]}
-    return {"in_channels": shape[0]}
 
 
 def build_parser():
@@ -222,7 +206,11 @@ def build_parser():
 
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "func", None) is _run_bench:
+        args.bench_args = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.func(args) or 0
 
 

@@ -2,13 +2,13 @@
 
 Graph. Every leaf layer of the chain (see `perfmodel.layers`) is a layer of vertices, one per
 candidate grid: the factorizations of P over (N, H, W) or (N, D, H, W) that the layer can run
-under (`costs.grid_refusal`: no more sample blocks than samples, no block smaller than its halo,
+under (`grids.grid_refusal`: no more sample blocks than samples, no block smaller than its halo,
 no empty output block). A vertex costs the layer's forward + backward time with its halo and
 collectives under that grid; an edge between consecutive layers costs the shuffle of the tensor
 between them from one grid to the other, forward and its adjoint backward. The input is read
 straight into any grid (the readers read a rank's block), so the first layer has no entry edge.
 
-Residual blocks and U-Net skips, as `hpcnn.dist` runs them. A block takes its input in the grid
+Residual blocks and U-Net skips, as `hpcnn.parallel` runs them. A block takes its input in the grid
 g it arrives in (no shuffle at the block's entry) and is an edge of the graph from g to the grid h
 its output leaves in, weighted by the best path through it:
 - residual: the body is a sub-chain from g (its first layer shuffles if it wants another grid) to
@@ -17,7 +17,7 @@ its output leaves in, weighted by the best path through it:
 - skip: the inner chain runs from g to any grid, its output is shuffled back to g and concatenated
   there, so h = g (`DistSkipConcat` concatenates in the input's distribution).
 Both operands of every add and concatenation are in one grid, so every plan is one that
-`dist.distribute(model, plan=...)` runs exactly as costed. A block's G x G matrix is one
+`parallel.distribute(model, plan=...)` runs exactly as costed. A block's G x G matrix is one
 min-plus DP over its body for all entry grids at once (O(L G^3)); nested blocks (U-Net levels)
 are solved recursively.
 
@@ -34,9 +34,11 @@ import time
 
 import numpy as np
 
-from . import costs as _costs
-from .costs import OPTIMIZER_STATE, LayerCost, block_extra_cost, candidate_grids, grid_refusal, layer_cost
+from .costs import OPTIMIZER_STATE, LayerCost, block_extra_cost, layer_cost
+from .grids import candidate_grids, grid_refusal
+from .iteration import iteration_time
 from .layers import Block, iter_layers
+from .shuffle import shuffle_matrix, shuffle_time
 
 __all__ = ["PlanError", "PlanResult", "plan_chain", "uniform_plan", "grid_string", "parse_grid"]
 
@@ -135,7 +137,7 @@ class _Solver:
         shape = tuple(shape)
         hit = self._shuffle.get(shape)
         if hit is None:
-            hit = self._shuffle[shape] = 2 * _costs.shuffle_matrix(shape, self.grids, self.grids, self.machine)
+            hit = self._shuffle[shape] = 2 * shuffle_matrix(shape, self.grids, self.grids, self.machine)
         return hit
 
     # --- the DP ------------------------------------------------------------------------------
@@ -294,19 +296,19 @@ class PlanResult:
                 if node.kind == "residual":
                     self._collect(node.shortcut or [], g)
                     if h != g:
-                        self.layers.append((None, h, LayerCost(), _costs.shuffle_time(node.out_shape, g, h,
+                        self.layers.append((None, h, LayerCost(), shuffle_time(node.out_shape, g, h,
                                                                                       self.machine) * 2))
                     out = h
                 else:
                     if h != g:
-                        self.layers.append((None, g, LayerCost(), _costs.shuffle_time(node.body[-1].out_shape, h, g,
+                        self.layers.append((None, g, LayerCost(), shuffle_time(node.body[-1].out_shape, h, g,
                                                                                       self.machine) * 2))
                     out = g
                 self.layers[entry] = (node, out, block_extra_cost(node, out, self.machine), 0.0)
                 prev = out
             else:
                 g = self.grid_of[node.name]
-                shuffle = 0.0 if prev is None or prev == g else 2 * _costs.shuffle_time(node.in_shape, prev, g,
+                shuffle = 0.0 if prev is None or prev == g else 2 * shuffle_time(node.in_shape, prev, g,
                                                                                           self.machine)
                 self.layers.append((node, g, layer_cost(node, g, self.machine), shuffle))
                 prev = g
@@ -326,7 +328,7 @@ class PlanResult:
         """{'forward', 'backward', 'communication', 'shuffle', 'iteration', 'memory', parts...} in seconds / bytes."""
         leaf_costs = [c for node, _, c, _ in self.layers if node is not None]
         shuffles = sum(s for _, _, _, s in self.layers)
-        t, parts = _costs.iteration_time(leaf_costs, shuffles, self.machine, self.ranks)
+        t, parts = iteration_time(leaf_costs, shuffles, self.machine, self.ranks)
         return {"iteration": t, "forward": sum(c.forward for c in leaf_costs),
                 "backward": sum(c.backward for c in leaf_costs),
                 "communication": sum(c.communication for c in leaf_costs) + parts["gradient_allreduce"],
@@ -348,7 +350,7 @@ def uniform_time(chain, grid, machine):
             return None
         else:
             out.append((node, layer_cost(node, grid, machine)))
-    t, _ = _costs.iteration_time([c for _, c in out], 0.0, machine, math.prod(grid))
+    t, _ = iteration_time([c for _, c in out], 0.0, machine, math.prod(grid))
     return t, out
 
 

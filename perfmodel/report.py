@@ -1,7 +1,9 @@
 """What `hpcnn plan` prints and writes: the per-layer table, totals, speedups, --explain, and the plan dict."""
 import math
 
-from .costs import candidate_grids, grid_refusal, layer_cost, shuffle_time
+from .costs import layer_cost
+from .grids import candidate_grids, grid_refusal
+from .shuffle import shuffle_time
 from .layers import Block
 from .planner import grid_string, uniform_time
 
@@ -207,8 +209,8 @@ def plan_entries(result):
 
 
 def to_plan(result, model=None, model_options=None, input_shape=None):
-    """The `hpcnn.dist.Plan` of a PlanResult: every leaf's grid, the most common one as the default."""
-    from hpcnn.dist.plan import Plan
+    """The `hpcnn.plan.Plan` of a PlanResult: every leaf's grid, the most common one as the default."""
+    from hpcnn.plan import Plan
     grids, predicted = plan_entries(result)
     counts = {}
     for g in grids.values():

@@ -1,4 +1,7 @@
-"""Benchmark drivers behind `hpcnn bench NAME`: each module has add_arguments(parser) and run(args)."""
+"""Benchmark drivers behind `hpcnn bench NAME`: each module has add_arguments(parser) and run(args).
+
+The CLI lists them from `BENCHMARKS` and imports a benchmark's module only when it runs.
+"""
 import csv
 import importlib
 import os
@@ -7,13 +10,20 @@ import sys
 
 __all__ = ["BENCHMARKS", "load", "mpiexec", "write_csv"]
 
-# name -> module under hpcnn.bench; a benchmark is listed here once it runs.
-BENCHMARKS = {"kernels": "kernels", "chaos": "chaos", "model": "model", "halo": "halo", "scaling": "scaling",
-              "project": "project"}
+# name -> (module under hpcnn.bench, one line of help); a benchmark is listed here once it runs.
+BENCHMARKS = {
+    "kernels": ("kernels", "kernel timings: hpcnn's convolution, pooling and batch-norm against PyTorch"),
+    "chaos": ("chaos", "CHAOS thread-parallel training: images/s, speedup, accuracy, the model's prediction"),
+    "model": ("model", "the performance model against measurement, per layer and per iteration"),
+    "halo": ("halo", "halo exchange in training, with and without overlap"),
+    "scaling": ("scaling", "strong and weak scaling over ranks, measured beside the model's prediction"),
+    "project": ("project", "predicted strong and weak scaling on a machine profile (perfmodel only)"),
+}
 
 
 def load(name):
-    return importlib.import_module(f"hpcnn.bench.{BENCHMARKS[name]}")
+    """The module of benchmark `name`."""
+    return importlib.import_module(f"hpcnn.bench.{BENCHMARKS[name][0]}")
 
 
 def mpiexec():

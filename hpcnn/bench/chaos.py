@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-__all__ = ["add_arguments", "run", "NETWORKS", "torch_mirror", "layers_gil_fraction", "core_sharing_slowdown",
+__all__ = ["add_arguments", "run", "NETWORKS", "layers_gil_fraction", "core_sharing_slowdown",
            "weight_sharing_contention"]
 
 # name -> (model options, digits upscale factor)
@@ -313,40 +313,10 @@ def core_sharing_slowdown(options, train, args, epochs=2):
 
 # --- PyTorch on the same network --------------------------------------------------------------------------------
 
-def torch_mirror(model, torch):
-    """A torch.nn.Sequential computing what the hpcnn Sequential `model` computes, with copies of its weights."""
-    from .. import nn
-    from ..chaos.fused import sequential_leaves
-    layers = []
-    for _, layer in sequential_leaves(model):
-        kind = type(layer)
-        if kind is nn.Conv2d:
-            g = layer.geometry
-            if any(lo != hi for lo, hi in g.padding):
-                raise ValueError(f"{layer.describe()}: no PyTorch mirror for asymmetric padding")
-            t = torch.nn.Conv2d(layer.in_channels, layer.out_channels, g.kernel, g.stride,
-                                tuple(lo for lo, _ in g.padding), g.dilation, bias="bias" in layer.params)
-        elif kind is nn.Linear:
-            t = torch.nn.Linear(layer.in_features, layer.out_features, bias="bias" in layer.params)
-        elif kind is nn.ReLU:
-            t = torch.nn.ReLU()
-        elif kind is nn.LeakyReLU:
-            t = torch.nn.LeakyReLU(layer.negative_slope)
-        elif kind in (nn.MaxPool2d, nn.AvgPool2d):
-            g = layer.geometry
-            cls = torch.nn.MaxPool2d if kind is nn.MaxPool2d else torch.nn.AvgPool2d
-            t = cls(g.kernel, g.stride, tuple(lo for lo, _ in g.padding))
-        elif kind is nn.Flatten:
-            t = torch.nn.Flatten()
-        elif kind is nn.GlobalAvgPool:
-            t = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-        else:
-            raise ValueError(f"no PyTorch mirror for {layer.describe()}")
-        with torch.no_grad():
-            for key, value in layer.params.items():
-                getattr(t, key).copy_(torch.from_numpy(np.array(value)))
-        layers.append(t)
-    return torch.nn.Sequential(*layers)
+def _mirrored(model):
+    """The PyTorch module computing what `model` computes, with copies of its weights."""
+    from ..nn.torch_mirror import copy_into_torch, torch_mirror
+    return copy_into_torch(model, torch_mirror(model))
 
 
 def _torch_runs(name, options, train, val, epochs, args):
@@ -367,7 +337,7 @@ def _torch_runs(name, options, train, val, epochs, args):
     try:
         for threads in _int_list(args.torch_threads):
             torch.set_num_threads(threads)
-            net = torch_mirror(models.build("lenet", seed=0, **options), torch)
+            net = _mirrored(models.build("lenet", seed=0, **options))
             opt = torch.optim.SGD(net.parameters(), lr=args.lr)
             step, seconds, done, capped = 0, 0.0, 0, False
             for epoch in range(epochs):

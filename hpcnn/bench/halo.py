@@ -60,32 +60,33 @@ def _counters(dm):
 def measure(size=2048, channels=16, widths=(16, 16, 16), dilations=(1, 2, 1), iterations=2, grid=None,
             modes=("on", "off"), comm=None):
     """Per-rank results as a dict (see the module docstring); a collective over `comm`."""
-    from .. import dist, models, nn
-    from ..dist import comm as _comm
-    world = comm or _comm.world()
-    ranks = world.Get_size()
+    from .. import models, nn
+    from .. import parallel
+    from ..parallel.mpi import Communicator
+    world = Communicator.world() if comm is None else Communicator.of(comm)
+    ranks = world.size
     grid = tuple(grid) if grid else (1, ranks, 1)
-    d = dist.Distribution(world, grid)
+    d = parallel.Distribution(world, grid)
     shape = (1, channels, size, size)
 
     def build(global_shape):
         model = models.build("meshnet", in_channels=channels, num_classes=2, widths=widths, dilations=dilations,
                              seed=0)
-        rng = np.random.default_rng(world.Get_rank())
+        rng = np.random.default_rng(world.rank)
         local = d.local_shape(global_shape)
-        xt = dist.DistTensor(rng.standard_normal(local, dtype=np.float32), d, global_shape)
-        lt = dist.DistTensor(rng.integers(0, 2, local[:1] + local[2:]), d, global_shape[:1] + global_shape[2:])
+        xt = parallel.DistTensor(rng.standard_normal(local, dtype=np.float32), d, global_shape)
+        lt = parallel.DistTensor(rng.integers(0, 2, local[:1] + local[2:]), d, global_shape[:1] + global_shape[2:])
         return model, xt, lt
 
     # compile the kernels on a small image first, so that neither the timings nor the memory peak see it
     model, xt, lt = build((1, channels, 8 * ranks, 8 * ranks))
-    _iteration(dist.distribute(model, d), dist.distribute(nn.CrossEntropyLoss(), d), xt, lt)
+    _iteration(parallel.distribute(model, d), parallel.distribute(nn.CrossEntropyLoss(), d), xt, lt)
     del model, xt, lt
 
     tracemalloc.start()
     model, xt, lt = build(shape)
-    dm = dist.distribute(model, d)
-    dloss = dist.distribute(nn.CrossEntropyLoss(), d)
+    dm = parallel.distribute(model, d)
+    dloss = parallel.distribute(nn.CrossEntropyLoss(), d)
     _iteration(dm, dloss, xt, lt)
     traced_peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
@@ -100,12 +101,12 @@ def measure(size=2048, channels=16, widths=(16, 16, 16), dilations=(1, 2, 1), it
             dm.overlap = mode == "on"
             dm.reducer.overlap = mode == "on"
             got = samples[mode]
-            _comm.barrier(world)
+            world.barrier()
             h0, b0, w0 = _counters(dm)
             t0, c0 = time.perf_counter(), time.process_time()
             _iteration(dm, dloss, xt, lt)
             got["cpu"].append(time.process_time() - c0)
-            _comm.barrier(world)
+            world.barrier()
             got["times"].append(time.perf_counter() - t0)
             h1, b1, w1 = _counters(dm)
             got["halo"].append(h1 - h0)
@@ -122,26 +123,27 @@ def measure(size=2048, channels=16, widths=(16, 16, 16), dilations=(1, 2, 1), it
 
 def measure_allreduce(iterations=6, comm=None):
     """Backward time of a data-parallel resnet18 with the bucketed allreduce overlapped or not (rank 0's view)."""
-    from .. import dist, models, nn
-    from ..dist import comm as _comm
-    world = comm or _comm.world()
-    ranks = world.Get_size()
-    d = dist.Distribution(world, (ranks, 1, 1))
+    from .. import models, nn
+    from .. import parallel
+    from ..parallel.mpi import Communicator
+    world = Communicator.world() if comm is None else Communicator.of(comm)
+    ranks = world.size
+    d = parallel.Distribution(world, (ranks, 1, 1))
     model = models.build("resnet18", in_channels=3, num_classes=100, small_input=True, width=64, seed=0)
     rng = np.random.default_rng(0)
-    xt = dist.scatter(rng.standard_normal((2 * ranks, 3, 32, 32), dtype=np.float32), d)
-    lt = dist.scatter(rng.integers(0, 100, 2 * ranks), d)
-    dm, dloss = dist.distribute(model, d), dist.distribute(nn.CrossEntropyLoss(), d)
+    xt = parallel.scatter(rng.standard_normal((2 * ranks, 3, 32, 32), dtype=np.float32), d)
+    lt = parallel.scatter(rng.integers(0, 100, 2 * ranks), d)
+    dm, dloss = parallel.distribute(model, d), parallel.distribute(nn.CrossEntropyLoss(), d)
     samples = {True: ([], []), False: ([], [])}
     for i in range(iterations + 1):
         for overlap in (True, False):
             dm.reducer.overlap = overlap
             dloss.forward(dm.forward(xt), lt)
             g = dloss.backward()
-            _comm.barrier(world)
+            world.barrier()
             w0, t0 = dm.reducer.wait_seconds, time.perf_counter()
             dm.backward(g)
-            _comm.barrier(world)
+            world.barrier()
             if i:  # the first round warms up
                 samples[overlap][0].append(time.perf_counter() - t0)
                 samples[overlap][1].append(dm.reducer.wait_seconds - w0)
@@ -152,9 +154,9 @@ def measure_allreduce(iterations=6, comm=None):
 
 
 def run(args):
-    from ..dist import comm as _comm
-    _comm.install_abort_on_error()
-    world = _comm.world()
+    from ..parallel.mpi import Communicator, install_abort_on_error
+    install_abort_on_error()
+    world = Communicator.world()
     modes = ("on", "off") if args.modes == "both" else tuple(m for m in args.modes.split(",") if m)
     bad = [m for m in modes if m not in ("on", "off")]
     if bad:
@@ -163,8 +165,8 @@ def run(args):
     result = measure(args.size, args.channels, _ints(args.widths), _ints(args.dilations), args.iterations, grid,
                      modes)
     allreduce = measure_allreduce() if args.allreduce else None
-    per_rank = _comm.gather_object(world, result, root=0)
-    if world.Get_rank() != 0:
+    per_rank = world.gather_object(result, root=0)
+    if world.rank != 0:
         return 0
     summary = {**per_rank[0], "peak_rss_bytes": [r["peak_rss_bytes"] for r in per_rank],
                "cpu_s_per_rank": {m: [r["modes"][m]["cpu_s"] for r in per_rank] for m in modes},

@@ -61,7 +61,7 @@ def add_arguments(parser):
 
 def conv_flops(case):
     """2 * N * K * C * prod(kernel) * prod(output): the multiply-adds of any one of the three passes."""
-    from ..kernels.shapes import WindowGeometry
+    from ..geometry import WindowGeometry
     nd = len(case.spatial)
     geometry = WindowGeometry(nd, case.kernel, case.stride, case.padding)
     out = geometry.output_shape(case.spatial)

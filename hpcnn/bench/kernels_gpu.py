@@ -42,7 +42,7 @@ class ConvCase:
                    get("stride", 1), get("padding", 0), get("dilation", 1))
 
     def output_spatial(self):
-        from ..kernels.shapes import WindowGeometry
+        from ..geometry import WindowGeometry
         return WindowGeometry(len(self.spatial), self.kernel, self.stride, self.padding,
                               self.dilation).output_shape(self.spatial)
 

@@ -58,14 +58,12 @@ def _default_machine():
 
 # --- the worker (runs under mpiexec) --------------------------------------------------------------
 def _worker(spec_path, out_path):
-    from hpcnn import dist, models
-    from hpcnn.dist import comm as _comm
-    from hpcnn.dist.model import leaf_layers
-    from hpcnn.dist.plan import Plan
-
+    from .. import models, parallel
+    from ..parallel.mpi import Communicator, install_abort_on_error
+    from ..plan import Plan
     from .probe import LayerProbe, training_step
-    _comm.install_abort_on_error()
-    comm = _comm.world()
+    install_abort_on_error()
+    comm = Communicator.world()
     with open(spec_path) as f:
         spec = json.load(f)
     results = []
@@ -75,28 +73,28 @@ def _worker(spec_path, out_path):
         x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
         if job.get("plan"):
             plan = Plan.from_dict(job["plan"])
-            dm = dist.distribute(model, plan=plan)
-            first = dist.Distribution(comm, plan.grid_for(leaf_layers(model)[0][0]))
+            dm = parallel.distribute(model, plan=plan)
+            first = parallel.Distribution(comm, plan.grid_for(next(model.named_leaves())[0]))
         else:
-            first = dist.Distribution(comm, tuple(job["grid"]))
-            dm = dist.distribute(model, first)
-        probe = LayerProbe(dm, model)
-        xt = dist.scatter(x, first)
+            first = parallel.Distribution(comm, tuple(job["grid"]))
+            dm = parallel.distribute(model, first)
+        probe = LayerProbe(dm)
+        xt = parallel.scatter(x, first)
         momentum = {name: np.zeros_like(p) for name, p, _ in model.parameters()}
         iters = []
         for i in range(job["iterations"] + 1):
             if i == 1:
                 probe.clear()
-            _comm.barrier(comm)
+            comm.barrier()
             t0 = time.perf_counter()
             training_step(dm, xt, momentum)
-            t = _comm.allreduce_scalar(comm, time.perf_counter() - t0, "max")
+            t = comm.allreduce_scalar(time.perf_counter() - t0, "max")
             if i > 0:
                 iters.append(t)
         layers = {name: [v["forward_s"], v["backward_s"]] for name, v in probe.summary(comm).items()}
         results.append({**{k: job[k] for k in ("model", "grid", "label")}, "iteration": float(np.median(iters)),
                         "layers": layers})
-    if comm.Get_rank() == 0:
+    if comm.rank == 0:
         with open(out_path, "w") as f:
             json.dump(results, f)
 
@@ -115,7 +113,7 @@ def _predict(grid_or_plan, machine, chain):
 
 
 def run(args):
-    from perfmodel.costs import candidate_grids, grid_refusal
+    from perfmodel.grids import candidate_grids, grid_refusal
     from perfmodel.layers import iter_layers, model_chain
     from perfmodel.machine import load_profile
     from perfmodel.planner import grid_string, plan_chain

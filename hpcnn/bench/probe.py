@@ -1,12 +1,13 @@
 """Per-layer timing of a distributed model: wall seconds of every leaf layer's forward and backward, and the
 communication seconds inside them by kind.
 
-The kinds are those of `hpcnn.dist.comm.SECONDS` (halo, collective, shuffle, gradient_allreduce); a
+The kinds are those of the communicator's clock (`hpcnn.parallel.mpi.KINDS`: halo, collective,
+shuffle, gradient_allreduce); a
 layer's compute is its wall time less its communication. Shuffles that containers run between their
 children (a residual's shortcut joining the body's grid) and the gradient-allreduce wait after
 backward fall outside every leaf: `iteration_clock` measures them for a whole iteration.
 
-    probe = LayerProbe(dm, model)        # wraps the leaves of dm in place
+    probe = LayerProbe(dm)               # wraps the leaves of dm in place
     ... iterations ...; probe.clear()    # drop the warm-up
     ... timed iterations ...
     table = probe.summary(comm)          # {leaf name: {...}}, the slowest rank's medians, on every rank
@@ -14,55 +15,37 @@ backward fall outside every leaf: `iteration_clock` measures them for a whole it
 import statistics
 import time
 
-from ..dist import comm as _comm
+from ..parallel.mpi import KINDS, Clock
 
-__all__ = ["LayerProbe", "KINDS", "iteration_clock", "clock_difference", "training_step"]
-
-KINDS = tuple(_comm.SECONDS)
-
-
-def iteration_clock():
-    """A snapshot of the process's communication seconds by kind."""
-    return dict(_comm.SECONDS)
-
-
-def clock_difference(before, after):
-    """{kind: seconds} spent between two `iteration_clock()` snapshots."""
-    return {k: after[k] - before[k] for k in KINDS}
+__all__ = ["LayerProbe", "KINDS", "training_step"]
 
 
 class LayerProbe:
-    """Wraps every leaf of DistModel `dm` (built from nn `model`) to record its calls.
+    """Wraps every leaf of DistModel `dm` to record its calls (by the leaf's dotted name in the model).
 
     Per call: wall seconds and communication seconds by kind. `summary` gives, per leaf name,
     forward_s, backward_s (wall, median over the recorded iterations) and halo_s, collective_s,
     shuffle_s (forward + backward, medians), compute_s (the rest), from the rank slowest at that layer.
     """
 
-    def __init__(self, dm, model):
-        from ..dist.layers import _Container
-        from ..dist.model import leaf_layers
-        names = [n for n, _ in leaf_layers(model)]
-        leaves = [m for m in dm.root.modules() if not isinstance(m, _Container)]
-        if len(names) != len(leaves):
-            raise ValueError(f"LayerProbe: the model has {len(names)} leaf layers but the distributed model "
-                             f"{len(leaves)}")
-        self.names = names
+    def __init__(self, dm):
+        leaves = dm.root.leaves()
+        self.names = [m.name for m in leaves]
         self.calls = {}
-        for name, module in zip(names, leaves):
-            self._wrap(module, name)
+        for module in leaves:
+            self._wrap(module, module.name, module.d.comm.clock)
 
-    def _wrap(self, module, name):
+    def _wrap(self, module, name, clock):
         calls = self.calls.setdefault(name, {"forward": [], "backward": []})
         for direction in ("forward", "backward"):
             inner = getattr(module, direction)
 
             def timed(t, inner=inner, record=calls[direction]):
-                before = iteration_clock()
+                before = clock.snapshot()
                 t0 = time.perf_counter()
                 out = inner(t)
                 wall = time.perf_counter() - t0
-                record.append((wall, clock_difference(before, iteration_clock())))
+                record.append((wall, Clock.difference(before, clock.snapshot())))
                 return out
             setattr(module, direction, timed)
 
@@ -87,12 +70,12 @@ class LayerProbe:
         return out
 
     def summary(self, comm):
-        """Per leaf, the entry of the rank whose forward + backward took longest, on every rank (a collective).
+        """(comm: the Communicator of the model's ranks.) Per leaf, the entry of the rank whose forward + backward took longest, on every rank (a collective).
 
         Whole entries, not field-by-field maxima: a rank waiting for a slower neighbour shows the wait as
         halo or collective time, while the slower rank shows the compute that made it wait; the layer's
         time is the slower rank's, and its parts add up to it."""
-        every = _comm.allgather_object(comm, self.local_summary())
+        every = comm.allgather_object(self.local_summary())
         return {name: dict(max((r[name] for r in every), key=lambda e: e["forward_s"] + e["backward_s"]))
                 for name in self.names}
 

@@ -172,8 +172,8 @@ class _Chains:
 
     @staticmethod
     def _build(name, shape):
-        from perfmodel.layers import build_model
-        return build_model(name, shape)
+        from ..nn.models import build_for_input
+        return build_for_input(name, shape)
 
 
 def _size_dependent(name):
@@ -204,7 +204,7 @@ def _fastest_fitting(chain, grids, machine, limit):
 
 
 def _split_grids(split, ranks, nd, batch):
-    from perfmodel.costs import candidate_grids
+    from perfmodel.grids import candidate_grids
     if split == "sample":
         return [(ranks,) + (1,) * nd]
     grids = candidate_grids(ranks, nd)

@@ -103,7 +103,7 @@ def _ints(text):
 
 
 def _shape(args):
-    from ..cli import DEFAULT_INPUTS
+    from ..nn.models import DEFAULT_INPUTS
     if args.input:
         try:
             return tuple(int(v) for v in args.input.lower().split("x"))
@@ -117,8 +117,11 @@ def _shape(args):
 
 
 def _options(args):
-    from ..cli import model_options
-    return model_options(args.options)
+    from ..train.config import JobError, parse_options
+    try:
+        return parse_options(args.options)
+    except JobError as e:
+        raise SystemExit(f"hpcnn bench scaling: {e}") from None
 
 
 def _batch(args, ranks):
@@ -139,9 +142,11 @@ def _machine(args):
 
 
 def _chain(args, ranks):
-    from perfmodel.layers import build_model, walk
+    from perfmodel.layers import walk
+
+    from ..nn.models import build_for_input
     shape = _shape(args)
-    model = build_model(args.model, shape, seed=0, **_options(args))
+    model = build_for_input(args.model, shape, seed=0, **_options(args))
     return model, walk(model, (_batch(args, ranks),) + shape)
 
 
@@ -164,7 +169,7 @@ def resolve_splits(chain, ranks, machine, tokens):
     note when the split is impossible here (more sample blocks than samples, blocks smaller than
     halos, no plan within the memory per rank) or an explicit grid has another rank count.
     """
-    from perfmodel.costs import candidate_grids
+    from perfmodel.grids import candidate_grids
     from perfmodel.planner import PlanError, parse_grid, plan_chain, uniform_plan, uniform_time
     from perfmodel.report import best_uniform
     nd = len(chain[0].in_shape) - 2
@@ -243,27 +248,26 @@ def _grid_text(result):
 def _measure(args, label, result, splits, machine):
     import numpy as np
 
-    from perfmodel.layers import build_model
     from perfmodel.report import breakdown, to_plan
 
-    from .. import dist
-    from ..dist import comm as _comm
-    from ..dist.model import leaf_layers
-    from .probe import LayerProbe, clock_difference, iteration_clock, training_step
+    from .. import parallel
+    from ..nn.models import build_for_input
+    from ..parallel.mpi import Clock, Communicator
+    from .probe import LayerProbe, training_step
 
-    world = _comm.world()
-    ranks = world.Get_size()
+    world = Communicator.world()
+    ranks = world.size
     shape = _shape(args)
     batch = _batch(args, ranks)
     global_shape = (batch,) + shape
     plan = to_plan(result)
 
     def build():
-        model = build_model(args.model, shape, seed=0, **_options(args))
-        dm = dist.distribute(model, plan=plan, overlap=args.overlap == "on")
-        first = dist.Distribution(world, plan.grid_for(leaf_layers(model)[0][0]))
-        rng = np.random.default_rng(world.Get_rank())
-        xt = dist.DistTensor(rng.standard_normal(first.local_shape(global_shape), dtype=np.float32), first,
+        model = build_for_input(args.model, shape, seed=0, **_options(args))
+        dm = parallel.distribute(model, plan=plan, overlap=args.overlap == "on")
+        first = parallel.Distribution(world, plan.grid_for(next(model.named_leaves())[0]))
+        rng = np.random.default_rng(world.rank)
+        xt = parallel.DistTensor(rng.standard_normal(first.local_shape(global_shape), dtype=np.float32), first,
                              global_shape)
         momentum = {name: np.zeros_like(p) for name, p, _ in model.parameters()}
         return model, dm, xt, momentum
@@ -280,22 +284,22 @@ def _measure(args, label, result, splits, machine):
     traced_peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
 
-    probe = LayerProbe(dm, model)
+    probe = LayerProbe(dm)
     times, comm = [], []
     for _ in range(args.iterations):
-        _comm.barrier(world)
-        before = iteration_clock()
+        world.barrier()
+        before = world.clock.snapshot()
         t0 = time.perf_counter()
         training_step(dm, xt, momentum)
         elapsed = time.perf_counter() - t0
-        comm.append(clock_difference(before, iteration_clock()))
-        times.append(_comm.allreduce_scalar(world, elapsed, "max"))
+        comm.append(Clock.difference(before, world.clock.snapshot()))
+        times.append(world.allreduce_scalar(elapsed, "max"))
     local = {k: statistics.median(c[k] for c in comm) for k in comm[0]}
-    every = _comm.allgather_object(world, {"comm": local, "comm_total": statistics.median(sum(c.values()) for c in comm),
+    every = world.allgather_object({"comm": local, "comm_total": statistics.median(sum(c.values()) for c in comm),
                                           "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                                           "traced": traced_peak})
     layers = probe.summary(world)
-    if world.Get_rank() != 0:
+    if world.rank != 0:
         return None
     predicted = breakdown(result)
     p_comm = (sum(v["halo_s"] + v["collective_s"] + v["shuffle_s"] for v in predicted["layers"].values())
@@ -317,10 +321,10 @@ def _measure(args, label, result, splits, machine):
 
 
 def _here(args):
-    from ..dist import comm as _comm
-    _comm.install_abort_on_error()
-    world = _comm.world()
-    ranks = world.Get_size()
+    from ..parallel.mpi import Communicator, install_abort_on_error
+    install_abort_on_error()
+    world = Communicator.world()
+    ranks = world.size
     machine = _machine(args)
     _, chain = _chain(args, ranks)
     resolved = resolve_splits(chain, ranks, machine, _tokens(args))
@@ -328,7 +332,7 @@ def _here(args):
     by_label = {label: result for label, result, _ in resolved}
     todo = [args.only] if args.only else list(groups)
     folder = os.path.join(args.out, "points")
-    if world.Get_rank() == 0:
+    if world.rank == 0:
         os.makedirs(folder, exist_ok=True)
         for label, result, note in resolved:
             if result is None:

@@ -36,7 +36,9 @@ import numpy as np
 
 from ..backend import is_gpu_array
 from ..data.dataset import epoch_order
+from ..parallel.mpi import Communicator
 from . import fused as _fused
+from .kernels import train_chunk
 from .clock import Aborted, StalenessClock
 from .threads import available_cores, worker_thread_limits, worker_thread_setup
 
@@ -48,12 +50,6 @@ _EVAL_BATCH = 512
 
 class ChaosWorkerError(RuntimeError):
     """A worker raised: the engine stopped every worker and reports the first error (chained)."""
-
-
-def _named_modules(module, prefix=""):
-    yield prefix, module
-    for name, child in module.children():
-        yield from _named_modules(child, prefix + name + ".")
 
 
 class _Worker:
@@ -94,7 +90,11 @@ class ChaosEngine:
             raise ValueError(f"chaos: chunk must be a positive integer, received {chunk!r}")
         if any(is_gpu_array(p) for _, p, _ in model.parameters()):
             raise ValueError("chaos: the CHAOS engine trains on the CPU; the model's parameters are GPU arrays")
-        ranks = 1 if comm is None else comm.Get_size()
+        if comm is not None:
+            comm = Communicator.of(comm)
+            if comm.size == 1:
+                comm = None
+        ranks = 1 if comm is None else comm.size
         if deterministic:
             if threads not in (None, 1):
                 raise ValueError(f"chaos: the deterministic mode runs one worker thread, received threads={threads}")
@@ -224,9 +224,9 @@ class ChaosEngine:
         # one momentum buffer per parameter, shared by the workers as the weights are
         worker.optimizer.momentum_buffers = self.momentum_buffers
         names = {}
-        for prefix, module in _named_modules(replica):
+        for name, module in replica.named_modules():
             if module.params:
-                names[id(module)] = [prefix + key for key in module.params]
+                names[id(module)] = [(name + "." if name else "") + key for key in module.params]
         worker.lr = self.lr
 
         def write_update(module, names=names, worker=worker):
@@ -247,7 +247,7 @@ class ChaosEngine:
         t0 = time.perf_counter()
         order = epoch_order(len(x), epoch, self.seed)
         if self.comm is not None:
-            order = order[self.comm.Get_rank()::self.comm.Get_size()]
+            order = order[self.comm.rank::self.comm.size]
         n_batches = math.ceil(len(order) / self.batch)
         lrs = self._lr_table(n_batches)
         segments = self._segments(n_batches)
@@ -268,10 +268,9 @@ class ChaosEngine:
         correct = sum(w.correct for w in self.workers)
         samples = sum(w.samples for w in self.workers)
         if self.comm is not None:
-            from ..dist.comm import allreduce_scalar
-            loss_sum = allreduce_scalar(self.comm, float(loss_sum))
-            correct = allreduce_scalar(self.comm, int(correct))
-            samples = allreduce_scalar(self.comm, int(samples))
+            loss_sum = self.comm.allreduce_scalar(float(loss_sum))
+            correct = self.comm.allreduce_scalar(int(correct))
+            samples = self.comm.allreduce_scalar(int(samples))
         metrics = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / samples if samples else float("nan"),
@@ -281,7 +280,7 @@ class ChaosEngine:
             "images_per_second": samples / train_seconds if train_seconds > 0 else float("nan"),
             "lr": float(lrs[-1]) if len(lrs) else self.lr,
             "threads": self.threads,
-            "ranks": 1 if self.comm is None else self.comm.Get_size(),
+            "ranks": 1 if self.comm is None else self.comm.size,
             "step": self.step,
             "updates_per_worker": [w.updates for w in self.workers],
             "kernel_seconds": sum(w.kernel_seconds for w in self.workers),
@@ -299,18 +298,16 @@ class ChaosEngine:
         """[(first, last)) mini-batch ranges between weight averages; every rank runs the same number."""
         if self.comm is None or self.average_every is None:
             return [(0, n_batches)]
-        from ..dist.comm import allreduce_scalar
         k = int(self.average_every)
-        rounds = max(1, math.ceil(allreduce_scalar(self.comm, int(n_batches), "max") / k))
+        rounds = max(1, math.ceil(self.comm.allreduce_scalar(int(n_batches), "max") / k))
         return [(min(i * k, n_batches), min((i + 1) * k, n_batches)) for i in range(rounds)]
 
     def _average_weights(self):
         """Parallel SGD by averaging: every rank's weights become the mean over the ranks."""
-        from ..dist.comm import allreduce_
-        size = self.comm.Get_size()
+        size = self.comm.size
         arrays = [self.net.params] if self.step == "fused" else [p for _, p, _ in self.model.parameters()]
         for a in arrays:
-            allreduce_(self.comm, a, "sum")
+            self.comm.allreduce_(a, "sum")
             a *= a.dtype.type(1.0 / size)
         if self.step == "fused":
             self.net.store_to(self.model)
@@ -400,7 +397,7 @@ class ChaosEngine:
         net = self.net
         act, dact, grad, argmax = worker.buffers
         t = time.perf_counter()
-        loss_sum, correct, samples = _fused.train_chunk(
+        loss_sum, correct, samples = train_chunk(
             net.layers, net.slopes, net.params, net.velocity, net.started, net.p_off, net.p_shape, act, dact,
             grad, argmax, xs, y, order, self.batch, first, count, lrs, self.momentum, 0.0, self.weight_decay,
             False)

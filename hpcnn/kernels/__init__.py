@@ -5,7 +5,7 @@ Every function takes and returns arrays of the module that owns its first array 
 2-D (N, C, H, W) and 3-D (N, C, D, H, W) data alike; `nd` below is 2 or 3.
 
 Geometry arguments (`stride`, `dilation`, `kernel`) are ints or tuples of `nd` ints; `padding`
-is an int, 'same', 'valid', `nd` ints, or `nd` (lo, hi) pairs (see `shapes.normalize_padding`):
+is an int, 'same', 'valid', `nd` ints, or `nd` (lo, hi) pairs (see `hpcnn.geometry.normalize_padding`):
 per-side padding is what lets a distributed layer pad only at the global edges of the image.
 
 Reductions that a distributed layer must sum over ranks (batch-norm statistics, loss sums) are
@@ -49,8 +49,7 @@ upsample_nearest_forward(x, scale) -> y              scale: int or nd ints; y: (
 upsample_nearest_backward(dy, scale) -> dx           sums each scale-block of dy
 """
 from ..backend import is_gpu_array
-from . import cpu, shapes
-from .shapes import WindowGeometry, normalize_padding, window_output_size
+from . import cpu
 
 __all__ = [
     "conv_forward", "conv_backward_data", "conv_backward_filter", "conv_backward_bias",
@@ -58,7 +57,7 @@ __all__ = [
     "channel_sum", "channel_centered_sumsq", "batchnorm_apply", "batchnorm_backward_reduce",
     "batchnorm_backward_apply", "relu_forward", "relu_backward", "leaky_relu_forward",
     "leaky_relu_backward", "softmax_cross_entropy", "squared_error", "upsample_nearest_forward",
-    "upsample_nearest_backward", "WindowGeometry", "normalize_padding", "window_output_size", "shapes",
+    "upsample_nearest_backward",
 ]
 
 
@@ -79,6 +78,5 @@ def _dispatched(name):
 
 
 for _name in __all__:
-    if _name[0].islower() and _name not in ("normalize_padding", "window_output_size", "shapes"):
-        globals()[_name] = _dispatched(_name)
+    globals()[_name] = _dispatched(_name)
 del _name

@@ -2,7 +2,7 @@
 from math import prod
 
 from ..backend import check_float_array
-from .shapes import WindowGeometry, as_tuple, window_output_size
+from ..geometry import WindowGeometry, as_tuple, window_output_size
 
 __all__ = [
     "spatial_dims", "check_same_shape", "VolumeWindow", "check_filter", "check_filter_outputs", "check_bias",

@@ -1,8 +1,9 @@
 """Elementwise activations: ReLU and LeakyReLU (any shape, float32 or float64)."""
 from .. import kernels
 from .module import Module
+from .work import pointwise_spec
 
-__all__ = ["ReLU", "LeakyReLU"]
+__all__ = ["ReLU", "LeakyReLU", "relu_work", "leaky_relu_work"]
 
 
 class ReLU(Module):
@@ -42,3 +43,13 @@ class LeakyReLU(Module):
 
     def describe(self):
         return f"LeakyReLU(negative_slope={self.negative_slope:g})"
+
+
+def relu_work(layer, name, shape):
+    """The LayerSpec of ReLU on a global input `shape`."""
+    return pointwise_spec(name, "relu", layer, shape, 1.0)
+
+
+def leaky_relu_work(layer, name, shape):
+    """The LayerSpec of LeakyReLU on a global input `shape`."""
+    return pointwise_spec(name, "leaky_relu", layer, shape, 2.0)

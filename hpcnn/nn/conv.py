@@ -2,11 +2,12 @@
 import math
 
 from .. import kernels
-from ..kernels.shapes import WindowGeometry
+from ..geometry import WindowGeometry
 from .init import check_dtype, resolve_dtype, resolve_rng, uniform_fan_in
 from .module import Module
+from .work import window_spec
 
-__all__ = ["Conv2d", "Conv3d", "describe_geometry"]
+__all__ = ["Conv2d", "Conv3d", "describe_geometry", "conv_work"]
 
 
 def _compact(values):
@@ -100,3 +101,14 @@ class Conv3d(_ConvNd):
     padding: an int, 'same' (stride 1), 'valid', 3 ints, or 3 (lo, hi) pairs.
     """
     nd = 3
+
+
+def conv_work(layer, name, shape):
+    """The LayerSpec of convolution `layer` on a global input `shape` (N, C, *S)."""
+    if len(shape) != layer.nd + 2 or shape[1] != layer.in_channels:
+        raise ValueError(f"layer {name!r}: {layer.describe()} expects {layer.in_channels} channels on a "
+                         f"{layer.nd + 2}-D input, receives shape {tuple(shape)}")
+    taps = math.prod(layer.geometry.kernel)
+    spec = window_spec(name, "conv", layer, shape, layer.out_channels, 2.0 * layer.in_channels * taps)
+    spec.options["bias"] = "bias" in layer.params
+    return spec

@@ -4,8 +4,9 @@ import math
 from ..backend import get_array_module
 from .init import check_dtype, resolve_dtype, resolve_rng, uniform_fan_in
 from .module import Module
+from .work import LayerSpec, param_sizes
 
-__all__ = ["Linear", "Flatten"]
+__all__ = ["Linear", "Flatten", "linear_work", "flatten_work"]
 
 
 class Linear(Module):
@@ -68,3 +69,17 @@ class Flatten(Module):
 
     def describe(self):
         return "Flatten()"
+
+
+def linear_work(layer, name, shape):
+    """The LayerSpec of Linear `layer` on a global input `shape` (N, F)."""
+    if len(shape) != 2 or shape[1] != layer.in_features:
+        raise ValueError(f"layer {name!r}: Linear({layer.in_features}, {layer.out_features}) receives shape "
+                         f"{tuple(shape)}")
+    return LayerSpec(name, "linear", tuple(shape), (shape[0], layer.out_features), None, param_sizes(layer),
+                     2.0 * shape[0] * layer.in_features * layer.out_features)
+
+
+def flatten_work(layer, name, shape):
+    """The LayerSpec of Flatten on a global input `shape` (N, *rest) -> (N, prod(rest))."""
+    return LayerSpec(name, "flatten", tuple(shape), (shape[0], math.prod(shape[1:])), None, param_sizes(layer), 0.0)

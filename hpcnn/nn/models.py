@@ -14,10 +14,15 @@ from . import (BatchNorm2d, Conv2d, Conv3d, Flatten, GlobalAvgPool, LeakyReLU, L
 from .init import kaiming_normal_fan_out, resolve_dtype
 from .module import default_rng
 
-__all__ = ["build", "names", "options", "lenet", "resnet18", "resnet34", "resnet50", "unet2d", "meshnet",
-           "cosmoflow"]
+__all__ = ["build", "build_for_input", "input_options", "default_input", "names", "options", "DEFAULT_INPUTS",
+           "lenet", "resnet18", "resnet34", "resnet50", "unet2d", "meshnet", "cosmoflow"]
 
 _MODELS = {}
+
+# Each model's usual input (C, *S), for commands that are not told one.
+DEFAULT_INPUTS = {"resnet18": (3, 224, 224), "resnet34": (3, 224, 224), "resnet50": (3, 224, 224),
+                  "unet2d": (1, 256, 256), "meshnet": (18, 2048, 2048), "cosmoflow": (4, 128, 128, 128),
+                  "lenet": (1, 8, 8)}
 
 
 def _registered(fn):
@@ -50,6 +55,37 @@ def build(name, **opts):
         raise ValueError(f"model {name!r}: unknown option(s) {', '.join(unknown)}; valid options: "
                          + ", ".join(f"{k}={v!r}" for k, v in valid.items()))
     return _MODELS[name](**opts)
+
+
+def default_input(name):
+    """The usual input (C, *S) of model `name`."""
+    _known(name)
+    if name not in DEFAULT_INPUTS:
+        raise ValueError(f"model {name!r} has no usual input size: give one")
+    return DEFAULT_INPUTS[name]
+
+
+def input_options(name, input_shape):
+    """The build options that an input (C, *S) fixes: in_channels, and input_size where the model has one."""
+    _known(name)
+    c, spatial = int(input_shape[0]), tuple(int(s) for s in input_shape[1:])
+    opts = {"in_channels": c}
+    if name == "cosmoflow":
+        if len(spatial) != 3 or len(set(spatial)) != 1:
+            raise ValueError(f"model 'cosmoflow' takes a cubic input CxSxSxS, received {tuple(input_shape)}")
+        opts["input_size"] = spatial[0]
+    elif name == "lenet":
+        if len(spatial) != 2 or spatial[0] != spatial[1]:
+            raise ValueError(f"model 'lenet' takes a square input CxSxS, received {tuple(input_shape)}")
+        opts["input_size"] = spatial[0]
+    elif len(spatial) != 2:
+        raise ValueError(f"model {name!r} takes a 2-D input CxHxW, received {tuple(input_shape)}")
+    return opts
+
+
+def build_for_input(name, input_shape, **opts):
+    """build(name) for inputs of shape (C, *S): in_channels (and input_size) from the shape, then `opts`."""
+    return build(name, **{**input_options(name, input_shape), **opts})
 
 
 def _binder(seed, dtype):

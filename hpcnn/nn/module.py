@@ -1,4 +1,4 @@
-"""The layer protocol: parameters and gradients by name, forward/backward, containers, replicas."""
+"""The layer protocol: parameters and gradients by name, forward/backward, containers, replicas, the tree walk."""
 import copy
 
 import numpy as np
@@ -25,11 +25,13 @@ class Module:
 
     `params` and `grads` map the same names to arrays of the same shapes and meanings as
     PyTorch's; `backward(dy)` fills (overwrites) `grads`. Containers list their children in
-    `children()`; `parameters()` walks the tree in a fixed order with dotted names.
+    `children()`; `named_modules()` and `named_leaves()` walk the tree in forward order with
+    dotted names (the prefixes of `parameters()`' names, and the names a plan gives layers).
 
-    A gradient hook (`set_grad_hook(fn)`) is called as fn(module) right after a module with
-    parameters has finished its backward step: the distributed trainer starts the gradient
-    allreduce there, and the CHAOS engine writes that layer's update there.
+    A gradient hook (`set_grad_hook(fn)`) is called as fn(module) by the container running a
+    module, right after that module (if it owns parameters) has finished its backward step; the
+    CHAOS engine's layer-by-layer step writes that layer's update there. (Distributed models
+    start the gradient allreduce from their own layers, not through this hook.)
     """
 
     def __init__(self):
@@ -68,11 +70,23 @@ class Module:
         for cname, child in self.children():
             yield from child.parameters(prefix + cname + ".")
 
+    def named_modules(self, prefix=""):
+        """(dotted name, module) of this module ("" for the root) and every descendant, depth first, in
+        forward order."""
+        yield prefix.rstrip("."), self
+        for cname, child in self.children():
+            yield from child.named_modules(prefix + cname + ".")
+
+    def named_leaves(self, prefix=""):
+        """(dotted name, module) of every module without children, in forward order (a leaf root: ("", root))."""
+        for name, m in self.named_modules(prefix):
+            if not m.children():
+                yield name, m
+
     def modules(self):
         """This module and every descendant, depth first, in forward order."""
-        yield self
-        for _, child in self.children():
-            yield from child.modules()
+        for _, m in self.named_modules():
+            yield m
 
     def backward_and_notify(self, dy):
         """What containers call on a child: its backward, then the gradient hook if it owns parameters."""
@@ -122,9 +136,9 @@ class Module:
             yield from child.state(prefix + cname + ".")
 
     def replicate(self):
-        """A copy that shares the parameter arrays but has its own gradients and activation caches.
+        """A copy that shares the parameter arrays and state but has its own gradients and activation caches.
 
-        Used by the CHAOS engine (threads share weights) and by the distributed wrappers.
+        The CHAOS engine's layer-by-layer step gives each worker thread one (threads share weights).
         """
         clone = copy.copy(self)
         clone.params = dict(self.params)

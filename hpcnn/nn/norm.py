@@ -3,8 +3,9 @@ from .. import kernels
 from ..backend import get_array_module
 from .init import check_dtype, constant, resolve_dtype
 from .module import Module
+from .work import pointwise_spec
 
-__all__ = ["BatchNorm2d", "BatchNorm3d"]
+__all__ = ["BatchNorm2d", "BatchNorm3d", "batchnorm_work"]
 
 
 class _BatchNormNd(Module):
@@ -112,3 +113,11 @@ class BatchNorm3d(_BatchNormNd):
     """
     nd = 3
 
+
+
+def batchnorm_work(layer, name, shape):
+    """The LayerSpec of batch-norm `layer` on a global input `shape` (N, C, *S)."""
+    if len(shape) != layer.nd + 2 or shape[1] != layer.num_features:
+        raise ValueError(f"layer {name!r}: {layer.describe()} expects {layer.num_features} channels on a "
+                         f"{layer.nd + 2}-D input, receives shape {tuple(shape)}")
+    return pointwise_spec(name, "batchnorm", layer, shape, 8.0)

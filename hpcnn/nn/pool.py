@@ -3,11 +3,12 @@ import math
 
 from .. import kernels
 from ..backend import get_array_module
-from ..kernels.shapes import WindowGeometry
+from ..geometry import WindowGeometry
 from .conv import describe_geometry
 from .module import Module
+from .work import LayerSpec, param_sizes, window_spec
 
-__all__ = ["MaxPool2d", "MaxPool3d", "AvgPool2d", "AvgPool3d", "GlobalAvgPool"]
+__all__ = ["MaxPool2d", "MaxPool3d", "AvgPool2d", "AvgPool3d", "GlobalAvgPool", "pool_work", "global_avgpool_work"]
 
 
 class _PoolNd(Module):
@@ -108,3 +109,24 @@ class GlobalAvgPool(Module):
 
     def describe(self):
         return "GlobalAvgPool()"
+
+
+def _spatial_input(layer, name, shape, nd):
+    if len(shape) != nd + 2:
+        raise ValueError(f"layer {name!r}: {layer.describe()} expects a {nd + 2}-D input, receives shape "
+                         f"{tuple(shape)}")
+
+
+def pool_work(layer, name, shape):
+    """The LayerSpec of max or average pooling `layer` on a global input `shape` (N, C, *S)."""
+    _spatial_input(layer, name, shape, layer.nd)
+    kind = "maxpool" if isinstance(layer, _MaxPoolNd) else "avgpool"
+    return window_spec(name, kind, layer, shape, shape[1], float(math.prod(layer.geometry.kernel)))
+
+
+def global_avgpool_work(layer, name, shape):
+    """The LayerSpec of global average pooling on a global input `shape` (N, C, *S) -> (N, C)."""
+    if len(shape) not in (4, 5):
+        raise ValueError(f"layer {name!r}: GlobalAvgPool() expects a 4-D or 5-D input, receives shape {tuple(shape)}")
+    return LayerSpec(name, "global_avgpool", tuple(shape), tuple(shape[:2]), None, param_sizes(layer),
+                     float(math.prod(shape)))

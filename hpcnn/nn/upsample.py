@@ -1,8 +1,11 @@
 """Nearest-neighbour upsampling by integer factors (the decoder half of a U-Net)."""
+import math
+
 from .. import kernels
 from .module import Module
+from .work import LayerSpec, param_sizes
 
-__all__ = ["Upsample"]
+__all__ = ["Upsample", "upsample_work"]
 
 
 class Upsample(Module):
@@ -42,3 +45,19 @@ class Upsample(Module):
 
     def describe(self):
         return f"Upsample(scale_factor={self.scale_factor!r}, mode='nearest')"
+
+
+def upsample_work(layer, name, shape):
+    """The LayerSpec of Upsample `layer` on a global input `shape` (N, C, *S)."""
+    nd = len(shape) - 2
+    if nd not in (2, 3):
+        raise ValueError(f"layer {name!r}: {layer.describe()} expects a 4-D or 5-D input, receives shape {tuple(shape)}")
+    scale = layer.scale_factor
+    scale = (scale,) * nd if isinstance(scale, int) else tuple(scale)
+    if len(scale) != nd:
+        raise ValueError(f"layer {name!r}: {layer.describe()} expects a {len(scale) + 2}-D input, receives shape "
+                         f"{tuple(shape)}")
+    out = tuple(shape[:2]) + tuple(s * f for s, f in zip(shape[2:], scale))
+    spec = LayerSpec(name, "upsample", tuple(shape), out, None, param_sizes(layer), float(math.prod(out)))
+    spec.options["scale"] = scale
+    return spec

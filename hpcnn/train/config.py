@@ -23,7 +23,7 @@ import copy
 import os
 import tomllib
 
-__all__ = ["JobError", "Job", "SCHEMA", "load_job", "parse_job", "apply_overrides", "dataset_options", "ENGINES"]
+__all__ = ["JobError", "Job", "SCHEMA", "load_job", "parse_job", "apply_overrides", "parse_options", "dataset_options", "ENGINES"]
 
 ENGINES = ("spatial", "chaos", "auto")
 
@@ -195,6 +195,18 @@ def _parse_value(text):
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+
+
+def parse_options(items, what="--set"):
+    """{key: value} from ["KEY=VALUE", ...] (values read as TOML: 3, true, [16, 16], "text"; else a string)."""
+    options = {}
+    for item in items or ():
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise JobError(f"{what} expects KEY=VALUE (e.g. width=32), got {item!r}")
+        options[key] = _parse_value(text.strip())
+    return options
 
 
 def apply_overrides(raw, overrides):

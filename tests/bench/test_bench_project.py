@@ -7,7 +7,7 @@ import pytest
 
 from hpcnn.bench.project import parse_ranks
 from hpcnn.cli import main
-from perfmodel.costs import candidate_grids
+from perfmodel.grids import candidate_grids
 from perfmodel.layers import model_chain
 from perfmodel.machine import load_profile
 from perfmodel.planner import parse_grid, plan_chain, uniform_plan, uniform_time

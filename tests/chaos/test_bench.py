@@ -35,10 +35,10 @@ def test_the_pytorch_comparison_trains_the_same_network():
     import torch
 
     from hpcnn import models
-    from hpcnn.bench.chaos import torch_mirror
+    from hpcnn.nn.torch_mirror import copy_into_torch, torch_mirror
     from tests.oracle import assert_close
     model = models.build("lenet", input_size=32, seed=3)
     x = np.random.default_rng(0).random((5, 1, 32, 32), dtype=np.float32)
     with torch.no_grad():
-        expected = torch_mirror(model, torch)(torch.from_numpy(x)).numpy()
+        expected = copy_into_torch(model, torch_mirror(model))(torch.from_numpy(x)).numpy()
     assert_close(model.forward(x), expected, np.float32, "lenet32 in PyTorch")

@@ -100,7 +100,7 @@ def check_conv(impl, dev, case, dtype=np.float32, torch_device=None):
     if torch_device is not None:
         import torch
         import torch.nn.functional as F
-        from hpcnn.kernels.shapes import WindowGeometry
+        from hpcnn.geometry import WindowGeometry
         g = WindowGeometry(nd, ksize, stride, padding, dilation)
         tx, tw, tdy = _torch(torch_device, x, w, dy)
         tx.requires_grad_(True)

@@ -13,7 +13,7 @@ _GRIDS = {1: (1, 1, 1), 2: (1, 2, 1), 3: (1, 3, 1), 4: (2, 2, 1)}
 def test_distributed_cnn_on_gpu_equals_single_process():
     import cupy
     from mpi4py import MPI
-    from hpcnn import dist
+    from hpcnn import parallel
     from hpcnn.backend import select_gpu_for_rank
     from hpcnn.kernels import gpu
     select_gpu_for_rank()
@@ -29,11 +29,11 @@ def test_distributed_cnn_on_gpu_equals_single_process():
     dy = rng.standard_normal(y_ref.shape).astype(np.float32)
     dx_ref = model.backward(dy)
 
-    d = dist.Distribution(comm, grid=grid)
-    dm = dist.distribute(to_gpu(model), d)
-    yt = dm.forward(dist.scatter(cupy.asarray(x), d))
+    d = parallel.Distribution(comm, grid=grid)
+    dm = parallel.distribute(to_gpu(model), d)
+    yt = dm.forward(parallel.scatter(cupy.asarray(x), d))
     y = yt.gather()
-    dxt = dm.backward(dist.scatter(cupy.asarray(dy), d))
+    dxt = dm.backward(parallel.scatter(cupy.asarray(dy), d))
     dx = dxt.gather()
     failures = []
     for what, got, want in [("forward", y, y_ref), ("dx", dx, dx_ref)] + [

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from hpcnn import kernels as K
+from hpcnn.geometry import WindowGeometry, normalize_padding
 from hpcnn.kernels.cpu import conv as cpu_conv
 from hpcnn.kernels.cpu._blas import gemm
 from tests.oracle import assert_close, seeded, to_torch
@@ -55,7 +56,7 @@ def _torch_conv(x, w, b, stride, padding, dilation):
     conv = F.conv2d if nd == 2 else F.conv3d
     if isinstance(padding, (int, str)):
         return conv(x, w, b, stride, padding, dilation)
-    pairs = K.normalize_padding(padding, nd)
+    pairs = normalize_padding(padding, nd)
     x = F.pad(x, [p for lo_hi in reversed(pairs) for p in lo_hi])
     return conv(x, w, b, stride, 0, dilation)
 
@@ -161,7 +162,7 @@ def test_conv_empty_output(shape, kernel, padding, dtype):
     x = np.ones(shape, dtype)
     w = np.ones((4, shape[1]) + (kernel,) * nd, dtype)
     y = K.conv_forward(x, w, np.ones(4, dtype), 1, padding)
-    out = K.WindowGeometry(nd, kernel, 1, padding).output_shape(shape[2:])
+    out = WindowGeometry(nd, kernel, 1, padding).output_shape(shape[2:])
     assert y.shape == (shape[0], 4) + out and y.dtype == dtype
     dx = K.conv_backward_data(y, w, shape[2:], 1, padding)
     assert dx.shape == shape and not dx.any()

@@ -3,7 +3,7 @@ import copy
 
 import numpy as np
 
-from hpcnn import dist
+from hpcnn import parallel
 from tests.mpi.collective import assert_close_all, world
 
 __all__ = ["run_both", "grid_sample"]
@@ -16,17 +16,17 @@ def run_both(model, x, grid, dtype, seed=0, steps=1, **options):
     """
     w = world()
     reference = copy.deepcopy(model)
-    d = dist.Distribution(w, grid)
-    dm = dist.distribute(model, d, **options)
+    d = parallel.Distribution(w, grid)
+    dm = parallel.distribute(model, d, **options)
     rng = np.random.default_rng(seed + 1000)
     where = f"{type(model).__name__} grid {grid} x {x.shape}"
     for step in range(steps):
         y_ref = reference.forward(x)
         dy = rng.standard_normal(y_ref.shape).astype(dtype)
         dx_ref = reference.backward(dy)
-        yt = dm.forward(dist.scatter(x, d))
+        yt = dm.forward(parallel.scatter(x, d))
         assert_close_all(yt.gather(), y_ref, dtype, f"{where} forward")
-        dxt = dm.backward(dist.scatter(dy, yt.distribution))
+        dxt = dm.backward(parallel.scatter(dy, yt.distribution))
         assert_close_all(dxt.gather(), dx_ref, dtype, f"{where} dx")
         for (name, _, g), (rname, _, rg) in zip(dm.parameters(), reference.parameters()):
             assert_close_all(g, rg, dtype, f"{where} d{name}")

@@ -1,11 +1,11 @@
-"""The communication clock (hpcnn.dist.comm.SECONDS) and the per-layer probe: each kind of communication is
+"""The communication clock (the Communicator's Clock) and the per-layer probe: each kind of communication is
 counted where it happens, and the probe's per-layer parts add up to the layer's wall time."""
 import numpy as np
 import pytest
 
-from hpcnn import dist, models
-from hpcnn.bench.probe import KINDS, LayerProbe, clock_difference, iteration_clock, training_step
-from hpcnn.dist.model import leaf_layers
+from hpcnn import models, parallel
+from hpcnn.bench.probe import KINDS, LayerProbe, training_step
+from hpcnn.parallel.mpi import Clock
 from tests.mpi.collective import check_all, world
 
 pytestmark = pytest.mark.mpi
@@ -14,31 +14,32 @@ pytestmark = pytest.mark.mpi
 def _model_and_input(grid):
     w = world()
     model = models.build("meshnet", in_channels=3, num_classes=2, widths=(4, 4), dilations=(1, 2), seed=0)
-    d = dist.Distribution(w, grid)
+    d = parallel.Distribution(w, grid)
     shape = (max(grid[0], 2), 3, 24, 20)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    return model, d, dist.scatter(x, d)
+    return model, d, parallel.scatter(x, d)
 
 
 def test_each_kind_is_counted_where_it_happens():
     w = world()
     p = w.Get_size()
     model, d, xt = _model_and_input((1, p, 1))
-    dm = dist.distribute(model, d)
+    dm = parallel.distribute(model, d)
     momentum = {name: np.zeros_like(v) for name, v, _ in model.parameters()}
-    before = iteration_clock()
+    clock = d.comm.clock
+    before = clock.snapshot()
     training_step(dm, xt, momentum)
-    spent = clock_difference(before, iteration_clock())
+    spent = Clock.difference(before, clock.snapshot())
     check_all(set(spent) == set(KINDS) and all(v >= 0 for v in spent.values()), f"kinds {spent}")
     # halos are exchanged (padding copies on one rank too); more than one rank: statistics and gradients reduce
     check_all(spent["halo"] > 0, f"no halo time: {spent}")
     if p > 1:
         check_all(spent["collective"] > 0 and spent["gradient_allreduce"] > 0, f"no collective time: {spent}")
     check_all(spent["shuffle"] == 0, f"shuffle time without a shuffle: {spent}")
-    other = dist.Distribution(w, (1, 1, p))
-    before = iteration_clock()
-    dist.shuffle(xt, other)
-    moved = clock_difference(before, iteration_clock())
+    other = parallel.Distribution(w, (1, 1, p))
+    before = clock.snapshot()
+    parallel.shuffle(xt, other)
+    moved = Clock.difference(before, clock.snapshot())
     check_all(moved["shuffle"] > 0 and moved["halo"] == 0, f"shuffle not counted: {moved}")
 
 
@@ -46,16 +47,16 @@ def test_probe_parts_add_up_per_layer():
     w = world()
     p = w.Get_size()
     model, d, xt = _model_and_input((1, 1, p))
-    dm = dist.distribute(model, d)
-    probe = LayerProbe(dm, model)
+    dm = parallel.distribute(model, d)
+    probe = LayerProbe(dm)
     momentum = {name: np.zeros_like(v) for name, v, _ in model.parameters()}
     training_step(dm, xt, momentum)
     probe.clear()
     for _ in range(2):
         training_step(dm, xt, momentum)
     local = probe.local_summary()
-    table = probe.summary(w)
-    names = [n for n, _ in leaf_layers(model)]
+    table = probe.summary(d.comm)
+    names = [n for n, _ in model.named_leaves()]
     check_all(list(table) == names, f"layers {list(table)}")
     ok = True
     for name in names:

@@ -7,8 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from hpcnn import dist
-from hpcnn.dist import comm
+from hpcnn import parallel
 from tests.mpi.collective import check_all, grids_for, world
 
 pytestmark = pytest.mark.mpi
@@ -20,22 +19,22 @@ def test_scatter_gather_every_grid(nd):
     rng = np.random.default_rng(3)
     shapes = [(3, 2, 7, 5), (5, 2, 3, 11)] if nd == 2 else [(3, 2, 5, 3, 4)]
     for grid in grids_for(w.Get_size(), nd):
-        d = dist.Distribution(w, grid)
+        d = parallel.Distribution(w, grid)
         for shape in shapes:
             for s in (shape, shape[:1] + shape[2:], shape[:2]):  # activations, labels, (N, F)
                 x = rng.standard_normal(s)
-                t = dist.scatter(x, d)
+                t = parallel.scatter(x, d)
                 check_all(np.array_equal(t.gather(), x), f"gather of {s} on grid {grid}")
 
 
 def test_block_rule_and_groups():
     w = world()
     for grid in grids_for(w.Get_size()):
-        d = dist.Distribution(w, grid)
-        check_all(d.spatial_comm.Get_size() == d.spatial_ranks and
-                  d.sample_comm.Get_size() == grid[0], f"group sizes on {grid}")
+        d = parallel.Distribution(w, grid)
+        check_all(d.spatial_comm.size == d.spatial_ranks and
+                  d.sample_comm.size == grid[0], f"group sizes on {grid}")
         # the spatial group holds one sample block: every member sees the same N range
-        n_ranges = d.spatial_comm.allgather(d.local_ranges((7, 1, 5, 5))[0])
+        n_ranges = d.spatial_comm.allgather_object(d.local_ranges((7, 1, 5, 5))[0])
         check_all(len(set(n_ranges)) == 1, f"spatial group of {grid} spans several sample blocks")
         lo, hi = d.neighbours(2)
         check_all((lo is None) == (d.coords[2] == 0) and (hi is None) == (d.coords[2] == grid[2] - 1),
@@ -44,16 +43,17 @@ def test_block_rule_and_groups():
 
 def test_bad_grid_is_refused():
     with pytest.raises(ValueError, match="places but the communicator has"):
-        dist.Distribution(world(), (world().Get_size() + 1, 1, 1))
+        parallel.Distribution(world(), (world().Get_size() + 1, 1, 1))
 
 
 def test_allreduce_functions():
     w = world()
     a = np.full(3, float(w.Get_rank() + 1))
-    comm.allreduce_(w, a)
+    c = parallel.Communicator.of(w)
+    c.allreduce_(a)
     n = w.Get_size()
     check_all(np.all(a == n * (n + 1) / 2), "allreduce_ sum")
-    check_all(comm.allreduce_scalar(w, w.Get_rank(), "max") == n - 1, "allreduce_scalar max")
+    check_all(c.allreduce_scalar(w.Get_rank(), "max") == n - 1, "allreduce_scalar max")
 
 
 def test_failing_rank_ends_the_job_quickly():
@@ -61,7 +61,7 @@ def test_failing_rank_ends_the_job_quickly():
     w = world()
     ok, message = True, ""
     if w.Get_rank() == 0:
-        code = ("from hpcnn.dist import comm; comm.install_abort_on_error(); "
+        code = ("from hpcnn.parallel.mpi import install_abort_on_error; install_abort_on_error(); "
                 "from mpi4py import MPI; import time\n"
                 "if MPI.COMM_WORLD.Get_rank() == 1: raise RuntimeError('rank 1 fails')\n"
                 "MPI.COMM_WORLD.Barrier()")

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from hpcnn import dist
-from hpcnn.kernels.shapes import WindowGeometry
+from hpcnn import parallel
+from hpcnn.geometry import WindowGeometry, window_halo
 from tests.mpi.collective import check_all, grids_for, world
 
 pytestmark = pytest.mark.mpi
@@ -27,17 +27,17 @@ def _cases(nd):
 
 def _exchange(d, spatial, kernel, stride, padding, dilation):
     geo = WindowGeometry(d.nd, kernel, stride, padding, dilation)
-    return dist.HaloExchange(d, dist.window_halo(d, spatial, geo))
+    return parallel.HaloExchange(d, window_halo(d.spatial_grid, spatial, geo))
 
 
 @pytest.mark.parametrize("nd", [2, 3])
 def test_extended_block_is_the_global_slice(nd):
     rng = np.random.default_rng(5)
     for grid, (spatial, kernel, stride, padding, dilation) in _cases(nd):
-        d = dist.Distribution(world(), grid)
+        d = parallel.Distribution(world(), grid)
         x = rng.standard_normal((3, 2) + spatial)
         ex = _exchange(d, spatial, kernel, stride, padding, dilation)
-        ext = ex.forward(dist.scatter(x, d).local)
+        ext = ex.forward(parallel.scatter(x, d).local)
         n0, n1 = d.local_ranges(x.shape)[0]
         index = (slice(n0, n1), slice(None)) + tuple(slice(*h.need) for h in ex.mine)
         check_all(np.array_equal(ext, x[index]), f"grid {grid} case {spatial, kernel, stride}")
@@ -53,7 +53,7 @@ def test_exchange_adjoint(nd):
     w = world()
     rng = np.random.default_rng(7 + w.Get_rank())
     for grid, (spatial, kernel, stride, padding, dilation) in _cases(nd):
-        d = dist.Distribution(w, grid)
+        d = parallel.Distribution(w, grid)
         ex = _exchange(d, spatial, kernel, stride, padding, dilation)
         nloc = d.local_shape((3, 2) + spatial)[0]
         x = rng.standard_normal((nloc, 2) + ex.own_shape)
@@ -66,7 +66,7 @@ def test_exchange_adjoint(nd):
 
 
 def test_pack_buffers_are_reused():
-    d = dist.Distribution(world(), (1, world().Get_size(), 1))
+    d = parallel.Distribution(world(), (1, world().Get_size(), 1))
     ex = _exchange(d, (12, 5), 3, 1, 1, 1)
     x = np.ones((2, 3) + ex.own_shape)
     ex.forward(x)

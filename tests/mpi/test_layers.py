@@ -81,14 +81,14 @@ def test_batchnorm_train_and_eval(nd):
 
 
 def test_batchnorm_local_statistics_are_per_block():
-    from hpcnn import dist
+    from hpcnn import parallel
     from tests.mpi.collective import check_all
     w = world()
-    d = dist.Distribution(w, (1, w.Get_size(), 1))
+    d = parallel.Distribution(w, (1, w.Get_size(), 1))
     layer = nn.BatchNorm2d(2, dtype=F64)
-    dm = dist.distribute(layer, d, bn_stats="local")
+    dm = parallel.distribute(layer, d, bn_stats="local")
     x = _x((2, 2, 4 * w.Get_size(), 3)) * 3 + 2
-    y = dm.forward(dist.scatter(x, d)).local
+    y = dm.forward(parallel.scatter(x, d)).local
     check_all(np.allclose(y.mean(axis=(0, 2, 3)), 0, atol=1e-12), "local batch-norm: zero mean per block")
 
 

@@ -4,7 +4,7 @@ import copy
 import numpy as np
 import pytest
 
-from hpcnn import dist, models, nn
+from hpcnn import models, parallel, nn
 from hpcnn.train import SGD
 from tests.mpi.collective import assert_close_all, check_all, world
 from tests.mpi.compare import grid_sample, run_both
@@ -61,12 +61,12 @@ def test_resnet18_float32():
 
 def _loss_case(loss, y, target, grid):
     w = world()
-    d = dist.Distribution(w, grid)
+    d = parallel.Distribution(w, grid)
     ref = copy.deepcopy(loss)
     value_ref = ref.forward(y, target)
     grad_ref = ref.backward()
-    dl = dist.distribute(loss, d)
-    value = dl.forward(dist.scatter(y, d), dist.scatter(target, d))
+    dl = parallel.distribute(loss, d)
+    value = dl.forward(parallel.scatter(y, d), parallel.scatter(target, d))
     assert_close_all(np.array([value]), np.array([value_ref]), F64, f"{loss.describe()} on {grid}: loss")
     assert_close_all(dl.backward().gather(), grad_ref, F64, f"{loss.describe()} on {grid}: gradient")
 
@@ -96,13 +96,13 @@ def test_sgd_steps_match_one_process(name):
         target = np.random.default_rng(5).integers(0, 3, 3)
     reference = copy.deepcopy(model)
     grid = _grids()[-1]
-    d = dist.Distribution(w, grid)
-    dm = dist.distribute(model, d)
-    dloss = dist.distribute(nn.CrossEntropyLoss(), d)
+    d = parallel.Distribution(w, grid)
+    dm = parallel.distribute(model, d)
+    dloss = parallel.distribute(nn.CrossEntropyLoss(), d)
     loss = nn.CrossEntropyLoss()
     opt = SGD(dm, lr=0.1, momentum=0.9, weight_decay=1e-3)
     ref_opt = SGD(reference, lr=0.1, momentum=0.9, weight_decay=1e-3)
-    xt, tt = dist.scatter(x, d), dist.scatter(target, d)
+    xt, tt = parallel.scatter(x, d), parallel.scatter(target, d)
     for step in range(3):
         y = dm.forward(xt)
         value = dloss.forward(y, tt)

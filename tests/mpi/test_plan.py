@@ -4,8 +4,8 @@ import copy
 import numpy as np
 import pytest
 
-from hpcnn import dist, models
-from hpcnn.dist import Plan, leaf_layers
+from hpcnn import models, parallel
+from hpcnn.parallel import Plan
 from tests.mpi.collective import assert_close_all, world
 
 pytestmark = pytest.mark.mpi
@@ -16,14 +16,14 @@ F64 = np.float64
 def _compare(model, plan, x):
     w = world()
     reference = copy.deepcopy(model)
-    dm = dist.distribute(model, plan=plan)
-    first = dist.Distribution(w, plan.grid_for(leaf_layers(model)[0][0]))
+    dm = parallel.distribute(model, plan=plan)
+    first = parallel.Distribution(w, plan.grid_for(next(model.named_leaves())[0]))
     y_ref = reference.forward(x)
     dy = np.random.default_rng(9).standard_normal(y_ref.shape)
     dx_ref = reference.backward(dy)
-    yt = dm.forward(dist.scatter(x, first))
+    yt = dm.forward(parallel.scatter(x, first))
     assert_close_all(yt.gather(), y_ref, F64, "plan forward")
-    dxt = dm.backward(dist.scatter(dy, yt.distribution))
+    dxt = dm.backward(parallel.scatter(dy, yt.distribution))
     assert_close_all(dxt.gather(), dx_ref, F64, "plan dx")
     for (name, _, g), (_, _, rg) in zip(dm.parameters(), reference.parameters()):
         assert_close_all(g, rg, F64, f"plan d{name}")
@@ -32,7 +32,7 @@ def _compare(model, plan, x):
 def test_resnet_spatial_body_sample_head():
     p = world().Get_size()
     model = models.build("resnet18", in_channels=2, num_classes=3, small_input=True, width=4, dtype=F64)
-    names = [n for n, _ in leaf_layers(model)]
+    names = [n for n, _ in model.named_leaves()]
     head = {n: (p, 1, 1) for n in names if n.startswith(("avgpool", "flatten", "fc"))}
     middle = {n: (1, 1, p) for n in names if n.startswith("layer2")}
     plan = Plan(p, (1, p, 1), {**head, **middle})
@@ -42,7 +42,7 @@ def test_resnet_spatial_body_sample_head():
 def test_unet_alternating_grids():
     p = world().Get_size()
     model = models.build("unet2d", in_channels=1, num_classes=2, width=4, depth=2, dtype=F64)
-    names = [n for n, _ in leaf_layers(model)]
+    names = [n for n, _ in model.named_leaves()]
     grids = [(1, p, 1), (1, 1, p), (p, 1, 1)]
     plan = Plan(p, (1, p, 1), {n: grids[i % 3] for i, n in enumerate(names)})
     _compare(model, plan, np.random.default_rng(2).standard_normal((2, 1, 8, 12)))
@@ -52,7 +52,7 @@ def test_cosmoflow_flatten_after_shuffle():
     p = world().Get_size()
     model = models.build("cosmoflow", in_channels=1, num_outputs=2, input_size=8, width=2, fc_sizes=(4,),
                          dtype=F64)
-    names = [n for n, _ in leaf_layers(model)]
+    names = [n for n, _ in model.named_leaves()]
     tail = {n: (p, 1, 1, 1) for n in names[names.index("flatten"):]}
     plan = Plan(p, (1, 1, p, 1), tail)
     _compare(model, plan, np.random.default_rng(3).standard_normal((2, 1, 8, 8, 8)))

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from hpcnn import dist
+from hpcnn import parallel
 from tests.mpi.collective import check_all, world
 
 
@@ -22,7 +22,7 @@ def test_buckets_sum_gradients(overlap, bucket_bytes):
     n = w.Get_size()
     layers = [_Layer({"weight": (3, 4), "bias": (3,)}, w.Get_rank()), _Layer({"weight": (5,)}, w.Get_rank()),
               _Layer({"weight": (2, 2, 3)}, w.Get_rank())]
-    r = dist.GradientReducer(w, layers, bucket_bytes=bucket_bytes, overlap=overlap)
+    r = parallel.GradientReducer(w, layers, bucket_bytes=bucket_bytes, overlap=overlap)
     for _ in range(2):
         for layer in layers:
             for i, k in enumerate(layer.grads):

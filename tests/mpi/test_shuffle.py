@@ -4,7 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
-from hpcnn import dist
+from hpcnn import parallel
 from tests.mpi.collective import check_all, grids_for, world
 
 pytestmark = pytest.mark.mpi
@@ -20,10 +20,10 @@ def test_shuffle_moves_blocks(nd):
     rng = np.random.default_rng(11)
     shapes = [(5, 2, 7, 6), (3, 4)] if nd == 2 else [(3, 2, 5, 3, 4)]
     for (ga, gb) in _pairs(nd):
-        a, b = dist.Distribution(world(), ga), dist.Distribution(world(), gb)
+        a, b = parallel.Distribution(world(), ga), parallel.Distribution(world(), gb)
         for shape in shapes:
             x = rng.standard_normal(shape)
-            t = dist.shuffle(dist.scatter(x, a), b)
+            t = parallel.shuffle(parallel.scatter(x, a), b)
             ok = t.distribution == b and np.array_equal(t.local, x[b.local_slices(shape)])
             check_all(ok, f"{ga} -> {gb} for {shape}")
 
@@ -33,10 +33,10 @@ def test_shuffle_adjoint():
     rng = np.random.default_rng(w.Get_rank())
     shape = (3, 2, 9, 7)
     for (ga, gb) in _pairs(2):
-        a, b = dist.Distribution(w, ga), dist.Distribution(w, gb)
-        s = dist.Shuffle(a, b, shape)
-        x = dist.DistTensor(rng.standard_normal(a.local_shape(shape)), a, shape)
-        y = dist.DistTensor(rng.standard_normal(b.local_shape(shape)), b, shape)
+        a, b = parallel.Distribution(w, ga), parallel.Distribution(w, gb)
+        s = parallel.Shuffle(a, b, shape)
+        x = parallel.DistTensor(rng.standard_normal(a.local_shape(shape)), a, shape)
+        y = parallel.DistTensor(rng.standard_normal(b.local_shape(shape)), b, shape)
         lhs = w.allreduce(float(np.sum(s.forward(x).local * y.local)))
         rhs = w.allreduce(float(np.sum(x.local * s.backward(y).local)))
         check_all(abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs)), f"{ga} -> {gb}: {lhs} != {rhs}")

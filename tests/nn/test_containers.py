@@ -7,7 +7,7 @@ import torch
 
 from hpcnn import models, nn
 
-from tests.nn.mirror import TorchResidual, TorchSkipConcat, copy_into_torch, torch_mirror
+from hpcnn.nn.torch_mirror import TorchResidual, TorchSkipConcat, copy_into_torch, torch_mirror
 from tests.oracle import assert_close, check_against_torch, seeded
 
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from hpcnn import nn
 
-from tests.nn.mirror import copy_into_torch, torch_pads
+from hpcnn.nn.torch_mirror import copy_into_torch, torch_pads
 from tests.oracle import assert_close, check_against_torch, seeded
 
 

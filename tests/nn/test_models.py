@@ -6,7 +6,7 @@ import torch
 from hpcnn import models, nn
 from hpcnn.train import SGD
 
-from tests.nn.mirror import copy_into_torch, torch_mirror, TORCH_DTYPE
+from hpcnn.nn.torch_mirror import copy_into_torch, torch_mirror, TORCH_DTYPE
 from tests.oracle import assert_close, seeded, to_torch
 
 

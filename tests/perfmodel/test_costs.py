@@ -4,9 +4,11 @@ import math
 
 import pytest
 
-from hpcnn.kernels.shapes import WindowGeometry
-from perfmodel.costs import (candidate_grids, grid_refusal, gradient_allreduce_time, layer_cost, shuffle_bytes,
-                             shuffle_time)
+from hpcnn.geometry import WindowGeometry
+from perfmodel.costs import layer_cost
+from perfmodel.grids import candidate_grids, grid_refusal
+from perfmodel.iteration import gradient_allreduce_time
+from perfmodel.shuffle import shuffle_bytes, shuffle_time
 from perfmodel.layers import LayerSpec
 from perfmodel.machine import MachineProfile
 
@@ -50,7 +52,7 @@ def test_conv_h_split_halo_by_hand(machine):
     ext, own = (5, 8), 4
     flops = 2 * 2 * 8 * 4 * 9 * (4 * 8)
     nbytes = 4 * (2 * 4 * 5 * 8 + 2 * 8 * 4 * 8 + 8 * 4 * 9)
-    # one split dimension: hpcnn.dist.DistConv's halo-row path adds a thin piece (the halo row in,
+    # one split dimension: hpcnn.parallel.conv.DistConv's halo-row path adds a thin piece (the halo row in,
     # the one output row it reaches out, full 3x3 window), and in backward adds its dw into dw
     piece = 2 * 2 * 8 * 4 * 9 * (1 * 8) * F + 4 * (2 * 4 * 1 * 8 + 2 * 8 * 1 * 8 + 8 * 4 * 9) * 1e-9
     add_dw = 288 * F + 2 * 288 * 4 * 1e-9

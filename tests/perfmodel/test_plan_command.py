@@ -1,10 +1,10 @@
-"""`hpcnn plan`: the table, the plan JSON that hpcnn.dist.Plan reads back, --explain, and clear errors."""
+"""`hpcnn plan`: the table, the plan JSON that hpcnn.parallel.Plan reads back, --explain, and clear errors."""
 import json
 
 import pytest
 
 from hpcnn.cli import main
-from hpcnn.dist.plan import Plan
+from hpcnn.plan import Plan
 from perfmodel.layers import iter_layers, model_chain
 from perfmodel.machine import MachineProfile
 

@@ -6,7 +6,9 @@ import time
 import pytest
 
 from hpcnn import nn
-from perfmodel.costs import block_extra_cost, candidate_grids, grid_refusal, layer_cost, shuffle_time
+from perfmodel.costs import block_extra_cost, layer_cost
+from perfmodel.grids import candidate_grids, grid_refusal
+from perfmodel.shuffle import shuffle_time
 from perfmodel.layers import Block, walk, model_chain, iter_layers
 from perfmodel.machine import MachineProfile, load_profile
 from perfmodel.planner import PlanError, plan_chain
@@ -46,7 +48,7 @@ def _slots(chain):
 
 
 class _Brute:
-    """Evaluates one full assignment of grids, the way hpcnn.dist runs it (see perfmodel.planner)."""
+    """Evaluates one full assignment of grids, the way hpcnn.parallel runs it (see perfmodel.planner)."""
 
     def __init__(self, machine):
         self.m = machine

@@ -18,13 +18,13 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "OPENBLAS
 FAILING_RANK = textwrap.dedent("""
     import sys
     from mpi4py import MPI
-    from hpcnn.train import trainer
-    real = trainer.Trainer._train_step
-    def step(self, idx, lr):
-        if MPI.COMM_WORLD.Get_rank() == 1 and self.step == 2:
+    from hpcnn.train import spatial, trainer
+    real = spatial.SpatialEngine.step
+    def step(self, t, idx, lr):
+        if MPI.COMM_WORLD.Get_rank() == 1 and t.step == 2:
             raise OSError("disk quota exceeded on node 7")
-        return real(self, idx, lr)
-    trainer.Trainer._train_step = step
+        return real(self, t, idx, lr)
+    spatial.SpatialEngine.step = step
     sys.exit(trainer.command("jobs/lenet-digits.toml", [f"logging.dir='{sys.argv[1]}'", "training.epochs=50"]))
 """)
 

@@ -1,4 +1,4 @@
-"""A plan: which process grid each layer runs on (a JSON file handed from the planner to the trainer).
+"""A plan: which process grid each layer runs on (data: a JSON file handed from the planner to the trainer, no MPI).
 
 Format (version 1), one JSON object:
 
@@ -17,7 +17,7 @@ Format (version 1), one JSON object:
       ]
     }
 
-Leaf layer names are those of `hpcnn.dist.model.leaf_layers(model)` (the prefixes of the
+Leaf layer names are those of `model.named_leaves()` (the prefixes of the
 parameter names, e.g. "layer1.0.residual.body.conv1"). Every grid has one entry for the batch
 and one per spatial dimension and multiplies to `ranks`. Where consecutive layers' grids differ,
 `distribute(model, plan=plan)` inserts a shuffle.
@@ -73,10 +73,9 @@ class Plan:
 
     def validate(self, model, ranks=None):
         """Refuse a plan for another rank count or naming layers the model does not have."""
-        from .model import leaf_layers
         if ranks is not None and ranks != self.ranks:
             raise ValueError(f"plan: written for {self.ranks} ranks ('ranks'), but the job has {ranks}")
-        names = {n for n, _ in leaf_layers(model)}
+        names = {n for n, _ in model.named_leaves()}
         unknown = sorted(set(self.layers) - names)
         if unknown:
             raise ValueError(f"plan: 'layers' names {unknown[:5]} which the model does not have; its layers are "

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from hpcnn.dist.distribution import block_range
-from hpcnn.dist.halo import window_input_range
-from hpcnn.kernels.shapes import window_output_size
+from hpcnn.geometry import block_range
+from hpcnn.geometry import window_input_range
+from hpcnn.geometry import window_output_size
 
 
 @pytest.mark.parametrize("size,parts", [(7, 3), (2, 4), (37, 4), (53, 6), (0, 2)])

@@ -1,21 +1,11 @@
-"""Halo geometry (per layer, per side, in one place) and the halo exchange with its adjoint.
+"""The halo exchange and its adjoint (the geometry it moves is `hpcnn.geometry`'s).
 
-Geometry. Every tensor is block-distributed over its own global size (`block_range`). A window
-layer (convolution or pooling: kernel R, stride s, dilation d, padding (lo, hi), all from
-`hpcnn.kernels.shapes.WindowGeometry`) assigns each rank the output block [o0, o1) of the
-output size; that block reads the input rows
-
-    [o0*s - lo,  (o1-1)*s - lo + d*(R-1) + 1)
-
-which are clipped to the image [0, S); the clipped parts become this rank's per-side padding,
-so boundary padding appears only at the global edges. The needed range minus the owned block
-[i0, i1) gives the halo widths (i0 - a, b - i1) per side; a negative width means the block's
-edge rows are not needed (strided layers) and are trimmed.
-
-Small and empty blocks are handled, not refused: the exchange along a dimension sends each rank
-of the line exactly the intersection of what it needs with what the sender owns, so a halo wider
-than the neighbouring block is assembled from several ranks, and an empty block sends and
-receives nothing (its layer computes an empty output).
+A window layer's output block reads the input rows `hpcnn.geometry.window_halo` gives (`need`),
+which may lie partly in other ranks' blocks (`own`). Small and empty blocks are handled, not
+refused: the exchange along a dimension sends each rank of the line exactly the intersection
+of what it needs with what the sender owns, so a halo wider than the neighbouring block is
+assembled from several ranks, and an empty block sends and receives nothing (its layer
+computes an empty output).
 
 Exchange. One spatial dimension at a time, non-blocking point-to-point; the buffer sent along a
 later dimension already includes the halos received along the earlier ones, so corners arrive
@@ -29,73 +19,18 @@ dx back to the rank that owns those rows, which adds it to its own block. This c
 than exchanging the halo of dy, is exact for every stride, dilation and pooling window, and
 needs no second copy of the forward geometry for the backward pass. `reverse_pieces_start/finish`
 is the same adjoint for a layer that holds only the gradient of its halo rows (thin pieces, one
-split dimension; see `DistConv`), so that no extended gradient block is ever allocated.
+split dimension; see `hpcnn.parallel.conv.DistConv`), so that no extended gradient block is ever
+allocated.
 
 Overlap. `start` posts the messages and returns; the caller computes what needs no halo (a
 convolution's owned block, with the halo rows counted as zero padding) and then calls `finish`
 or `wait_halo` (measured by `hpcnn bench halo`, overlap on/off).
 """
 import time
-from collections import namedtuple
 
 import numpy as np
 
-from . import comm as _comm
-
-__all__ = ["window_input_range", "AxisHalo", "window_halo", "upsample_halo", "HaloExchange"]
-
-AxisHalo = namedtuple("AxisHalo", "own need pad out")
-AxisHalo.__doc__ = """One block along one spatial dimension: owned input rows, needed input rows,
-padding (lo, hi) that stands in for rows outside the image, and the output block."""
-
-
-def window_input_range(o_lo, o_hi, size, kernel, stride, dilation, pad_lo):
-    """Input rows that outputs [o_lo, o_hi) of a window op read, clipped to [0, size).
-
-    Returns (a, b, pad_lo, pad_hi): rows [a, b) and the per-side padding that replaces the
-    clipped part, so that a window op with that padding on rows [a, b) yields o_hi - o_lo outputs.
-    """
-    if o_hi <= o_lo:
-        a = min(max(o_lo * stride - pad_lo, 0), size)
-        return a, a, 0, 0
-    start = o_lo * stride - pad_lo
-    stop = (o_hi - 1) * stride - pad_lo + dilation * (kernel - 1) + 1
-    a = min(max(start, 0), size)
-    b = max(min(stop, size), a)
-    return a, b, a - start, stop - b
-
-
-def window_halo(distribution, spatial, geometry):
-    """[[AxisHalo per grid coordinate] per spatial dim] of a window op on input spatial shape `spatial`."""
-    out_spatial = geometry.output_shape(spatial)
-    halo = []
-    for k, (size, osize) in enumerate(zip(spatial, out_spatial)):
-        own = distribution.axis_ranges(size, 1 + k)
-        outs = distribution.axis_ranges(osize, 1 + k)
-        axis = []
-        for c in range(len(own)):
-            a, b, plo, phi = window_input_range(outs[c][0], outs[c][1], size, geometry.kernel[k],
-                                                geometry.stride[k], geometry.dilation[k],
-                                                geometry.padding[k][0])
-            axis.append(AxisHalo(own[c], (a, b), (plo, phi), outs[c]))
-        halo.append(axis)
-    return halo
-
-
-def upsample_halo(distribution, spatial, scale):
-    """Like `window_halo` for nearest upsampling by integer factors `scale` (a tuple per dim)."""
-    halo = []
-    for k, (size, f) in enumerate(zip(spatial, scale)):
-        own = distribution.axis_ranges(size, 1 + k)
-        outs = distribution.axis_ranges(size * f, 1 + k)
-        axis = []
-        for c in range(len(own)):
-            o0, o1 = outs[c]
-            a, b = (o0 // f, (o1 - 1) // f + 1) if o1 > o0 else (min(o0 // f, size),) * 2
-            axis.append(AxisHalo(own[c], (a, b), (0, 0), outs[c]))
-        halo.append(axis)
-    return halo
-
+__all__ = ["HaloExchange"]
 
 def _intersect(r, s):
     lo, hi = max(r[0], s[0]), min(r[1], s[1])
@@ -105,7 +40,7 @@ def _intersect(r, s):
 class HaloExchange:
     """Moves a block of (N, C, *own) to the extended block (N, C, *need) and back (the adjoint).
 
-    halo: the output of `window_halo`/`upsample_halo`. Along a dimension that the grid does not
+    halo: the output of `hpcnn.geometry.window_halo` / `upsample_halo` for this grid. Along a dimension that the grid does not
     split, the extended block is a view (rows trimmed at most): no copy, no message.
     """
 
@@ -193,10 +128,10 @@ class HaloExchange:
         axis = 2 + k
         requests = []
         for rank, r, rbuf in recvs:
-            requests.append(_comm.irecv(self.d.comm, rbuf, rank, tag))
+            requests.append(self.d.comm.irecv(rbuf, rank, tag))
         for rank, r, sbuf in sends:
             sbuf[...] = buf[self._take(buf, axis, r)]
-            requests.append(_comm.isend(self.d.comm, sbuf, rank, tag))
+            requests.append(self.d.comm.isend(sbuf, rank, tag))
             self.bytes_sent += sbuf.nbytes
         return requests
 
@@ -212,7 +147,7 @@ class HaloExchange:
                 out[self._take(out, axis, dst_r)] += buf[self._take(buf, axis, src_r)]
             else:
                 out[self._take(out, axis, dst_r)] = buf[self._take(buf, axis, src_r)]
-        _comm.wait_all(requests)
+        self.d.comm.wait_all(requests)
         for rank, r, rbuf in recvs:
             if accumulate:
                 out[self._take(out, axis, r)] += rbuf
@@ -265,7 +200,7 @@ class HaloExchange:
         t0 = time.perf_counter()
         _, x, steps, requests = self._pending
         self._pending = None
-        _comm.wait_all(requests)
+        self.d.comm.wait_all(requests)
         self._halo_source = (x, steps[0])
         self._count(t0)
 
@@ -305,7 +240,7 @@ class HaloExchange:
         k, shape, sends, recvs, local, _ = steps[0]
         axis = 2 + k
         origin = self.mine[k].need[0]
-        requests = [_comm.irecv(self.d.comm, rbuf, rank, 31 + k) for rank, r, rbuf in recvs]
+        requests = [self.d.comm.irecv(rbuf, rank, 31 + k) for rank, r, rbuf in recvs]
         for rank, r, sbuf in sends:
             lo, hi = origin + r[0], origin + r[1]
             covered = 0
@@ -323,7 +258,7 @@ class HaloExchange:
                     if b > a:
                         sbuf[self._take(sbuf, axis, (a - lo, b - lo))] = \
                             piece[self._take(piece, axis, (a - first, b - first))]
-            requests.append(_comm.isend(self.d.comm, sbuf, rank, 31 + k))
+            requests.append(self.d.comm.isend(sbuf, rank, 31 + k))
             self.bytes_sent += sbuf.nbytes
         self._pending_pieces = (steps[0], requests)
         self._count(t0)
@@ -334,7 +269,7 @@ class HaloExchange:
         t0 = time.perf_counter()
         (k, shape, sends, recvs, local, _), requests = self._pending_pieces
         self._pending_pieces = None
-        _comm.wait_all(requests)
+        self.d.comm.wait_all(requests)
         axis = 2 + k
         for rank, r, rbuf in recvs:
             dx_own[self._take(dx_own, axis, r)] += rbuf
@@ -382,7 +317,7 @@ class HaloExchange:
     def _count(self, t0):
         dt = time.perf_counter() - t0
         self.seconds += dt
-        _comm.SECONDS["halo"] += dt
+        self.d.comm.clock.add("halo", dt)
 
     def start(self, x):
         """Post the first dimension's messages for x: (N, C, *own); finish() returns (N, C, *need)."""

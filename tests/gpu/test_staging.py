@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from hpcnn.dist import device_buffers as db
+from hpcnn.parallel import staging as db
 
 
 class _FakeMPI:

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from hpcnn import models
-from hpcnn.dist import Plan, leaf_layers
+from hpcnn.plan import Plan
 
 
 def test_round_trip(tmp_path):
@@ -35,7 +35,7 @@ def test_bad_plans_are_refused(data, message):
 
 def test_validate_against_model():
     model = models.build("meshnet", in_channels=2, widths=(4,), dilations=(1,))
-    names = [n for n, _ in leaf_layers(model)]
+    names = [n for n, _ in model.named_leaves()]
     assert names[0] == "block1.conv"
     Plan(2, (1, 2, 1), {names[0]: (2, 1, 1)}).validate(model, 2)
     with pytest.raises(ValueError, match="does not have"):

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from . import comm as _comm
+from .mpi import Communicator
 
 __all__ = ["GradientReducer"]
 
@@ -28,13 +28,14 @@ class _Bucket:
 
 
 class GradientReducer:
-    """Sums the gradients of `modules` (layers owning parameters, in forward order) over `comm`.
+    """Sums the gradients of `modules` (layers owning parameters, in forward order) over `comm` (a Communicator
+    or an mpi4py communicator).
 
     overlap=False starts every allreduce in finish() (for measuring what the overlap buys).
     """
 
     def __init__(self, comm, modules, bucket_bytes=1 << 22, overlap=True):
-        self.comm = comm
+        self.comm = comm = Communicator.of(comm)
         self.overlap = overlap
         self.buckets = []
         self.wait_seconds = 0.0
@@ -55,7 +56,7 @@ class GradientReducer:
         for b in self.buckets:
             for o in b.owners:
                 self._by_owner.setdefault(o, []).append(b)
-        self.active = comm.Get_size() > 1
+        self.active = comm.size > 1
 
     def begin(self):
         """Call before a backward pass."""
@@ -67,7 +68,7 @@ class GradientReducer:
     def _start(self, b):
         for module, key, offset, size, _ in b.entries:
             b.buffer[offset:offset + size] = module.grads[key].reshape(-1)
-        b.request = _comm.iallreduce_(self.comm, b.buffer)
+        b.request = self.comm.iallreduce_(b.buffer)
         b.started = True
 
     def ready(self, module):
@@ -79,7 +80,7 @@ class GradientReducer:
             if not b.pending and self.overlap and not b.started:
                 self._start(b)
         # let MPI progress the allreduces already in flight
-        _comm.test_all([b.request for b in self.buckets if b.request is not None])
+        self.comm.test_all([b.request for b in self.buckets if b.request is not None])
 
     def finish(self):
         """Complete every bucket and write the summed gradients back."""
@@ -90,10 +91,10 @@ class GradientReducer:
             if not b.started:
                 self._start(b)
         requests = [b.request for b in self.buckets if b.request is not None]
-        _comm.wait_all(requests)
+        self.comm.wait_all(requests)
         for b in self.buckets:
             for module, key, offset, size, shape in b.entries:
                 module.grads[key][...] = b.buffer[offset:offset + size].reshape(shape)
         dt = time.perf_counter() - t0
         self.wait_seconds += dt
-        _comm.SECONDS["gradient_allreduce"] += dt
+        self.comm.clock.add("gradient_allreduce", dt)

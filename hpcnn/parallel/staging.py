@@ -1,6 +1,6 @@
 """GPU arrays as MPI buffers: handed over as they are to CUDA-aware MPI, else staged through pinned host memory.
 
-hpcnn.dist.comm calls these around every MPI call; nothing else does. For numpy arrays every
+`hpcnn.parallel.mpi.Communicator` calls these around every MPI call; nothing else does. For numpy arrays every
 function is a no-op that returns the array itself.
 
     send = prepare_send(a)          # a buffer MPI may read (a itself, or a pinned host copy)

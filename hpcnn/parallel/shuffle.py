@@ -8,7 +8,6 @@ gradient is, like its activation, held whole by every replica).
 """
 import numpy as np
 
-from . import comm as _comm
 from .tensor import DistTensor
 
 __all__ = ["Shuffle", "shuffle"]
@@ -32,7 +31,7 @@ class Shuffle:
     """Moves tensors of `global_shape` from distribution `src` to `dst` (same communicator)."""
 
     def __init__(self, src, dst, global_shape):
-        if src.size != dst.size or src.comm.py2f() != dst.comm.py2f():
+        if src.size != dst.size or src.comm != dst.comm:
             raise ValueError(f"Shuffle: {src} and {dst} must share one communicator")
         if src.nd != dst.nd:
             raise ValueError(f"Shuffle: {src} and {dst} must have the same number of spatial dimensions")
@@ -70,7 +69,7 @@ class Shuffle:
 
     def forward(self, t):
         """t: DistTensor under `src` -> the same global tensor under `dst`."""
-        with _comm.counting("shuffle"):
+        with self.src.comm.clock.counting("shuffle"):
             return self._forward(t)
 
     def _forward(self, t):
@@ -88,7 +87,7 @@ class Shuffle:
                 send[offset:offset + n].reshape([hi - lo for lo, hi in box])[...] = \
                     t.local[self._local_index(box, self._src_origin)]
                 offset += n
-        _comm.alltoallv(self.src.comm, send, self.send_counts, recv, self.recv_counts)
+        self.src.comm.alltoallv(send, self.send_counts, recv, self.recv_counts)
         out = np.empty(self.dst.local_shape(self.global_shape), dtype)
         offset = 0
         for box, n in zip(self.recv_boxes, self.recv_counts):

@@ -1,32 +1,15 @@
-"""`distribute(model, d)` / `distribute(model, plan=plan)`: an nn model (or loss) as a distributed one."""
-from .. import nn
-from ..nn.activation import LeakyReLU, ReLU
-from ..nn.conv import _ConvNd
-from ..nn.norm import _BatchNormNd
-from ..nn.pool import _AvgPoolNd, _MaxPoolNd
-from . import comm as _comm
+"""`distribute(model, d)` / `distribute(model, plan=plan)`: an nn model (or loss) as a distributed one.
+
+Every module of the tree becomes the distributed form its layer kind names in the registry
+(`hpcnn.nn.registry`, field `distributed`), under the distribution of its grid.
+"""
+from ..nn import registry
 from .distribution import Distribution
-from .layers import (BN_STATS, DistAvgPool, DistBatchNorm, DistConv, DistCrossEntropyLoss, DistElementwise,
-                     DistFlatten, DistGlobalAvgPool, DistLinear, DistMaxPool, DistMSELoss, DistResidual,
-                     DistSequential, DistSkipConcat, DistUpsample)
+from .mpi import Communicator
+from .norm import BN_STATS
 from .reducer import GradientReducer
 
-__all__ = ["distribute", "DistModel", "leaf_layers"]
-
-_LEAVES = [(_ConvNd, DistConv), (_MaxPoolNd, DistMaxPool), (_AvgPoolNd, DistAvgPool),
-           (_BatchNormNd, DistBatchNorm), ((ReLU, LeakyReLU), DistElementwise), (nn.Upsample, DistUpsample),
-           (nn.GlobalAvgPool, DistGlobalAvgPool), (nn.Flatten, DistFlatten), (nn.Linear, DistLinear)]
-
-
-def leaf_layers(model, prefix=""):
-    """[(dotted name, layer)] of the layers that are not containers, in forward order."""
-    children = model.children()
-    if not children:
-        return [(prefix.rstrip(".") or "", model)]
-    out = []
-    for name, child in children:
-        out.extend(leaf_layers(child, prefix + name + "."))
-    return out
+__all__ = ["distribute", "DistModel"]
 
 
 class _Context:
@@ -92,30 +75,15 @@ class DistModel:
 
     def halo_exchanges(self):
         """Every HaloExchange built so far (for byte counts)."""
-        out = []
-        for m in self.root.modules():
-            out.extend(getattr(m, "_exchanges", {}).values())
-        return out
+        return [ex for m in self.root.modules() for ex in m.exchanges.values()]
 
 
-def _wrap(layer, name, grid_of, comm, context):
-    d = grid_of(name)
-    if isinstance(layer, nn.Sequential):
-        children = [_wrap(child, f"{name}.{cname}" if name else cname, grid_of, comm, context)
-                    for cname, child in layer.children()]
-        return DistSequential(layer, d, context, children)
-    if isinstance(layer, nn.Residual):
-        body = _wrap(layer.body, f"{name}.body" if name else "body", grid_of, comm, context)
-        shortcut = None if layer.shortcut is None else \
-            _wrap(layer.shortcut, f"{name}.shortcut" if name else "shortcut", grid_of, comm, context)
-        return DistResidual(layer, d, context, body, shortcut)
-    if isinstance(layer, nn.SkipConcat):
-        inner = _wrap(layer.inner, f"{name}.inner" if name else "inner", grid_of, comm, context)
-        return DistSkipConcat(layer, d, context, inner)
-    for kind, wrapper in _LEAVES:
-        if isinstance(layer, kind):
-            return wrapper(layer, d, context)
-    raise ValueError(f"distribute: no distributed version of layer {name or '(root)'}: {layer.describe()}")
+def _wrap(layer, name, grid_of, context):
+    """The distributed form of `layer` (named `name` in the model) and, recursively, of its children."""
+    form = registry.kind_of(layer).resolve("distributed")
+    children = [_wrap(child, f"{name}.{cname}" if name else cname, grid_of, context)
+                for cname, child in layer.children()]
+    return form(layer, grid_of(name), context, name, children)
 
 
 def distribute(model, d=None, plan=None, overlap=True, bn_stats="global", bucket_bytes=1 << 22,
@@ -137,18 +105,17 @@ def distribute(model, d=None, plan=None, overlap=True, bn_stats="global", bucket
         def grid_of(name):
             return d
     else:
-        comm = comm or _comm.world()
-        plan.validate(model, comm.Get_size())
+        comm = Communicator.world() if comm is None else Communicator.of(comm)
+        plan.validate(model, comm.size)
         # every distribution is made up front, in the same order on every rank (Split is collective)
         by_grid = {grid: Distribution(comm, grid) for grid in plan.grids()}
 
         def grid_of(name):
             return by_grid[plan.grid_for(name)]
-    if isinstance(model, nn.CrossEntropyLoss):
-        return DistCrossEntropyLoss(model, grid_of(""))
-    if isinstance(model, nn.MSELoss):
-        return DistMSELoss(model, grid_of(""))
+    kind = registry.kind_of(model)
+    if kind.role == "loss":
+        return kind.resolve("distributed")(model, grid_of(""))
     context = _Context(overlap, bn_stats)
-    root = _wrap(model, "", grid_of, comm, context)
+    root = _wrap(model, "", grid_of, context)
     return DistModel(model, root, context, comm, bucket_bytes, overlap_allreduce)
 

@@ -1,8 +1,6 @@
 """DistTensor (a rank's block of a global array) with scatter and gather."""
 import numpy as np
 
-from . import comm as _comm
-
 __all__ = ["DistTensor", "scatter", "gather"]
 
 
@@ -61,7 +59,7 @@ def gather(t):
     shapes = [tuple(b - a for a, b in d.ranges_at(shape, d_coords)) for d_coords in _all_coords(d)]
     counts = [int(np.prod(s)) for s in shapes]
     recv = np.empty(sum(counts), dtype=t.local.dtype)
-    _comm.allgatherv(d.comm, np.ascontiguousarray(t.local).reshape(-1), recv, counts)
+    d.comm.allgatherv(np.ascontiguousarray(t.local).reshape(-1), recv, counts)
     out = np.empty(shape, dtype=t.local.dtype)
     offset = 0
     for coords, s, n in zip(_all_coords(d), shapes, counts):

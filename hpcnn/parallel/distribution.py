@@ -4,7 +4,7 @@ A `Distribution` places the ranks of a communicator on a grid whose first entry 
 batch and whose other entries split the spatial dimensions; channels are never split. Every
 tensor is block-distributed over *its own* global shape by the same rule (`block_range`): a
 strided layer's output is split over the output size, and each rank fetches the input rows
-its output block needs (see `hpcnn.dist.halo`).
+its output block needs (see `hpcnn.geometry` and `hpcnn.parallel.halo`).
 
 Which axes of a tensor the grid splits depends on its rank (`nd` = number of spatial dims):
   (N, C, *S)  -> N by grid[0], S by grid[1:]            activations
@@ -14,17 +14,10 @@ Which axes of a tensor the grid splits depends on its rank (`nd` = number of spa
 """
 import numpy as np
 
-from . import comm as _comm
+from ..geometry import block_range
+from .mpi import Communicator
 
-__all__ = ["block_range", "Distribution"]
-
-
-def block_range(size, parts, index):
-    """[start, stop) of block `index` when `size` items go to `parts` blocks; the first size % parts get one more."""
-    base, extra = divmod(size, parts)
-    start = index * base + min(index, extra)
-    return start, start + base + (1 if index < extra else 0)
-
+__all__ = ["Distribution"]
 
 # Sub-communicators are collective to create: one set per (communicator, grid), made once.
 _groups = {}
@@ -33,33 +26,35 @@ _groups = {}
 class Distribution:
     """Ranks of `comm` on `grid` = (Pn, Ph, Pw) or (Pn, Pd, Ph, Pw), in C order (last entry fastest).
 
-    Attributes: comm, grid, nd (spatial dims), rank, size, coords (this rank's grid coordinates),
+    comm: an mpi4py communicator or an hpcnn.parallel.mpi.Communicator. Attributes: comm (the
+    Communicator), grid, nd (spatial dims), rank, size, coords (this rank's grid coordinates),
     spatial_comm (ranks holding the same samples: same coords[0]), sample_comm (ranks holding
-    the same spatial block of different samples: same coords[1:]).
+    the same spatial block of different samples: same coords[1:]); both are Communicators
+    sharing comm's clock.
     """
 
     def __init__(self, comm, grid):
+        comm = Communicator.of(comm)
         grid = tuple(int(g) for g in grid)
         if len(grid) not in (3, 4):
             raise ValueError(f"Distribution: grid must be (N, H, W) or (N, D, H, W), received {grid}")
         if any(g < 1 for g in grid):
             raise ValueError(f"Distribution: every grid entry must be at least 1, received {grid}")
-        size = comm.Get_size()
+        size = comm.size
         if int(np.prod(grid)) != size:
             raise ValueError(f"Distribution: grid {grid} has {int(np.prod(grid))} places but the "
                              f"communicator has {size} ranks")
         self.comm = comm
         self.grid = grid
         self.nd = len(grid) - 1
-        self.rank = comm.Get_rank()
+        self.rank = comm.rank
         self.size = size
         self.coords = tuple(int(c) for c in np.unravel_index(self.rank, grid))
-        key = (comm.py2f(), grid)
+        key = (comm.handle, id(comm) if comm.handle is None else None, grid)
         if key not in _groups:
             spatial_color = self.coords[0]
             sample_color = int(np.ravel_multi_index(self.coords[1:], grid[1:]))
-            _groups[key] = (_comm.split(comm, spatial_color, self.rank),
-                            _comm.split(comm, sample_color, self.rank))
+            _groups[key] = (comm.split(spatial_color, self.rank), comm.split(sample_color, self.rank))
         self.spatial_comm, self.sample_comm = _groups[key]
 
     # --- the grid ---------------------------------------------------------------------------
@@ -128,11 +123,10 @@ class Distribution:
         return [block_range(size, self.grid[grid_axis], c) for c in range(self.grid[grid_axis])]
 
     def __eq__(self, other):
-        return (isinstance(other, Distribution) and self.grid == other.grid
-                and self.comm.py2f() == other.comm.py2f())
+        return isinstance(other, Distribution) and self.grid == other.grid and self.comm == other.comm
 
     def __hash__(self):
-        return hash((self.grid, self.comm.py2f()))
+        return hash((self.grid, self.comm.handle))
 
     def __repr__(self):
         return f"Distribution(grid={self.grid}, ranks={self.size})"

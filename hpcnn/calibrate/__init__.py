@@ -1,0 +1,155 @@
+"""`hpcnn calibrate`: the microbenchmarks that measure a machine profile: kernels over sampled shapes, ping-pong, allreduce, all-to-all.
+
+Run on every rank of a Communicator (`mpiexec -n P hpcnn calibrate -o PROFILE.json`). Kernels are
+timed on rank 0 alone while the others wait (the fit), and, with P > 1, every few shapes with
+every rank running the same kernel at once: the median ratio is the profile's
+`concurrency_slowdown` (cores of one node share memory bandwidth). Each kernel model is fitted by
+non-negative least squares on relative error (t = fixed + flops*a + bytes*b [+ lowered*c]
+[+ thin*d] [+ weights*e]) and keeps its samples as a table for the local correction (see `perfmodel.machine`).
+The fit rejects inflated samples (`fit_robust`): on a machine whose cores are shared, a timed
+call whose process was descheduled reads whole scheduler time slices (4, 8, 16 ... ms) instead of
+its kernel time; such a sample is marked ``"outlier": true`` in the table and ignored by the fit
+and the correction. `refit_profile` redoes the fits of a stored profile from its tables. Point-to-point:
+ping-pong between ranks 0 and 1 (alpha = half the small-message round trip, beta from the
+large-message slope); allreduce and all-to-all: sweeps over sizes at P ranks, kept as measured
+tables. With one rank there are no messages to time: the links are then estimated from the
+memory-copy bandwidth and say so in their source. Layer calls (`measure_layer_calls`): every
+layer kind's distributed layer is timed on one rank, forward and backward, on a tiny and a large
+shape; what the kernel models do not explain is the per-call term of the profile (see
+`perfmodel.machine`).
+"""
+import os
+import platform
+import socket
+import time
+
+import numpy as np
+
+from perfmodel.fit import FEATURES, fit_robust
+from perfmodel.machine import FORMAT, OPERATIONS, VERSION, MachineProfile
+
+from .kernels import kernel_phase, sample_shapes
+from .layers import GLIBC_MMAP_SOURCE, measure_fresh_memory, measure_layer_calls
+from .network import pingpong as measure_pingpong, sweep
+
+__all__ = ["calibrate", "sample_shapes", "measure_layer_calls", "measure_fresh_memory"]
+
+
+def _rng(seed):
+    return np.random.default_rng(seed)
+
+
+def _progress(total, enabled, desc):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="s", bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
+
+
+def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None):
+    """Measure this machine on every rank of `comm`; returns a MachineProfile (only rank 0's is complete)."""
+    if quick:
+        budget = min(budget, 120.0)
+    rank, size = comm.rank, comm.size
+    t_start = time.perf_counter()
+    when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    host = socket.gethostname()
+    hosts = comm.allgather_object(host)
+    rng = _rng(seed + 0)
+    bar = _progress(round(budget), progress and rank == 0, "hpcnn calibrate")
+    kernel_budget = budget * (0.8 if size > 1 else 0.95)
+    tables, slowdown = kernel_phase(comm, kernel_budget, rng, bar)
+
+    comm_budget_start = time.perf_counter()
+    max_bytes = 1 << (22 if quick else 25)
+    sizes = [8 << (2 * i) for i in range(12) if (8 << (2 * i)) <= max_bytes]
+    pingpong = measure_pingpong(comm, sizes) if size > 1 else []
+    allreduce = sweep(comm, sizes, "allreduce") if size > 1 else []
+    alltoall = sweep(comm, [s * size for s in sizes], "alltoall") if size > 1 else []
+    if bar is not None:
+        bar.update(max(bar.total - bar.n, 0))
+        bar.close()
+
+    src = "measured"
+    cpu = platform.processor() or platform.machine()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    sources = {src: f"measured on {host} ({cpu}, {os.cpu_count()} cores) at {when} by `hpcnn calibrate` with "
+                    f"{size} rank(s), float32, one thread per rank; budget {budget:.0f} s; 1-minute load average "
+                    f"{load:.1f} at the end (a load above the core count means other processes shared the cores "
+                    f"and the times are inflated and noisy: rerun on a quiet machine)"}
+    compute = {}
+    for op in OPERATIONS:
+        names = FEATURES[op]
+        coef, rms, med, outlier = fit_robust(tables[op], names)
+        compute[op] = {
+            "form": "linear", "source": src,
+            "coef": {k: {"value": v, "source": src} for k, v in coef.items()},
+            "fit": {"samples": len(tables[op]), "rejected": int(sum(outlier)), "relative_rms": rms,
+                    "median_abs_relative": med},
+            "table": {"source": src, "rows": [
+                {"dims": list(f["dims"]), "flops": f["flops"], "bytes": f["bytes"],
+                 **({k: f[k] for k in ("lowered", "thin", "weights") if k in f}), "seconds": t,
+                 **({"outlier": True} if bad else {})}
+                for (f, t), bad in zip(tables[op], outlier)]},
+        }
+    copy_per_byte = compute["copy"]["coef"]["bytes"]["value"] or 1e-10
+    if pingpong:
+        small = [t for b, t in pingpong if b <= 1024]
+        alpha = float(np.median(small))
+        big = [(b, t) for b, t in pingpong if b >= 1 << 16]
+        beta = float(np.polyfit([b for b, _ in big], [t for _, t in big], 1)[0]) if len(big) >= 2 else copy_per_byte
+        beta = max(beta, 1e-13)
+        link_src = src
+    else:
+        alpha, beta = 1e-6, copy_per_byte
+        link_src = "estimated"
+        sources[link_src] = ("estimated on one rank (no messages to time): beta = the measured memory-copy time per "
+                             "byte, alpha = 1 microsecond (assumed); rerun with mpiexec -n 2 to measure")
+    sources["no-second-node"] = ("this calibration ran on one node: the between-node link is copied from the "
+                                 "same-node one (rerun `hpcnn calibrate` across nodes to measure it)")
+    gamma = compute["elementwise"]["coef"]["bytes"]["value"]
+    mem_total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    ranks_here = max(hosts.count(host), 1)
+    per_node = max(os.cpu_count() or 1, ranks_here)
+    doc = {
+        "format": FORMAT, "version": VERSION,
+        "name": name or f"{host}-cpu",
+        "description": f"CPU node {host}: {per_node} cores, one rank per core, numpy + numba kernels, MPI over shared "
+                       f"memory; measured by hpcnn calibrate",
+        "backend": "cpu", "dtype": "float32",
+        "sources": sources,
+        "ranks_per_node": {"value": per_node, "source": src},
+        "memory_per_rank": {"value": float(mem_total // per_node), "source": src},
+        "concurrency_slowdown": {"value": slowdown, "source": src},
+        "compute": compute,
+        "links": {"intra_node": {"alpha": {"value": alpha, "source": link_src},
+                                 "beta": {"value": beta, "source": link_src},
+                                 "pingpong": {"source": link_src, "rows": [[b, t] for b, t in pingpong]}},
+                  "inter_node": {"alpha": {"value": alpha, "source": "no-second-node"},
+                                 "beta": {"value": beta, "source": "no-second-node"}}},
+        "collectives": {
+            "allreduce": {"gamma": {"value": gamma, "source": src},
+                          "small_bytes": {"value": 2048, "source": "mpich-defaults"},
+                          "ring_bytes": {"value": 1 << 20, "source": "mpich-defaults"},
+                          "measured": {"source": src, "ranks": {str(size): [[b, t] for b, t in allreduce]}
+                                       if allreduce else {}}},
+            "alltoall": {"small_bytes": {"value": 256, "source": "mpich-defaults"},
+                         "measured": {"source": src, "ranks": {str(size): [[b, t] for b, t in alltoall]}
+                                      if alltoall else {}}},
+        },
+        "overlap": {"gradient_allreduce": {"value": 0.0, "source": "cpu-overlap"},
+                    "halo": {"value": 0.0, "source": "cpu-overlap"}},
+    }
+    sources["mpich-defaults"] = ("MPICH's default algorithm thresholds (MPIR_CVAR_ALLREDUCE_SHORT_MSG_SIZE = 2048, "
+                                 "MPIR_CVAR_ALLTOALL_SHORT_MSG_SIZE = 256 bytes); used only for rank counts "
+                                 "without a measured sweep")
+    sources["cpu-overlap"] = ("assumption of hpcnn: on CPU ranks without an MPI progress thread, non-blocking "
+                              "messages advance only inside MPI calls, so no overlap is counted")
+    sources["glibc-mmap-threshold"] = GLIBC_MMAP_SOURCE
+    doc["fresh_memory"] = measure_fresh_memory(src)
+    doc["layer_calls"] = measure_layer_calls(comm, MachineProfile(doc), src)
+    doc["calibration_seconds"] = {"value": time.perf_counter() - t_start, "source": src}
+    return MachineProfile(doc)

@@ -1,0 +1,416 @@
+"""The fused CHAOS step's numba kernels: forward, backward and the per-layer SGD update of a chunk of mini-batches.
+
+Per-sample work on small images (8x8 digits) is a few microseconds per layer, less than the
+Python glue of a layer call; with several threads that glue runs under the GIL and serializes
+them. The fused step runs forward, backward and the per-layer SGD update of a whole chunk of
+mini-batches inside one `@numba.njit(nogil=True)` call, so a worker holds the GIL only to take
+the next chunk from the shared counter.
+
+Memory layout
+-------------
+* `params`, `velocity`: one flat array each, shared by every worker (the weights the workers
+  update without a lock). Parameter tensor `j` occupies `params[offset[j]:offset[j] + size[j]]`
+  in the fused layout (convolution weights (R, S, C, K), linear weights (I, O), channels last;
+  `hpcnn.chaos.fused.FusedNetwork.to_fused` converts from PyTorch's).
+* per worker: `act`/`dact` (activations and their gradients, every layer's output for the whole
+  mini-batch), `grad` (the parameter gradients of one step, same layout as `params`) and `argmax`
+  (max-pooling switches). Nothing a worker writes in these is seen by another.
+
+The layer table (`LAYER_COLUMNS`) holds one row of int64 per layer; a Flatten shares its input's
+slot and needs no row. The layers with a fused op are those whose registry entry names one
+(`hpcnn.chaos.ops`); the loss is softmax cross-entropy over class labels.
+
+The update is PyTorch's SGD (weight decay, momentum with dampening, Nesterov), applied to a
+layer's parameters right after that layer's backward step, as `hpcnn.train.optim.SGD.step_param`
+does for the layer-by-layer engine; `tests/chaos` checks that the two agree.
+"""
+import numba
+import numpy as np
+
+__all__ = ["LAYER_COLUMNS", "OP_CONV", "OP_LINEAR", "OP_RELU", "OP_LEAKY_RELU", "OP_MAXPOOL",
+           "OP_AVGPOOL", "OP_GLOBAL_AVGPOOL", "train_chunk", "predict"]
+
+OP_CONV, OP_LINEAR, OP_RELU, OP_LEAKY_RELU, OP_MAXPOOL, OP_AVGPOOL, OP_GLOBAL_AVGPOOL = range(7)
+
+# One row per layer. Shapes are per sample; a slot holds `batch` samples back to back.
+LAYER_COLUMNS = (
+    "op", "in_off", "out_off", "in_c", "in_h", "in_w", "out_c", "out_h", "out_w",
+    "w_param", "b_param",          # parameter tensor indices (-1: none)
+    "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw",
+    "aux_off",                     # max-pooling switches: offset into the worker's argmax buffer
+    "need_dx",                     # 0 for the first layer: its input gradient is never used
+)
+(_OP, _IN, _OUT, _IC, _IH, _IW, _OC, _OH, _OW, _WP, _BP,
+ _KH, _KW, _SH, _SW, _PH, _PW, _DH, _DW, _AUX, _NEED_DX) = range(len(LAYER_COLUMNS))
+
+
+# fastmath without 'nnan'/'ninf': reductions over channels may be reordered (and so vectorized), while
+# max-pooling still sees -inf correctly.
+_FAST = {"reassoc", "contract", "nsz", "arcp"}
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+def _conv_forward(x, w, b, y, sh, sw, ph, pw, dh, dw):
+    # x: (H, W, C), w: (R, S, C, K), b: (K,) or empty, y: (OH, OW, K); channels last so that the
+    # innermost loop runs over K contiguous output channels.
+    R, S, C, K = w.shape
+    H, W = x.shape[0], x.shape[1]
+    OH, OW = y.shape[0], y.shape[1]
+    for oh in range(OH):
+        for ow in range(OW):
+            yv = y[oh, ow]
+            if b.shape[0] > 0:
+                yv[:] = b
+            else:
+                yv[:] = 0.0
+            for r in range(R):
+                ih = oh * sh - ph + r * dh
+                if ih < 0 or ih >= H:
+                    continue
+                for s in range(S):
+                    iw = ow * sw - pw + s * dw
+                    if iw < 0 or iw >= W:
+                        continue
+                    for c in range(C):
+                        xv = x[ih, iw, c]
+                        if xv == 0.0:      # after ReLU about half the inputs are zero
+                            continue
+                        wv = w[r, s, c]
+                        for k in range(K):
+                            yv[k] += xv * wv[k]
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+def _conv_backward(x, w, dy, dx, gw, gb, need_dx, sh, sw, ph, pw, dh, dw):
+    # accumulates gw: (R, S, C, K) and gb: (K,); writes dx: (H, W, C) when need_dx
+    R, S, C, K = w.shape
+    H, W = x.shape[0], x.shape[1]
+    OH, OW = dy.shape[0], dy.shape[1]
+    if need_dx:
+        dx[...] = 0.0
+    for oh in range(OH):
+        for ow in range(OW):
+            g = dy[oh, ow]
+            if gb.shape[0] > 0:
+                gb += g
+            for r in range(R):
+                ih = oh * sh - ph + r * dh
+                if ih < 0 or ih >= H:
+                    continue
+                for s in range(S):
+                    iw = ow * sw - pw + s * dw
+                    if iw < 0 or iw >= W:
+                        continue
+                    for c in range(C):
+                        xv = x[ih, iw, c]
+                        wv = w[r, s, c]
+                        gv = gw[r, s, c]
+                        if xv != 0.0:
+                            for k in range(K):
+                                gv[k] += xv * g[k]
+                        if need_dx:
+                            acc = 0.0
+                            for k in range(K):
+                                acc += wv[k] * g[k]
+                            dx[ih, iw, c] += acc
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+def _linear_forward(x, w, b, y):
+    # x: (I,), w: (I, O) (the transpose of PyTorch's), b: (O,) or empty, y: (O,)
+    if b.shape[0] > 0:
+        y[:] = b
+    else:
+        y[:] = 0.0
+    for i in range(w.shape[0]):
+        xv = x[i]
+        if xv != 0.0:
+            wv = w[i]
+            for o in range(w.shape[1]):
+                y[o] += xv * wv[o]
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+def _linear_backward(x, w, dy, dx, gw, gb, need_dx):
+    if gb.shape[0] > 0:
+        gb += dy
+    for i in range(w.shape[0]):
+        xv = x[i]
+        if xv != 0.0:
+            gv = gw[i]
+            for o in range(w.shape[1]):
+                gv[o] += xv * dy[o]
+        if need_dx:
+            wv = w[i]
+            acc = 0.0
+            for o in range(w.shape[1]):
+                acc += wv[o] * dy[o]
+            dx[i] = acc
+
+
+@numba.njit(cache=True, nogil=True)
+def _pool_forward(x, y, arg, is_max, kh, kw, sh, sw, ph, pw):
+    # x: (H, W, C), y: (OH, OW, C), arg: (OH, OW, C) flat input index of the max (max pooling)
+    H, W, C = x.shape
+    OH, OW = y.shape[0], y.shape[1]
+    inv = 1.0 / (kh * kw)
+    for oh in range(OH):
+        for ow in range(OW):
+            for c in range(C):
+                y[oh, ow, c] = -np.inf if is_max else 0.0
+                arg[oh, ow, c] = -1
+            for r in range(kh):
+                ih = oh * sh - ph + r
+                if ih < 0 or ih >= H:
+                    continue
+                for s in range(kw):
+                    iw = ow * sw - pw + s
+                    if iw < 0 or iw >= W:
+                        continue
+                    for c in range(C):
+                        v = x[ih, iw, c]
+                        if is_max:
+                            if v > y[oh, ow, c]:
+                                y[oh, ow, c] = v
+                                arg[oh, ow, c] = (ih * W + iw) * C + c
+                        else:
+                            y[oh, ow, c] += v
+            if not is_max:
+                for c in range(C):
+                    y[oh, ow, c] *= inv
+
+
+@numba.njit(cache=True, nogil=True)
+def _pool_backward(dy, dx, arg, is_max, kh, kw, sh, sw, ph, pw):
+    H, W, C = dx.shape
+    OH, OW = dy.shape[0], dy.shape[1]
+    dx[...] = 0.0
+    flat = dx.reshape(H * W * C)
+    inv = 1.0 / (kh * kw)
+    for oh in range(OH):
+        for ow in range(OW):
+            if is_max:
+                for c in range(C):
+                    where = arg[oh, ow, c]
+                    if where >= 0:
+                        flat[where] += dy[oh, ow, c]
+                continue
+            for r in range(kh):
+                ih = oh * sh - ph + r
+                if ih < 0 or ih >= H:
+                    continue
+                for s in range(kw):
+                    iw = ow * sw - pw + s
+                    if 0 <= iw < W:
+                        for c in range(C):
+                            dx[ih, iw, c] += dy[oh, ow, c] * inv
+
+
+@numba.njit(cache=True, nogil=True)
+def _sgd_update(p, g, v, started, lr, momentum, dampening, weight_decay, nesterov):
+    """PyTorch's SGD on one parameter tensor (flat views); returns True (the momentum buffer exists)."""
+    for i in range(p.shape[0]):
+        d = g[i]
+        if weight_decay != 0.0:
+            d += weight_decay * p[i]
+        if momentum != 0.0:
+            if started:
+                v[i] = momentum * v[i] + (1.0 - dampening) * d
+            else:
+                v[i] = d
+            if nesterov:
+                d = d + momentum * v[i]
+            else:
+                d = v[i]
+        p[i] -= lr * d
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _forward_sample(layers, slopes, params, p_off, p_shape, act, argmax, n, b):
+    """Forward of sample b of a batch of n through every layer (slots of act hold n samples)."""
+    for li in range(layers.shape[0]):
+        row = layers[li]
+        op = row[_OP]
+        in_size = row[_IC] * row[_IH] * row[_IW]
+        out_size = row[_OC] * row[_OH] * row[_OW]
+        x = act[row[_IN] + b * in_size: row[_IN] + (b + 1) * in_size]
+        y = act[row[_OUT] + b * out_size: row[_OUT] + (b + 1) * out_size]
+        if op == OP_CONV or op == OP_LINEAR:
+            wj = row[_WP]
+            w = params[p_off[wj]: p_off[wj + 1]]
+            bj = row[_BP]
+            bias = params[p_off[bj]: p_off[bj + 1]] if bj >= 0 else params[0:0]
+            if op == OP_CONV:
+                _conv_forward(x.reshape((row[_IH], row[_IW], row[_IC])),
+                              w.reshape((p_shape[wj, 0], p_shape[wj, 1], p_shape[wj, 2], p_shape[wj, 3])),
+                              bias, y.reshape((row[_OH], row[_OW], row[_OC])),
+                              row[_SH], row[_SW], row[_PH], row[_PW], row[_DH], row[_DW])
+            else:
+                _linear_forward(x, w.reshape((p_shape[wj, 0], p_shape[wj, 1])), bias, y)
+        elif op == OP_RELU:
+            for i in range(in_size):
+                y[i] = x[i] if x[i] > 0 else 0.0
+        elif op == OP_LEAKY_RELU:
+            slope = slopes[li]
+            for i in range(in_size):
+                y[i] = x[i] if x[i] > 0 else x[i] * slope
+        elif op == OP_MAXPOOL or op == OP_AVGPOOL:
+            arg = argmax[row[_AUX] + b * out_size: row[_AUX] + (b + 1) * out_size]
+            _pool_forward(x.reshape((row[_IH], row[_IW], row[_IC])),
+                          y.reshape((row[_OH], row[_OW], row[_OC])),
+                          arg.reshape((row[_OH], row[_OW], row[_OC])), op == OP_MAXPOOL,
+                          row[_KH], row[_KW], row[_SH], row[_SW], row[_PH], row[_PW])
+        elif op == OP_GLOBAL_AVGPOOL:
+            spatial = row[_IH] * row[_IW]
+            C = row[_IC]
+            y[:] = 0.0
+            for i in range(spatial):
+                for c in range(C):
+                    y[c] += x[i * C + c]
+            for c in range(C):
+                y[c] /= spatial
+
+
+@numba.njit(cache=True, nogil=True)
+def _backward_layer(li, layers, slopes, params, p_off, p_shape, act, dact, grad, argmax, n):
+    """Backward of layer li over the n samples of the batch: dact of its input, grad of its parameters."""
+    row = layers[li]
+    op = row[_OP]
+    in_size = row[_IC] * row[_IH] * row[_IW]
+    out_size = row[_OC] * row[_OH] * row[_OW]
+    need_dx = row[_NEED_DX] != 0
+    wj = row[_WP]
+    bj = row[_BP]
+    w = params[0:0]
+    gw = grad[0:0]
+    gb = grad[0:0]
+    if wj >= 0:
+        w = params[p_off[wj]: p_off[wj + 1]]
+        gw = grad[p_off[wj]: p_off[wj + 1]]
+        gw[:] = 0.0
+    if bj >= 0:
+        gb = grad[p_off[bj]: p_off[bj + 1]]
+        gb[:] = 0.0
+    for b in range(n):
+        x = act[row[_IN] + b * in_size: row[_IN] + (b + 1) * in_size]
+        y = act[row[_OUT] + b * out_size: row[_OUT] + (b + 1) * out_size]
+        dx = dact[row[_IN] + b * in_size: row[_IN] + (b + 1) * in_size]
+        dy = dact[row[_OUT] + b * out_size: row[_OUT] + (b + 1) * out_size]
+        if op == OP_CONV:
+            _conv_backward(x.reshape((row[_IH], row[_IW], row[_IC])),
+                           w.reshape((p_shape[wj, 0], p_shape[wj, 1], p_shape[wj, 2], p_shape[wj, 3])),
+                           dy.reshape((row[_OH], row[_OW], row[_OC])),
+                           dx.reshape((row[_IH], row[_IW], row[_IC])),
+                           gw.reshape((p_shape[wj, 0], p_shape[wj, 1], p_shape[wj, 2], p_shape[wj, 3])),
+                           gb, need_dx, row[_SH], row[_SW], row[_PH], row[_PW], row[_DH], row[_DW])
+        elif op == OP_LINEAR:
+            _linear_backward(x, w.reshape((p_shape[wj, 0], p_shape[wj, 1])), dy, dx,
+                             gw.reshape((p_shape[wj, 0], p_shape[wj, 1])), gb, need_dx)
+        elif not need_dx:
+            continue
+        elif op == OP_RELU:
+            for i in range(in_size):
+                dx[i] = dy[i] if y[i] > 0 else 0.0
+        elif op == OP_LEAKY_RELU:
+            slope = slopes[li]
+            for i in range(in_size):
+                dx[i] = dy[i] if x[i] > 0 else dy[i] * slope
+        elif op == OP_MAXPOOL or op == OP_AVGPOOL:
+            arg = argmax[row[_AUX] + b * out_size: row[_AUX] + (b + 1) * out_size]
+            _pool_backward(dy.reshape((row[_OH], row[_OW], row[_OC])),
+                           dx.reshape((row[_IH], row[_IW], row[_IC])),
+                           arg.reshape((row[_OH], row[_OW], row[_OC])), op == OP_MAXPOOL,
+                           row[_KH], row[_KW], row[_SH], row[_SW], row[_PH], row[_PW])
+        elif op == OP_GLOBAL_AVGPOOL:
+            spatial = row[_IH] * row[_IW]
+            C = row[_IC]
+            for i in range(spatial):
+                for c in range(C):
+                    dx[i * C + c] = dy[c] / spatial
+
+
+@numba.njit(cache=True, nogil=True)
+def _cross_entropy(logits, label, dlogits, scale):
+    """Loss of one sample; dlogits = scale * (softmax - onehot). Returns (loss, predicted class)."""
+    K = logits.shape[0]
+    m = logits[0]
+    best = 0
+    for k in range(1, K):
+        if logits[k] > m:
+            m = logits[k]
+            best = k
+    total = 0.0
+    for k in range(K):
+        total += np.exp(logits[k] - m)
+    log_total = np.log(total)
+    for k in range(K):
+        p = np.exp(logits[k] - m - log_total)
+        dlogits[k] = scale * (p - 1.0) if k == label else scale * p
+    return -(logits[label] - m - log_total), best
+
+
+@numba.njit(cache=True, nogil=True)
+def train_chunk(layers, slopes, params, velocity, started, p_off, p_shape, act, dact, grad, argmax,
+                x, labels, order, batch, first_batch, n_batches, lrs, momentum, dampening,
+                weight_decay, nesterov):
+    """Train on mini-batches first_batch .. first_batch + n_batches - 1 of one epoch.
+
+    x: (N, H, W, C) training images (channels last, see FusedNetwork.prepare_inputs), labels: (N,) int64, order: (N,) this epoch's sample order;
+    mini-batch j is order[j*batch : (j+1)*batch] (the last one may be shorter); lrs[i] is the
+    learning rate of the chunk's i-th step. Each layer's parameters are updated in the shared
+    `params` right after that layer's backward step. Returns (loss sum, correct predictions,
+    samples) over the chunk.
+    """
+    sample_size = x.shape[1] * x.shape[2] * x.shape[3]
+    n_total = order.shape[0]
+    xflat = x.reshape((x.shape[0], sample_size))
+    last = layers[layers.shape[0] - 1]
+    logit_off = last[_OUT]
+    K = last[_OC] * last[_OH] * last[_OW]
+    first_off = layers[0, _IN]
+    loss_sum = 0.0
+    correct = 0
+    samples = 0
+    for step in range(n_batches):
+        j = first_batch + step
+        lo = j * batch
+        hi = min(lo + batch, n_total)
+        n = hi - lo
+        scale = 1.0 / n
+        for b in range(n):
+            idx = order[lo + b]
+            act[first_off + b * sample_size: first_off + (b + 1) * sample_size] = xflat[idx]
+            _forward_sample(layers, slopes, params, p_off, p_shape, act, argmax, n, b)
+            logits = act[logit_off + b * K: logit_off + (b + 1) * K]
+            loss, pred = _cross_entropy(logits, labels[idx], dact[logit_off + b * K: logit_off + (b + 1) * K],
+                                        scale)
+            loss_sum += loss
+            if pred == labels[idx]:
+                correct += 1
+        samples += n
+        lr = lrs[step]
+        for li in range(layers.shape[0] - 1, -1, -1):
+            _backward_layer(li, layers, slopes, params, p_off, p_shape, act, dact, grad, argmax, n)
+            # controlled Hogwild: this layer's update goes to the shared weights now, without a lock
+            for pj in (layers[li, _WP], layers[li, _BP]):
+                if pj >= 0:
+                    _sgd_update(params[p_off[pj]: p_off[pj + 1]], grad[p_off[pj]: p_off[pj + 1]],
+                                velocity[p_off[pj]: p_off[pj + 1]], started[pj] != 0, lr, momentum,
+                                dampening, weight_decay, nesterov)
+                    started[pj] = 1
+    return loss_sum, correct, samples
+
+
+@numba.njit(cache=True, nogil=True)
+def predict(layers, slopes, params, p_off, p_shape, act, argmax, x, logits_out):
+    """Forward pass only: logits_out[i] = logits of x[i] (x: (N, H, W, C), logits_out: (N, K))."""
+    sample_size = x.shape[1] * x.shape[2] * x.shape[3]
+    xflat = x.reshape((x.shape[0], sample_size))
+    last = layers[layers.shape[0] - 1]
+    K = last[_OC] * last[_OH] * last[_OW]
+    first_off = layers[0, _IN]
+    for i in range(x.shape[0]):
+        act[first_off: first_off + sample_size] = xflat[i]
+        _forward_sample(layers, slopes, params, p_off, p_shape, act, argmax, 1, 0)
+        logits_out[i, :] = act[last[_OUT]: last[_OUT] + K]

@@ -1,0 +1,282 @@
+"""Pure index math of distributed tensors, with no MPI: blocks, windows, halos, grids.
+
+Both the distributed layers (hpcnn.parallel) and the performance model (perfmodel) take their
+rows from here, so the model prices exactly the rows that run.
+
+Blocks. `size` items split into `parts` blocks: the first size % parts blocks get one more
+(`block_range`). Every tensor is block-distributed over its own global size, so a strided
+layer's output is split over the output size.
+
+Windows. A window operation (convolution or pooling) along one dimension has kernel R, stride
+s, dilation d and padding (lo, hi). For input size S the output size is
+
+    O = (S + lo + hi - d * (R - 1) - 1) // s + 1
+
+and output o reads the inputs o*s - lo + r*d for r = 0..R-1. An output block [o0, o1) reads
+[o0*s - lo, (o1-1)*s - lo + d*(R-1) + 1), clipped to [0, S); the clipped parts become the
+block's own per-side padding, so padding appears only at the global edges
+(`window_input_range`). The needed range minus the owned block gives the halo widths per side
+(`AxisHalo.widths`); a negative width means edge rows the block owns are not read (strided
+layers) and are trimmed.
+
+Halo pieces. When one dimension is split and a block reads all of its own rows, a convolution
+can run on the owned block with the halo rows counted as zero padding, and the thin halo rows
+then add their part to the few outputs they reach (`halo_pieces`, `piece_padding`).
+
+Grids. A grid is (Pn, Ph, Pw) or (Pn, Pd, Ph, Pw): ranks over the batch and each spatial
+dimension, in C order (`factorizations`, `candidate_grids`).
+"""
+from collections import namedtuple
+
+__all__ = [
+    "as_tuple", "normalize_padding", "window_output_size", "WindowGeometry",
+    "block_range", "block_ranges", "block_index", "window_input_range", "AxisHalo", "window_halo",
+    "upsample_halo", "halo_reach", "halo_pieces", "piece_padding", "own_rows_suffice",
+    "factorizations", "candidate_grids",
+]
+
+
+# --- window arguments -----------------------------------------------------------------------------------------
+
+def as_tuple(value, nd, name):
+    """An int or a sequence of `nd` ints as a tuple of `nd` positive ints."""
+    if isinstance(value, int):
+        out = (value,) * nd
+    else:
+        out = tuple(int(v) for v in value)
+    if len(out) != nd:
+        raise ValueError(f"{name}: expected an int or {nd} ints, received {value!r}")
+    if any(v < 1 for v in out):
+        raise ValueError(f"{name}: every entry must be at least 1, received {value!r}")
+    return out
+
+
+def normalize_padding(padding, nd, kernel=None, stride=None, dilation=None):
+    """Padding as a tuple of (lo, hi) per spatial dimension.
+
+    `padding` is an int, 'same', 'valid', a sequence of `nd` ints (symmetric), or a sequence of
+    `nd` (lo, hi) pairs. 'same' follows PyTorch: stride 1 only, total d*(R-1) per dimension, the
+    smaller half before.
+    """
+    if isinstance(padding, str):
+        if padding == "valid":
+            return ((0, 0),) * nd
+        if padding != "same":
+            raise ValueError(f"padding: expected an int, 'same', 'valid' or per-dimension values, received {padding!r}")
+        if kernel is None:
+            raise ValueError("padding='same' needs the kernel size")
+        if stride is not None and any(s != 1 for s in stride):
+            raise ValueError(f"padding='same' is only defined for stride 1, received stride {stride}")
+        dilation = dilation or (1,) * nd
+        out = []
+        for r, d in zip(kernel, dilation):
+            total = d * (r - 1)
+            out.append((total // 2, total - total // 2))
+        return tuple(out)
+    if isinstance(padding, int):
+        if padding < 0:
+            raise ValueError(f"padding must be non-negative, received {padding}")
+        return ((padding, padding),) * nd
+    padding = tuple(padding)
+    if len(padding) != nd:
+        raise ValueError(f"padding: expected {nd} entries, received {padding!r}")
+    out = []
+    for p in padding:
+        lo, hi = (p, p) if isinstance(p, int) else tuple(int(v) for v in p)
+        if lo < 0 or hi < 0:
+            raise ValueError(f"padding must be non-negative, received {padding!r}")
+        out.append((int(lo), int(hi)))
+    return tuple(out)
+
+
+def window_output_size(size, kernel, stride, dilation, pad_lo, pad_hi):
+    """Output length along one dimension (see the module docstring); 0 when the window does not fit."""
+    span = dilation * (kernel - 1) + 1
+    n = size + pad_lo + pad_hi - span
+    return n // stride + 1 if n >= 0 else 0
+
+
+class WindowGeometry:
+    """Normalized geometry of a window operation over `nd` spatial dimensions."""
+
+    __slots__ = ("nd", "kernel", "stride", "dilation", "padding")
+
+    def __init__(self, nd, kernel, stride=1, padding=0, dilation=1):
+        self.nd = nd
+        self.kernel = as_tuple(kernel, nd, "kernel_size")
+        self.stride = as_tuple(stride, nd, "stride")
+        self.dilation = as_tuple(dilation, nd, "dilation")
+        self.padding = normalize_padding(padding, nd, self.kernel, self.stride, self.dilation)
+
+    def output_shape(self, spatial):
+        """Output spatial shape for an input spatial shape."""
+        return tuple(window_output_size(s, r, st, d, lo, hi) for s, r, st, d, (lo, hi)
+                     in zip(spatial, self.kernel, self.stride, self.dilation, self.padding))
+
+    def along(self, k):
+        """(kernel, stride, dilation, pad_lo, pad_hi) along spatial dimension k."""
+        return self.kernel[k], self.stride[k], self.dilation[k], self.padding[k][0], self.padding[k][1]
+
+    def __eq__(self, other):
+        return isinstance(other, WindowGeometry) and all(getattr(self, s) == getattr(other, s)
+                                                         for s in self.__slots__)
+
+    def __hash__(self):
+        return hash(tuple(getattr(self, s) for s in self.__slots__))
+
+    def __repr__(self):
+        return (f"WindowGeometry(kernel={self.kernel}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation})")
+
+
+# --- blocks ----------------------------------------------------------------------------------------------------
+
+def block_range(size, parts, index):
+    """[start, stop) of block `index` when `size` items go to `parts` blocks; the first size % parts get one more."""
+    base, extra = divmod(size, parts)
+    start = index * base + min(index, extra)
+    return start, start + base + (1 if index < extra else 0)
+
+
+def block_ranges(size, parts):
+    """[(start, stop)] of every block."""
+    return [block_range(size, parts, i) for i in range(parts)]
+
+
+def block_index(size, parts, x):
+    """The block of `block_range(size, parts, .)` that holds item x."""
+    base, extra = divmod(size, parts)
+    big = extra * (base + 1)
+    return x // (base + 1) if x < big else extra + (x - big) // max(base, 1)
+
+
+# --- windows and halos -----------------------------------------------------------------------------------------
+
+def window_input_range(o_lo, o_hi, size, kernel, stride, dilation, pad_lo):
+    """Input rows that outputs [o_lo, o_hi) of a window op read, clipped to [0, size).
+
+    Returns (a, b, pad_lo, pad_hi): rows [a, b) and the per-side padding that replaces the
+    clipped part, so that a window op with that padding on rows [a, b) yields o_hi - o_lo outputs.
+    """
+    if o_hi <= o_lo:
+        a = min(max(o_lo * stride - pad_lo, 0), size)
+        return a, a, 0, 0
+    start = o_lo * stride - pad_lo
+    stop = (o_hi - 1) * stride - pad_lo + dilation * (kernel - 1) + 1
+    a = min(max(start, 0), size)
+    b = max(min(stop, size), a)
+    return a, b, a - start, stop - b
+
+
+class AxisHalo(namedtuple("AxisHalo", "own need pad out")):
+    """One block along one spatial dimension: owned input rows, needed input rows, the padding (lo, hi)
+    that stands in for rows outside the image, and the output block."""
+
+    __slots__ = ()
+
+    @property
+    def widths(self):
+        """Halo rows (lo, hi) this block reads beyond its own; negative: own edge rows it does not read."""
+        return self.own[0] - self.need[0], self.need[1] - self.own[1]
+
+
+def window_halo(parts, spatial, geometry):
+    """[[AxisHalo per block] per spatial dim] of a window op on input spatial shape `spatial`.
+
+    parts: the number of blocks along each spatial dimension (a grid's spatial entries).
+    """
+    out_spatial = geometry.output_shape(spatial)
+    halo = []
+    for k, (size, osize) in enumerate(zip(spatial, out_spatial)):
+        kernel, stride, dilation, pad_lo, _ = geometry.along(k)
+        axis = []
+        for own, out in zip(block_ranges(size, parts[k]), block_ranges(osize, parts[k])):
+            a, b, plo, phi = window_input_range(out[0], out[1], size, kernel, stride, dilation, pad_lo)
+            axis.append(AxisHalo(own, (a, b), (plo, phi), out))
+        halo.append(axis)
+    return halo
+
+
+def upsample_halo(parts, spatial, scale):
+    """Like `window_halo` for nearest upsampling by integer factors `scale` (one per dim)."""
+    halo = []
+    for k, (size, f) in enumerate(zip(spatial, scale)):
+        axis = []
+        for own, (o0, o1) in zip(block_ranges(size, parts[k]), block_ranges(size * f, parts[k])):
+            a, b = (o0 // f, (o1 - 1) // f + 1) if o1 > o0 else (min(o0 // f, size),) * 2
+            axis.append(AxisHalo(own, (a, b), (0, 0), (o0, o1)))
+        halo.append(axis)
+    return halo
+
+
+def halo_reach(axis):
+    """How many blocks away along one dimension a block reads rows from (0: its own only, 1: neighbours)."""
+    reach = 0
+    owns = [h.own for h in axis]
+    for c, h in enumerate(axis):
+        a, b = h.need
+        if b <= a:
+            continue
+        for q, (lo, hi) in enumerate(owns):
+            if hi > lo and lo < b and a < hi:
+                reach = max(reach, abs(q - c))
+    return reach
+
+
+def own_rows_suffice(axis):
+    """True when every block along this dimension owns rows and reads all of them (halo pieces apply)."""
+    return all(h.own[1] > h.own[0] and h.need[0] <= h.own[0] and h.need[1] >= h.own[1] for h in axis)
+
+
+def piece_padding(o_lo, o_hi, r0, r1, size, kernel, stride, dilation, pad_lo):
+    """Padding (lo, hi) along one dimension that makes rows [r0, r1) the only input of outputs [o_lo, o_hi)."""
+    ra, rb, plo, phi = window_input_range(o_lo, o_hi, size, kernel, stride, dilation, pad_lo)
+    return plo + r0 - ra, phi + rb - r1
+
+
+def halo_pieces(h, size, kernel, stride, dilation, pad_lo):
+    """[(o_lo, o_hi, r0, r1)]: a block's halo rows [r0, r1) on each side and the outputs whose windows reach them.
+
+    h: the block's AxisHalo along the split dimension of input size `size`. The owned block alone
+    (halo rows counted as zero padding) gives every output its own-row part; each piece adds the
+    rest for its outputs.
+    """
+    span = dilation * (kernel - 1) + 1
+    (i0, i1), (a, b), (o0, o1) = h.own, h.need, h.out
+    pieces = []
+    if a < i0:
+        o_hi = min(o1, max(o0, -(-(i0 + pad_lo) // stride)))
+        if o_hi > o0:
+            rb = window_input_range(o0, o_hi, size, kernel, stride, dilation, pad_lo)[1]
+            if min(i0, rb) > a:
+                pieces.append((o0, o_hi, a, min(i0, rb)))
+    if b > i1:
+        o_lo = max(o0, min(o1, (i1 + pad_lo - span) // stride + 1))
+        if o1 > o_lo:
+            ra = window_input_range(o_lo, o1, size, kernel, stride, dilation, pad_lo)[0]
+            if b > max(i1, ra):
+                pieces.append((o_lo, o1, max(i1, ra), b))
+    return pieces
+
+
+# --- grids -----------------------------------------------------------------------------------------------------
+
+def factorizations(p, parts):
+    """Every ordered tuple of `parts` positive ints whose product is p."""
+    if parts == 1:
+        yield (p,)
+        return
+    for d in range(1, p + 1):
+        if p % d == 0:
+            for rest in factorizations(p // d, parts - 1):
+                yield (d,) + rest
+
+
+def candidate_grids(ranks, nd):
+    """Every grid (Pn, *Ps) with product `ranks` over 1 + nd entries: fewest sample blocks first, and for the
+    same Pn the grids that split outer (slower-varying) spatial dimensions more first.
+
+    The order breaks ties, which are exact for square inputs: the planner keeps the first of equal
+    costs. Outer splits keep blocks and halo pieces contiguous, which the CPU kernels run faster."""
+    grids = list(factorizations(int(ranks), nd + 1))
+    return sorted(grids, key=lambda g: (g[0], tuple(-p for p in g[1:])))

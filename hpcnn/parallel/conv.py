@@ -1,0 +1,144 @@
+"""Distributed convolutions (Conv2d, Conv3d) on (N, C, *S) blocks: any stride, dilation, kernel and padding."""
+import numpy as np
+
+from .. import kernels
+from ..geometry import halo_pieces, own_rows_suffice, piece_padding
+from .tensor import DistTensor
+from .module import is_empty
+from .windows import WindowLayer
+
+__all__ = ["DistConv"]
+
+
+class DistConv(WindowLayer):
+    """Conv2d/Conv3d on (N, C, *S) blocks: any stride, dilation, kernel and per-side padding.
+
+    When one spatial dimension is split and every block of the line reads all of its own rows,
+    the convolution uses its linearity instead of an extended block: the owned block is convolved
+    with the halo rows counted as zero padding while the halos travel, then the thin halo rows add
+    their part to the few output rows they reach. Backward likewise: the data gradient of the
+    owned rows comes straight from the kernel, the halo rows' part goes back to their owners as
+    thin pieces, and the filter gradient is the owned block's plus the halo pieces'. No copy of
+    the owned block is made, and no activation-sized buffer is added. Otherwise (several split
+    dimensions, trimmed rows, empty blocks) the extended block is assembled and used.
+    """
+
+    def _kernel(self, x, pads):
+        g = self.geometry
+        return kernels.conv_forward(x, self.layer.params["weight"], self.layer.params.get("bias"), g.stride,
+                                    pads, g.dilation)
+
+    def _rows_dim(self, ex, batch):
+        """The split dimension when the halo-row decomposition applies on the whole line, else None."""
+        if len(ex.comm_dims) != 1 or batch == 0:
+            return None
+        k = ex.comm_dims[0]
+        return k if own_rows_suffice(ex.halo[k]) else None
+
+    def _row_pads(self, k, o_lo, o_hi, r0, r1):
+        """Padding along dim k that makes rows [r0, r1) the only input of outputs [o_lo, o_hi)."""
+        g = self.geometry
+        return piece_padding(o_lo, o_hi, r0, r1, self._spatial[k], g.kernel[k], g.stride[k], g.dilation[k],
+                             g.padding[k][0])
+
+    def _halo_pieces(self, k, h):
+        """[(o_lo, o_hi, r0, r1)]: halo rows [r0, r1) on each side and the outputs whose windows reach them."""
+        g = self.geometry
+        return halo_pieces(h, self._spatial[k], g.kernel[k], g.stride[k], g.dilation[k], g.padding[k][0])
+
+    @staticmethod
+    def _rows_index(ndim, k, lo, hi):
+        index = [slice(None)] * ndim
+        index[2 + k] = slice(lo, hi)
+        return tuple(index)
+
+    def _forward_rows(self, x, ex, k):
+        geo, w = self.geometry, self.layer.params["weight"]
+        h = ex.mine[k]
+        overlap = self.context.overlap
+        ex.start(x)
+        if not overlap:
+            ex.wait_halo()
+        pads = list(ex.pads)
+        pads[k] = self._row_pads(k, h.out[0], h.out[1], h.own[0], h.own[1])
+        y = self._kernel(ex.trimmed(x), tuple(pads))
+        if overlap:
+            ex.wait_halo()
+        for o_lo, o_hi, r0, r1 in self._halo_pieces(k, h):
+            pads[k] = self._row_pads(k, o_lo, o_hi, r0, r1)
+            part = kernels.conv_forward(ex.rows(r0, r1), w, None, geo.stride, tuple(pads), geo.dilation)
+            y[self._rows_index(y.ndim, k, o_lo - h.out[0], o_hi - h.out[0])] += part
+        return y
+
+    def _backward_rows(self, dy, ex, k):
+        geo, layer = self.geometry, self.layer
+        w = layer.params["weight"]
+        h = ex.mine[k]
+        overlap = self.context.overlap
+        xt = ex.trimmed(self.x)
+        pads_own = list(ex.pads)
+        pads_own[k] = self._row_pads(k, h.out[0], h.out[1], h.own[0], h.own[1])
+        pads_own = tuple(pads_own)
+        # the input's halo travels again (for the filter gradient) while the data gradients are computed
+        ex.start(self.x)
+        pieces = []
+        for o_lo, o_hi, r0, r1 in self._halo_pieces(k, h):
+            pads = list(ex.pads)
+            pads[k] = self._row_pads(k, o_lo, o_hi, r0, r1)
+            dy_part = np.ascontiguousarray(dy[self._rows_index(dy.ndim, k, o_lo - h.out[0], o_hi - h.out[0])])
+            spatial = list(xt.shape[2:])
+            spatial[k] = r1 - r0
+            dx_part = kernels.conv_backward_data(dy_part, w, tuple(spatial), geo.stride, tuple(pads), geo.dilation)
+            pieces.append((r0, r1, tuple(pads), dy_part, dx_part))
+        if overlap:
+            # the halo rows' data gradient travels to its owners while the owned block's is computed
+            ex.reverse_pieces_start([(r0, dx_part) for r0, _, _, _, dx_part in pieces], xt.shape[:2], dy.dtype)
+        dx_own = kernels.conv_backward_data(dy, w, xt.shape[2:], geo.stride, pads_own, geo.dilation)
+        ex.wait_halo()
+        dw = kernels.conv_backward_filter(xt, dy, geo.kernel, geo.stride, pads_own, geo.dilation)
+        for r0, r1, pads, dy_part, _ in pieces:
+            dw += kernels.conv_backward_filter(ex.rows(r0, r1), dy_part, geo.kernel, geo.stride, pads, geo.dilation)
+        layer.grads["weight"][...] = dw
+        if "bias" in layer.params:
+            layer.grads["bias"][...] = kernels.conv_backward_bias(dy)
+        if not overlap:
+            ex.reverse_pieces_start([(r0, dx_part) for r0, _, _, _, dx_part in pieces], xt.shape[:2], dy.dtype)
+        return ex.reverse_pieces_finish(dx_own)
+
+    def _forward(self, t):
+        self.layer.check_input(t.local, ndim=self.d.nd + 2, channels=self.layer.in_channels)
+        self._spatial = t.global_shape[2:]
+        out_global = self._global_out(t, self.layer.out_channels)
+        ex = self._exchange(self._spatial)
+        self._rows_k = self._rows_dim(ex, t.local.shape[0])
+        if self._rows_k is not None:
+            y = self._forward_rows(t.local, ex, self._rows_k)
+        else:
+            y = self._compute(t.local, self._spatial, self.d.local_shape(out_global)[2:], t.local.shape[:1] +
+                              (self.layer.out_channels,), t.local.dtype)
+        # the owned block only: the halo is fetched again in backward rather than kept
+        self.x = t.local
+        self._in_global = t.global_shape
+        return DistTensor(y, self.d, out_global)
+
+    def _backward(self, g):
+        geo, layer = self.geometry, self.layer
+        ex = self._exchange(self._spatial)
+        dy = g.local
+        if self._rows_k is not None:
+            return DistTensor(self._backward_rows(dy, ex, self._rows_k), self.d, self._in_global)
+        w = layer.params["weight"]
+        compute = not is_empty(dy.shape)
+        ext = ex.forward(self.x)
+        pads = ex.pads
+        if compute:
+            dx_ext = kernels.conv_backward_data(dy, w, ex.need_shape, geo.stride, pads, geo.dilation)
+            layer.grads["weight"][...] = kernels.conv_backward_filter(ext, dy, geo.kernel, geo.stride, pads,
+                                                                      geo.dilation)
+        else:
+            dx_ext = np.zeros(self.x.shape[:2] + ex.need_shape, dy.dtype)
+            layer.grads["weight"][...] = 0
+        if "bias" in layer.params:
+            layer.grads["bias"][...] = kernels.conv_backward_bias(dy) if compute else 0
+        del ext  # before the adjoint allocates dx: one activation less at the peak
+        return DistTensor(ex.reverse(dx_ext), self.d, self._in_global)

@@ -1,0 +1,109 @@
+"""Distributed pointwise layers, global average pooling, flatten and linear layers.
+
+Pointwise layers run on the local block as they are. Global pooling and flatten turn blocks into
+(N, F) rows replicated over the spatial group; Linear computes on those rows on every replica.
+"""
+import math
+
+import numpy as np
+
+from .module import DistModule
+from .tensor import DistTensor
+
+__all__ = ["DistElementwise", "DistGlobalAvgPool", "DistFlatten", "DistLinear"]
+
+
+class DistElementwise(DistModule):
+    """ReLU, LeakyReLU and other shape-keeping pointwise layers: the nn layer on the local block."""
+
+    def _forward(self, t):
+        return t.like(self.layer.forward(t.local))
+
+    def _backward(self, g):
+        return g.like(self.layer.backward(g.local))
+
+
+class DistGlobalAvgPool(DistModule):
+    """Mean over the global spatial extent: a local sum and an allreduce over the spatial group.
+
+    (N, C, *S) blocks -> (N, C) rows replicated over the spatial group.
+    """
+
+    def _forward(self, t):
+        x = t.local
+        self.layer.check_input(x, ndim=(4, 5))
+        self._in_shape, self._in_global = x.shape, t.global_shape
+        self._count = math.prod(t.global_shape[2:])
+        s = x.sum(axis=tuple(range(2, x.ndim)), dtype=np.float64)
+        self.d.spatial_comm.allreduce_(s)
+        return DistTensor((s / self._count).astype(x.dtype), self.d, t.global_shape[:2])
+
+    def _backward(self, g):
+        dy = g.local
+        scaled = (dy / self._count).reshape(dy.shape + (1,) * (len(self._in_shape) - 2))
+        return DistTensor(np.ascontiguousarray(np.broadcast_to(scaled, self._in_shape)), self.d, self._in_global)
+
+
+class DistFlatten(DistModule):
+    """(N, *rest) -> (N, prod(rest)); spatially split blocks are first gathered over the spatial group."""
+
+    def _forward(self, t):
+        x = t.local
+        self._in_global, self._in_ndim = t.global_shape, t.ndim
+        d = self.d
+        out_global = (t.global_shape[0], math.prod(t.global_shape[1:]))
+        if t.ndim == 2 or d.spatial_ranks == 1:
+            # whole samples already: a local reshape
+            self._in_local_shape = x.shape
+            return DistTensor(np.ascontiguousarray(x).reshape(x.shape[0], math.prod(x.shape[1:])), d, out_global)
+        whole = self._gather_samples(t)
+        return DistTensor(whole.reshape(whole.shape[0], out_global[1]), d, out_global)
+
+    def _gather_samples(self, t):
+        """The full samples of this rank's sample block, assembled from the spatial group."""
+        d = self.d
+        group = d.spatial_comm
+        n0, n1 = d.local_ranges(t.global_shape)[0]
+        sample_shape = (n1 - n0,) + t.global_shape[1:]
+        boxes = []
+        for coords_spatial in np.ndindex(*d.spatial_grid):
+            coords = (d.coords[0],) + tuple(int(c) for c in coords_spatial)
+            boxes.append(d.ranges_at(t.global_shape, coords)[1:])
+        # spatial_comm ranks are ordered by world rank, which is C order over the spatial coordinates
+        counts = [(n1 - n0) * math.prod(b - a for a, b in box) for box in boxes]
+        recv = np.empty(sum(counts), t.local.dtype)
+        group.allgatherv(np.ascontiguousarray(t.local).reshape(-1), recv, counts)
+        out = np.empty(sample_shape, t.local.dtype)
+        offset = 0
+        for box, n in zip(boxes, counts):
+            shape = (n1 - n0,) + tuple(b - a for a, b in box)
+            out[(slice(None),) + tuple(slice(a, b) for a, b in box)] = recv[offset:offset + n].reshape(shape)
+            offset += n
+        self._boxes_local = tuple(slice(a, b) for a, b in self.d.local_ranges(t.global_shape)[1:])
+        self._in_local_shape = None
+        return out
+
+    def _backward(self, g):
+        dy = g.local
+        if self._in_local_shape is not None:
+            return DistTensor(dy.reshape(self._in_local_shape), self.d, self._in_global)
+        whole = dy.reshape((dy.shape[0],) + self._in_global[1:])
+        # every replica holds the whole gradient; each keeps its own block
+        return DistTensor(np.ascontiguousarray(whole[(slice(None),) + self._boxes_local]), self.d, self._in_global)
+
+
+class DistLinear(DistModule):
+    """Linear on (N, F) rows; with replicated rows only spatial rank 0 contributes the weight gradient."""
+
+    def _forward(self, t):
+        if t.ndim != 2:
+            raise ValueError(f"{self.describe()}: expected an (N, F) tensor, received {t}")
+        y = self.layer.forward(t.local)
+        return DistTensor(np.ascontiguousarray(y), self.d, (t.global_shape[0], self.layer.out_features))
+
+    def _backward(self, g):
+        dx = self.layer.backward(g.local)
+        if self.d.is_replicated(2) and self.d.spatial_comm.rank != 0:
+            for key in self.layer.grads:
+                self.layer.grads[key][...] = 0
+        return DistTensor(np.ascontiguousarray(dx), self.d, (g.global_shape[0], self.layer.in_features))

@@ -1,0 +1,95 @@
+"""Distributed batch-norm: BatchNorm2d/3d with statistics over every rank, the spatial group, or the local block.
+
+Batch-norm statistics are taken over `bn_stats` = 'global' (every rank: equal to single-process
+batch-norm over the whole batch; the default), 'spatial' (the spatial group: per sample block) or
+'local' (this rank's block only). Running statistics follow the same group. The kernels return
+float64 partial sums, which ranks allreduce between the two passes.
+"""
+import math
+
+import numpy as np
+
+from .. import kernels
+from .module import DistModule
+
+__all__ = ["DistBatchNorm", "BN_STATS"]
+
+BN_STATS = ("global", "spatial", "local")
+
+
+class DistBatchNorm(DistModule):
+    """BatchNorm2d/3d with statistics over the group `context.bn_stats` names (see the module docstring)."""
+
+    def _group(self):
+        mode = self.context.bn_stats
+        if mode == "global":
+            return self.d.comm
+        if mode == "spatial":
+            return self.d.spatial_comm
+        return None
+
+    def _count(self, t):
+        mode = self.context.bn_stats
+        per_sample = math.prod(t.global_shape[2:])
+        if mode == "global":
+            return t.global_shape[0] * per_sample
+        if mode == "spatial":
+            return t.local.shape[0] * per_sample
+        return t.local.size // t.local.shape[1] if t.local.shape[1] else 0
+
+    def _forward(self, t):
+        layer = self.layer
+        x = t.local
+        layer.check_input(x, ndim=self.d.nd + 2, channels=layer.num_features)
+        group = self._group()
+        if layer.training:
+            count = self._count(t)
+            if count < 2:
+                raise ValueError(f"{layer.describe()}: training needs more than one value per channel, "
+                                 f"received global shape {t.global_shape}")
+            s = kernels.channel_sum(x) if x.size else np.zeros(layer.num_features)
+            if group is not None:
+                group.allreduce_(s)
+            mean = s / count
+            ss = kernels.channel_centered_sumsq(x, mean) if x.size else np.zeros(layer.num_features)
+            if group is not None:
+                group.allreduce_(ss)
+            var = ss / count
+            layer.update_running_stats(mean, var, count)
+        else:
+            count = 0
+            mean = layer.running_mean.astype(np.float64)
+            var = layer.running_var.astype(np.float64)
+        invstd = 1.0 / np.sqrt(var + layer.eps)
+        self.x, self.count, self.batch_statistics = x, count, layer.training
+        self.mean, self.invstd = mean.astype(x.dtype), invstd.astype(x.dtype)
+        gamma, beta = layer._gamma_beta(np)
+        if not x.size:
+            return t.like(np.zeros_like(x))
+        return t.like(kernels.batchnorm_apply(x, self.mean, self.invstd, gamma, beta))
+
+    def _backward(self, g):
+        layer = self.layer
+        dy = g.local
+        gamma, _ = layer._gamma_beta(np)
+        if dy.size:
+            sum_dy, sum_dy_xhat = kernels.batchnorm_backward_reduce(dy, self.x, self.mean, self.invstd)
+        else:
+            sum_dy, sum_dy_xhat = np.zeros(layer.num_features), np.zeros(layer.num_features)
+        if layer.affine:
+            # local partial sums: the gradient allreduce adds the other ranks' parts
+            layer.grads["weight"][...] = sum_dy_xhat
+            layer.grads["bias"][...] = sum_dy
+        if not self.batch_statistics:
+            zeros = np.zeros(layer.num_features, dy.dtype)
+            return g.like(kernels.batchnorm_apply(dy, zeros, self.invstd, gamma, zeros) if dy.size else dy.copy())
+        sums = np.concatenate([np.asarray(sum_dy, np.float64), np.asarray(sum_dy_xhat, np.float64)])
+        group = self._group()
+        if group is not None:
+            # every rank joins, an empty block too
+            group.allreduce_(sums)
+        if not dy.size:
+            return g.like(np.zeros_like(dy))
+        c = layer.num_features
+        return g.like(kernels.batchnorm_backward_apply(dy, self.x, self.mean, self.invstd, gamma, sums[:c],
+                                                       sums[c:], self.count))

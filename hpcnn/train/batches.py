@@ -1,0 +1,43 @@
+"""A step's inputs and labels: the whole arrays in one process, or this rank's block of them as DistTensors.
+
+What makes a run on P ranks follow the run on one process, step for step: a step's global batch
+is the same B samples whatever the grid, and every rank reads only its block of them (its
+samples, its spatial block) straight from the dataset.
+"""
+import numpy as np
+
+from ..parallel import DistTensor
+
+__all__ = ["Batches"]
+
+
+class Batches:
+    """Reads batches of `task` ("classify", "segment", "regress") samples in `dtype`."""
+
+    def __init__(self, task, dtype):
+        self.task = task
+        self.dtype = np.dtype(dtype)
+
+    def inputs(self, dataset, idx, d=None):
+        """The inputs of samples idx: the whole array, or this rank's block under distribution d as a DistTensor."""
+        if d is None:
+            return dataset.inputs(idx).astype(self.dtype, copy=False)
+        shape = (len(idx), dataset.in_channels) + dataset.spatial_shape
+        sl = d.local_slices(shape)
+        x = dataset.inputs(idx[sl[0]], sl[2:]).astype(self.dtype, copy=False)
+        return DistTensor(x, d, shape)
+
+    def labels(self, dataset, idx, d=None):
+        """The labels of samples idx: the whole array, or the block of them that distribution d gives this rank."""
+        if d is None:
+            return self._cast(dataset.labels(idx))
+        shape = (len(idx),) + dataset.label_shape()
+        sl = d.local_slices(shape)
+        spatial = sl[1:] if self.task == "segment" else None
+        y = self._cast(dataset.labels(idx[sl[0]], spatial))
+        if self.task == "regress":
+            y = np.ascontiguousarray(y[(slice(None),) + sl[1:]])
+        return DistTensor(y, d, shape)
+
+    def _cast(self, y):
+        return y.astype(self.dtype, copy=False) if self.task == "regress" else y

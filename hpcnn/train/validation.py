@@ -1,0 +1,59 @@
+"""Validation scores over a whole validation set, each sample (and pixel) counted exactly once on any grid."""
+import numpy as np
+
+from .. import kernels
+from .metrics import ConfusionCounts
+
+__all__ = ["validate"]
+
+
+def validate(net, model, dataset, batches, batch, distribution, comm):
+    """Loss and accuracy (classify), pixel accuracy and mean IoU (segment) or mse (regress) of `net` on `dataset`.
+
+    net: the model, or its distributed form under `distribution` (None: one process); batches: a
+    hpcnn.train.batches.Batches; comm: the job's Communicator (the sums are reduced over it).
+    """
+    task = batches.task
+    B = batch
+    if distribution is not None:
+        B = max(B, distribution.grid[0])
+    model.eval()
+    counts = ConfusionCounts(dataset.num_classes) if task != "regress" else None
+    sums = np.zeros(2, np.float64)  # loss sum, element count
+    for start in range(0, len(dataset), B):
+        idx = np.arange(start, min(start + B, len(dataset)))
+        real = len(idx)
+        if distribution is not None and real < distribution.grid[0]:
+            idx = np.concatenate([idx, np.full(distribution.grid[0] - real, idx[-1])])
+        out = net.forward(batches.inputs(dataset, idx, distribution))
+        rows = np.arange(len(idx))
+        if distribution is None:
+            y = batches.labels(dataset, idx)
+        else:
+            d = out.distribution
+            y = batches.labels(dataset, idx, d).local
+            rows = rows[d.local_slices(out.global_shape)[0]]
+            out = out.local
+            if d.is_replicated(out.ndim) and any(c != 0 for c in d.coords[1:]):
+                rows, out, y = rows[:0], out[:0], y[:0]  # replicated rows count once, on each spatial group's first rank
+        keep = rows < real
+        out, y = out[keep], y[keep]
+        if task == "regress":
+            sums += (float(np.sum((out.astype(np.float64) - y) ** 2)), out.size)
+        elif len(y):
+            loss_sum, _, count = kernels.softmax_cross_entropy(np.ascontiguousarray(out), np.ascontiguousarray(y))
+            sums += (float(loss_sum), count)
+            counts.add(out, y)
+    model.train()
+    comm.allreduce_(sums)
+    result = {"loss": float(sums[0] / sums[1]) if sums[1] else float("nan")}
+    if task == "regress":
+        result["mse"] = result["loss"]
+    else:
+        comm.allreduce_(counts.counts)
+        if task == "segment":
+            result["pixel_accuracy"] = counts.accuracy()
+            result["mean_iou"] = counts.mean_iou()
+        else:
+            result["accuracy"] = counts.accuracy()
+    return result

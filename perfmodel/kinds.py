@@ -1,0 +1,191 @@
+"""Each layer kind's pricing: what its distributed form does under a grid, in kernel time, messages and bytes.
+
+One function per entry of the layer registry's `cost` field (`hpcnn.nn.registry`), called as
+price(spec, grid, machine, cost): it fills the LayerCost `cost` (whose parameter bytes and
+gradient allreduce `perfmodel.costs.kernel_cost` has set) for a LayerSpec, or, for containers,
+for a `perfmodel.layers.Block`'s own work. Each mirrors its form in hpcnn.parallel:
+- conv (parallel/conv.py): the kernels on the extended block, or on the owned block plus the thin
+  halo pieces when exactly one dimension exchanges rows and every block reads all of its own
+  (conv_forward; conv_backward_data + conv_backward_filter + adding the piece's filter gradient);
+- pool, upsample (parallel/windows.py): the halo exchange, then the kernel on the extended block;
+- batchnorm (parallel/norm.py): statistics over every rank, an allreduce of 2C float64 forward
+  and backward;
+- global_avgpool, flatten, linear, pointwise (parallel/dense.py): an allreduce of (n, C) float64
+  over the spatial group; an allgather of the blocks into (N, F) rows replicated there; Linear
+  computing redundantly on every replica; elementwise passes;
+- residual, skip, sequential (parallel/containers.py): the add, the concatenation, nothing.
+"""
+import math
+
+from .costs import FLOAT64, busy_ranks, ceil_div, conv_halo_pieces, halo_time, window_blocks
+
+__all__ = ["conv", "pool", "upsample", "batchnorm", "pointwise", "global_avgpool", "flatten", "linear",
+           "residual", "skip", "sequential"]
+
+
+class _Local:
+    """A layer's largest local block under a grid: batch n, channels, own input and output blocks."""
+
+    def __init__(self, spec, grid, machine):
+        self.ranks = math.prod(grid)
+        self.busy = busy_ranks(machine, self.ranks)
+        self.n = ceil_div(spec.in_shape[0], grid[0])
+        self.spatial_split = math.prod(grid[1:])
+        self.c_in = spec.in_shape[1]
+        self.c_out = spec.out_shape[1]
+        self.own_in = [ceil_div(s, g) for s, g in zip(spec.in_shape[2:], grid[1:])]
+        self.out_block = [ceil_div(s, g) for s, g in zip(spec.out_shape[2:], grid[1:])]
+
+
+def _window_common(spec, grid, machine, cost, local):
+    """Halo times and the activation memory shared by window layers; returns (axes, out block, extended input)."""
+    item = machine.itemsize
+    n, c_in = local.n, local.c_in
+    cost.activation_bytes = n * local.c_out * math.prod(local.out_block) * item if spec.keeps_output else 0.0
+    axes = window_blocks(spec, grid)
+    out_block = [a[0] for a in axes]
+    ext = [a[1] for a in axes]
+    if any(o < 1 for o in out_block):
+        cost.details["empty"] = True
+    exchanged = any(grid[1 + k] > 1 and a[3] > 0 for k, a in enumerate(axes))
+    cost.halo_forward = halo_time(machine, grid, n, c_in, axes, local.ranks, backward=False)
+    cost.halo_backward = halo_time(machine, grid, n, c_in, axes, local.ranks, backward=True)
+    if exchanged:
+        cost.activation_bytes += n * c_in * math.prod(ext) * item     # the extended input is kept
+    cost.details["halo_bytes"] = n * c_in * item * sum(
+        a[3] * math.prod(e for j, e in enumerate(ext) if j != k) for k, a in enumerate(axes) if grid[1 + k] > 1)
+    return axes, out_block, ext
+
+
+def conv(spec, grid, machine, cost):
+    local = _Local(spec, grid, machine)
+    axes, out_block, ext = _window_common(spec, grid, machine, cost, local)
+    kt, busy, item = machine.kernel_time, local.busy, machine.itemsize
+    n, c_in, c_out = local.n, local.c_in, local.c_out
+    g = spec.geometry
+    shape = dict(n=n, c=c_in, k=c_out, in_spatial=ext, kernel=g.kernel, out_spatial=out_block)
+    cost.forward = kt("conv_forward", busy, **shape)
+    cost.backward = kt("conv_backward_data", busy, **shape) + kt("conv_backward_filter", busy, **shape)
+    w_bytes = c_out * c_in * math.prod(g.kernel) * item
+    for p_in, p_out in conv_halo_pieces(grid, axes):
+        piece = dict(n=n, c=c_in, k=c_out, in_spatial=p_in, kernel=g.kernel, out_spatial=p_out)
+        cost.forward += kt("conv_forward", busy, **piece)
+        # the piece's data gradient, its filter gradient, and adding that into dw
+        cost.backward += (kt("conv_backward_data", busy, **piece) + kt("conv_backward_filter", busy, **piece)
+                          + kt("elementwise", busy, n=1, c=1, in_spatial=(w_bytes // item,)))
+    if spec.options.get("bias"):
+        cost.forward += kt("elementwise", busy, n=n, c=c_out, in_spatial=out_block)
+        cost.backward += kt("elementwise", busy, n=n, c=c_out, in_spatial=out_block)
+    cost.workspace_bytes = float(n * c_in * math.prod(g.kernel) * math.prod(out_block) * item)
+
+
+def pool(spec, grid, machine, cost):
+    local = _Local(spec, grid, machine)
+    _, out_block, ext = _window_common(spec, grid, machine, cost, local)
+    kt = machine.kernel_time
+    shape = dict(n=local.n, c=local.c_in, in_spatial=ext, kernel=spec.geometry.kernel, out_spatial=out_block)
+    cost.forward = kt("pool_forward", local.busy, **shape)
+    cost.backward = kt("pool_backward", local.busy, **shape)
+    if spec.kind == "maxpool":
+        cost.activation_bytes += local.n * local.c_out * math.prod(out_block) * 8    # int64 argmax
+
+
+def upsample(spec, grid, machine, cost):
+    local = _Local(spec, grid, machine)
+    _, out_block, _ = _window_common(spec, grid, machine, cost, local)
+    kt = machine.kernel_time
+    cost.forward = kt("elementwise", local.busy, n=local.n, c=local.c_out, in_spatial=out_block)
+    cost.backward = kt("elementwise", local.busy, n=local.n, c=local.c_out, in_spatial=out_block)
+
+
+def batchnorm(spec, grid, machine, cost):
+    local = _Local(spec, grid, machine)
+    kt, c = machine.kernel_time, local.c_in
+    inter_all = machine.spans_nodes(local.ranks)
+    in_bytes = local.n * c * math.prod(local.own_in) * machine.itemsize
+    cost.forward = kt("batchnorm_forward", local.busy, n=local.n, c=c, in_spatial=local.own_in)
+    cost.backward = kt("batchnorm_backward", local.busy, n=local.n, c=c, in_spatial=local.own_in)
+    # statistics over every rank: (sum, centered sum of squares) forward, (sum_dy, sum_dy_xhat) backward
+    cost.collective_forward = 2 * machine.allreduce(c * FLOAT64, local.ranks, inter_all)
+    cost.collective_backward = machine.allreduce(2 * c * FLOAT64, local.ranks, inter_all)
+    # the output (kept by the next layer) and the input this layer keeps
+    cost.activation_bytes = 2 * in_bytes if spec.keeps_output else 0.0
+
+
+def pointwise(spec, grid, machine, cost):
+    """ReLU, LeakyReLU and other shape-keeping elementwise layers, on blocks or on (N, F) rows."""
+    local = _Local(spec, grid, machine)
+    kt = machine.kernel_time
+    if len(spec.in_shape) == 2:
+        cost.forward = kt("elementwise", local.busy, n=local.n, c=local.c_in)
+        cost.backward = kt("elementwise", local.busy, n=local.n, c=local.c_in)
+        cost.activation_bytes = local.n * local.c_in * machine.itemsize if spec.keeps_output else 0
+        return
+    cost.activation_bytes = (local.n * local.c_out * math.prod(local.out_block) * machine.itemsize
+                             if spec.keeps_output else 0.0)
+    cost.forward = kt("elementwise", local.busy, n=local.n, c=local.c_in, in_spatial=local.own_in)
+    cost.backward = kt("elementwise", local.busy, n=local.n, c=local.c_in, in_spatial=local.own_in)
+
+
+def global_avgpool(spec, grid, machine, cost):
+    local = _Local(spec, grid, machine)
+    kt, n, c = machine.kernel_time, local.n, local.c_in
+    cost.forward = kt("elementwise", local.busy, n=n, c=c, in_spatial=local.own_in)
+    cost.backward = kt("elementwise", local.busy, n=n, c=c, in_spatial=local.own_in)
+    if local.spatial_split > 1:
+        cost.collective_forward = machine.allreduce(n * c * FLOAT64, local.spatial_split,
+                                                    local.spatial_split > machine.ranks_per_node)
+    cost.activation_bytes = n * c * machine.itemsize
+
+
+def flatten(spec, grid, machine, cost):
+    local = _Local(spec, grid, machine)
+    if len(spec.in_shape) > 2 and local.spatial_split > 1:
+        p = local.spatial_split
+        mine = local.n * local.c_in * math.prod(local.own_in) * machine.itemsize
+        alpha, beta = machine.link(p > machine.ranks_per_node)
+        # allgather (ring) of the blocks into the replicated (n, F) rows, and the slice back
+        cost.collective_forward = (p - 1) * (alpha + mine * beta) + machine.kernel_time("copy", local.busy,
+                                                                                         nbytes=mine * p)
+        cost.collective_backward = machine.kernel_time("copy", local.busy, nbytes=mine)
+    cost.activation_bytes = 0
+
+
+def linear(spec, grid, machine, cost):
+    local = _Local(spec, grid, machine)
+    kt, n = machine.kernel_time, local.n
+    f_in, f_out = spec.in_shape[1], spec.out_shape[1]
+    cost.forward = kt("gemm", local.busy, m=n, gemm_k=f_in, gemm_n=f_out)
+    cost.backward = (kt("gemm", local.busy, m=n, gemm_k=f_out, gemm_n=f_in)
+                     + kt("gemm", local.busy, m=f_out, gemm_k=n, gemm_n=f_in))
+    cost.activation_bytes = n * f_out * machine.itemsize if spec.keeps_output else 0.0
+
+
+# --- containers: a Block's own work ---------------------------------------------------------------------------
+
+def _block_local(block, grid, machine):
+    n = ceil_div(block.in_shape[0], grid[0])
+    out_block = [ceil_div(s, g) for s, g in zip(block.out_shape[2:], grid[1:])]
+    return busy_ranks(machine, math.prod(grid)), n, out_block
+
+
+def residual(block, grid, machine, cost):
+    """The add of body and shortcut, forward; the gradient passes to both, backward."""
+    busy, n, out_block = _block_local(block, grid, machine)
+    c_out = block.out_shape[1]
+    cost.forward = machine.kernel_time("elementwise", busy, n=n, c=c_out, in_spatial=out_block)
+    cost.backward = machine.kernel_time("elementwise", busy, n=n, c=c_out, in_spatial=out_block)
+
+
+def skip(block, grid, machine, cost):
+    """The concatenation forward; the split and the add of the skip's gradient backward."""
+    busy, n, out_block = _block_local(block, grid, machine)
+    nbytes = n * block.out_shape[1] * math.prod(out_block) * machine.itemsize
+    cost.forward = machine.kernel_time("copy", busy, nbytes=nbytes)
+    cost.backward = machine.kernel_time("copy", busy, nbytes=nbytes) + machine.kernel_time(
+        "elementwise", busy, n=n, c=block.in_shape[1], in_spatial=out_block)
+    cost.activation_bytes = 0.0
+
+
+def sequential(block, grid, machine, cost):
+    """A chain does no work of its own: its layers are priced one by one."""

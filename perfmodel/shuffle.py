@@ -1,0 +1,96 @@
+"""The cost of a shuffle: moving a tensor between two grids with one Alltoallv (hpcnn.parallel.Shuffle).
+
+Each rank sends what it owns and the other grid's rank needs, packs and unpacks; the adjoint in
+backward costs the same. Ranks are in C order in both grids; the part of a rank's old block that
+its new block also covers stays put.
+"""
+import math
+from functools import lru_cache
+
+import numpy as np
+
+from hpcnn.geometry import block_index, block_range
+
+from .costs import busy_ranks
+
+__all__ = ["shuffle_parts", "shuffle_bytes", "shuffle_matrix", "shuffle_time"]
+
+
+@lru_cache(maxsize=65536)
+def _axis_meets(size, a, b):
+    """Along one axis split in `a` blocks (old) and `b` blocks (new): the most new blocks an old block meets."""
+    if a == b:
+        return 1
+    meets = 1
+    for i in range(a):
+        lo, hi = block_range(size, a, i)
+        if hi > lo:
+            meets = max(meets, block_index(size, b, hi - 1) - block_index(size, b, lo) + 1)
+    return meets
+
+
+def _split_dims(shape):
+    """Tensor axes a grid splits: N and the spatial axes of (N, C, *S); only N of (N, F)."""
+    return [0] + list(range(2, len(shape))) if len(shape) > 2 else [0]
+
+
+def shuffle_parts(shape, src_grids, dst_grids, itemsize):
+    """Arrays for moving a tensor of global `shape` from each grid of src_grids to each of dst_grids.
+
+    Returns (sent (S, D) bytes of the busiest rank, partners (S, D), block (S,) bytes of a source
+    block). Ranks are in C order in both grids and the part of a rank's old block that its new
+    block also covers stays put; the rank at coordinate 0 of both grids (which holds the largest
+    blocks under the uneven rule) stands for all. An (N, F) tensor is replicated over the spatial
+    group: one replica sends, every replica of the target grid receives.
+    """
+    dims = _split_dims(shape)
+    src = np.asarray(src_grids, dtype=np.int64)[:, :len(dims)]
+    dst = np.asarray(dst_grids, dtype=np.int64)[:, :len(dims)]
+    old = np.ones(len(src))
+    kept = np.ones((len(src), len(dst)))
+    partners = np.ones((len(src), len(dst)))
+    for axis, dim in enumerate(dims):
+        size = shape[dim]
+        o = -(-size // src[:, axis])
+        nw = -(-size // dst[:, axis])
+        old = old * o
+        kept = kept * np.minimum(o[:, None], nw[None, :])
+        meets = np.array([[_axis_meets(size, int(a), int(b)) for b in dst[:, axis]] for a in src[:, axis]])
+        partners = partners * meets
+    rest = math.prod(s for i, s in enumerate(shape) if i not in dims)
+    same = (np.asarray(src_grids)[:, None, :] == np.asarray(dst_grids)[None, :, :]).all(axis=2)
+    sent = (old[:, None] - kept) * rest * itemsize
+    if len(shape) == 2:
+        replicas = np.prod(np.asarray(dst_grids)[:, 1:], axis=1).astype(float)
+        sent = sent * replicas[None, :]
+        partners = partners * replicas[None, :]
+    sent = np.where(same, 0.0, sent)
+    partners = np.where(same, 0, np.maximum(partners - 1, 1))
+    return sent, partners, old * rest * itemsize
+
+
+def shuffle_bytes(shape, src, dst, itemsize):
+    """(bytes the busiest rank sends, partners) moving a tensor of global `shape` from grid `src` to `dst`."""
+    sent, partners, _ = shuffle_parts(tuple(shape), [tuple(src)], [tuple(dst)], itemsize)
+    return float(sent[0, 0]), int(partners[0, 0])
+
+
+def shuffle_matrix(shape, src_grids, dst_grids, machine):
+    """(S, D) seconds of one shuffle (Alltoallv + pack + unpack) from each source grid to each target grid."""
+    shape = tuple(shape)
+    sent, partners, block = shuffle_parts(shape, src_grids, dst_grids, machine.itemsize)
+    ranks = math.prod(src_grids[0])
+    busy = busy_ranks(machine, ranks)
+    inter = machine.spans_nodes(ranks)
+    t = machine.alltoall_array(sent, ranks, inter, partners)
+    copy = np.array([machine.kernel_time("copy", busy, nbytes=float(b)) for b in block])
+    # pack the send buffer and unpack the receive buffer (about one block each)
+    return np.where(sent > 0, t + 2 * copy[:, None], 0.0)
+
+
+def shuffle_time(shape, src, dst, machine):
+    """Seconds of one shuffle of a tensor of global `shape` from grid src to grid dst."""
+    src, dst = tuple(src), tuple(dst)
+    if src == dst:
+        return 0.0
+    return float(shuffle_matrix(shape, [src], [dst], machine)[0, 0])
