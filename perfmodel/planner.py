@@ -1,381 +1,25 @@
 """The partition planner: a layered graph of (layer, grid) vertices and its shortest path -> a plan.
 
-Graph. Every leaf layer of the chain (see `perfmodel.layers`) is a layer of vertices, one per
-candidate grid: the factorizations of P over (N, H, W) or (N, D, H, W) that the layer can run
-under (`grids.grid_refusal`: no more sample blocks than samples, no block smaller than its halo,
-no empty output block). A vertex costs the layer's forward + backward time with its halo and
-collectives under that grid; an edge between consecutive layers costs the shuffle of the tensor
-between them from one grid to the other, forward and its adjoint backward. The input is read
-straight into any grid (the readers read a rank's block), so the first layer has no entry edge.
+The graph and its DP are in `perfmodel.solver` (every leaf layer of the chain a layer of vertices,
+one per candidate grid; residual blocks and U-Net skips edges weighted by the best path through
+them); a plan's costs and totals in `perfmodel.result`. This module finds the plan.
 
-Residual blocks and U-Net skips, as `hpcnn.parallel` runs them. A block takes its input in the grid
-g it arrives in (no shuffle at the block's entry) and is an edge of the graph from g to the grid h
-its output leaves in, weighted by the best path through it:
-- residual: the body is a sub-chain from g (its first layer shuffles if it wants another grid) to
-  any h; the shortcut's layers run in g; when h != g the shortcut's output is shuffled to h, where
-  the add happens (`DistResidual` joins the shortcut to the body's distribution);
-- skip: the inner chain runs from g to any grid, its output is shuffled back to g and concatenated
-  there, so h = g (`DistSkipConcat` concatenates in the input's distribution).
-Both operands of every add and concatenation are in one grid, so every plan is one that
-`parallel.distribute(model, plan=...)` runs exactly as costed. A block's G x G matrix is one
-min-plus DP over its body for all entry grids at once (O(L G^3)); nested blocks (U-Net levels)
-are solved recursively.
-
-Memory. Vertices whose own memory (the model's parameters, gradients and optimizer state, plus
-the layer's kept activations and workspace) exceeds the limit are dropped. The plan's memory is
+Memory. The solver drops the vertices whose own memory (the model's parameters, gradients and
+optimizer state, plus the layer's kept activations and workspace) exceeds the limit. The plan's memory is
 the sum of kept activations along the path plus the largest workspace plus the parameters'
 state; when the fastest path exceeds the limit, the planner minimizes time + lambda * memory,
 with lambda found by bisection (a Lagrangian relaxation of the constrained shortest path): the
 result honours the limit; it may be slightly slower than the best plan that fits, never faster.
 A limit that even the smallest-memory path exceeds is an error naming the smallest memory.
 """
-import math
 import time
 
-import numpy as np
+from .grids import candidate_grids
+from .result import PlanResult, iter_blocks_and_layers, uniform_plan, uniform_time
+from .solver import PlanError, Solver, constant_memory, gib_text, grid_string, parse_grid
 
-from .costs import OPTIMIZER_STATE, LayerCost, block_extra_cost, layer_cost
-from .grids import candidate_grids, grid_refusal
-from .iteration import iteration_time
-from .layers import Block, iter_layers
-from .shuffle import shuffle_matrix, shuffle_time
-
-__all__ = ["PlanError", "PlanResult", "plan_chain", "uniform_plan", "grid_string", "parse_grid"]
-
-_INF = math.inf
-
-
-class PlanError(ValueError):
-    """No plan exists (no grid serves a layer, or no plan fits the memory limit); the message says why."""
-
-
-def grid_string(grid):
-    return "x".join(str(g) for g in grid)
-
-
-def parse_grid(text):
-    return tuple(int(v) for v in str(text).lower().split("x"))
-
-
-def _constant_memory(chain, machine):
-    """Parameters + gradients + optimizer state + the reducer's bucket copy, on every rank."""
-    params = sum(layer.params for layer in iter_layers(chain))
-    return params * machine.itemsize * (2 + OPTIMIZER_STATE + 1)
-
-
-class _Solver:
-    """The DP over a chain; costs are computed once, then solved for any memory weight lambda."""
-
-    def __init__(self, chain, grids, machine, memory_limit):
-        self.chain = chain
-        self.grids = grids
-        self.machine = machine
-        self.memory_limit = memory_limit
-        self.constant = _constant_memory(chain, machine)
-        self.G = len(grids)
-        self._shuffle = {}
-        self._leaf = {}
-        self._blocks = {}
-        self.refusals = {}
-        self._prepare(chain)
-
-    # --- costs -------------------------------------------------------------------------------
-    def _prepare(self, chain):
-        for node in chain:
-            if isinstance(node, Block):
-                self._prepare(node.body)
-                if node.shortcut:
-                    self._prepare(node.shortcut)
-                extra = [block_extra_cost(node, g, self.machine) for g in self.grids]
-                self._blocks[id(node)] = extra
-            else:
-                self._leaf_costs(node)
-
-    def _leaf_costs(self, spec):
-        key = id(spec)
-        if key in self._leaf:
-            return self._leaf[key]
-        t = np.full(self.G, _INF)
-        m = np.zeros(self.G)
-        w = np.zeros(self.G)
-        costs = [None] * self.G
-        reasons = {}
-        for i, g in enumerate(self.grids):
-            why = grid_refusal(spec, g)
-            if why:
-                reasons[g] = why
-                continue
-            c = layer_cost(spec, g, self.machine)
-            if self.memory_limit is not None and \
-                    self.constant + c.activation_bytes + c.workspace_bytes > self.memory_limit:
-                reasons[g] = (f"needs {_gib(self.constant + c.activation_bytes + c.workspace_bytes)} per rank "
-                              f"with the parameters' state, over the limit of {_gib(self.memory_limit)}")
-                continue
-            costs[i] = c
-            t[i] = c.time
-            m[i] = c.activation_bytes
-            w[i] = c.workspace_bytes
-        if not np.isfinite(t).any():
-            if any("over the limit" in r for r in reasons.values()):
-                least = min(self.constant + c.activation_bytes + c.workspace_bytes for c in
-                            (layer_cost(spec, g, self.machine) for g in reasons if "over the limit" in reasons[g]))
-                raise PlanError(f"no plan fits {_gib(self.memory_limit)} per rank: layer {spec.name!r} ({spec.kind}, "
-                                f"input {spec.in_shape}) needs at least {_gib(least)} under any grid, with the "
-                                f"parameters' state; use more ranks or a smaller batch")
-            detail = "; ".join(f"{grid_string(g)}: {r}" for g, r in list(reasons.items())[:6])
-            raise PlanError(f"no grid of {self._ranks()} ranks can serve layer {spec.name!r} "
-                            f"({spec.kind}, input {spec.in_shape}): {detail}")
-        self._leaf[key] = (t, m, w, costs)
-        self.refusals[spec.name] = reasons
-        return self._leaf[key]
-
-    def _ranks(self):
-        return math.prod(self.grids[0])
-
-    def shuffle_matrix(self, shape):
-        """(G, G) seconds of moving a tensor of `shape` between grids, forward and backward."""
-        shape = tuple(shape)
-        hit = self._shuffle.get(shape)
-        if hit is None:
-            hit = self._shuffle[shape] = 2 * shuffle_matrix(shape, self.grids, self.grids, self.machine)
-        return hit
-
-    # --- the DP ------------------------------------------------------------------------------
-    def _leaf_vectors(self, node, lam):
-        t, m, _, _ = self._leaf_costs(node)
-        return t + lam * m, t, m
-
-    def _fixed_chain(self, chain, lam):
-        """(weight, time, memory) (G,) of a chain whose layers all run in the grid of its input (a shortcut)."""
-        w = np.zeros(self.G)
-        t = np.zeros(self.G)
-        m = np.zeros(self.G)
-        for node in chain:
-            if isinstance(node, Block):
-                bw, bt, bm = (np.diagonal(a).copy() for a in self._block_matrices(node, lam)[:3])
-            else:
-                bw, bt, bm = self._leaf_vectors(node, lam)
-            w, t, m = w + bw, t + bt, m + bm
-        return w, t, m
-
-    def _block_matrices(self, block, lam):
-        """(weight, time, memory) (G, G) of a block entered in grid g (rows) and left in grid h (columns),
-        with the body's solution for backtracking.
-
-        Residual: body from g to h (any path), shortcut in g, its output shuffled to h when h != g
-        (as `DistResidual` does), the add in h. Skip: the inner chain from g, its output shuffled back
-        to g (as `DistSkipConcat` does), the concatenation in g; only h == g.
-        """
-        key = (id(block), lam)
-        hit = self._blocks.get(key)
-        if hit is not None:
-            return hit
-        G = self.G
-        extra = self._blocks[id(block)]
-        x_t = np.array([e.time for e in extra])
-        x_m = np.array([e.activation_bytes for e in extra])
-        start = np.full((G, G), _INF)
-        np.fill_diagonal(start, 0.0)
-        body = self._solve(block.body, start, lam)
-        if block.kind == "residual":
-            s_w, s_t, s_m = self._fixed_chain(block.shortcut or [], lam)
-            move = self.shuffle_matrix(block.out_shape)
-            weight = body["weight"] + s_w[:, None] + move + (x_t + lam * x_m)[None, :]
-            t = body["time"] + s_t[:, None] + move + x_t[None, :]
-            m = body["memory"] + s_m[:, None] + x_m[None, :]
-            last = np.broadcast_to(np.arange(G), (G, G))
-        else:
-            back = self.shuffle_matrix(block.body[-1].out_shape)          # inner's last grid -> g
-            total = body["weight"] + back.T                               # (g, last)
-            last_of = np.argmin(total, axis=1)
-            rows = np.arange(G)
-            weight = np.full((G, G), _INF)
-            t = np.full((G, G), _INF)
-            m = np.zeros((G, G))
-            weight[rows, rows] = total[rows, last_of] + x_t + lam * x_m
-            t[rows, rows] = body["time"][rows, last_of] + back[last_of, rows] + x_t
-            m[rows, rows] = body["memory"][rows, last_of] + x_m
-            last = np.broadcast_to(last_of[:, None], (G, G))
-        hit = self._blocks[key] = (weight, t, m, body, last)
-        return hit
-
-    def _solve(self, chain, start, lam):
-        """DP over `chain` from S start states: start (S, G) is the cost of having the chain's input in
-        each grid. Returns weight/time/memory (S, G) of the best path ending in each grid, and the
-        argmin predecessor grids per node for backtracking."""
-        S = start.shape[0]
-        weight = start.copy()
-        t_acc = np.where(np.isfinite(start), start, _INF)
-        m_acc = np.zeros_like(start)
-        back = []
-        s_idx = np.arange(S)[:, None]
-        h_idx = np.arange(self.G)[None, :]
-        for node in chain:
-            if isinstance(node, Block):
-                edge_w, edge_t, edge_m = self._block_matrices(node, lam)[:3]
-                node_w = node_t = node_m = 0.0
-            else:
-                shuf = self.shuffle_matrix(node.in_shape)
-                edge_w, edge_t, edge_m = shuf, shuf, 0.0
-                w_v, t_v, m_v = self._leaf_vectors(node, lam)
-                node_w, node_t, node_m = w_v[None, :], t_v[None, :], m_v[None, :]
-            cand = weight[:, :, None] + edge_w[None, :, :]               # (S, prev, next)
-            pred = np.argmin(cand, axis=1)
-            weight = cand[s_idx, pred, h_idx] + node_w
-            t_acc = t_acc[s_idx, pred] + (edge_t[pred, h_idx]) + node_t
-            m_acc = m_acc[s_idx, pred] + (edge_m[pred, h_idx] if not np.isscalar(edge_m) else 0.0) + node_m
-            back.append(pred)
-        return {"weight": weight, "time": t_acc, "memory": m_acc, "back": back}
-
-    def solve(self, lam):
-        start = np.zeros((1, self.G))
-        res = self._solve(self.chain, start, lam)
-        last = int(np.argmin(res["weight"][0]))
-        if not math.isfinite(res["weight"][0, last]):
-            raise PlanError("no sequence of grids serves every layer (every path has an infeasible layer)")
-        assignment = {}
-        self._trace(self.chain, res, 0, last, assignment, lam)
-        return assignment
-
-    def _trace(self, chain, res, s, last, assignment, lam):
-        """Fill {layer name: grid index} walking the predecessors back from grid index `last`.
-        A block's entry is `g_in` (its predecessor), its exit `g`."""
-        g = last
-        for j in range(len(chain) - 1, -1, -1):
-            node = chain[j]
-            g_in = int(res["back"][j][s, g])
-            if isinstance(node, Block):
-                assignment[node.name] = g_in
-                _, _, _, body, body_last = self._block_matrices(node, lam)
-                self._trace(node.body, body, g_in, int(body_last[g_in, g]), assignment, lam)
-                for leaf in node.shortcut or []:
-                    self._assign_fixed(leaf, g_in, assignment, lam)
-            else:
-                assignment[node.name] = g
-            g = g_in
-
-    def _assign_fixed(self, node, g, assignment, lam):
-        if isinstance(node, Block):
-            assignment[node.name] = g
-            _, _, _, body, body_last = self._block_matrices(node, lam)
-            self._trace(node.body, body, g, int(body_last[g, g]), assignment, lam)
-            for leaf in node.shortcut or []:
-                self._assign_fixed(leaf, g, assignment, lam)
-        else:
-            assignment[node.name] = g
-
-
-class PlanResult:
-    """The planner's answer: a grid per layer, predicted costs, totals and the alternatives.
-
-    layers: [(node, grid, LayerCost, shuffle seconds before it)] in forward order; node is a LayerSpec,
-    a Block (its own add or concatenation; grid = the grid it is entered in) or None (a shuffle inside
-    a block: a residual's shortcut output moving to the body's grid, a skip's inner output moving back).
-    """
-
-    def __init__(self, chain, ranks, machine, assignment, grids, solver, seconds):
-        self.chain = chain
-        self.ranks = ranks
-        self.machine = machine
-        self.grids = grids
-        self.solver = solver
-        self.planning_seconds = seconds
-        self.grid_of = {name: grids[i] for name, i in assignment.items()}
-        self.layers = []
-        self._collect(chain, None)
-        self.memory = self._memory()
-
-    def _collect(self, chain, prev):
-        """Append the chain's entries starting from a tensor in grid `prev`; returns the output grid."""
-        for node in chain:
-            if isinstance(node, Block):
-                g = self.grid_of[node.name] if prev is None else prev
-                entry = len(self.layers)
-                self.layers.append(None)
-                h = self._collect(node.body, g)
-                if node.kind == "residual":
-                    self._collect(node.shortcut or [], g)
-                    if h != g:
-                        self.layers.append((None, h, LayerCost(), shuffle_time(node.out_shape, g, h,
-                                                                                      self.machine) * 2))
-                    out = h
-                else:
-                    if h != g:
-                        self.layers.append((None, g, LayerCost(), shuffle_time(node.body[-1].out_shape, h, g,
-                                                                                      self.machine) * 2))
-                    out = g
-                self.layers[entry] = (node, out, block_extra_cost(node, out, self.machine), 0.0)
-                prev = out
-            else:
-                g = self.grid_of[node.name]
-                shuffle = 0.0 if prev is None or prev == g else 2 * shuffle_time(node.in_shape, prev, g,
-                                                                                          self.machine)
-                self.layers.append((node, g, layer_cost(node, g, self.machine), shuffle))
-                prev = g
-        return prev
-
-    def _memory(self):
-        act = sum(c.activation_bytes for _, _, c, _ in self.layers)
-        work = max((c.workspace_bytes for _, _, c, _ in self.layers), default=0.0)
-        return self.solver.constant + act + work
-
-    @property
-    def path_time(self):
-        """What the shortest path minimized: every layer's time with its halo and collectives, plus shuffles."""
-        return sum(c.time for _, _, c, _ in self.layers) + sum(s for _, _, _, s in self.layers)
-
-    def totals(self):
-        """{'forward', 'backward', 'communication', 'shuffle', 'iteration', 'memory', parts...} in seconds / bytes."""
-        leaf_costs = [c for node, _, c, _ in self.layers if node is not None]
-        shuffles = sum(s for _, _, _, s in self.layers)
-        t, parts = iteration_time(leaf_costs, shuffles, self.machine, self.ranks)
-        return {"iteration": t, "forward": sum(c.forward for c in leaf_costs),
-                "backward": sum(c.backward for c in leaf_costs),
-                "communication": sum(c.communication for c in leaf_costs) + parts["gradient_allreduce"],
-                "shuffle": shuffles, "memory": self.memory, **parts}
-
-    def uniform_time(self, grid):
-        """Predicted iteration seconds with one grid for every layer (None if some layer refuses it)."""
-        return uniform_time(self.chain, grid, self.machine)
-
-
-def uniform_time(chain, grid, machine):
-    """Predicted (iteration seconds, per-layer [(LayerSpec, LayerCost)]) with one grid everywhere, or None."""
-    grid = tuple(grid)
-    out = []
-    for node in iter_blocks_and_layers(chain):
-        if isinstance(node, Block):
-            out.append((node, block_extra_cost(node, grid, machine)))
-        elif grid_refusal(node, grid):
-            return None
-        else:
-            out.append((node, layer_cost(node, grid, machine)))
-    t, _ = iteration_time([c for _, c in out], 0.0, machine, math.prod(grid))
-    return t, out
-
-
-def uniform_plan(chain, grid, machine):
-    """A PlanResult with one grid for every layer (costs, totals and memory as for a plan), or None if a
-    layer refuses the grid. Memory is not checked against the profile's limit: `.memory` says what it needs."""
-    grid = tuple(grid)
-    if any(grid_refusal(node, grid) for node in iter_layers(chain)):
-        return None
-    solver = _Solver(chain, [grid], machine, None)
-    assignment = {node.name: 0 for node in iter_blocks_and_layers(chain)}
-    return PlanResult(chain, math.prod(grid), machine, assignment, [grid], solver, 0.0)
-
-
-def iter_blocks_and_layers(chain):
-    """Blocks and leaf layers depth first in forward order (a block before its body)."""
-    for node in chain:
-        yield node
-        if isinstance(node, Block):
-            yield from iter_blocks_and_layers(node.body)
-            yield from iter_blocks_and_layers(node.shortcut or [])
-
-
-def _gib(nbytes):
-    return f"{nbytes / 2**30:.3g} GiB"
+__all__ = ["PlanError", "PlanResult", "plan_chain", "uniform_plan", "uniform_time", "grid_string", "parse_grid",
+           "iter_blocks_and_layers"]
 
 
 def plan_chain(chain, ranks, machine, memory_limit=None):
@@ -394,11 +38,11 @@ def plan_chain(chain, ranks, machine, memory_limit=None):
     if not grids:
         raise PlanError(f"no grid of {ranks} ranks exists for a batch of {first.in_shape[0]}")
     limit = machine.memory_per_rank if memory_limit is None else float(memory_limit)
-    constant = _constant_memory(chain, machine)
+    constant = constant_memory(chain, machine)
     if constant > limit:
-        raise PlanError(f"no plan fits {_gib(limit)} per rank: the parameters, gradients and optimizer state "
-                        f"alone need {_gib(constant)}")
-    solver = _Solver(chain, grids, machine, limit)
+        raise PlanError(f"no plan fits {gib_text(limit)} per rank: the parameters, gradients and optimizer state "
+                        f"alone need {gib_text(constant)}")
+    solver = Solver(chain, grids, machine, limit)
     assignment = solver.solve(0.0)
     result = PlanResult(chain, ranks, machine, assignment, grids, solver, 0.0)
     if result.memory > limit:
@@ -413,8 +57,8 @@ def plan_chain(chain, ranks, machine, memory_limit=None):
                 break
             lam_hi *= 10
             if lam_hi > 1e6:
-                raise PlanError(f"no plan fits {_gib(limit)} per rank: the smallest plan found needs "
-                                f"{_gib(r.memory)} (parameters and optimizer state: {_gib(solver.constant)}); "
+                raise PlanError(f"no plan fits {gib_text(limit)} per rank: the smallest plan found needs "
+                                f"{gib_text(r.memory)} (parameters and optimizer state: {gib_text(solver.constant)}); "
                                 f"use more ranks or a smaller batch")
         lam_lo = 0.0
         for _ in range(30):

@@ -2,12 +2,13 @@
 import math
 
 from .costs import layer_cost
-from .grids import candidate_grids, grid_refusal
+from .grids import grid_refusal
 from .shuffle import shuffle_time
 from .layers import Block
-from .planner import grid_string, uniform_time
+from .planner import grid_string
+from .splits import best_uniform
 
-__all__ = ["plan_table", "speedups", "explain", "plan_entries", "best_uniform", "to_plan", "breakdown", "first_refusal"]
+__all__ = ["plan_table", "speedups", "explain", "plan_entries", "to_plan", "breakdown"]
 
 
 def _ms(seconds):
@@ -47,36 +48,6 @@ def plan_table(result):
                  f"{t['optimizer'] * 1e3:.3f}); memory per rank {t['memory'] / 2**30:.3f} GiB "
                  f"(limit {result.solver.memory_limit / 2**30:.3g} GiB)")
     return "\n".join(lines)
-
-
-def best_uniform(chain, ranks, machine, sample=None):
-    """(grid, seconds) of the fastest single grid among pure sample (sample=True) or pure spatial
-    (sample=False, Pn = 1) grids, or (None, reason)."""
-    nd = len(chain[0].in_shape) - 2
-    if sample:
-        grids = [(ranks,) + (1,) * nd]
-    else:
-        grids = [g for g in candidate_grids(ranks, nd) if g[0] == 1]
-    best, why = None, None
-    for g in grids:
-        u = uniform_time(chain, g, machine)
-        if u is None:
-            why = why or first_refusal(chain, g)
-            continue
-        if best is None or u[0] < best[1]:
-            best = (g, u[0])
-    return best if best else (None, why)
-
-
-def first_refusal(chain, grid):
-    """Why `grid` cannot run `chain`: the first leaf layer that refuses it, with the reason."""
-    from .planner import iter_blocks_and_layers
-    for node in iter_blocks_and_layers(chain):
-        if not isinstance(node, Block):
-            why = grid_refusal(node, grid)
-            if why:
-                return f"layer {node.name!r}: {why}"
-    return "refused"
 
 
 def speedups(result):

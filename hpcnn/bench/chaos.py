@@ -24,9 +24,10 @@ import math
 import os
 import statistics
 import sys
-import time
 
-import numpy as np
+from .chaos_costs import core_sharing_slowdown, layers_gil_fraction, weight_sharing_contention
+from .chaos_torch import torch_runs
+from .output import pyplot, write_csv
 
 __all__ = ["add_arguments", "run", "NETWORKS", "layers_gil_fraction", "core_sharing_slowdown",
            "weight_sharing_contention"]
@@ -96,15 +97,14 @@ def run(args):
         details[name] = d
     _print_table(rows)
     if args.csv:
-        _write_csv(args.csv, rows)
+        write_csv(args.csv, _COLUMNS, rows, digits=None)
         print(f"wrote {args.csv}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "networks": details, "settings": describe_thread_settings(),
                        "argv": sys.argv[1:]}, f, indent=1, default=float)
         print(f"wrote {args.json}")
-    if args.png:
-        _plot(args.png, details)
+    if args.png and _plot(args.png, details):
         print(f"wrote {args.png}")
     return 0
 
@@ -174,7 +174,8 @@ def _bench_network(name, settings, epochs, repeats, torch_epochs, subset, args):
                      "accuracy_points_vs_sequential": None if seq_accuracy is None else 100 * (acc - seq_accuracy)})
     torch_rows = []
     if torch_epochs > 0:
-        torch_rows = _torch_runs(name, options, train, val, torch_epochs, args)
+        torch_rows = torch_runs(name, options, train, val, torch_epochs, _int_list(args.torch_threads), args.batch,
+                                args.lr, args.torch_seconds)
         if torch_rows:
             best_torch = max(r["images_per_second"] for r in torch_rows)
             for row in rows:
@@ -189,189 +190,6 @@ def _bench_network(name, settings, epochs, repeats, torch_epochs, subset, args):
                                       "history": r["history"]} for r in rs] for (w, b), rs in runs.items()},
                "torch": torch_rows}
     return rows, details
-
-
-def layers_gil_fraction(model, loss, train, batch, samples=200):
-    """The share of a layer-by-layer step's time spent outside numba kernels, i.e. holding the GIL.
-
-    Every numba dispatcher that is a module global of hpcnn.kernels.cpu.* is wrapped with a timer for
-    the measurement (the kernel wrappers look them up at call time), then restored. BLAS calls from
-    numpy (Linear) also release the GIL but count here as held: an upper bound.
-    """
-    import importlib
-    import pkgutil
-
-    from numba.core.registry import CPUDispatcher
-
-    from .. import chaos
-    from ..kernels import cpu
-    inside = [0.0]
-    patched = []
-
-    def timed(fn):
-        def call(*a, **k):
-            t = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                inside[0] += time.perf_counter() - t
-        return call
-
-    for info in pkgutil.iter_modules(cpu.__path__):
-        module = importlib.import_module(f"{cpu.__name__}.{info.name}")
-        for key, value in list(vars(module).items()):
-            if isinstance(value, CPUDispatcher):
-                patched.append((module, key, value))
-                setattr(module, key, timed(value))
-    x, y = train[0][:samples], train[1][:samples]
-    try:
-        engine = chaos.ChaosEngine(model, loss, threads=1, batch=batch, step="layers")
-        engine.fit((x, y), epochs=1)           # warm-up: compile, caches
-        inside[0] = 0.0
-        metrics = engine.fit((x, y), epochs=1)[-1]
-    finally:
-        for module, key, value in patched:
-            setattr(module, key, value)
-    return min(1.0, max(0.0, 1.0 - inside[0] / metrics["busy_seconds"]))
-
-
-def weight_sharing_contention(params, sample_seconds, sweeps=400):
-    """kappa for perfmodel.chaos: the extra time per sample, relative to `sample_seconds`, that two workers pay
-    when they update one shared copy of the weights instead of a copy each.
-
-    Two threads each sweep a weight buffer `sweeps` times (read, then write every element: what one
-    worker's forward and update do to the weights); once on one shared buffer, once on private copies.
-    kappa = (shared - private) seconds per sweep / sample_seconds.
-    """
-    import threading
-
-    import numba
-
-    @numba.njit(nogil=True)
-    def sweep(w, times):
-        for _ in range(times):
-            for i in range(w.shape[0]):
-                w[i] = w[i] * 0.999999 + 1e-7
-
-    def timed(buffers):
-        sweep(buffers[0], 1)    # compile outside the timing
-        threads = [threading.Thread(target=sweep, args=(b, sweeps)) for b in buffers]
-        t = time.perf_counter()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        return time.perf_counter() - t
-
-    shared = np.array(params, copy=True)
-    results = []
-    for _ in range(3):
-        private = timed([shared.copy(), shared.copy()])
-        both = timed([shared, shared])
-        results.append((both - private) / sweeps / sample_seconds)
-    return max(0.0, statistics.median(results))
-
-
-def core_sharing_slowdown(options, train, args, epochs=2):
-    """The part of kappa that comes from the machine, not from the shared weights: how much slower one
-    worker's per-sample time gets while an independent worker (its own model, its own weights) runs
-    on the other core. Cores that share caches, memory bandwidth or a physical core (SMT siblings)
-    show it; the weight-sharing sweep above cannot.
-    """
-    import threading
-
-    from .. import chaos, models, nn
-
-    def one_engine():
-        model = models.build("lenet", seed=0, **options)
-        return chaos.ChaosEngine(model, nn.CrossEntropyLoss(), threads=1, blas_threads=1, batch=args.batch,
-                                 seed=0, step="fused", chunk=args.chunk)
-
-    def per_sample(history):
-        return statistics.median(m["busy_seconds"] / m["samples"] for m in history)
-
-    solo = one_engine()
-    solo.fit(train, epochs=1)                      # warm-up: compile, caches
-    alone = per_sample(solo.fit(train, epochs=epochs))
-    engines = [one_engine() for _ in range(2)]
-    for e in engines:
-        e.fit(train, epochs=1)
-    results = [None, None]
-
-    def work(i):
-        results[i] = per_sample(engines[i].fit(train, epochs=epochs))
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    if None in results:
-        raise RuntimeError("core_sharing_slowdown: a co-running engine failed")
-    return max(0.0, statistics.median(results) / alone - 1.0)
-
-
-# --- PyTorch on the same network --------------------------------------------------------------------------------
-
-def _mirrored(model):
-    """The PyTorch module computing what `model` computes, with copies of its weights."""
-    from ..nn.torch_mirror import copy_into_torch, torch_mirror
-    return copy_into_torch(model, torch_mirror(model))
-
-
-def _torch_runs(name, options, train, val, epochs, args):
-    try:
-        import torch
-    except ImportError:
-        print("  PyTorch is not installed: skipping the PyTorch CPU comparison (pip install torch to get it)")
-        return []
-    from .. import chaos, models
-    from ..train.schedule import CosineLR
-    x, y = torch.from_numpy(train[0]), torch.from_numpy(train[1])
-    xv, yv = torch.from_numpy(val[0]), torch.from_numpy(val[1])
-    n = len(y)
-    batches = math.ceil(n / args.batch)
-    schedule = CosineLR(args.lr, batches * epochs)
-    saved = torch.get_num_threads()
-    rows = []
-    try:
-        for threads in _int_list(args.torch_threads):
-            torch.set_num_threads(threads)
-            net = _mirrored(models.build("lenet", seed=0, **options))
-            opt = torch.optim.SGD(net.parameters(), lr=args.lr)
-            step, seconds, done, capped = 0, 0.0, 0, False
-            for epoch in range(epochs):
-                if capped:
-                    break
-                order = torch.from_numpy(chaos.epoch_order(n, epoch, 0))
-                t0 = time.perf_counter()
-                for j in range(batches):
-                    if j % 16 == 0 and seconds + time.perf_counter() - t0 > args.torch_seconds:
-                        capped = True
-                        break
-                    idx = order[j * args.batch:(j + 1) * args.batch]
-                    for group in opt.param_groups:
-                        group["lr"] = schedule.lr_at(step)
-                    opt.zero_grad(set_to_none=True)
-                    loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
-                    loss.backward()
-                    opt.step()
-                    step += 1
-                    done += len(idx)
-                seconds += time.perf_counter() - t0
-            with torch.no_grad():
-                accuracy = float((net(xv).argmax(1) == yv).float().mean())
-            ips = done / seconds
-            what = (f"stopped by --torch-seconds after {step} steps" if capped
-                    else f"val accuracy after {epochs} epoch(s) {accuracy:.4f}")
-            print(f"  {name} PyTorch {torch.__version__} CPU, {threads} thread(s): {ips:8.0f} images/s, {what}",
-                  flush=True)
-            rows.append({"network": name, "workers": 1, "blas_threads": threads, "step": "pytorch",
-                         "epochs": round(step / batches, 3), "images_per_second": ips,
-                         "val_accuracy": None if capped else accuracy})
-    finally:
-        torch.set_num_threads(saved)
-    return rows
 
 
 # --- output ----------------------------------------------------------------------------------------------------
@@ -401,19 +219,11 @@ def _print_table(rows):
         print("  ".join(cell.rjust(w) for cell, w in zip(row, widths)))
 
 
-def _write_csv(path, rows):
-    import csv
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: r.get(k) for k in _COLUMNS})
-
-
 def _plot(path, details):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """The speedup plot (measured points, their median, the model's curve) at `path`; False without matplotlib."""
+    plt = pyplot()
+    if plt is None:
+        return False
     fig, ax = plt.subplots(figsize=(6, 4))
     top = 1
     for i, (name, d) in enumerate(details.items()):
@@ -444,3 +254,4 @@ def _plot(path, details):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True

@@ -11,14 +11,15 @@ the fastest measured candidate. Writes model_layers.csv, model_iterations.csv an
 """
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
 
-from . import mpiexec
+from .host_profile import host_profile
+from .launch import run_ranks
+from .output import pyplot
 
 __all__ = ["add_arguments", "run", "CASES"]
 
@@ -38,22 +39,6 @@ def add_arguments(p):
     p.add_argument("--iterations", type=int, default=3, help="timed iterations per configuration (default 3)")
     p.add_argument("--out", default="bench-out", help="folder for the CSV files and the PNG plot")
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed per mpiexec run")
-
-
-def _default_machine():
-    import socket
-
-    from perfmodel.machine import shipped_profiles
-    shipped = shipped_profiles()
-    host = socket.gethostname()
-    for name, path in shipped.items():
-        if name.startswith(host):
-            return path
-    cpu = [p for n, p in shipped.items() if "cpu" in n]
-    if not cpu:
-        raise SystemExit("hpcnn bench model: no CPU profile found; run `mpiexec -n 2 hpcnn calibrate -o P.json` "
-                         "and pass --machine P.json")
-    return max(cpu, key=os.path.getmtime)
 
 
 # --- the worker (runs under mpiexec) --------------------------------------------------------------
@@ -115,11 +100,10 @@ def _predict(grid_or_plan, machine, chain):
 def run(args):
     from perfmodel.grids import candidate_grids, grid_refusal
     from perfmodel.layers import iter_layers, model_chain
-    from perfmodel.machine import load_profile
     from perfmodel.planner import grid_string, plan_chain
     from perfmodel.report import to_plan
 
-    machine = load_profile(args.machine or _default_machine())
+    machine = host_profile(args.machine)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     for m in names:
         if m not in CASES:
@@ -154,11 +138,9 @@ def run(args):
             out_path = os.path.join(tmp, "out.json")
             with open(spec_path, "w") as f:
                 json.dump({"jobs": jobs}, f)
-            env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
-                       MKL_NUM_THREADS="1")
-            cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "hpcnn.bench.model", spec_path, out_path]
             print(f"{ranks} rank(s): {len(jobs)} configurations ...", flush=True)
-            subprocess.run(cmd, env=env, check=True, timeout=args.timeout)
+            run_ranks(ranks, 1, ["-m", "hpcnn.bench.model", spec_path, out_path], args.timeout, "hpcnn bench model",
+                      f"{ranks} rank(s), {len(jobs)} configurations")
             with open(out_path) as f:
                 measured = json.load(f)
         by_model = {}
@@ -208,12 +190,8 @@ def _report(rows_layers, rows_iter, plan_rows, out):
     for ranks, m, planned, label, fastest in plan_rows:
         print(f"{ranks} rank(s) {m}: the planner's plan measures {planned * 1e3:.2f} ms, the fastest candidate "
               f"({label}) {fastest * 1e3:.2f} ms: {(planned / fastest - 1) * 100:+.1f}%")
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is missing: no plot")
+    plt = pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 5))
     for ax, data, title in ((axes[0], [(m, p) for *_, m, p in rows_layers], "per layer (fwd + bwd)"),

@@ -1,11 +1,12 @@
 """Per-layer timing of a distributed model: wall seconds of every leaf layer's forward and backward, and the
 communication seconds inside them by kind.
 
-The kinds are those of the communicator's clock (`hpcnn.parallel.mpi.KINDS`: halo, collective,
-shuffle, gradient_allreduce); a
-layer's compute is its wall time less its communication. Shuffles that containers run between their
-children (a residual's shortcut joining the body's grid) and the gradient-allreduce wait after
-backward fall outside every leaf: `iteration_clock` measures them for a whole iteration.
+Each leaf's forward and backward are wrapped; a call records its wall time and the difference of
+its Communicator's clock (`hpcnn.parallel.mpi.Clock`; kinds halo, collective, shuffle,
+gradient_allreduce) across it. A layer's compute is its wall time less its communication.
+Shuffles that containers run between their children (a residual's shortcut joining the body's
+grid) and the gradient-allreduce wait after backward fall outside every leaf: a whole
+iteration's clock difference (`comm.clock.snapshot()` before and after) measures them.
 
     probe = LayerProbe(dm)               # wraps the leaves of dm in place
     ... iterations ...; probe.clear()    # drop the warm-up

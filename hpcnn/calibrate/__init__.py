@@ -63,7 +63,6 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None)
     kernel_budget = budget * (0.8 if size > 1 else 0.95)
     tables, slowdown = kernel_phase(comm, kernel_budget, rng, bar)
 
-    comm_budget_start = time.perf_counter()
     max_bytes = 1 << (22 if quick else 25)
     sizes = [8 << (2 * i) for i in range(12) if (8 << (2 * i)) <= max_bytes]
     pingpong = measure_pingpong(comm, sizes) if size > 1 else []

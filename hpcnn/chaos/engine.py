@@ -27,9 +27,7 @@ Two ways to run one step
   model allows it and the run is not deterministic.
 """
 import copy
-import itertools
 import math
-import threading
 import time
 
 import numpy as np
@@ -39,35 +37,14 @@ from ..data.dataset import epoch_order
 from ..parallel.mpi import Communicator
 from . import fused as _fused
 from .kernels import train_chunk
-from .clock import Aborted, StalenessClock
-from .threads import available_cores, worker_thread_limits, worker_thread_setup
+from .clock import StalenessClock
+from .threads import available_cores, worker_thread_limits
+from .workers import ChaosWorkerError, Worker, run_workers
 
 __all__ = ["ChaosEngine", "ChaosWorkerError", "fit", "epoch_order", "STEPS"]
 
 STEPS = ("auto", "fused", "layers")
 _EVAL_BATCH = 512
-
-
-class ChaosWorkerError(RuntimeError):
-    """A worker raised: the engine stopped every worker and reports the first error (chained)."""
-
-
-class _Worker:
-    """One worker's private state and its statistics for the current segment."""
-
-    def __init__(self, index):
-        self.index = index
-        self.loss_sum = 0.0
-        self.correct = 0
-        self.samples = 0
-        self.updates = 0
-        self.kernel_seconds = 0.0   # time inside the nogil fused call
-        self.busy_seconds = 0.0     # time from the worker's start to its end
-        self.cpu_seconds = 0.0      # CPU time of the worker's thread (less than busy when cores are shared)
-
-    def reset(self):
-        self.loss_sum, self.correct, self.samples, self.updates = 0.0, 0, 0, 0
-        self.kernel_seconds = self.busy_seconds = self.cpu_seconds = 0.0
 
 
 class ChaosEngine:
@@ -201,7 +178,7 @@ class ChaosEngine:
                     raise
                 self.fused_reason = str(exc)
         self.step = "fused" if self.net is not None else "layers"
-        self.workers = [_Worker(i) for i in range(self.threads)]
+        self.workers = [Worker(i) for i in range(self.threads)]
         self.momentum_buffers = {}
         if self.step == "fused":
             for w in self.workers:
@@ -314,68 +291,18 @@ class ChaosEngine:
 
     def _run_segment(self, x, y, order, lrs, first, last):
         """Run the workers over mini-batches [first, last) of this epoch; returns (wall seconds, clock)."""
-        clock = StalenessClock(self.threads, self.staleness)
         per_take = self.chunk if self.step == "fused" else 1
         if self.staleness is not None:
             per_take = min(per_take, self.staleness + 1)
-        counter = itertools.count(first, per_take)      # next() is atomic under the GIL
-        stop = threading.Event()
-        errors = []
-        if self.step == "fused":
-            xs = self._fused_inputs(x)
-        else:
-            xs = x
+        xs = self._fused_inputs(x) if self.step == "fused" else x
 
-        def work(worker, on_thread):
-            start, cpu_start = time.perf_counter(), time.thread_time()
-            try:
-                if on_thread:
-                    worker_thread_setup()
-                while not stop.is_set():
-                    j = next(counter)
-                    if j >= last:
-                        break
-                    count = min(per_take, last - j)
-                    clock.acquire(worker.index, count)
-                    if self.step == "fused":
-                        self._fused_call(worker, xs, y, order, j, count, lrs[j - first:j - first + count])
-                    else:
-                        self._layers_call(worker, xs, y, order, j, lrs[j - first])
-                    worker.updates += count
-                    clock.advance(worker.index, count)
-            except Aborted:
-                pass
-            except BaseException as exc:  # reported on the main thread; stop the others
-                errors.append((worker.index, exc))
-                stop.set()
-                clock.abort()
-            finally:
-                clock.leave(worker.index)
-                worker.busy_seconds += time.perf_counter() - start
-                worker.cpu_seconds += time.thread_time() - cpu_start
+        def one(worker, j, count):
+            if self.step == "fused":
+                self._fused_call(worker, xs, y, order, j, count, lrs[j - first:j - first + count])
+            else:
+                self._layers_call(worker, xs, y, order, j, lrs[j - first])
 
-        t0 = time.perf_counter()
-        if self.threads == 1:
-            work(self.workers[0], False)   # the same code path, without a thread: deterministic, debuggable
-        else:
-            pool = [threading.Thread(target=work, args=(w, True), name=f"chaos-worker-{w.index}", daemon=True)
-                    for w in self.workers]
-            for t in pool:
-                t.start()
-            try:
-                for t in pool:              # the end-of-segment barrier
-                    while t.is_alive():
-                        t.join(0.1)
-            except BaseException:           # e.g. KeyboardInterrupt: stop the workers before leaving
-                stop.set()
-                clock.abort()
-                raise
-        seconds = time.perf_counter() - t0
-        if errors:
-            index, exc = errors[0]
-            raise ChaosWorkerError(f"chaos: worker {index} of {self.threads} failed: "
-                                   f"{type(exc).__name__}: {exc}") from exc
-        return seconds, clock
+        return run_workers(self.workers, self.staleness, per_take, first, last, one)
 
     def _fused_labels(self, y):
         # the fused step indexes with the labels and has no bounds checks: refuse bad ones here

@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from .dataset import TASKS, DataError, Dataset, block_slices
+from .dataset import TASKS, DataError, Dataset
 
 __all__ = ["HDF5Dataset", "NpyDataset", "NpyBlockReader", "HDF5_OPTIONS", "NPY_OPTIONS",
            "write_hdf5", "write_npy"]

@@ -110,7 +110,7 @@ class Residual(Module):
         return "Residual(body, " + ("identity" if self.shortcut is None else "shortcut") + ")"
 
     def __repr__(self):
-        parts = [f"  (body): " + repr(self.body).replace("\n", "\n  ")]
+        parts = ["  (body): " + repr(self.body).replace("\n", "\n  ")]
         if self.shortcut is not None:
             parts.append("  (shortcut): " + repr(self.shortcut).replace("\n", "\n  "))
         return "Residual(\n" + "\n".join(parts) + "\n)"

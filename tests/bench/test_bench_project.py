@@ -11,7 +11,7 @@ from perfmodel.grids import candidate_grids
 from perfmodel.layers import model_chain
 from perfmodel.machine import load_profile
 from perfmodel.planner import parse_grid, plan_chain, uniform_plan, uniform_time
-from perfmodel.report import best_uniform
+from perfmodel.splits import SPLITS, best_uniform
 
 COLUMNS = ["model", "mode", "split", "ranks", "global_batch", "grid", "distinct_grids", "iteration_s",
            "samples_per_s", "speedup", "efficiency", "comm_share", "allreduce_share", "memory_gib", "fits", "reason"]
@@ -51,11 +51,27 @@ def test_csv_schema_and_one_row_per_point(run):
     assert len(body) == 2 * len(RANKS) * 4 == len(doc["rows"])
     keys = {(r["mode"], r["split"], r["ranks"]) for r in doc["rows"]}
     assert len(keys) == len(body)
+    assert {r["split"] for r in doc["rows"]} == set(SPLITS) == {"sample", "spatial", "hybrid", "plan"}
+    # the CSV holds the JSON's rows, floats to 6 significant figures
+    for line, r in zip(body, doc["rows"]):
+        cells = dict(zip(COLUMNS, line))
+        assert (cells["mode"], cells["split"], int(cells["ranks"]), cells["reason"]) == \
+            (r["mode"], r["split"], r["ranks"], r["reason"])
+        if r["iteration_s"] != "":
+            assert float(cells["iteration_s"]) == pytest.approx(r["iteration_s"], rel=1e-5)
     with open(out / "project_memory.csv", newline="") as f:
         assert next(csv.reader(f)) == MEMORY_COLUMNS
-    assert doc["profile"] == "v100-nvlink-edr" and doc["sources"]
-    assert all(text for text in doc["sources"].values())
+        assert len(list(csv.reader(f))) == len(doc["memory_rows"]) == len(SPLITS) * 2
+    assert doc["profile"] == "v100-nvlink-edr"
     assert doc["batches"] == {"strong_global": {"meshnet": 16}, "weak_per_rank": {"meshnet": "1/2"}}
+
+
+def test_sources_are_the_ones_the_profile_cites(run, machine):
+    _, doc = run
+    assert doc["sources"] == machine.cited_sources()
+    # the published profile's link and GPU rates are among them, with their citations
+    for path in (("links", "inter_node", "beta"), ("ranks_per_node",)):
+        assert machine.source_of(*path) in doc["sources"].values()
 
 
 def test_plots_are_png_files(run):
@@ -85,11 +101,14 @@ def test_points_over_the_memory_per_rank_do_not_fit(run, machine):
     r = _rows(doc, mode="strong", split="sample", ranks=1)[0]
     assert r["memory_gib"] > limit and not r["fits"] and "over the 16 GiB" in r["reason"]
     assert r["speedup"] == "" and r["efficiency"] == ""
-    planner = _rows(doc, mode="strong", split="planner", ranks=1)[0]
-    assert not planner["fits"] and planner["reason"].startswith("no plan fits")
+    plan = _rows(doc, mode="strong", split="plan", ranks=1)[0]
+    assert not plan["fits"] and plan["reason"].startswith("no plan fits")
     for r in doc["rows"]:
+        assert r["fits"] == (r["memory_gib"] != "" and r["memory_gib"] <= limit and r["reason"] == "")
         if r["fits"]:
-            assert r["memory_gib"] <= limit and r["reason"] == "" and r["efficiency"] > 0
+            assert r["samples_per_s"] * r["iteration_s"] == pytest.approx(r["global_batch"], rel=1e-12)
+            # the exposed gradient allreduce is part of the communication
+            assert 0 <= r["allreduce_share"] <= r["comm_share"] <= 1
 
 
 def test_spatial_memory_per_rank_falls_with_ranks(run):
@@ -102,7 +121,7 @@ def test_times_agree_with_perfmodel(run, machine):
     _, doc = run
     _, chain = model_chain("meshnet", SHAPE, 16)
     for r in _rows(doc, mode="strong", ranks=8):
-        if r["split"] == "planner":
+        if r["split"] == "plan":
             assert math.isclose(r["iteration_s"], plan_chain(chain, 8, machine).totals()["iteration"], rel_tol=1e-12)
         else:
             grid = parse_grid(r["grid"])
@@ -147,6 +166,11 @@ def test_largest_sample_fits_and_a_larger_one_does_not(run, machine):
     sample = [rows[("sample", p)]["largest_side"] for p in (1, 4)]
     assert sample[0] == sample[1] > 0                         # one sample per rank, whatever P
     assert rows[("spatial", 4)]["largest_side"] > rows[("spatial", 1)]["largest_side"]
+    for r in doc["memory_rows"]:
+        if r["largest_side"] != "":
+            assert r["sample_shape"] == f"18x{r['largest_side']}x{r['largest_side']}"
+            assert r["memory_gib"] * 2**30 <= machine.memory_per_rank and r["reason"] == ""
+    assert rows[("plan", 4)]["largest_side"] >= rows[("spatial", 4)]["largest_side"]
     side = rows[("sample", 1)]["largest_side"]
     fits = uniform_plan(model_chain("meshnet", (18, side, side), 1)[1], (1, 1, 1), machine).memory
     bigger = int(side * 1.02) + 1                             # the search stops within 1%

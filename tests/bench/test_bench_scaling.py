@@ -2,10 +2,12 @@
 the predictions beside the measurements, and how splits are resolved."""
 import csv
 import json
+import statistics
 
 import pytest
 
 from hpcnn.bench import scaling
+from hpcnn.bench.scaling_setup import distinct_splits, grid_text
 from hpcnn.cli import main
 
 TINY = ["--model", "meshnet", "--input", "4x32x32", "--batch", "2", "--set", "widths=[4,4]",
@@ -42,29 +44,46 @@ def test_strong_run_writes_the_csv_schema_and_every_point(strong_run):
     by = {(int(r["ranks"]), int(r["threads"]), r["split"]): r for r in rows}
     assert by[(2, 1, "sample")]["grid"] == "2x1x1"
     assert by[(2, 1, "spatial")]["grid"] in ("1x2x1", "1x1x2")
+    # the reference: the fastest 1-rank configuration of the sweep; speedups are over it
+    ref = min((r for r in rows if r["ranks"] == "1" and r["role"] == "sweep"), key=lambda r: float(r["iteration_s"]))
     for r in rows:
         t, rate = float(r["iteration_s"]), float(r["samples_per_s"])
         assert 0 < float(r["best_s"]) <= t
-        assert rate == pytest.approx(int(r["batch"]) / t, rel=1e-3)
-        assert 0.0 <= float(r["comm_share"]) <= 1.0
+        assert rate == pytest.approx(int(r["batch"]) / t, rel=1e-5)
+        assert float(r["speedup"]) == pytest.approx(rate / float(ref["samples_per_s"]), rel=1e-5)
+        assert float(r["efficiency"]) == pytest.approx(float(r["speedup"]) / int(r["cores"]), rel=1e-5)
+        assert float(r["comm_share"]) == pytest.approx(float(r["comm_s"]) / t, rel=1e-5)
+        assert float(r["comm_s"]) <= t
         assert float(r["peak_rss_mib"]) > float(r["peak_arrays_mib"]) > 0
         assert r["cores"] == str(int(r["ranks"]) * int(r["threads"]))
-        assert float(r["error"]) == pytest.approx(float(r["predicted_iteration_s"]) / t - 1, abs=1e-3) \
-            if r["threads"] == "1" else r["error"] == "nan"
-        assert float(r["predicted_memory_mib"]) > 0
+        if r["threads"] == "1":
+            predicted = float(r["predicted_iteration_s"])
+            assert float(r["error"]) == pytest.approx((predicted - t) / t, rel=1e-4, abs=1e-6)
+            assert float(r["predicted_speedup"]) == pytest.approx(
+                float(r["predicted_samples_per_s"]) / float(ref["predicted_samples_per_s"]), rel=1e-5)
+        else:
+            assert r["error"] == "nan" and r["predicted_iteration_s"] == "nan"
 
 
 def test_predictions_are_the_models_for_the_same_grid(strong_run):
     from perfmodel.layers import model_chain
     from perfmodel.machine import load_profile
-    from perfmodel.planner import uniform_time
+    from perfmodel.planner import uniform_plan, uniform_time
     data = json.loads((strong_run / "scaling.json").read_text())
     point = next(p for p in data["points"] if p["ranks"] == 2 and p["label"] == "sample")
     machine = load_profile(point["machine"])
     _, chain = model_chain("meshnet", (4, 32, 32), 2, widths=[4, 4], dilations=[1, 2])
     predicted, _ = uniform_time(chain, (2, 1, 1), machine)
     assert point["predicted"]["iteration_s"] == pytest.approx(predicted, rel=1e-9)
-    assert data["summary"]["median_abs_error"] >= 0
+    assert point["predicted"]["memory_bytes"] == pytest.approx(uniform_plan(chain, (2, 1, 1), machine).memory,
+                                                               rel=1e-12)
+    # the summary: median and largest |error| over the sweep's rows that are not oversubscribed
+    errors = [abs(r["error"]) for r in data["rows"] if r["role"] == "sweep" and not r["oversubscribed"]]
+    assert errors and data["summary"]["median_abs_error"] == pytest.approx(statistics.median(errors), rel=1e-12)
+    assert data["summary"]["max_abs_error"] == max(errors)
+    for r in data["rows"]:
+        assert r["error"] == pytest.approx(r["predicted_iteration_s"] / r["iteration_s"] - 1, rel=1e-4, abs=1e-6) \
+            if r["role"] == "sweep" else r["error"] != r["error"]     # nan
 
 
 def test_per_layer_breakdown_covers_every_leaf(strong_run):
@@ -79,8 +98,20 @@ def test_per_layer_breakdown_covers_every_leaf(strong_run):
     # a spatially split dilated convolution exchanges halos; batch-norm reduces its statistics
     assert float(conv["halo_s"]) > 0 and float(conv["predicted_halo_s"]) > 0
     assert float(next(r for r in spatial if r["layer"] == "block1.bn")["collective_s"]) > 0
-    for r in rows:
-        assert all(float(r[f"{k}_s"]) >= 0 for k in ("compute", "halo", "collective", "shuffle"))
+    # the predicted columns are perfmodel's breakdown of the same grid
+    from perfmodel.layers import model_chain
+    from perfmodel.machine import load_profile
+    from perfmodel.planner import uniform_plan
+    from perfmodel.report import breakdown
+    data = json.loads((strong_run / "scaling.json").read_text())
+    machine = load_profile(data["points"][0]["machine"])
+    _, chain = model_chain("meshnet", (4, 32, 32), 2, widths=[4, 4], dilations=[1, 2])
+    expected = breakdown(uniform_plan(chain, (2, 1, 1), machine))["layers"]
+    sample = [r for r in rows if r["ranks"] == "2" and r["split"] == "sample"]
+    assert [r["layer"] for r in sample] == list(expected)
+    for r in sample:
+        for k in ("compute", "halo", "collective", "shuffle"):
+            assert float(r[f"predicted_{k}_s"]) == pytest.approx(expected[r["layer"]][f"{k}_s"], rel=1e-5, abs=1e-12)
 
 
 def test_plots_are_written(strong_run):
@@ -113,13 +144,13 @@ def test_resolve_splits_names_what_is_impossible_and_merges_equal_configurations
     _, chain = model_chain("meshnet", (4, 32, 32), 2, widths=[4, 4], dilations=[1, 2])
     resolved = scaling.resolve_splits(chain, 4, machine, ["sample", "spatial", "hybrid", "plan", "1x2x1", "1x4x1"])
     by = {label: (result, note) for label, result, note in resolved}
-    assert by["sample"][0] is None and "4 sample blocks for a batch of 2" in by["sample"][1]
+    assert by["sample"][0] is None and by["sample"][1] == "4 ranks > global batch 2: some ranks would hold no sample"
     assert by["1x2x1"][0] is None and by["1x2x1"][1] == "another rank count"
     assert by["1x4x1"][0] is not None and by["hybrid"][0] is not None
-    hybrid_grid = scaling._grid_text(by["hybrid"][0])
+    hybrid_grid = grid_text(by["hybrid"][0])
     assert hybrid_grid.startswith("2x")
     _, one = model_chain("meshnet", (4, 32, 32), 2, widths=[4, 4], dilations=[1, 2])
-    groups = scaling._distinct(scaling.resolve_splits(one, 1, machine, ["sample", "spatial", "plan"]))
+    groups = distinct_splits(scaling.resolve_splits(one, 1, machine, ["sample", "spatial", "plan"]))
     assert groups == {"sample": ["sample", "spatial", "plan"]}
 
 

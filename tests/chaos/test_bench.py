@@ -2,6 +2,8 @@
 import csv
 import json
 
+import pytest
+
 from hpcnn.cli import main
 
 
@@ -16,15 +18,29 @@ def test_quick_benchmark_writes_csv_json_and_png(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     chaos_rows = [r for r in rows if r["step"] != "pytorch"]
     assert [(r["workers"], r["blas_threads"]) for r in chaos_rows] == [("1", "1"), ("2", "1"), ("1", "2")]
+    one = chaos_rows[0]
     for r in chaos_rows:
         assert float(r["images_per_second"]) > 0
         assert 0.0 <= float(r["val_accuracy"]) <= 1.0
-    assert float(chaos_rows[0]["speedup"]) == 1.0 and float(chaos_rows[0]["predicted_speedup"]) == 1.0
+        # one repeat: the speedup is this setting's images/s over one worker's; accuracy against one worker's
+        assert float(r["speedup"]) == pytest.approx(float(r["images_per_second"]) / float(one["images_per_second"]),
+                                                    rel=1e-12)
+        assert r["sequential_sgd_accuracy"] == one["val_accuracy"]
+        assert float(r["accuracy_points_vs_sequential"]) == pytest.approx(
+            100 * (float(r["val_accuracy"]) - float(one["val_accuracy"])), abs=1e-9)
+    assert float(one["speedup"]) == 1.0 and float(one["predicted_speedup"]) == 1.0
     assert 1.0 <= float(chaos_rows[1]["predicted_speedup"]) <= 2.0
+    assert chaos_rows[2]["predicted_speedup"] == ""      # the model predicts one BLAS thread per worker
     torch_rows = [r for r in rows if r["step"] == "pytorch"]
     assert len(torch_rows) == 1 and float(torch_rows[0]["images_per_second"]) > 0
-    assert float(chaos_rows[0]["ratio_vs_torch"]) > 0
+    best_torch = max(float(r["images_per_second"]) for r in torch_rows)
+    for r in chaos_rows:
+        assert float(r["torch_images_per_second"]) == best_torch
+        assert float(r["ratio_vs_torch"]) == pytest.approx(float(r["images_per_second"]) / best_torch, rel=1e-12)
     report = json.loads(out["json"].read_text())
+    assert len(report["rows"]) == len(rows)
+    for written, r in zip(rows, report["rows"]):
+        assert written["network"] == r["network"] and float(written["images_per_second"]) == r["images_per_second"]
     costs = report["networks"]["lenet"]["costs"]
     assert costs["samples"] == 300 and 0 <= costs["gil_seconds"] < costs["sample_seconds"]
     assert out["png"].read_bytes()[:4] == b"\x89PNG"

@@ -98,7 +98,6 @@ def check_conv(impl, dev, case, dtype=np.float32, torch_device=None):
     assert_close(dw, cpu.conv_backward_filter(x, dy, ksize, stride, padding, dilation), f"conv_backward_filter {case}")
     assert_close(impl.conv_backward_bias(dev(dy)), cpu.conv_backward_bias(dy), f"conv_backward_bias {case}")
     if torch_device is not None:
-        import torch
         import torch.nn.functional as F
         from hpcnn.geometry import WindowGeometry
         g = WindowGeometry(nd, ksize, stride, padding, dilation)

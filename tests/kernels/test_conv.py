@@ -4,11 +4,11 @@ import tracemalloc
 
 import numpy as np
 import pytest
-import torch
 import torch.nn.functional as F
 
 from hpcnn import kernels as K
 from hpcnn.geometry import WindowGeometry, normalize_padding
+from hpcnn.kernels.cpu import _workers as cpu_workers
 from hpcnn.kernels.cpu import conv as cpu_conv
 from hpcnn.kernels.cpu._blas import gemm
 from tests.oracle import assert_close, seeded, to_torch
@@ -110,8 +110,8 @@ def test_conv_matches_torch_in_small_chunks(case, dtype, monkeypatch):
 def test_conv_matches_torch_split_over_threads(case, monkeypatch):
     """One call's blocks split over 3 threads (whole images each for the stride > 1 scatter), several
     GEMMs per block."""
-    monkeypatch.setattr(cpu_conv, "_threads", lambda: 3)
-    monkeypatch.setattr(cpu_conv, "_PARALLEL_FLOPS", 0)
+    monkeypatch.setattr(cpu_workers, "_threads", lambda: 3)
+    monkeypatch.setattr(cpu_workers, "_PARALLEL_FLOPS", 0)
     monkeypatch.setattr(cpu_conv, "_SMALL_GEMM", 0)
     monkeypatch.setattr(cpu_conv, "_GEMM_PIXELS", 16)
     monkeypatch.setattr(cpu_conv, "_FILTER_GEMM_PIXELS", 16)
@@ -130,8 +130,8 @@ def test_conv_backward_data_strided_one_image_over_threads(shape, kernel, stride
                                                            monkeypatch):
     """Stride > 1 backward-data of one image split over threads: bands of blocks in two rounds, each
     round's bands writing disjoint input lines."""
-    monkeypatch.setattr(cpu_conv, "_threads", lambda: 3)
-    monkeypatch.setattr(cpu_conv, "_PARALLEL_FLOPS", 0)
+    monkeypatch.setattr(cpu_workers, "_threads", lambda: 3)
+    monkeypatch.setattr(cpu_workers, "_PARALLEL_FLOPS", 0)
     monkeypatch.setattr(cpu_conv, "_GEMM_PIXELS", 16)
     monkeypatch.setattr(cpu_conv, "_SMALL_GEMM", 0)
     monkeypatch.setattr(cpu_conv, "_BLOCK_BYTES", 1)
@@ -143,9 +143,9 @@ def test_conv_backward_data_strided_one_image_over_threads(shape, kernel, stride
     ty = _torch_conv(tx, to_torch(w), None, stride, padding, dilation)
     dy = rng.standard_normal(tuple(ty.shape))
     ty.backward(to_torch(dy))
-    pool = cpu_conv._worker_pool()
+    pool = cpu_workers._worker_pool()
     submitted = []
-    monkeypatch.setattr(cpu_conv, "_worker_pool", lambda: type("Spy", (), {
+    monkeypatch.setattr(cpu_workers, "_worker_pool", lambda: type("Spy", (), {
         "submit": lambda self, fn, *args: submitted.append(args) or pool.submit(fn, *args)})())
     dx = K.conv_backward_data(dy, w, shape[2:], stride, padding, dilation)
     assert_close(dx, tx.grad.numpy(), np.float64, "dx")
@@ -259,8 +259,8 @@ def _forward_in_child(queue):
 def test_conv_threads_after_fork(monkeypatch):
     """A child forked after the kernels started their worker threads still runs split calls."""
     import multiprocessing
-    monkeypatch.setattr(cpu_conv, "_threads", lambda: 2)
-    monkeypatch.setattr(cpu_conv, "_PARALLEL_FLOPS", 0)
+    monkeypatch.setattr(cpu_workers, "_threads", lambda: 2)
+    monkeypatch.setattr(cpu_workers, "_PARALLEL_FLOPS", 0)
     x = seeded(8).standard_normal((2, 3, 9, 9))
     w = seeded(9).standard_normal((2, 3, 3, 3))
     expected = K.conv_forward(x, w, None, 1, 1)
@@ -328,7 +328,7 @@ def test_serial_blas_restores_the_thread_count_when_the_last_context_closes():
         x = seeded(12).standard_normal((4, 3, 17, 19))
         w = seeded(13).standard_normal((5, 3, 3, 3))
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(cpu_conv, "_threads", lambda: 2)
-            mp.setattr(cpu_conv, "_PARALLEL_FLOPS", 0)
+            mp.setattr(cpu_workers, "_threads", lambda: 2)
+            mp.setattr(cpu_workers, "_PARALLEL_FLOPS", 0)
             K.conv_forward(x, w, None, 1, 1)
         assert blas_threads() == 2

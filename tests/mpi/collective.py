@@ -4,7 +4,11 @@ from mpi4py import MPI
 
 from tests.oracle import assert_close
 
-__all__ = ["CollectiveFailure", "check_all", "assert_close_all", "grids_for", "world"]
+__all__ = ["SIZE", "CollectiveFailure", "check_all", "assert_close_all", "grids_for", "grid_id", "world"]
+
+# The world size at collection time: parametrize lists built from it are the same on every rank,
+# so every rank collects the same test ids in the same order.
+SIZE = MPI.COMM_WORLD.Get_size()
 
 
 class CollectiveFailure(AssertionError):
@@ -47,6 +51,11 @@ def grids_for(size, nd=2):
                 rec(prefix + [f], left // f, slots - 1)
     rec([], size, nd + 1)
     return out
+
+
+def grid_id(grid, name="grid"):
+    """A test id for a grid: "grid=1x2x1"."""
+    return f"{name}={'x'.join(map(str, grid))}"
 
 
 def rng(seed=0):

@@ -1,5 +1,7 @@
 """The communication clock (the Communicator's Clock) and the per-layer probe: each kind of communication is
 counted where it happens, and the probe's per-layer parts add up to the layer's wall time."""
+import time
+
 import numpy as np
 import pytest
 
@@ -28,13 +30,18 @@ def test_each_kind_is_counted_where_it_happens():
     momentum = {name: np.zeros_like(v) for name, v, _ in model.parameters()}
     clock = d.comm.clock
     before = clock.snapshot()
+    t0 = time.perf_counter()
     training_step(dm, xt, momentum)
+    wall = time.perf_counter() - t0
     spent = Clock.difference(before, clock.snapshot())
-    check_all(set(spent) == set(KINDS) and all(v >= 0 for v in spent.values()), f"kinds {spent}")
+    # each second is counted under one kind at most: together they fit in the step's wall time
+    check_all(sum(spent[k] for k in KINDS) <= wall, f"{sum(spent.values())} s counted in a {wall} s step: {spent}")
     # halos are exchanged (padding copies on one rank too); more than one rank: statistics and gradients reduce
     check_all(spent["halo"] > 0, f"no halo time: {spent}")
     if p > 1:
         check_all(spent["collective"] > 0 and spent["gradient_allreduce"] > 0, f"no collective time: {spent}")
+    else:
+        check_all(spent["collective"] == 0 and spent["gradient_allreduce"] == 0, f"one rank reduced: {spent}")
     check_all(spent["shuffle"] == 0, f"shuffle time without a shuffle: {spent}")
     other = parallel.Distribution(w, (1, 1, p))
     before = clock.snapshot()

@@ -8,37 +8,37 @@ import numpy as np
 import pytest
 
 from hpcnn import parallel
-from tests.mpi.collective import check_all, grids_for, world
+from tests.mpi.collective import SIZE, check_all, grid_id, grids_for, world
 
 pytestmark = pytest.mark.mpi
 
 
-@pytest.mark.parametrize("nd", [2, 3])
-def test_scatter_gather_every_grid(nd):
-    w = world()
-    rng = np.random.default_rng(3)
-    shapes = [(3, 2, 7, 5), (5, 2, 3, 11)] if nd == 2 else [(3, 2, 5, 3, 4)]
-    for grid in grids_for(w.Get_size(), nd):
-        d = parallel.Distribution(w, grid)
-        for shape in shapes:
-            for s in (shape, shape[:1] + shape[2:], shape[:2]):  # activations, labels, (N, F)
-                x = rng.standard_normal(s)
-                t = parallel.scatter(x, d)
-                check_all(np.array_equal(t.gather(), x), f"gather of {s} on grid {grid}")
+SHAPES = {2: [(3, 2, 7, 5), (5, 2, 3, 11)], 3: [(3, 2, 5, 3, 4)]}
+FORMS = {"activations": lambda s: s, "labels": lambda s: s[:1] + s[2:], "features": lambda s: s[:2]}
+SCATTER_CASES = [pytest.param(grid, shape, form, id=f"{grid_id(grid)}-{'x'.join(map(str, shape))}-{form}")
+                 for nd in (2, 3) for grid in grids_for(SIZE, nd) for shape in SHAPES[nd] for form in FORMS]
 
 
-def test_block_rule_and_groups():
-    w = world()
-    for grid in grids_for(w.Get_size()):
-        d = parallel.Distribution(w, grid)
-        check_all(d.spatial_comm.size == d.spatial_ranks and
-                  d.sample_comm.size == grid[0], f"group sizes on {grid}")
-        # the spatial group holds one sample block: every member sees the same N range
-        n_ranges = d.spatial_comm.allgather_object(d.local_ranges((7, 1, 5, 5))[0])
-        check_all(len(set(n_ranges)) == 1, f"spatial group of {grid} spans several sample blocks")
-        lo, hi = d.neighbours(2)
-        check_all((lo is None) == (d.coords[2] == 0) and (hi is None) == (d.coords[2] == grid[2] - 1),
-                  "neighbours along W")
+@pytest.mark.parametrize("grid,shape,form", SCATTER_CASES)
+def test_scatter_gather_every_grid(grid, shape, form):
+    d = parallel.Distribution(world(), grid)
+    s = FORMS[form](shape)  # activations (N, C, *S), labels (N, *S), (N, F)
+    x = np.random.default_rng(3).standard_normal(s)
+    t = parallel.scatter(x, d)
+    check_all(np.array_equal(t.gather(), x), f"gather of {s} on grid {grid}")
+
+
+@pytest.mark.parametrize("grid", grids_for(SIZE), ids=grid_id)
+def test_block_rule_and_groups(grid):
+    d = parallel.Distribution(world(), grid)
+    check_all(d.spatial_comm.size == d.spatial_ranks and
+              d.sample_comm.size == grid[0], f"group sizes on {grid}")
+    # the spatial group holds one sample block: every member sees the same N range
+    n_ranges = d.spatial_comm.allgather_object(d.local_ranges((7, 1, 5, 5))[0])
+    check_all(len(set(n_ranges)) == 1, f"spatial group of {grid} spans several sample blocks")
+    lo, hi = d.neighbours(2)
+    check_all((lo is None) == (d.coords[2] == 0) and (hi is None) == (d.coords[2] == grid[2] - 1),
+              "neighbours along W")
 
 
 def test_bad_grid_is_refused():

@@ -6,7 +6,7 @@ import pytest
 
 from hpcnn import models, parallel, nn
 from hpcnn.train import SGD
-from tests.mpi.collective import assert_close_all, check_all, world
+from tests.mpi.collective import SIZE, assert_close_all, check_all, grid_id, world
 from tests.mpi.compare import grid_sample, run_both
 
 pytestmark = pytest.mark.mpi
@@ -20,43 +20,43 @@ def _x(shape, seed=0):
 
 def _grids(nd=2, count=4):
     """A few grids: N only, spatial only, and mixed (always including the ones splitting H and W)."""
-    grids = grid_sample(world().Get_size(), nd)
+    grids = grid_sample(SIZE, nd)
     if len(grids) <= count:
         return grids
     picks = [grids[0], grids[-1], grids[len(grids) // 2], grids[1]]
     return list(dict.fromkeys(picks))[:count]
 
 
-def test_resnet18():
+@pytest.mark.parametrize("grid", _grids(), ids=grid_id)
+def test_resnet18(grid):
     model = models.build("resnet18", in_channels=3, num_classes=5, small_input=True, width=4, dtype=F64)
-    for grid in _grids():
-        run_both(model, _x((2, 3, 12, 10)), grid, F64)
+    run_both(model, _x((2, 3, 12, 10)), grid, F64)
 
 
-def test_unet2d():
+@pytest.mark.parametrize("grid", _grids(), ids=grid_id)
+def test_unet2d(grid):
     model = models.build("unet2d", in_channels=2, num_classes=3, width=4, depth=2, dtype=F64)
-    for grid in _grids():
-        run_both(model, _x((2, 2, 12, 20)), grid, F64)
+    run_both(model, _x((2, 2, 12, 20)), grid, F64)
 
 
-def test_meshnet():
+@pytest.mark.parametrize("grid", _grids(), ids=grid_id)
+def test_meshnet(grid):
     model = models.build("meshnet", in_channels=3, num_classes=2, widths=(4, 4, 4), dilations=(1, 2, 1), dtype=F64)
-    for grid in _grids():
-        run_both(model, _x((1, 3, 17, 13)), grid, F64)
+    run_both(model, _x((1, 3, 17, 13)), grid, F64)
 
 
-def test_cosmoflow():
+@pytest.mark.parametrize("grid", _grids(nd=3), ids=grid_id)
+def test_cosmoflow(grid):
     model = models.build("cosmoflow", in_channels=2, num_outputs=3, input_size=8, width=2, fc_sizes=(8,),
                          dtype=F64)
-    for grid in _grids(nd=3):
-        run_both(model, _x((2, 2, 8, 8, 8)), grid, F64)
+    run_both(model, _x((2, 2, 8, 8, 8)), grid, F64)
 
 
-def test_resnet18_float32():
+@pytest.mark.parametrize("grid", _grids(count=2), ids=grid_id)
+def test_resnet18_float32(grid):
     model = models.build("resnet18", in_channels=3, num_classes=4, small_input=True, width=4)
     x = _x((2, 3, 11, 9)).astype(np.float32)
-    for grid in _grids(count=2):
-        run_both(model, x, grid, np.float32)
+    run_both(model, x, grid, np.float32)
 
 
 def _loss_case(loss, y, target, grid):
@@ -71,15 +71,23 @@ def _loss_case(loss, y, target, grid):
     assert_close_all(dl.backward().gather(), grad_ref, F64, f"{loss.describe()} on {grid}: gradient")
 
 
-def test_losses_normalized_as_one_process():
+def _loss_cases():
+    """(loss, y, target) per case; the data drawn from one generator in this order, as one loop body did."""
     rng = np.random.default_rng(3)
-    for grid in grid_sample(world().Get_size()):
-        labels = rng.integers(0, 4, (3, 7, 6))
-        labels[0, 1, :] = -1
-        _loss_case(nn.CrossEntropyLoss(ignore_index=-1), rng.standard_normal((3, 4, 7, 6)), labels, grid)
-        _loss_case(nn.CrossEntropyLoss(), rng.standard_normal((5, 4)), rng.integers(0, 4, 5), grid)
-        _loss_case(nn.MSELoss(), rng.standard_normal((3, 2, 5, 7)), rng.standard_normal((3, 2, 5, 7)), grid)
-        _loss_case(nn.MSELoss(), rng.standard_normal((5, 3)), rng.standard_normal((5, 3)), grid)
+    labels = rng.integers(0, 4, (3, 7, 6))
+    labels[0, 1, :] = -1
+    return {
+        "ce-pixel-ignore": (nn.CrossEntropyLoss(ignore_index=-1), rng.standard_normal((3, 4, 7, 6)), labels),
+        "ce-sample": (nn.CrossEntropyLoss(), rng.standard_normal((5, 4)), rng.integers(0, 4, 5)),
+        "mse-pixel": (nn.MSELoss(), rng.standard_normal((3, 2, 5, 7)), rng.standard_normal((3, 2, 5, 7))),
+        "mse-sample": (nn.MSELoss(), rng.standard_normal((5, 3)), rng.standard_normal((5, 3))),
+    }
+
+
+@pytest.mark.parametrize("grid", grid_sample(SIZE), ids=grid_id)
+@pytest.mark.parametrize("case", ["ce-pixel-ignore", "ce-sample", "mse-pixel", "mse-sample"])
+def test_losses_normalized_as_one_process(case, grid):
+    _loss_case(*_loss_cases()[case], grid)
 
 
 @pytest.mark.parametrize("name", ["unet2d", "resnet18"])

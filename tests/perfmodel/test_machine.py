@@ -133,3 +133,12 @@ def test_measured_collective_table_is_interpolated():
     mid = math.sqrt(8 * 8000)
     assert m.allreduce(mid, 2) == pytest.approx(math.sqrt(1e-6 * 1e-3))
     assert m.allreduce(16000, 2) > 1e-3
+
+
+def test_cited_sources_are_those_the_numbers_name():
+    doc = MachineProfile.synthetic().doc
+    doc["sources"]["unused"] = "a citation no number names"
+    profile = MachineProfile(doc)
+    cited = profile.cited_sources()
+    assert "unused" not in cited and cited
+    assert profile.source_of("links", "intra_node", "beta") in cited.values()

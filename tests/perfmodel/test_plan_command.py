@@ -29,7 +29,15 @@ def test_plan_json_round_trip(tmp_path, profile, capsys):
     _, chain = model_chain("resnet18", (3, 32, 32), 4, small_input=True)
     names = [layer.name for layer in iter_layers(chain)]
     assert sorted(plan.layers) == sorted(names)
-    assert all(plan.predicted[n]["time_s"] >= 0 for n in names)
+    # each layer's predicted time is the model's cost of that layer under its grid, plus the shuffle into it
+    from perfmodel.costs import layer_cost
+    from perfmodel.machine import load_profile
+    machine = load_profile(profile)
+    for spec in iter_layers(chain):
+        p = plan.predicted[spec.name]
+        cost = layer_cost(spec, plan.layers[spec.name], machine)
+        assert p["time_s"] == pytest.approx(cost.time + p["shuffle_before_s"], rel=1e-9), spec.name
+        assert p["time_s"] > 0 and p["shuffle_before_s"] >= 0
     # the plan file is exactly what Plan writes back
     again = tmp_path / "again.json"
     plan.save(again)

@@ -26,10 +26,10 @@ are split over numba's thread count (`numba.set_num_threads`, at most BLAS's thr
 OMP_NUM_THREADS=1 or a threadpoolctl limit keeps a call serial), each part on a worker thread
 with its own scratch, BLAS single-threaded meanwhile (`_blas.serial_blas`); several threads may
 also call the kernels at once. The compiled loops release the GIL.
+
+The lowering (im2col, col2im, the cutting into blocks) is in `_im2col`, the worker threads and
+scratch buffers in `_workers`; this module holds the GEMM loops over blocks and the operations.
 """
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from math import prod
 
 import numba
@@ -38,7 +38,9 @@ import numpy as np
 from ...backend import check_float_array
 from ..checks import (VolumeWindow, check_batch, check_bias, check_filter, check_filter_outputs, checked_conv_output,
                       spatial_dims)
-from ._blas import BLAS_INT, GEMM, NO_TRANS, ROW_MAJOR, TRANS, blas_threads, serial_blas
+from ._blas import BLAS_INT, GEMM, NO_TRANS, ROW_MAJOR, TRANS
+from ._im2col import address, chunk, col2im, columns
+from ._workers import in_parallel, thread_scratch
 
 __all__ = ["conv_forward", "conv_backward_data", "conv_backward_filter", "conv_backward_bias", "SCRATCH_BYTES"]
 
@@ -53,230 +55,14 @@ _BLOCK_BYTES = 1 << 20
 # About what one call's im2col scratch takes, per thread (a block holds at least one GEMM's columns);
 # perfmodel counts it as a convolution's workspace.
 SCRATCH_BYTES = 2 * _BLOCK_BYTES
-# Least work (flops) worth handing to another thread.
-_PARALLEL_FLOPS = 20e6
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = np.int32(ROW_MAJOR), np.int32(NO_TRANS), np.int32(TRANS)
 
 
 @numba.njit(nogil=True, cache=True)
-def _window_range(stride, offset, size):
-    """The output positions o >= 0 whose input index o*stride + offset lies in [0, size): (first, end)."""
-    first = max(0, -(offset // stride))
-    end = (size - 1 - offset) // stride + 1
-    return first, max(first, end)
-
-
-@numba.njit(nogil=True, cache=True)
-def _output_lines(out_spatial, first_pixel, count):
-    """The runs of output pixels first_pixel .. first_pixel+count-1 of the flattened (N, OD, OH, OW)
-    grid that lie on one output line: rows of (n, od, oh, first ow, length)."""
-    OD, OH, OW = out_spatial
-    n_lines = (first_pixel + count - 1) // OW - first_pixel // OW + 1
-    lines = np.empty((n_lines, 5), np.int64)
-    pixel = first_pixel
-    for i in range(n_lines):
-        line = pixel // OW
-        ow0 = pixel - line * OW
-        take = min(OW - ow0, first_pixel + count - pixel)
-        lines[i, 0] = line // (OD * OH)
-        lines[i, 1] = (line // OH) % OD
-        lines[i, 2] = line % OH
-        lines[i, 3] = ow0
-        lines[i, 4] = take
-        pixel += take
-    return lines
-
-
-# The copy loops index flat arrays with unsigned integers: with a signed index numba adds a
-# negative-index wraparound test to every access, which stops LLVM from vectorizing the loop
-# (2-4x slower here). Every count passed in is non-negative.
-@numba.njit(nogil=True, cache=True)
-def _fill_zero(dst, start, count):
-    start = numba.uint64(start)
-    for k in range(numba.uint64(count)):
-        dst[start + k] = 0
-
-
-@numba.njit(nogil=True, cache=True)
-def _copy(dst, dst_start, src, src_start, src_step, count):
-    """dst[dst_start + k] = src[src_start + k*src_step] for k < count."""
-    dst_start, src_start, src_step = numba.uint64(dst_start), numba.uint64(src_start), numba.uint64(src_step)
-    if src_step == 1:
-        for k in range(numba.uint64(count)):
-            dst[dst_start + k] = src[src_start + k]
-    else:
-        for k in range(numba.uint64(count)):
-            dst[dst_start + k] = src[src_start + k * src_step]
-
-
-@numba.njit(nogil=True, cache=True)
-def _add(dst, dst_start, dst_step, src, src_start, count):
-    """dst[dst_start + k*dst_step] += src[src_start + k] for k < count."""
-    dst_start, dst_step, src_start = numba.uint64(dst_start), numba.uint64(dst_step), numba.uint64(src_start)
-    for k in range(numba.uint64(count)):
-        dst[dst_start + k * dst_step] += src[src_start + k]
-
-
-@numba.njit(nogil=True, cache=True)
-def _tap_columns(kernel_w, stride_w, dilation_w, lo_w, size_w):
-    """For each kernel tap along W: the first and end output column whose input column lies inside the image."""
-    first, end = np.empty(kernel_w, np.int64), np.empty(kernel_w, np.int64)
-    for rw in range(kernel_w):
-        first[rw], end[rw] = _window_range(stride_w, rw * dilation_w - lo_w, size_w)
-    return first, end
-
-
-@numba.njit(nogil=True, cache=True)
-def _im2col(x, kernel, stride, dilation, lo, out_spatial, first_pixel, cols):
-    """cols[(c, rd, rh, rw), j] = x[n, c, od*sd - lod + rd*dd, oh*sh - loh + rh*dh, ow*sw - low + rw*dw]
-    for output pixel first_pixel + j of the flattened (N, OD, OH, OW) grid; 0 where that is padding.
-
-    x: (N, C, D, H, W) and cols: (C*RD*RH*RW, pixels), both C-contiguous.
-    """
-    _, C, D, H, W = x.shape
-    RD, RH, RW = kernel
-    sd, sh, sw = stride
-    dd, dh, dw = dilation
-    OW = out_spatial[2]
-    count = cols.shape[1]
-    lines = _output_lines(out_spatial, first_pixel, count)
-    w_first, w_end = _tap_columns(RW, sw, dw, lo[2], W)
-    # With unit strides and as many output as input columns ('same' padding), consecutive full
-    # output lines read consecutive input lines: one copy serves them all, and only the padding
-    # columns at their ends need zeros afterwards.
-    lines_contiguous = sh == 1 and sw == 1 and OW == W
-    # With stride sw > 1 along W, each input line is first split into its sw phases (x[..., p::sw]):
-    # then every tap copies a contiguous run, instead of RW strided gathers that do not vectorize.
-    phase_len = (W + sw - 1) // sw
-    phases = np.empty(sw * phase_len if sw > 1 else 0, x.dtype)
-    x_flat, cols_flat = x.ravel(), cols.ravel()
-    for c in range(C):
-        for rd in range(RD):
-            for rh in range(RH):
-                rows = ((c * RD + rd) * RH + rh) * RW  # the first of the RW rows that read input lines (c, rd, rh)
-                j = 0  # the chunk's first pixel on output line i
-                i = 0
-                while i < lines.shape[0]:
-                    n, od, oh, ow0, take = lines[i, 0], lines[i, 1], lines[i, 2], lines[i, 3], lines[i, 4]
-                    group = 1  # lines of one plane handled at once
-                    if lines_contiguous and take == OW:
-                        while (i + group < lines.shape[0] and lines[i + group, 4] == OW
-                               and lines[i + group, 1] == od and lines[i + group, 0] == n):
-                            group += 1
-                    i_d = od * sd - lo[0] + rd * dd
-                    h0 = oh * sh - lo[1] + rh * dh  # input line of the group's first line
-                    # the group's lines l0 <= l < l1 read an input line inside the image
-                    l0, l1 = 0, 0
-                    if 0 <= i_d < D:
-                        l0, l1 = _window_range(sh, h0, H)
-                        l1 = min(l1, group)
-                        l0 = min(l0, l1)
-                    line_start = (((n * C + c) * D + i_d) * H + h0 + l0 * sh) * W
-                    if sw > 1 and l1 > l0:
-                        for p in range(sw):
-                            _copy(phases, p * phase_len, x_flat, line_start + p, sw, (W - p + sw - 1) // sw)
-                    for rw in range(RW):
-                        base = (rows + rw) * count + j - ow0  # cols position of column 0 of the first line
-                        _fill_zero(cols_flat, base + ow0, l0 * take)
-                        _fill_zero(cols_flat, base + ow0 + l1 * take, (group - l1) * take)
-                        if l1 == l0:
-                            continue
-                        # ow0 <= a <= b <= ow0 + take: zeros, then input, then zeros, on every line
-                        a = min(max(w_first[rw], ow0), ow0 + take)
-                        b = max(min(w_end[rw], ow0 + take), a)
-                        first = base + l0 * take
-                        if b > a and sw > 1:  # one line
-                            column = a * sw + rw * dw - lo[2]
-                            _copy(cols_flat, first + a, phases, (column % sw) * phase_len + column // sw, 1, b - a)
-                        elif b > a:
-                            source = line_start + a + rw * dw - lo[2]
-                            _copy(cols_flat, first + a, x_flat, source, 1, (l1 - l0 - 1) * take + b - a)
-                        for line in range(first, first + (l1 - l0) * take, take):
-                            if a > ow0:
-                                _fill_zero(cols_flat, line + ow0, a - ow0)
-                            if b < ow0 + take:
-                                _fill_zero(cols_flat, line + b, ow0 + take - b)
-                    j += group * take
-                    i += group
-
-
-@numba.njit(nogil=True, cache=True)
-def _col2im(cols, kernel, stride, dilation, lo, out_spatial, first_pixel, dx):
-    """The adjoint of `_im2col`: dx[n, c, input index] += cols[(c, rd, rh, rw), j] (padding dropped)."""
-    _, C, D, H, W = dx.shape
-    RD, RH, RW = kernel
-    sd, sh, sw = stride
-    dd, dh, dw = dilation
-    count = cols.shape[1]
-    lines = _output_lines(out_spatial, first_pixel, count)
-    w_first, w_end = _tap_columns(RW, sw, dw, lo[2], W)
-    # As in _im2col: the taps add contiguous runs into the sw phases of an input line, which are
-    # then added to the line once.
-    phase_len = (W + sw - 1) // sw
-    phases = np.empty(sw * phase_len, dx.dtype)
-    dx_flat, cols_flat = dx.ravel(), cols.ravel()
-    for c in range(C):
-        for rd in range(RD):
-            for rh in range(RH):
-                rows = ((c * RD + rd) * RH + rh) * RW
-                j = 0
-                for i in range(lines.shape[0]):
-                    n, od, oh, ow0, take = lines[i, 0], lines[i, 1], lines[i, 2], lines[i, 3], lines[i, 4]
-                    i_d = od * sd - lo[0] + rd * dd
-                    i_h = oh * sh - lo[1] + rh * dh
-                    if 0 <= i_d < D and 0 <= i_h < H:
-                        line_start = (((n * C + c) * D + i_d) * H + i_h) * W
-                        if sw > 1:
-                            _fill_zero(phases, 0, phases.shape[0])
-                        for rw in range(RW):
-                            a = min(max(w_first[rw], ow0), ow0 + take)
-                            b = max(min(w_end[rw], ow0 + take), a)
-                            source = (rows + rw) * count + j - ow0 + a
-                            column = a * sw + rw * dw - lo[2]
-                            if sw > 1:
-                                _add(phases, (column % sw) * phase_len + column // sw, 1, cols_flat, source, b - a)
-                            else:
-                                _add(dx_flat, line_start + column, 1, cols_flat, source, b - a)
-                        if sw > 1:
-                            for p in range(sw):
-                                _add(dx_flat, line_start + p, sw, phases, p * phase_len, (W - p + sw - 1) // sw)
-                    j += take
-
-
-@numba.njit(nogil=True, cache=True)
-def _chunk(index, pixels, per_chunk):
-    """Chunk `index` of the (N, pixels) output grid, cut per_chunk pixels at a time inside each image:
-    (image, first pixel, pixel count)."""
-    per_image = (pixels + per_chunk - 1) // per_chunk
-    n = index // per_image
-    first = (index - n * per_image) * per_chunk
-    return n, first, min(per_chunk, pixels - first)
-
-
-@numba.njit(nogil=True, cache=True)
-def _address(a, offset):
-    """The address of element `offset` of the flattened contiguous array a."""
-    return a.ctypes.data + numba.uintp(offset * a.itemsize)
-
-
-@numba.njit(nogil=True, cache=True)
-def _columns(x, kernel, stride, dilation, lo, out_spatial, pointwise, n, first, count, scratch):
-    """(address, leading dimension) of the (C*R, count) columns of output pixels first.. of image n:
-    x itself for a pointwise window, else their im2col in scratch."""
-    rows = x.shape[1] * kernel[0] * kernel[1] * kernel[2]
-    pixels = out_spatial[0] * out_spatial[1] * out_spatial[2]
-    if pointwise:
-        return _address(x, (n * rows) * pixels + first), pixels
-    block = scratch[:rows * count].reshape((rows, count))
-    _im2col(x, kernel, stride, dilation, lo, out_spatial, n * pixels + first, block)
-    return block.ctypes.data, count
-
-
-@numba.njit(nogil=True, cache=True)
 def _forward_chunks(gemm, x, w2, bias, y, kernel, stride, dilation, lo, out_spatial, pointwise,
                     per_block, per_gemm, first, last, scratch, one):
-    """y[n, :, block] = w2 @ cols(block) + bias for blocks first..last-1 (see _chunk), one GEMM per
+    """y[n, :, block] = w2 @ cols(block) + bias for blocks first..last-1 (see chunk), one GEMM per
     per_gemm pixels.
 
     x: (N, C, D, H, W), w2: (K, C*R), bias: (K,) or (0,), y: (N, K, pixels), scratch: >= C*R*per_block.
@@ -284,12 +70,12 @@ def _forward_chunks(gemm, x, w2, bias, y, kernel, stride, dilation, lo, out_spat
     k_out, rows = w2.shape
     pixels = y.shape[2]
     for index in range(first, last):
-        n, q0, count = _chunk(index, pixels, per_block)
-        cols, ld_cols = _columns(x, kernel, stride, dilation, lo, out_spatial, pointwise, n, q0, count, scratch)
+        n, q0, count = chunk(index, pixels, per_block)
+        cols, ld_cols = columns(x, kernel, stride, dilation, lo, out_spatial, pointwise, n, q0, count, scratch)
         for s in range(0, count, per_gemm):
             gemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, BLAS_INT(k_out), BLAS_INT(min(per_gemm, count - s)),
                  BLAS_INT(rows), one, w2.ctypes.data, BLAS_INT(rows), cols + numba.uintp(s * x.itemsize),
-                 BLAS_INT(ld_cols), one - one, _address(y, (n * k_out) * pixels + q0 + s), BLAS_INT(pixels))
+                 BLAS_INT(ld_cols), one - one, address(y, (n * k_out) * pixels + q0 + s), BLAS_INT(pixels))
         for k in range(bias.shape[0]):
             out = y[n, k, q0:q0 + count]
             out += bias[k]
@@ -306,12 +92,12 @@ def _filter_chunks(gemm, x, dy, dw_t, kernel, stride, dilation, lo, out_spatial,
     rows, k_out = dw_t.shape
     pixels = dy.shape[2]
     for index in range(first, last):
-        n, q0, count = _chunk(index, pixels, per_block)
-        cols, ld_cols = _columns(x, kernel, stride, dilation, lo, out_spatial, pointwise, n, q0, count, scratch)
+        n, q0, count = chunk(index, pixels, per_block)
+        cols, ld_cols = columns(x, kernel, stride, dilation, lo, out_spatial, pointwise, n, q0, count, scratch)
         for s in range(0, count, per_gemm):
             gemm(_ROW_MAJOR, _NO_TRANS, _TRANS, BLAS_INT(rows), BLAS_INT(k_out), BLAS_INT(min(per_gemm, count - s)),
                  one, cols + numba.uintp(s * x.itemsize), BLAS_INT(ld_cols),
-                 _address(dy, (n * k_out) * pixels + q0 + s), BLAS_INT(pixels), one, dw_t.ctypes.data, BLAS_INT(k_out))
+                 address(dy, (n * k_out) * pixels + q0 + s), BLAS_INT(pixels), one, dw_t.ctypes.data, BLAS_INT(k_out))
 
 
 @numba.njit(nogil=True, cache=True)
@@ -324,85 +110,18 @@ def _data_chunks(gemm, dy, w2, dx, kernel, stride, dilation, lo, out_spatial, pe
     k_out, rows = w2.shape
     pixels = dy.shape[2]
     for index in range(first, last):
-        n, q0, count = _chunk(index, pixels, per_block)
+        n, q0, count = chunk(index, pixels, per_block)
         block = scratch[:rows * count].reshape((rows, count))
         for s in range(0, count, per_gemm):
             gemm(_ROW_MAJOR, _TRANS, _NO_TRANS, BLAS_INT(rows), BLAS_INT(min(per_gemm, count - s)), BLAS_INT(k_out),
-                 one, w2.ctypes.data, BLAS_INT(rows), _address(dy, n * k_out * pixels + q0 + s), BLAS_INT(pixels),
-                 one - one, _address(block, s), BLAS_INT(count))
-        _col2im(block, kernel, stride, dilation, lo, out_spatial, n * pixels + q0, dx)
-
-
-_local = threading.local()
-
-
-def _scratch(size, dtype):
-    """This thread's reusable 1-D scratch array of `size` elements (contents are garbage)."""
-    key = np.dtype(dtype)
-    buffers = _local.__dict__.setdefault("buffers", {})
-    buf = buffers.get(key)
-    if buf is None or buf.size < size:
-        buf = buffers[key] = np.empty(size, dtype)
-    return buf[:size]
-
-
-_pool = None
-_pool_lock = threading.Lock()
-
-
-def _forget_pool():
-    global _pool, _pool_lock
-    _pool, _pool_lock = None, threading.Lock()  # a forked child has none of its parent's threads
-
-
-os.register_at_fork(after_in_child=_forget_pool)
-
-
-def _threads():
-    """How many threads one kernel call splits its blocks over: numba's thread count for this thread,
-    at most BLAS's (so that OMP_NUM_THREADS=1 under MPI, or a threadpoolctl limit, keeps it serial)."""
-    return min(numba.get_num_threads(), blas_threads() or numba.get_num_threads())
-
-
-def _in_parallel(work, chunks, flops, footprint=None):
-    """[work(first, last) for each part]: the chunks [0, chunks) cut into up to _threads() parts, each
-    worth at least _PARALLEL_FLOPS, run on as many worker threads.
-
-    `footprint(first, last)` -> (lo, hi), when given, bounds the outputs that chunks first..last-1
-    write (they may overlap between neighbours): then 2*parts ranges run in two rounds, even ranges
-    then odd ones, if same-round ranges never overlap; else the chunks run in one part.
-    """
-    parts = min(_threads(), chunks, int(flops // _PARALLEL_FLOPS) if _PARALLEL_FLOPS else chunks)
-    ranges = parts if footprint is None else 2 * parts
-    if parts <= 1 or ranges > chunks:
-        return [work(0, chunks)]
-    bounds = [chunks * i // ranges for i in range(ranges + 1)]
-    rounds = [list(range(ranges))]
-    if footprint is not None:
-        spans = [footprint(bounds[i], bounds[i + 1]) for i in range(ranges)]
-        if any(spans[i][1] >= spans[i + 2][0] for i in range(ranges - 2)):
-            return [work(0, chunks)]
-        rounds = [list(range(0, ranges, 2)), list(range(1, ranges, 2))]
-    pool = _worker_pool()
-    results = []
-    with serial_blas():  # the parts are the parallelism
-        for members in rounds:
-            futures = [pool.submit(work, bounds[i], bounds[i + 1]) for i in members]
-            results += [f.result() for f in futures]
-    return results
-
-
-def _worker_pool():
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="hpcnn-conv")
-        return _pool
+                 one, w2.ctypes.data, BLAS_INT(rows), address(dy, n * k_out * pixels + q0 + s), BLAS_INT(pixels),
+                 one - one, address(block, s), BLAS_INT(count))
+        col2im(block, kernel, stride, dilation, lo, out_spatial, n * pixels + q0, dx)
 
 
 def _input_lines(win, out_spatial, in_spatial, per_block):
-    """footprint(first, last) for _in_parallel: an interval of flattened input lines (n, d, h) that holds
-    every line that the output pixels of blocks first..last-1 read (blocks as in _chunk)."""
+    """footprint(first, last) for in_parallel: an interval of flattened input lines (n, d, h) that holds
+    every line that the output pixels of blocks first..last-1 read (blocks as in chunk)."""
     out_d, out_h, out_w = out_spatial
     in_d, in_h = in_spatial[:2]
     (rd, rh, _), (sd, sh, _), (dd, dh, _), (lod, loh, _) = win.kernel, win.stride, win.dilation, win.lo
@@ -416,8 +135,8 @@ def _input_lines(win, out_spatial, in_spatial, per_block):
         return (n * in_d + max(plane, 0)) * in_h + (max(row, 0) if plane >= 0 else 0)
 
     def footprint(first, last):
-        n0, q0, _ = _chunk(first, out_d * out_h * out_w, per_block)
-        n1, q1, count = _chunk(last - 1, out_d * out_h * out_w, per_block)
+        n0, q0, _ = chunk(first, out_d * out_h * out_w, per_block)
+        n1, q1, count = chunk(last - 1, out_d * out_h * out_w, per_block)
         return line(n0, q0, False), line(n1, q1 + count - 1, True)
 
     return footprint
@@ -456,11 +175,11 @@ def _correlate(x, w2, win, out_spatial, bias=None):
     per_block, per_image = _blocking(pixels, rows, x.itemsize, per_gemm)
 
     def work(first, last):
-        scratch = _scratch(0 if pointwise else rows * per_block, x.dtype)
+        scratch = thread_scratch(0 if pointwise else rows * per_block, x.dtype)
         _forward_chunks(GEMM[x.dtype], x, w2, bias, y, *_geometry(win, out_spatial), pointwise,
                         per_block, per_gemm, first, last, scratch, x.dtype.type(1))
 
-    _in_parallel(work, n_img * per_image, 2.0 * y.size * rows)
+    in_parallel(work, n_img * per_image, 2.0 * y.size * rows)
     return y
 
 
@@ -476,12 +195,12 @@ def _correlate_filter(x, dy, win, out_spatial):
 
     def work(first, last):
         dw_t = np.zeros((rows, k), x.dtype)
-        scratch = _scratch(0 if pointwise else rows * per_block, x.dtype)
+        scratch = thread_scratch(0 if pointwise else rows * per_block, x.dtype)
         _filter_chunks(GEMM[x.dtype], x, dy, dw_t, *_geometry(win, out_spatial), pointwise,
                        per_block, _FILTER_GEMM_PIXELS, first, last, scratch, x.dtype.type(1))
         return dw_t
 
-    parts = _in_parallel(work, n_img * per_image, 2.0 * dy.size * rows)
+    parts = in_parallel(work, n_img * per_image, 2.0 * dy.size * rows)
     return np.ascontiguousarray(sum(parts).T)
 
 
@@ -497,11 +216,11 @@ def _scatter_data(dy, w2, win, out_spatial, x_shape):
 
     def work(first, last):
         _data_chunks(GEMM[dy.dtype], dy, w2, dx, *_geometry(win, out_spatial), per_block, per_gemm, first, last,
-                     _scratch(rows * per_block, dy.dtype), dy.dtype.type(1))
+                     thread_scratch(rows * per_block, dy.dtype), dy.dtype.type(1))
 
     # The windows of neighbouring blocks overlap in dx: blocks that may write the same lines run apart.
-    _in_parallel(work, n_img * per_image, 2.0 * dy.size * rows,
-                 _input_lines(win, out_spatial, x_shape[2:], per_block))
+    in_parallel(work, n_img * per_image, 2.0 * dy.size * rows,
+                _input_lines(win, out_spatial, x_shape[2:], per_block))
     return dx
 
 

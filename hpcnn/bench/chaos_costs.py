@@ -1,0 +1,128 @@
+"""The measured inputs of the CHAOS time model (perfmodel.chaos) beyond the one-worker runs: the GIL share of a
+layer-by-layer step, and what a second worker costs per sample (shared weights, a busy neighbour core)."""
+import statistics
+import time
+
+import numpy as np
+
+__all__ = ["layers_gil_fraction", "weight_sharing_contention", "core_sharing_slowdown"]
+
+
+def layers_gil_fraction(model, loss, train, batch, samples=200):
+    """The share of a layer-by-layer step's time spent outside numba kernels, i.e. holding the GIL.
+
+    Every numba dispatcher that is a module global of hpcnn.kernels.cpu.* is wrapped with a timer for
+    the measurement (the kernel wrappers look them up at call time), then restored. BLAS calls from
+    numpy (Linear) also release the GIL but count here as held: an upper bound.
+    """
+    import importlib
+    import pkgutil
+
+    from numba.core.registry import CPUDispatcher
+
+    from .. import chaos
+    from ..kernels import cpu
+    inside = [0.0]
+    patched = []
+
+    def timed(fn):
+        def call(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                inside[0] += time.perf_counter() - t
+        return call
+
+    for info in pkgutil.iter_modules(cpu.__path__):
+        module = importlib.import_module(f"{cpu.__name__}.{info.name}")
+        for key, value in list(vars(module).items()):
+            if isinstance(value, CPUDispatcher):
+                patched.append((module, key, value))
+                setattr(module, key, timed(value))
+    x, y = train[0][:samples], train[1][:samples]
+    try:
+        engine = chaos.ChaosEngine(model, loss, threads=1, batch=batch, step="layers")
+        engine.fit((x, y), epochs=1)           # warm-up: compile, caches
+        inside[0] = 0.0
+        metrics = engine.fit((x, y), epochs=1)[-1]
+    finally:
+        for module, key, value in patched:
+            setattr(module, key, value)
+    return min(1.0, max(0.0, 1.0 - inside[0] / metrics["busy_seconds"]))
+
+
+def weight_sharing_contention(params, sample_seconds, sweeps=400):
+    """kappa for perfmodel.chaos: the extra time per sample, relative to `sample_seconds`, that two workers pay
+    when they update one shared copy of the weights instead of a copy each.
+
+    Two threads each sweep a weight buffer `sweeps` times (read, then write every element: what one
+    worker's forward and update do to the weights); once on one shared buffer, once on private copies.
+    kappa = (shared - private) seconds per sweep / sample_seconds.
+    """
+    import threading
+
+    import numba
+
+    @numba.njit(nogil=True)
+    def sweep(w, times):
+        for _ in range(times):
+            for i in range(w.shape[0]):
+                w[i] = w[i] * 0.999999 + 1e-7
+
+    def timed(buffers):
+        sweep(buffers[0], 1)    # compile outside the timing
+        threads = [threading.Thread(target=sweep, args=(b, sweeps)) for b in buffers]
+        t = time.perf_counter()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        return time.perf_counter() - t
+
+    shared = np.array(params, copy=True)
+    results = []
+    for _ in range(3):
+        private = timed([shared.copy(), shared.copy()])
+        both = timed([shared, shared])
+        results.append((both - private) / sweeps / sample_seconds)
+    return max(0.0, statistics.median(results))
+
+
+def core_sharing_slowdown(options, train, args, epochs=2):
+    """The part of kappa that comes from the machine, not from the shared weights: how much slower one
+    worker's per-sample time gets while an independent worker (its own model, its own weights) runs
+    on the other core. Cores that share caches, memory bandwidth or a physical core (SMT siblings)
+    show it; the weight-sharing sweep above cannot.
+    """
+    import threading
+
+    from .. import chaos, models, nn
+
+    def one_engine():
+        model = models.build("lenet", seed=0, **options)
+        return chaos.ChaosEngine(model, nn.CrossEntropyLoss(), threads=1, blas_threads=1, batch=args.batch,
+                                 seed=0, step="fused", chunk=args.chunk)
+
+    def per_sample(history):
+        return statistics.median(m["busy_seconds"] / m["samples"] for m in history)
+
+    solo = one_engine()
+    solo.fit(train, epochs=1)                      # warm-up: compile, caches
+    alone = per_sample(solo.fit(train, epochs=epochs))
+    engines = [one_engine() for _ in range(2)]
+    for e in engines:
+        e.fit(train, epochs=1)
+    results = [None, None]
+
+    def work(i):
+        results[i] = per_sample(engines[i].fit(train, epochs=epochs))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if None in results:
+        raise RuntimeError("core_sharing_slowdown: a co-running engine failed")
+    return max(0.0, statistics.median(results) / alone - 1.0)

@@ -1,0 +1,93 @@
+"""CHAOS worker threads: each takes the next mini-batches from a shared counter and runs them, with no lock."""
+import itertools
+import threading
+import time
+
+from .clock import Aborted, StalenessClock
+from .threads import worker_thread_setup
+
+__all__ = ["Worker", "ChaosWorkerError", "run_workers"]
+
+
+class ChaosWorkerError(RuntimeError):
+    """A worker raised: the engine stopped every worker and reports the first error (chained)."""
+
+
+class Worker:
+    """One worker's private state and its statistics for the current segment."""
+
+    def __init__(self, index):
+        self.index = index
+        self.loss_sum = 0.0
+        self.correct = 0
+        self.samples = 0
+        self.updates = 0
+        self.kernel_seconds = 0.0   # time inside the nogil fused call
+        self.busy_seconds = 0.0     # time from the worker's start to its end
+        self.cpu_seconds = 0.0      # CPU time of the worker's thread (less than busy when cores are shared)
+
+    def reset(self):
+        self.loss_sum, self.correct, self.samples, self.updates = 0.0, 0, 0, 0
+        self.kernel_seconds = self.busy_seconds = self.cpu_seconds = 0.0
+
+
+def run_workers(workers, staleness, per_take, first, last, one):
+    """Run `workers` over mini-batches [first, last): each takes `per_take` at a time from a shared counter
+    and calls one(worker, j, count); returns (wall seconds, the StalenessClock).
+
+    One worker runs on the calling thread (the same code path without a thread: deterministic,
+    debuggable); several run on threads that end in one barrier. A worker that raises stops the
+    others; the first error is raised as ChaosWorkerError.
+    """
+    clock = StalenessClock(len(workers), staleness)
+    counter = itertools.count(first, per_take)      # next() is atomic under the GIL
+    stop = threading.Event()
+    errors = []
+
+    def work(worker, on_thread):
+        start, cpu_start = time.perf_counter(), time.thread_time()
+        try:
+            if on_thread:
+                worker_thread_setup()
+            while not stop.is_set():
+                j = next(counter)
+                if j >= last:
+                    break
+                count = min(per_take, last - j)
+                clock.acquire(worker.index, count)
+                one(worker, j, count)
+                worker.updates += count
+                clock.advance(worker.index, count)
+        except Aborted:
+            pass
+        except BaseException as exc:  # reported on the main thread; stop the others
+            errors.append((worker.index, exc))
+            stop.set()
+            clock.abort()
+        finally:
+            clock.leave(worker.index)
+            worker.busy_seconds += time.perf_counter() - start
+            worker.cpu_seconds += time.thread_time() - cpu_start
+
+    t0 = time.perf_counter()
+    if len(workers) == 1:
+        work(workers[0], False)
+    else:
+        pool = [threading.Thread(target=work, args=(w, True), name=f"chaos-worker-{w.index}", daemon=True)
+                for w in workers]
+        for t in pool:
+            t.start()
+        try:
+            for t in pool:              # the end-of-segment barrier
+                while t.is_alive():
+                    t.join(0.1)
+        except BaseException:           # e.g. KeyboardInterrupt: stop the workers before leaving
+            stop.set()
+            clock.abort()
+            raise
+    seconds = time.perf_counter() - t0
+    if errors:
+        index, exc = errors[0]
+        raise ChaosWorkerError(f"chaos: worker {index} of {len(workers)} failed: "
+                               f"{type(exc).__name__}: {exc}") from exc
+    return seconds, clock

@@ -1,0 +1,88 @@
+"""Worker threads of the CPU convolution: per-thread scratch, and one call's chunks split over a thread pool.
+
+`in_parallel` cuts a call's chunks into up to `_threads()` parts (numba's thread count, at most
+BLAS's, so that OMP_NUM_THREADS=1 or a threadpoolctl limit keeps a call serial), each worth at
+least `_PARALLEL_FLOPS`, and runs them on a shared pool with BLAS single-threaded meanwhile
+(`_blas.serial_blas`); parts whose outputs may overlap run in two rounds. A forked child starts a
+fresh pool. `thread_scratch` keeps one reusable buffer per thread and dtype.
+"""
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+
+from ._blas import blas_threads, serial_blas
+
+__all__ = ["thread_scratch", "in_parallel"]
+
+# Least work (flops) worth handing to another thread.
+_PARALLEL_FLOPS = 20e6
+
+_local = threading.local()
+
+
+def thread_scratch(size, dtype):
+    """This thread's reusable 1-D scratch array of `size` elements (contents are garbage)."""
+    key = np.dtype(dtype)
+    buffers = _local.__dict__.setdefault("buffers", {})
+    buf = buffers.get(key)
+    if buf is None or buf.size < size:
+        buf = buffers[key] = np.empty(size, dtype)
+    return buf[:size]
+
+
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def _forget_pool():
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()  # a forked child has none of its parent's threads
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _threads():
+    """How many threads one kernel call splits its blocks over: numba's thread count for this thread,
+    at most BLAS's (so that OMP_NUM_THREADS=1 under MPI, or a threadpoolctl limit, keeps it serial)."""
+    return min(numba.get_num_threads(), blas_threads() or numba.get_num_threads())
+
+
+def in_parallel(work, chunks, flops, footprint=None):
+    """[work(first, last) for each part]: the chunks [0, chunks) cut into up to _threads() parts, each
+    worth at least _PARALLEL_FLOPS, run on as many worker threads.
+
+    `footprint(first, last)` -> (lo, hi), when given, bounds the outputs that chunks first..last-1
+    write (they may overlap between neighbours): then 2*parts ranges run in two rounds, even ranges
+    then odd ones, if same-round ranges never overlap; else the chunks run in one part.
+    """
+    parts = min(_threads(), chunks, int(flops // _PARALLEL_FLOPS) if _PARALLEL_FLOPS else chunks)
+    ranges = parts if footprint is None else 2 * parts
+    if parts <= 1 or ranges > chunks:
+        return [work(0, chunks)]
+    bounds = [chunks * i // ranges for i in range(ranges + 1)]
+    rounds = [list(range(ranges))]
+    if footprint is not None:
+        spans = [footprint(bounds[i], bounds[i + 1]) for i in range(ranges)]
+        if any(spans[i][1] >= spans[i + 2][0] for i in range(ranges - 2)):
+            return [work(0, chunks)]
+        rounds = [list(range(0, ranges, 2)), list(range(1, ranges, 2))]
+    pool = _worker_pool()
+    results = []
+    with serial_blas():  # the parts are the parallelism
+        for members in rounds:
+            futures = [pool.submit(work, bounds[i], bounds[i + 1]) for i in members]
+            results += [f.result() for f in futures]
+    return results
+
+
+def _worker_pool():
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="hpcnn-conv")
+        return _pool
+
