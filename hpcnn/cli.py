@@ -41,6 +41,8 @@ def _add_train(sub):
     p.add_argument("--engine", choices=("spatial", "chaos", "auto"), help="same as --set distribution.engine=...")
     p.add_argument("--grid", metavar="NxHxW", help="same as --set distribution.grid=[N,H,W] (e.g. 1x2x2)")
     p.add_argument("--plan", metavar="FILE", help="same as --set distribution.plan=FILE")
+    p.add_argument("--threads", type=int, metavar="T", help="same as --set training.threads=T: BLAS/numba threads "
+                   "per rank (default: the node's cores divided by its ranks)")
     p.set_defaults(func=_run_train)
 
 
@@ -52,6 +54,8 @@ def _run_train(args):
         overrides.append("distribution.grid=[" + ",".join(args.grid.lower().split("x")) + "]")
     if args.plan:
         overrides.append(f"distribution.plan={args.plan!r}")
+    if args.threads is not None:
+        overrides.append(f"training.threads={args.threads}")
     from .train.trainer import command
     return command(args.job, overrides, resume=args.resume, restart=args.restart)
 
@@ -106,15 +110,23 @@ def _add_calibrate(sub):
                    help="time for the measurements (default 540; --quick caps it at 120)")
     p.add_argument("--name", help="the profile's name (default: HOST-cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of the shape sampling")
+    p.add_argument("--threads", type=int, metavar="T", help="BLAS/numba threads per rank (default: the node's cores "
+                   "divided by its ranks, or the thread variables of the environment)")
     p.set_defaults(func=_run_calibrate)
 
 
 def _run_calibrate(args):
     from .calibrate import calibrate
     from .parallel.mpi import Communicator, install_abort_on_error
+    from .threads import apply_threads, choose_threads
     install_abort_on_error()
     comm = Communicator.world()
-    profile = calibrate(comm, budget=args.budget, quick=args.quick, progress=True, seed=args.seed, name=args.name)
+    threads = choose_threads(comm.node_size(), args.threads)
+    apply_threads(threads.threads)
+    if comm.rank == 0:
+        print(f"hpcnn calibrate on {comm.size} rank(s); {threads.describe()}")
+    profile = calibrate(comm, budget=args.budget, quick=args.quick, progress=True, seed=args.seed, name=args.name,
+                        threads=threads.threads)
     if comm.rank == 0:
         profile.save(args.out)
         fits = ", ".join(f"{op} {m.spec['fit']['median_abs_relative'] * 100:.0f}%"

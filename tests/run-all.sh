@@ -3,6 +3,7 @@
 # (oversubscribed where the machine has fewer cores; each MPI run has a timeout).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. jobs/env.sh test     # the environment with the test extra, created when missing
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1
 ranks=${HPCNN_TEST_RANKS:-"1 2 3 4"}
 per_run_timeout=${HPCNN_MPI_TIMEOUT:-900}

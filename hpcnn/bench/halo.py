@@ -155,8 +155,13 @@ def measure_allreduce(iterations=6, comm=None):
 
 def run(args):
     from ..parallel.mpi import Communicator, install_abort_on_error
+    from ..threads import apply_threads, choose_threads
     install_abort_on_error()
     world = Communicator.world()
+    threads = choose_threads(world.node_size())
+    apply_threads(threads.threads)
+    if world.rank == 0:
+        print(f"hpcnn bench halo on {world.size} rank(s); {threads.describe()}")
     modes = ("on", "off") if args.modes == "both" else tuple(m for m in args.modes.split(",") if m)
     bad = [m for m in modes if m not in ("on", "off")]
     if bad:

@@ -75,14 +75,8 @@ def _describe(case):
 
 def _set_threads(threads):
     """One thread count for every pool in the process; returns what each now uses."""
-    import numba
-    from threadpoolctl import threadpool_limits
-    # threadpoolctl limits only the BLAS libraries already loaded: load hpcnn's first.
-    from ..kernels.cpu import _blas  # noqa: F401
-    threadpool_limits(threads)
-    numba_threads = min(threads, numba.config.NUMBA_NUM_THREADS)
-    numba.set_num_threads(numba_threads)
-    used = {"blas": threads, "numba": numba_threads}
+    from ..threads import apply_threads
+    used = apply_threads(threads)
     try:
         import torch
     except ImportError:

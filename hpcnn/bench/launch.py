@@ -4,9 +4,9 @@ import shutil
 import subprocess
 import sys
 
-__all__ = ["THREAD_VARIABLES", "mpiexec", "thread_environment", "run_ranks"]
+from ..threads import THREAD_VARIABLES, thread_environment
 
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+__all__ = ["THREAD_VARIABLES", "mpiexec", "thread_environment", "run_ranks"]
 
 
 def mpiexec():
@@ -19,11 +19,6 @@ def mpiexec():
     if os.path.exists(beside):
         return beside
     raise SystemExit("hpcnn bench: no mpiexec on PATH (pip install mpich, or load your MPI module)")
-
-
-def thread_environment(threads):
-    """This process's environment with every variable of THREAD_VARIABLES set to `threads`."""
-    return dict(os.environ, **{name: str(threads) for name in THREAD_VARIABLES})
 
 
 def run_ranks(ranks, threads, python_argv, timeout, prog, what):

@@ -49,8 +49,10 @@ def _progress(total, enabled, desc):
     return tqdm(total=total, desc=desc, unit="s", bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
 
 
-def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None):
-    """Measure this machine on every rank of `comm`; returns a MachineProfile (only rank 0's is complete)."""
+def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None, threads=1):
+    """Measure this machine on every rank of `comm` (a Communicator), each rank running `threads` BLAS/numba
+    threads (the caller sets them; they are recorded in the profile's source); returns a MachineProfile (only
+    rank 0's is complete)."""
     if quick:
         budget = min(budget, 120.0)
     rank, size = comm.rank, comm.size
@@ -76,7 +78,7 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None)
     cpu = platform.processor() or platform.machine()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     sources = {src: f"measured on {host} ({cpu}, {os.cpu_count()} cores) at {when} by `hpcnn calibrate` with "
-                    f"{size} rank(s), float32, one thread per rank; budget {budget:.0f} s; 1-minute load average "
+                    f"{size} rank(s), float32, {threads} thread(s) per rank; budget {budget:.0f} s; 1-minute load average "
                     f"{load:.1f} at the end (a load above the core count means other processes shared the cores "
                     f"and the times are inflated and noisy: rerun on a quiet machine)"}
     compute = {}

@@ -25,16 +25,10 @@ from contextlib import contextmanager
 
 import numba
 
+from ..threads import available_cores
+
 __all__ = ["available_cores", "use_threadsafe_numba_layer", "worker_thread_limits", "worker_thread_setup",
            "describe_thread_settings"]
-
-
-def available_cores():
-    """The number of cores this process may run on (its affinity mask, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def use_threadsafe_numba_layer():

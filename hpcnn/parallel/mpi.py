@@ -159,6 +159,16 @@ class Communicator:
             return Communicator(None, self.clock)
         return Communicator(self.mpi.Split(color, key), self.clock)
 
+    def node_size(self):
+        """How many ranks of this communicator share this rank's node (a shared-memory split, made once)."""
+        if self.mpi is None:
+            return 1
+        if getattr(self, "_node_size", None) is None:
+            node = self.mpi.Split_type(_mpi().COMM_TYPE_SHARED, self.rank)
+            self._node_size = node.Get_size()
+            node.Free()
+        return self._node_size
+
     @property
     def handle(self):
         """An integer naming the underlying communicator (None without MPI)."""

@@ -56,6 +56,8 @@ SCHEMA = {
         "dtype": (str, "float32", ("float32", "float64"), "parameter and activation dtype"),
         "val_every": (int, 0, "nonnegative", "steps between validations (0: each epoch's end)"),
         "val_batch": (int, 0, "nonnegative", "validation batch (0: the training batch)"),
+        "threads": (int, 0, "nonnegative", "BLAS/OpenMP/numba threads per rank (0: the node's cores divided by "
+                                           "its ranks, or the thread variables of the environment)"),
         "optimizer": ("table", None, None, "[training.optimizer]"),
         "schedule": ("table", None, None, "[training.schedule]"),
     },

@@ -23,6 +23,7 @@ from .engine import choose_engine, engine_class, job_communicator, launched_rank
 from .metrics import MetricsLog, Progress, format_duration
 from .optim import SGD
 from .schedule import build_schedule
+from ..threads import apply_threads, choose_threads
 from .setup import agree, build_model, open_data
 
 __all__ = ["Trainer", "TrainingDiverged", "train", "command"]
@@ -63,6 +64,11 @@ class Trainer:
         self.batch = tr["batch"]
         self.steps_per_epoch = max(len(self.train_set) // self.batch, 1)
         self.total_steps = tr["steps"] or tr["epochs"] * self.steps_per_epoch
+        try:
+            self.threads = choose_threads(self.comm.node_size(), tr["threads"] or None, "training.threads")
+        except ValueError as e:
+            raise JobError(f"job file {job.path}: {e}") from None
+        apply_threads(self.threads.threads)
         self.model = build_model(job, self.train_set, self.dtype)
         self.loss = nn.MSELoss() if self.task == "regress" else nn.CrossEntropyLoss()
         self.distribution = None
@@ -185,12 +191,13 @@ class Trainer:
         grid = list(self.distribution.grid) if self.distribution is not None else None
         size = self.comm.size
         self.log.write("start", job=job.to_dict(), job_path=job.path, engine=self.engine_name, ranks=size,
+                       threads=self.threads.threads, threads_reason=self.threads.reason,
                        grid=grid, parameters=n_params, train=self.train_set.describe(), val=self.val_set.describe(),
                        resumed_from=getattr(self, "resumed_from", None), first_step=self.step)
         where = f"on {size} rank{'s' if size > 1 else ''}" + (f", grid {grid}" if grid else "")
         self.progress.say(f"hpcnn train {job.path}: {job['model']['name']} ({n_params:,} parameters) on "
                           f"{self.train_set.describe()}; engine {self.engine_name} {where}; "
-                          f"{self.total_steps} steps of batch {self.batch}"
+                          f"{self.total_steps} steps of batch {self.batch}; {self.threads.describe()}"
                           + (f"; resumed at step {self.step} from {self.resumed_from}" if self.step else ""))
         self._install_signals()
         try:
