@@ -17,6 +17,7 @@ BENCHMARKS = {
     "halo": ("halo", "halo exchange in training, with and without overlap"),
     "scaling": ("scaling", "strong and weak scaling over ranks, measured beside the model's prediction"),
     "project": ("project", "predicted strong and weak scaling on a machine profile (perfmodel only)"),
+    "step": ("step", "whole training steps of the zoo models against PyTorch CPU, per-layer breakdown"),
 }
 
 
