@@ -167,7 +167,7 @@ def _add_plan(sub):
 
 
 def _run_plan(args):
-    from perfmodel import report
+    from perfmodel import provenance, report
     from perfmodel.layers import model_chain
     from perfmodel.machine import ProfileError, load_profile
     from perfmodel.planner import PlanError, plan_chain
@@ -190,6 +190,7 @@ def _run_plan(args):
     print(f"plan for {args.model} input {'x'.join(map(str, shape))}, batch {args.batch}, {args.ranks} ranks on "
           f"'{machine.name}' ({machine.backend}, {machine.ranks_per_node} ranks per node); planned in "
           f"{result.planning_seconds:.2f} s")
+    print(provenance.check(machine)[1])
     print(report.plan_table(result))
     print(report.speedups(result))
     for text in explanations:

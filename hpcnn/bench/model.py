@@ -103,7 +103,9 @@ def run(args):
     from perfmodel.planner import grid_string, plan_chain
     from perfmodel.report import to_plan
 
+    from perfmodel import provenance
     machine = host_profile(args.machine)
+    print(provenance.check(machine)[1])
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     for m in names:
         if m not in CASES:

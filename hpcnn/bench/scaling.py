@@ -34,6 +34,8 @@ import json
 import os
 import statistics
 
+from perfmodel import provenance
+
 from .launch import THREAD_VARIABLES, run_ranks
 from .output import write_csv
 from .scaling_plots import plot
@@ -117,6 +119,7 @@ def _drive(args):
     cores = os.cpu_count() or 1
     print(f"hpcnn bench scaling: {args.model} input {'x'.join(map(str, sample_shape(args)))}, {args.mode} scaling, "
           f"ranks {ranks_list}, splits {', '.join(tokens)}; predictions from {machine.path or machine.name}")
+    print(provenance.check(machine)[1])
     if args.threads_per_rank < 1:
         raise SystemExit(f"hpcnn bench scaling: --threads-per-rank must be at least 1, received {args.threads_per_rank}")
     if max(ranks_list) * args.threads_per_rank > cores:

@@ -27,6 +27,7 @@ import numpy as np
 
 from perfmodel.fit import FEATURES, fit_robust
 from perfmodel.machine import FORMAT, OPERATIONS, VERSION, MachineProfile
+from perfmodel.provenance import measured_on
 
 from .kernels import kernel_phase, sample_shapes
 from .layers import GLIBC_MMAP_SOURCE, measure_fresh_memory, measure_layer_calls
@@ -150,6 +151,7 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None,
     sources["cpu-overlap"] = ("assumption of hpcnn: on CPU ranks without an MPI progress thread, non-blocking "
                               "messages advance only inside MPI calls, so no overlap is counted")
     sources["glibc-mmap-threshold"] = GLIBC_MMAP_SOURCE
+    doc["measured_on"] = measured_on(size, threads, src, when)
     doc["fresh_memory"] = measure_fresh_memory(src)
     doc["layer_calls"] = measure_layer_calls(comm, MachineProfile(doc), src)
     doc["calibration_seconds"] = {"value": time.perf_counter() - t_start, "source": src}

@@ -1,0 +1,89 @@
+"""Where a machine profile came from, and whether it describes the machine it is used on.
+
+`hpcnn calibrate` writes a "measured_on" section: host, CPU model, cores, ranks, threads per rank
+and the date (each a sourced value, as every number of a profile). `check(profile)` compares it
+with this machine and gives one line to print: the profile was measured on another machine (its
+predictions price that machine, not this one), or on this one some days ago (a machine's speed
+drifts between days), or it is a published profile of a cluster (its rates are its sources').
+`hpcnn calibrate` is the fix each line suggests.
+"""
+import os
+import platform
+import socket
+import time
+from datetime import datetime, timezone
+
+__all__ = ["this_machine", "measured_on", "check", "STALE_DAYS"]
+
+# A profile older than this, measured on this machine, is called stale.
+STALE_DAYS = 2.0
+_FIX = "measure this machine with `mpiexec -n 2 hpcnn calibrate -o PROFILE.json` and pass --machine PROFILE.json"
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def this_machine():
+    """{host, cpu, cores} of the machine this process runs on (cores: its affinity mask)."""
+    return {"host": socket.gethostname(), "cpu": _cpu_model(), "cores": _cores()}
+
+
+def measured_on(ranks, threads_per_rank, source, when=None):
+    """The "measured_on" section `hpcnn calibrate` writes: this machine, the ranks and threads, the date."""
+    here = this_machine()
+    when = when or time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return {"source": source, "host": here["host"], "cpu": here["cpu"], "date": when,
+            "cores": {"value": here["cores"], "source": source},
+            "ranks": {"value": int(ranks), "source": source},
+            "threads_per_rank": {"value": int(threads_per_rank), "source": source}}
+
+
+def _age_days(date, now=None):
+    try:
+        then = datetime.strptime(date, "%Y-%m-%dT%H:%M:%S%z")
+    except (TypeError, ValueError):
+        return None
+    now = now or datetime.now(timezone.utc)
+    return (now - then).total_seconds() / 86400.0
+
+
+def check(profile, here=None, now=None):
+    """(ok, one line) about `profile` (a MachineProfile) on this machine; ok is False for another machine."""
+    doc = profile.doc
+    m = doc.get("measured_on")
+    if m is None:
+        if doc.get("backend") == "gpu" or "published" in doc.get("description", "").lower():
+            return True, (f"profile {profile.name!r} is a published description of a cluster: its rates come from "
+                          f"its cited sources, not from a measurement of hpcnn on this machine")
+        return False, (f"profile {profile.name!r} does not say which machine it was measured on; to predict this one, "
+                       f"{_FIX}")
+    here = here or this_machine()
+    cores = int(m["cores"]["value"])
+    threads = int(m["threads_per_rank"]["value"])
+    what = (f"profile {profile.name!r}: measured on {m['host']} ({m['cpu']}, {cores} cores, {threads} thread(s) per "
+            f"rank) on {m['date'][:10]}")
+    differs = [name for name, a, b in (("host", m["host"], here["host"]), ("CPU", m["cpu"], here["cpu"]),
+                                       ("cores", cores, here["cores"])) if a != b]
+    if differs:
+        return False, (f"{what}; this machine differs ({', '.join(differs)}: {here['host']}, {here['cpu']}, "
+                       f"{here['cores']} cores), so the predictions price that machine: {_FIX}")
+    age = _age_days(m["date"], now)
+    if age is not None and age > STALE_DAYS:
+        return True, (f"{what}, {age:.0f} days ago: a machine's speed drifts between days and loads; for "
+                      f"predictions you rely on, {_FIX}")
+    return True, what + " (this machine)"

@@ -1,0 +1,49 @@
+"""A profile says where it was measured, and using it elsewhere (or days later) is said in one line."""
+from datetime import datetime, timedelta, timezone
+
+from perfmodel import provenance
+from perfmodel.machine import MachineProfile, load_profile
+
+HERE = {"host": "node7", "cpu": "Some CPU 9000", "cores": 8}
+
+
+def _profile(host="node7", cpu="Some CPU 9000", cores=8, date="2026-12-01T10:00:00+0000"):
+    doc = MachineProfile.synthetic().doc
+    doc["sources"]["m"] = "measured here"
+    doc["measured_on"] = provenance.measured_on(2, 4, "m", date)
+    doc["measured_on"].update(host=host, cpu=cpu)
+    doc["measured_on"]["cores"]["value"] = cores
+    return MachineProfile(doc)
+
+
+NOW = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
+
+
+def test_the_same_machine_the_same_day_is_fine():
+    ok, line = provenance.check(_profile(), HERE, NOW)
+    assert ok and "this machine" in line and "4 thread(s) per rank" in line
+
+
+def test_another_machine_is_said_with_what_differs_and_the_fix():
+    ok, line = provenance.check(_profile(cpu="Other CPU", cores=2), HERE, NOW)
+    assert not ok and "CPU, cores" in line and "hpcnn calibrate" in line
+
+
+def test_an_old_profile_of_this_machine_is_called_stale():
+    ok, line = provenance.check(_profile(), HERE, NOW + timedelta(days=5))
+    assert ok and "days ago" in line and "hpcnn calibrate" in line
+
+
+def test_a_profile_without_provenance_and_a_published_one():
+    ok, line = provenance.check(MachineProfile.synthetic(), HERE, NOW)
+    assert not ok and "does not say which machine" in line
+    ok, line = provenance.check(load_profile("v100-nvlink-edr"), HERE, NOW)
+    assert ok and "published" in line
+
+
+def test_measured_on_is_a_valid_profile_section():
+    doc = MachineProfile.synthetic().doc
+    doc["sources"]["m"] = "measured"
+    doc["measured_on"] = provenance.measured_on(3, 1, "m")
+    MachineProfile(doc)   # validates: every number has a source
+    assert doc["measured_on"]["cores"]["value"] == provenance.this_machine()["cores"]
