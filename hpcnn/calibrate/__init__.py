@@ -29,7 +29,8 @@ from perfmodel.fit import FEATURES, fit_robust
 from perfmodel.machine import FORMAT, OPERATIONS, VERSION, MachineProfile
 from perfmodel.provenance import measured_on
 
-from .kernels import kernel_phase, sample_shapes
+from .kernels import kernel_phase
+from .shapes import sample_shapes
 from .layers import GLIBC_MMAP_SOURCE, measure_fresh_memory, measure_layer_calls
 from .network import pingpong as measure_pingpong, sweep
 

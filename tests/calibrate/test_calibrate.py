@@ -44,3 +44,30 @@ def test_fresh_memory_is_measured_with_its_threshold_and_a_valid_source():
     from perfmodel.machine import load_profile
     shipped = load_profile("vm-cpu")
     assert shipped.fresh_memory[1] == FRESH_MEMORY_THRESHOLD and shipped.fresh_memory[0] > 0
+
+
+def test_a_split_convolution_samples_the_calls_its_block_makes():
+    """Rows 0-3 of a 3x3 'same' convolution on 8 rows split in two: the owned block (halo row as zero padding)
+    and the one-row halo piece that reaches the last output row, as hpcnn.parallel.conv.DistConv runs them."""
+    from hpcnn.calibrate.shapes import block_calls
+    from hpcnn.geometry import WindowGeometry
+    layer = dict(nd=2, n=2, c=3, k=5, spatial=(8, 6), geometry=WindowGeometry(2, 3, 1, 1), kind=None)
+    own, piece = block_calls(layer, 1, (2, 1), (0, 0, 0))
+    assert own["in_spatial"] == (4, 6) and own["out_spatial"] == (4, 6) and own["padding"] == ((1, 1), (1, 1))
+    assert piece["in_spatial"] == (1, 6) and piece["out_spatial"] == (1, 6)
+    # split along W (the contiguous axis) as often: the same calls with the axes swapped
+    own_w, piece_w = block_calls(dict(layer, spatial=(6, 8)), 1, (1, 2), (0, 0, 1))
+    assert own_w["in_spatial"] == (6, 4) and piece_w["in_spatial"] == (6, 1)
+    # two split dimensions: one call on the extended block
+    (ext,) = block_calls(dict(layer, spatial=(8, 8)), 1, (2, 2), (0, 0, 0))
+    assert ext["in_spatial"] == (5, 5) and ext["out_spatial"] == (4, 4) and ext["padding"] == ((1, 0), (1, 0))
+
+
+def test_samples_cover_blocks_pieces_and_every_axis():
+    shapes = sample_shapes("conv_forward", np.random.default_rng(3), 300)
+    nd2 = [s for s in shapes if len(s["in_spatial"]) == 2]
+    assert any(s["in_spatial"][0] <= 3 < s["in_spatial"][1] for s in nd2)       # thin along H
+    assert any(s["in_spatial"][1] <= 3 < s["in_spatial"][0] for s in nd2)       # thin along W
+    assert any(len(s["in_spatial"]) == 3 for s in shapes)
+    assert any(lo != hi for s in shapes for lo, hi in s["padding"])            # edge blocks pad one side
+    assert len({s["n"] for s in shapes}) > 2
