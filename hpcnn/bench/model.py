@@ -1,13 +1,19 @@
-"""Performance model against measurement: per layer and per iteration, every candidate grid, 1 and 2 ranks.
+"""Performance model against measurement, on a held-out set: per layer and per iteration, every grid, 1..cores ranks.
 
-For each model (meshnet, resnet18 with small input, a small cosmoflow) and rank count, every
-candidate grid (every factorization of P over N and the spatial dims that the planner accepts)
-runs a few training iterations under `mpiexec -n P` (one thread per rank); forward and backward
-of every leaf layer are timed on each rank (the slowest rank counts) and compared with the
-prediction of `perfmodel` for the same layer and grid. An iteration is `probe.training_step`:
-forward, backward of a gradient of ones (no loss, as in the model) with the bucketed gradient
-allreduce, and an SGD-with-momentum step. The plan the planner chooses is measured too and compared with
-the fastest measured candidate. Writes model_layers.csv, model_iterations.csv and model.png.
+The models and sizes evaluated (`HELD_OUT`) are not what calibration fits: `hpcnn calibrate` times
+kernel calls of random layers, splits and blocks (hpcnn.calibrate.shapes) and never builds these
+networks; they also differ from the README's scaling runs. For each model and rank count (default:
+1 up to this machine's cores, so no run is oversubscribed), every candidate grid (every
+factorization of P over N and the spatial dims that the planner accepts) runs training iterations
+under `mpiexec -n P` (one thread per rank); forward and backward of every leaf layer are timed on
+each rank (the slowest rank counts) and compared with perfmodel's prediction for the same layer and
+grid. An iteration is `probe.training_step`: forward, backward of a gradient of ones (no loss, as
+in the model) with the bucketed gradient allreduce, and an SGD-with-momentum step. The plan the
+planner chooses is measured too, unless it is one of the grids (then it counts once), and compared
+with the fastest measured candidate. The in-sample error is the profile's own: each kernel model's
+median relative error on the calibration samples it was fitted to. Reported: median and largest
+|error| and the mean signed error (bias), per iteration and per layer over all layers, each
+distinct configuration once. Writes model_layers.csv, model_iterations.csv, model.json and model.png.
 """
 import json
 import os
@@ -21,22 +27,23 @@ from .host_profile import host_profile
 from .launch import run_ranks
 from .output import pyplot
 
-__all__ = ["add_arguments", "run", "CASES"]
+__all__ = ["add_arguments", "run", "HELD_OUT", "errors"]
 
-# name -> (input shape (C, *S), batch, build options)
-CASES = {
-    "meshnet": ((18, 256, 256), 2, {}),
-    "resnet18": ((3, 32, 32), 8, {"small_input": True}),
-    "cosmoflow": ((4, 32, 32, 32), 2, {}),
+# The held-out set: name -> (zoo model, input shape (C, *S), batch, build options)
+HELD_OUT = {
+    "unet2d": ("unet2d", (2, 160, 160), 2, {"width": 12, "depth": 2}),
+    "meshnet": ("meshnet", (12, 384, 384), 1, {"widths": (24, 24, 24), "dilations": (1, 2, 1)}),
+    "resnet34": ("resnet34", (3, 48, 48), 4, {"small_input": True, "width": 16}),
+    "cosmoflow": ("cosmoflow", (2, 48, 48, 48), 2, {"width": 8, "kernel_size": 3, "num_blocks": 3}),
 }
 
 
 def add_arguments(p):
-    p.add_argument("--models", default=",".join(CASES), help="comma-separated, from: " + ", ".join(CASES))
-    p.add_argument("--ranks", default="1,2", help="comma-separated rank counts (default 1,2)")
+    p.add_argument("--models", default=",".join(HELD_OUT), help="comma-separated, from: " + ", ".join(HELD_OUT))
+    p.add_argument("--ranks", default=None, help="comma-separated rank counts (default 1 up to this machine's cores)")
     p.add_argument("--machine", default=None, help="machine profile (default: the shipped profile of this host, "
                    "else the newest CPU profile in perfmodel/profiles)")
-    p.add_argument("--iterations", type=int, default=3, help="timed iterations per configuration (default 3)")
+    p.add_argument("--iterations", type=int, default=5, help="timed iterations per configuration, median (default 5)")
     p.add_argument("--out", default="bench-out", help="folder for the CSV files and the PNG plot")
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed per mpiexec run")
 
@@ -77,7 +84,7 @@ def _worker(spec_path, out_path):
             if i > 0:
                 iters.append(t)
         layers = {name: [v["forward_s"], v["backward_s"]] for name, v in probe.summary(comm).items()}
-        results.append({**{k: job[k] for k in ("model", "grid", "label")}, "iteration": float(np.median(iters)),
+        results.append({**{k: job[k] for k in ("model", "case", "grid", "label")}, "iteration": float(np.median(iters)),
                         "layers": layers})
     if comm.rank == 0:
         with open(out_path, "w") as f:
@@ -97,44 +104,68 @@ def _predict(grid_or_plan, machine, chain):
     return b["iteration_s"], {name: sum(parts.values()) for name, parts in b["layers"].items()}
 
 
-def run(args):
+def errors(pairs):
+    """{median, largest, bias} of the relative errors (predicted - measured) / measured over (measured, predicted)."""
+    rel = np.array([(p - m) / m for m, p in pairs if m > 0 and p is not None and np.isfinite(p)])
+    if not rel.size:
+        return {"median": float("nan"), "largest": float("nan"), "bias": float("nan"), "count": 0}
+    return {"median": float(np.median(np.abs(rel))), "largest": float(np.abs(rel).max()), "bias": float(rel.mean()),
+            "count": int(rel.size)}
+
+
+def _jobs(names, ranks, machine, iterations):
+    """(mpiexec jobs, {(model, label): prediction}) of one rank count: every accepted grid and the plan."""
     from perfmodel.grids import candidate_grids, grid_refusal
     from perfmodel.layers import iter_layers, model_chain
     from perfmodel.planner import grid_string, plan_chain
     from perfmodel.report import to_plan
 
+    from ..nn.models import input_options
+    jobs, predictions = [], {}
+    for name in names:
+        model, shape, batch, options = HELD_OUT[name]
+        _, chain = model_chain(model, shape, batch, **options)
+        common = {"model": model, "case": name, "options": {**options, **input_options(model, shape)},
+                  "input": (batch,) + tuple(shape), "iterations": iterations}
+        grids = [g for g in candidate_grids(ranks, len(shape) - 1)
+                 if not any(grid_refusal(layer, g) for layer in iter_layers(chain))]
+        for grid in grids:
+            label = grid_string(grid)
+            jobs.append({**common, "grid": list(grid), "label": label})
+            predictions[(name, label)] = _predict(tuple(grid), machine, chain)
+        result = plan_chain(chain, ranks, machine)
+        plan = to_plan(result).to_dict()
+        used = {tuple(g) for g in [plan["default_grid"]] + [e["grid"] for e in plan["layers"]]}
+        if len(used) == 1 and tuple(plan["default_grid"]) in map(tuple, grids):
+            predictions[(name, "plan")] = ("same", grid_string(plan["default_grid"]))   # one grid: measured already
+        else:
+            jobs.append({**common, "grid": plan["default_grid"], "label": "plan", "plan": plan})
+            predictions[(name, "plan")] = _predict(result, machine, chain)
+    return jobs, predictions
+
+
+def _in_sample(machine):
+    """{op: median |relative error| of its fit on the calibration's own samples} (a profile without fits: {})."""
+    return {op: m.spec["fit"]["median_abs_relative"] for op, m in machine.kernels.items() if "fit" in m.spec}
+
+
+def run(args):
     from perfmodel import provenance
+
+    from ..threads import available_cores
     machine = host_profile(args.machine)
     print(provenance.check(machine)[1])
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     for m in names:
-        if m not in CASES:
-            raise SystemExit(f"hpcnn bench model: unknown model {m!r}; expected some of {', '.join(CASES)}")
-    ranks_list = [int(r) for r in args.ranks.split(",")]
+        if m not in HELD_OUT:
+            raise SystemExit(f"hpcnn bench model: unknown model {m!r}; expected some of {', '.join(HELD_OUT)}")
+    cores = available_cores()
+    ranks_list = ([int(r) for r in args.ranks.split(",")] if args.ranks else list(range(1, cores + 1)))
     os.makedirs(args.out, exist_ok=True)
-    print(f"machine profile: {machine.path or machine.name}")
+    print(f"machine profile: {machine.path or machine.name}; held-out set: {', '.join(names)}")
     rows_layers, rows_iter, plan_rows = [], [], []
     for ranks in ranks_list:
-        jobs, predictions = [], {}
-        for m in names:
-            shape, batch, options = CASES[m]
-            _, chain = model_chain(m, shape, batch, **options)
-            build = {**options, "in_channels": shape[0]}
-            if m == "cosmoflow":
-                build["input_size"] = shape[1]
-            nd = len(shape) - 1
-            for grid in candidate_grids(ranks, nd):
-                if any(grid_refusal(layer, grid) for layer in iter_layers(chain)):
-                    continue
-                label = grid_string(grid)
-                jobs.append({"model": m, "options": build, "input": (batch,) + tuple(shape), "grid": list(grid),
-                             "label": label, "iterations": args.iterations})
-                predictions[(m, label)] = _predict(tuple(grid), machine, chain)
-            result = plan_chain(chain, ranks, machine)
-            plan = to_plan(result).to_dict()
-            jobs.append({"model": m, "options": build, "input": (batch,) + tuple(shape),
-                         "grid": plan["default_grid"], "label": "plan", "plan": plan, "iterations": args.iterations})
-            predictions[(m, "plan")] = _predict(result, machine, chain)
+        jobs, predictions = _jobs(names, ranks, machine, args.iterations)
         with tempfile.TemporaryDirectory() as tmp:
             spec_path = os.path.join(tmp, "spec.json")
             out_path = os.path.join(tmp, "out.json")
@@ -145,59 +176,66 @@ def run(args):
                       f"{ranks} rank(s), {len(jobs)} configurations")
             with open(out_path) as f:
                 measured = json.load(f)
-        by_model = {}
+        by_case = {}
         for res in measured:
-            key = (res["model"], res["label"])
-            pred_iter, pred_layers = predictions[key]
-            rows_iter.append((ranks, res["model"], res["label"], res["iteration"], pred_iter))
-            by_model.setdefault(res["model"], []).append((res["label"], res["iteration"], pred_iter))
+            pred_iter, pred_layers = predictions[(res["case"], res["label"])]
+            over = ranks > cores
+            rows_iter.append((ranks, res["case"], res["label"], res["iteration"], pred_iter, over))
+            by_case.setdefault(res["case"], {})[res["label"]] = res["iteration"]
             for lname, (f, b) in res["layers"].items():
-                rows_layers.append((ranks, res["model"], res["label"], lname, f + b,
-                                    pred_layers.get(lname, float("nan"))))
-        for m, entries in by_model.items():
-            cands = [e for e in entries if e[0] != "plan"]
-            fastest = min(cands, key=lambda e: e[1])
-            planned = next(e for e in entries if e[0] == "plan")
-            plan_rows.append((ranks, m, planned[1], fastest[0], fastest[1]))
-    _report(rows_layers, rows_iter, plan_rows, args.out)
+                rows_layers.append((ranks, res["case"], res["label"], lname, f + b,
+                                    pred_layers.get(lname, float("nan")), over))
+        for case, times in by_case.items():
+            fastest = min((label for label in times if label != "plan"), key=times.get)
+            same = predictions[(case, "plan")]
+            planned_label = same[1] if same[0] == "same" else "plan"
+            plan_rows.append((ranks, case, planned_label, times[planned_label], fastest, times[fastest]))
+    _report(rows_layers, rows_iter, plan_rows, _in_sample(machine), args.out, machine)
     return 0
 
 
-def _errors(pairs):
-    rel = np.array([abs(p - m) / m for m, p in pairs if m > 0 and np.isfinite(p)])
-    return (float(np.median(rel)), float(rel.max())) if rel.size else (float("nan"), float("nan"))
-
-
-def _report(rows_layers, rows_iter, plan_rows, out):
+def _report(rows_layers, rows_iter, plan_rows, in_sample, out, machine):
     with open(os.path.join(out, "model_layers.csv"), "w") as f:
-        f.write("ranks,model,grid,layer,measured_s,predicted_s\n")
+        f.write("ranks,model,grid,layer,measured_s,predicted_s,oversubscribed\n")
         for r in rows_layers:
             f.write(",".join(map(str, r)) + "\n")
     with open(os.path.join(out, "model_iterations.csv"), "w") as f:
-        f.write("ranks,model,grid,measured_s,predicted_s\n")
+        f.write("ranks,model,grid,measured_s,predicted_s,oversubscribed\n")
         for r in rows_iter:
             f.write(",".join(map(str, r)) + "\n")
     print(f"\n{'ranks':>5s} {'model':10s} {'grid':>10s} {'measured ms':>12s} {'predicted ms':>13s} {'error':>7s}")
-    for ranks, m, label, meas, pred in rows_iter:
-        print(f"{ranks:5d} {m:10s} {label:>10s} {meas * 1e3:12.2f} {pred * 1e3:13.2f} {(pred - meas) / meas * 100:6.1f}%")
-    it_med, it_max = _errors([(m, p) for *_, m, p in rows_iter])
-    # per-layer errors over layers that take at least 1% of their iteration (tiny layers are noise)
-    iter_time = {(r, m, g): meas for r, m, g, meas, _ in rows_iter}
-    big = [(meas, pred) for r, m, g, _, meas, pred in rows_layers if meas >= 0.01 * iter_time[(r, m, g)]]
-    ly_med, ly_max = _errors(big)
-    al_med, al_max = _errors([(meas, pred) for *_, meas, pred in rows_layers])
-    print(f"\nper iteration: median |error| {it_med * 100:.1f}%, largest {it_max * 100:.1f}% ({len(rows_iter)} runs)")
-    print(f"per layer (>= 1% of the iteration): median |error| {ly_med * 100:.1f}%, largest {ly_max * 100:.1f}% "
-          f"({len(big)} layers); all layers: median {al_med * 100:.1f}%, largest {al_max * 100:.1f}%")
-    for ranks, m, planned, label, fastest in plan_rows:
-        print(f"{ranks} rank(s) {m}: the planner's plan measures {planned * 1e3:.2f} ms, the fastest candidate "
-              f"({label}) {fastest * 1e3:.2f} ms: {(planned / fastest - 1) * 100:+.1f}%")
+    for ranks, m, label, meas, pred, over in rows_iter:
+        print(f"{ranks:5d} {m:10s} {label:>10s} {meas * 1e3:12.2f} {pred * 1e3:13.2f} {(pred - meas) / meas * 100:6.1f}%"
+              + ("  (oversubscribed: left out)" if over else ""))
+    held_iter = errors([(m, p) for *_, m, p, over in rows_iter if not over])
+    held_layer = errors([(m, p) for *_, m, p, over in rows_layers if not over])
+    summary = {"held_out": {"models": {k: {"model": v[0], "input": list(v[1]), "batch": v[2], "options": v[3]}
+                                       for k, v in HELD_OUT.items()},
+                            "per_iteration": held_iter, "per_layer": held_layer},
+               "in_sample": {"kernel_fit_median_abs": in_sample}, "machine": machine.path or machine.name,
+               "plans": [{"ranks": r, "model": m, "plan": lbl, "plan_s": t, "fastest": fl, "fastest_s": ft}
+                         for r, m, lbl, t, fl, ft in plan_rows]}
+    with open(os.path.join(out, "model.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    if in_sample:
+        print("\nin sample (each kernel model on the calibration samples it was fitted to): median |error| "
+              + ", ".join(f"{op} {v * 100:.0f}%" for op, v in in_sample.items()))
+    for what, e in (("per iteration", held_iter), ("per layer (all layers)", held_layer)):
+        print(f"held out, {what}: median |error| {e['median'] * 100:.1f}%, largest {e['largest'] * 100:.1f}%, "
+              f"mean signed error {e['bias'] * 100:+.1f}% ({e['count']} configurations)")
+    for ranks, m, label, planned, fastest, t_fastest in plan_rows:
+        print(f"{ranks} rank(s) {m}: the plan ({label}) measures {planned * 1e3:.2f} ms, the fastest candidate "
+              f"({fastest}) {t_fastest * 1e3:.2f} ms: {(planned / t_fastest - 1) * 100:+.1f}%")
+    _plot(rows_layers, rows_iter, out)
+
+
+def _plot(rows_layers, rows_iter, out):
     plt = pyplot()
     if plt is None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 5))
-    for ax, data, title in ((axes[0], [(m, p) for *_, m, p in rows_layers], "per layer (fwd + bwd)"),
-                            (axes[1], [(m, p) for *_, m, p in rows_iter], "per iteration")):
+    for ax, data, title in ((axes[0], [(r[4], r[5]) for r in rows_layers], "per layer (fwd + bwd)"),
+                            (axes[1], [(r[3], r[4]) for r in rows_iter], "per iteration")):
         d = np.array([(m, p) for m, p in data if m > 0 and np.isfinite(p) and p > 0])
         if d.size == 0:
             continue
@@ -206,10 +244,10 @@ def _report(rows_layers, rows_iter, plan_rows, out):
         ax.plot([lo, hi], [lo, hi], "k--", lw=1)
         ax.set_xlabel("measured ms")
         ax.set_ylabel("predicted ms")
-        ax.set_title(title)
+        ax.set_title(title + " (held out)")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "model.png"), dpi=120)
-    print(f"wrote {out}/model_layers.csv, {out}/model_iterations.csv, {out}/model.png")
+    print(f"wrote {out}/model_layers.csv, {out}/model_iterations.csv, {out}/model.json, {out}/model.png")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,47 @@
+"""`hpcnn bench model`: held-out cases, each configuration counted once, errors as the rows say."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from hpcnn.bench import model as bench_model
+from hpcnn.cli import main
+from perfmodel.machine import MachineProfile
+
+
+def test_errors_are_relative_to_the_measurement_with_their_sign():
+    e = bench_model.errors([(1.0, 1.1), (2.0, 1.0), (4.0, 4.0), (0.0, 3.0), (1.0, float("nan"))])
+    assert e["count"] == 3
+    assert e["median"] == pytest.approx(0.1) and e["largest"] == pytest.approx(0.5)
+    assert e["bias"] == pytest.approx((0.1 - 0.5 + 0.0) / 3)
+
+
+def test_a_plan_that_is_one_grid_is_measured_once(tmp_path):
+    machine = MachineProfile.synthetic(ranks_per_node=2)
+    jobs, predictions = bench_model._jobs(["meshnet"], 2, machine, 1)
+    labels = [j["label"] for j in jobs]
+    assert len(labels) == len(set(labels))
+    kind, value = predictions[("meshnet", "plan")][0], predictions[("meshnet", "plan")][1]
+    if kind == "same":
+        assert "plan" not in labels and value in labels
+    else:
+        assert "plan" in labels
+
+
+def test_the_held_out_models_are_not_the_readme_scaling_cases():
+    readme = {("meshnet", (18, 1024, 1024)), ("resnet18", (3, 64, 64)), ("cosmoflow", (4, 64, 64, 64))}
+    assert not {(m, s) for m, s, _, _ in bench_model.HELD_OUT.values()} & readme
+
+
+def test_one_model_on_one_rank_writes_consistent_files(tmp_path):
+    out = tmp_path / "model"
+    assert main(["bench", "model", "--models", "meshnet", "--ranks", "1", "--iterations", "1", "--machine", "vm-cpu",
+                 "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "model_iterations.csv")))
+    doc = json.loads((out / "model.json").read_text())
+    rel = [(float(r["predicted_s"]) - float(r["measured_s"])) / float(r["measured_s"]) for r in rows]
+    assert doc["held_out"]["per_iteration"]["count"] == len(rows)
+    assert doc["held_out"]["per_iteration"]["median"] == pytest.approx(float(np.median(np.abs(rel))))
+    assert doc["held_out"]["per_iteration"]["bias"] == pytest.approx(float(np.mean(rel)))
+    assert set(doc["in_sample"]["kernel_fit_median_abs"]) >= {"conv_forward", "gemm"}
