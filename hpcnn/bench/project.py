@@ -43,6 +43,7 @@ import time
 from collections import Counter
 from fractions import Fraction
 
+from perfmodel.as_built import as_built, measured_gpu_profile, prices
 from perfmodel.splits import SPLITS, split_plan
 
 from .output import write_csv
@@ -120,6 +121,9 @@ def add_arguments(p):
     p.add_argument("--max-sample-elements", type=float, default=2.0 ** 36,
                    help="largest spatial size searched, in elements of one channel (default 2^36: "
                         "262144^2 or 4096^3)")
+    p.add_argument("--as-built", default="auto", metavar="PROFILE",
+                   help="also project hpcnn as built: the cluster with the GPU kernel rates of PROFILE, a profile "
+                        "measured with hpcnn's kernels (auto: a shipped one if any; off: do not)")
     p.add_argument("--out", default="bench-out", help="folder for project.csv/.json and the plots (default bench-out)")
 
 
@@ -205,6 +209,7 @@ def _print_tables(result, cases, machine, batches):
                      else f"samples per rank {batches['weak'][name]}")
             print(f"\n{name} {'x'.join(map(str, shape))}, {mode} scaling, {batch} (predicted on {machine.name}; "
                   f"samples/s, efficiency, grid)")
+            print(f"  {prices(machine)}")
             print(f"{'ranks':>6s}  " + "".join(f"{s:28s}" for s in SPLITS))
             for p in sorted({r["ranks"] for r in sub}):
                 cells = {r["split"]: _cell(r) for r in sub if r["ranks"] == p}
@@ -225,6 +230,20 @@ def _print_tables(result, cases, machine, batches):
         print(f"\nfindings, {name}:")
         for s in sentences:
             print(f"  - {s}")
+
+
+def _as_built_profile(machine, choice):
+    """The as-built profile for `--as-built` (a MachineProfile), or a line saying why there is none."""
+    from perfmodel.machine import load_profile
+    if choice == "off":
+        return "not asked for (--as-built off)"
+    if machine.backend != "gpu":
+        return f"not made: {machine.name!r} is not a GPU cluster profile"
+    measured = measured_gpu_profile() if choice == "auto" else load_profile(choice)
+    if measured is None:
+        return ("unmeasured: no GPU profile measured with hpcnn's own kernels is shipped (jobs/gpu-check.sh writes "
+                "one on a GPU machine; pass it as --as-built PROFILE)")
+    return as_built(machine, measured)
 
 
 def run(args):
@@ -252,10 +271,21 @@ def run(args):
             raise SystemExit(f"hpcnn bench project: model {m!r} needs a positive --strong-batch and --weak-batch")
     ranks_list = parse_ranks(args.ranks)
     memory_ranks = parse_ranks(args.memory_ranks) if str(args.memory_ranks).strip() else []
+    built = _as_built_profile(machine, args.as_built)
     result = project(machine, cases, ranks_list, strong, weak, memory_ranks, args.max_sample_elements)
     batches = {"strong": {m: strong[m] for m in names}, "weak": {m: str(weak[m]) for m in names}}
     os.makedirs(args.out, exist_ok=True)
+    print(prices(machine))
     _print_tables(result, cases, machine, batches)
+    as_built_doc = {"measured": False, "note": built} if isinstance(built, str) else None
+    if as_built_doc is None:
+        print(f"\nhpcnn as built: {built.description if hasattr(built, 'description') else built.name}")
+        built_result = project(built, cases, ranks_list, strong, weak, (), args.max_sample_elements)
+        _print_tables(built_result, cases, built, batches)
+        write_csv(os.path.join(args.out, "project_as_built.csv"), COLUMNS, built_result["rows"])
+        as_built_doc = {"measured": True, "profile": built.name, "rows": built_result["rows"]}
+    else:
+        print(f"\nhpcnn as built: {built}")
     write_csv(os.path.join(args.out, "project.csv"), COLUMNS, result["rows"])
     write_csv(os.path.join(args.out, "project_memory.csv"), MEMORY_COLUMNS, result["memory_rows"])
     plots = plot(result, cases, machine, batches, args.out)
@@ -266,7 +296,8 @@ def run(args):
            "batches": {"strong_global": batches["strong"], "weak_per_rank": batches["weak"]},
            "ranks": ranks_list, "memory_ranks": memory_ranks, "max_sample_elements": args.max_sample_elements,
            "p0": result["p0"], "findings": result["findings"], "rows": result["rows"],
-           "memory_rows": result["memory_rows"], "seconds": round(seconds, 2)}
+           "memory_rows": result["memory_rows"], "prices": prices(machine), "as_built": as_built_doc,
+           "seconds": round(seconds, 2)}
     with open(os.path.join(args.out, "project.json"), "w") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")

@@ -48,8 +48,10 @@ def plot(result, cases, machine, batches, out):
             ax.set_ylabel("predicted samples/s")
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=8)
-        fig.suptitle(f"predicted {mode} scaling on {machine.name} (perfmodel; gaps: does not fit "
-                     f"{machine.memory_per_rank / GIB:.3g} GiB per rank or cannot run)")
+        assumed = ("published GPU rates: cuDNN-level kernels and a CUDA-aware MPI assumed, not measured for hpcnn"
+                   if machine.backend == "gpu" and "measured_on" not in machine.doc else "measured profile")
+        fig.suptitle(f"predicted {mode} scaling on {machine.name} (perfmodel; {assumed}; gaps: does not fit "
+                     f"{machine.memory_per_rank / GIB:.3g} GiB per rank or cannot run)", fontsize=9)
         fig.tight_layout()
         path = os.path.join(out, f"project_{mode}.png")
         fig.savefig(path, dpi=110)

@@ -47,3 +47,20 @@ def test_measured_on_is_a_valid_profile_section():
     doc["measured_on"] = provenance.measured_on(3, 1, "m")
     MachineProfile(doc)   # validates: every number has a source
     assert doc["measured_on"]["cores"]["value"] == provenance.this_machine()["cores"]
+
+
+def test_hpcnn_as_built_keeps_the_cluster_and_takes_the_measured_kernels():
+    from perfmodel.as_built import as_built, prices
+    cluster = load_profile("v100-nvlink-edr")
+    assert "cuDNN-level" in prices(cluster) and "CUDA-aware" in prices(cluster)
+    doc = MachineProfile.synthetic(per_flop=1e-12).doc
+    doc["backend"] = "gpu"
+    doc["sources"]["m"] = "measured on a GPU"
+    doc["measured_on"] = provenance.measured_on(1, 1, "m")
+    measured = MachineProfile(doc)
+    built = as_built(cluster, measured)
+    assert built.doc["compute"] == measured.doc["compute"] and built.doc["links"] == cluster.doc["links"]
+    assert built.ranks_per_node == cluster.ranks_per_node and built.memory_per_rank == cluster.memory_per_rank
+    shape = dict(n=1, c=64, k=64, in_spatial=(56, 56), kernel=(3, 3), out_spatial=(56, 56))
+    assert built.kernel_time("conv_forward", **shape) == measured.kernel_time("conv_forward", **shape)
+    assert "measured by hpcnn calibrate" in prices(built)
