@@ -8,8 +8,8 @@ for a `perfmodel.layers.Block`'s own work. Each mirrors its form in hpcnn.parall
   halo pieces when exactly one dimension exchanges rows and every block reads all of its own
   (conv_forward; conv_backward_data + conv_backward_filter + adding the piece's filter gradient);
 - pool, upsample (parallel/windows.py): the halo exchange, then the kernel on the extended block;
-- batchnorm (parallel/norm.py): statistics over every rank, an allreduce of 2C float64 forward
-  and backward;
+- batchnorm (parallel/norm.py): statistics over every rank, one collective forward (an allgather
+  of 2C+1 float64 per rank) and one allreduce of 2C float64 backward;
 - global_avgpool, flatten, linear, pointwise (parallel/dense.py): an allreduce of (n, C) float64
   over the spatial group; an allgather of the blocks into (N, F) rows replicated there; Linear
   computing redundantly on every replica; elementwise passes;
@@ -105,8 +105,9 @@ def batchnorm(spec, grid, machine, cost):
     in_bytes = local.n * c * math.prod(local.own_in) * machine.itemsize
     cost.forward = kt("batchnorm_forward", local.busy, n=local.n, c=c, in_spatial=local.own_in)
     cost.backward = kt("batchnorm_backward", local.busy, n=local.n, c=c, in_spatial=local.own_in)
-    # statistics over every rank: (sum, centered sum of squares) forward, (sum_dy, sum_dy_xhat) backward
-    cost.collective_forward = 2 * machine.allreduce(c * FLOAT64, local.ranks, inter_all)
+    # statistics over every rank: forward one allgather of each rank's (count, sums, centered sums of squares),
+    # priced as a collective over the gathered bytes; backward one allreduce of (sum_dy, sum_dy_xhat)
+    cost.collective_forward = machine.allreduce((2 * c + 1) * FLOAT64 * local.ranks, local.ranks, inter_all)
     cost.collective_backward = machine.allreduce(2 * c * FLOAT64, local.ranks, inter_all)
     # the output (kept by the next layer) and the input this layer keeps
     cost.activation_bytes = 2 * in_bytes if spec.keeps_output else 0.0

@@ -3,7 +3,9 @@
 Batch-norm statistics are taken over `bn_stats` = 'global' (every rank: equal to single-process
 batch-norm over the whole batch; the default), 'spatial' (the spatial group: per sample block) or
 'local' (this rank's block only). Running statistics follow the same group. The kernels return
-float64 partial sums, which ranks allreduce between the two passes.
+float64 partial sums: forward gathers each rank's count, sums and centered sums of squares in one
+collective and merges them exactly (`DistBatchNorm._statistics`); backward allreduces its two sums
+in one buffer.
 """
 import math
 
@@ -37,6 +39,31 @@ class DistBatchNorm(DistModule):
             return t.local.shape[0] * per_sample
         return t.local.size // t.local.shape[1] if t.local.shape[1] else 0
 
+    def _statistics(self, x, group, count):
+        """(mean, biased variance) per channel, float64, over `group` (None: this block) in one collective.
+
+        Each rank sends its element count, channel sums and sums of squares about its own mean; the
+        merge (Chan et al.'s pairwise update, summed) is M2 = sum M2_i + sum n_i (mean_i - mean)^2,
+        as accurate as two passes over the whole group (no sum-of-squares cancellation).
+        """
+        c = self.layer.num_features
+        n = x.size // c if c else 0
+        s = kernels.channel_sum(x) if x.size else np.zeros(c)
+        m2 = kernels.channel_centered_sumsq(x, s / n) if x.size else np.zeros(c)
+        mine = np.concatenate([[float(n)], s, m2])
+        if group is None:
+            every = mine[None]
+        else:
+            every = np.empty(group.size * mine.size)
+            group.allgatherv(mine, every, [mine.size] * group.size)
+            every = every.reshape(group.size, mine.size)
+        counts, sums, m2s = every[:, 0], every[:, 1:1 + c], every[:, 1 + c:]
+        mean = sums.sum(axis=0) / count
+        seen = counts > 0
+        local_means = sums[seen] / counts[seen, None]
+        m2 = m2s.sum(axis=0) + (counts[seen, None] * (local_means - mean) ** 2).sum(axis=0)
+        return mean, m2 / count
+
     def _forward(self, t):
         layer = self.layer
         x = t.local
@@ -47,14 +74,7 @@ class DistBatchNorm(DistModule):
             if count < 2:
                 raise ValueError(f"{layer.describe()}: training needs more than one value per channel, "
                                  f"received global shape {t.global_shape}")
-            s = kernels.channel_sum(x) if x.size else np.zeros(layer.num_features)
-            if group is not None:
-                group.allreduce_(s)
-            mean = s / count
-            ss = kernels.channel_centered_sumsq(x, mean) if x.size else np.zeros(layer.num_features)
-            if group is not None:
-                group.allreduce_(ss)
-            var = ss / count
+            mean, var = self._statistics(x, group, count)
             layer.update_running_stats(mean, var, count)
         else:
             count = 0

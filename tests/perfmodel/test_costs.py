@@ -80,9 +80,9 @@ def test_strided_conv_halo_only_on_one_side(machine):
 def test_batchnorm_allreduces(machine):
     spec = LayerSpec("bn", "batchnorm", (4, 16, 8, 8), (4, 16, 8, 8), None, (16, 16), 0.0)
     c = layer_cost(spec, (2, 1, 2), machine)
-    # 4 ranks, 16 float64 sums: recursive doubling (2 steps), twice forward, once (32 values) backward
-    one = 2 * (A + 128 * B)
-    assert c.collective_forward == pytest.approx(2 * one)
+    # 4 ranks, 16 channels: forward one collective over every rank's (count, 16 sums, 16 centered sums of
+    # squares) = 4 x 33 float64, recursive doubling (2 steps); backward one allreduce of 32 values
+    assert c.collective_forward == pytest.approx(2 * (A + 4 * 33 * 8 * B))
     assert c.collective_backward == pytest.approx(2 * (A + 256 * B))
     e = 2 * 16 * 8 * 4
     assert c.forward == pytest.approx(4 * e * F + 2 * e * 4 * 1e-9)
