@@ -6,6 +6,8 @@ for `hpcnn bench NAME`), so `hpcnn plan` loads the performance model and not MPI
 import argparse
 import sys
 
+from .backend import DEVICES
+
 __all__ = ["main", "build_parser"]
 
 
@@ -43,6 +45,8 @@ def _add_train(sub):
     p.add_argument("--plan", metavar="FILE", help="same as --set distribution.plan=FILE")
     p.add_argument("--threads", type=int, metavar="T", help="same as --set training.threads=T: BLAS/numba threads "
                    "per rank (default: the node's cores divided by its ranks)")
+    p.add_argument("--device", choices=DEVICES, help="same as --set training.device=... (cpu, gpu: each rank on "
+                   "the GPU of its node-local rank, emulated-gpu: the GPU code path checked on the CPU)")
     p.set_defaults(func=_run_train)
 
 
@@ -56,6 +60,8 @@ def _run_train(args):
         overrides.append(f"distribution.plan={args.plan!r}")
     if args.threads is not None:
         overrides.append(f"training.threads={args.threads}")
+    if args.device:
+        overrides.append(f"training.device={args.device!r}")
     from .train.trainer import command
     return command(args.job, overrides, resume=args.resume, restart=args.restart)
 
@@ -112,10 +118,13 @@ def _add_calibrate(sub):
     p.add_argument("--seed", type=int, default=0, help="seed of the shape sampling")
     p.add_argument("--threads", type=int, metavar="T", help="BLAS/numba threads per rank (default: the node's cores "
                    "divided by its ranks, or the thread variables of the environment)")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="measure the CPU kernels (default) or "
+                   "those of each rank's GPU, with the staging of messages through host memory")
     p.set_defaults(func=_run_calibrate)
 
 
 def _run_calibrate(args):
+    from .backend import DeviceUnavailable, open_device
     from .calibrate import calibrate
     from .parallel.mpi import Communicator, install_abort_on_error
     from .threads import apply_threads, choose_threads
@@ -123,10 +132,16 @@ def _run_calibrate(args):
     comm = Communicator.world()
     threads = choose_threads(comm.node_size(), args.threads)
     apply_threads(threads.threads)
+    try:
+        device = open_device(args.device)
+    except DeviceUnavailable as e:
+        if comm.rank == 0:
+            sys.stderr.write(f"hpcnn calibrate: error: {e}\n")
+        return 2
     if comm.rank == 0:
-        print(f"hpcnn calibrate on {comm.size} rank(s); {threads.describe()}")
+        print(f"hpcnn calibrate on {comm.size} rank(s), {args.device}; {threads.describe()}")
     profile = calibrate(comm, budget=args.budget, quick=args.quick, progress=True, seed=args.seed, name=args.name,
-                        threads=threads.threads)
+                        threads=threads.threads, device=device)
     if comm.rank == 0:
         profile.save(args.out)
         fits = ", ".join(f"{op} {m.spec['fit']['median_abs_relative'] * 100:.0f}%"

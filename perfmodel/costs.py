@@ -22,7 +22,8 @@ Each layer kind's pricing is the function its registry entry names (`hpcnn.nn.re
 Memory per rank: activations kept for backward (block bytes, extended blocks where halos are
 exchanged, max-pool argmax), the largest transient workspace (a layer's output and input
 gradients during its backward, plus a convolution's lowered columns, which the kernels bound:
-about 2 MiB per call on CPU, HPCNN_GPU_SCRATCH_MB on GPU), parameters + gradients + optimizer
+about 2 MiB per call on CPU, on a GPU a share of the free memory: `hpcnn.backend.gpu_scratch_bytes`
+of the rank's memory), parameters + gradients + optimizer
 state + the reducer's bucket copy.
 """
 import math
@@ -207,11 +208,11 @@ def _layer_cost_cached(signature, spec, grid, machine):
     return hit
 
 
-def _scratch_budget(backend):
+def _scratch_budget(machine):
     """The most a convolution's lowered columns take at once: hpcnn's kernels work in bounded chunks."""
-    if backend == "gpu":
-        from hpcnn.backend import GPU_SCRATCH_BYTES
-        return GPU_SCRATCH_BYTES
+    if machine.backend == "gpu":
+        from hpcnn.backend import gpu_scratch_bytes
+        return gpu_scratch_bytes(machine.memory_per_rank)
     from hpcnn.kernels.cpu.conv import SCRATCH_BYTES
     return SCRATCH_BYTES
 
@@ -235,7 +236,7 @@ def _layer_cost(spec, grid, machine):
     out_bytes = local_numel(spec.out_shape, grid) * machine.itemsize
     # transient while the layer runs backward: the gradients of its output and its input (both live
     # at once), plus the kernels' bounded scratch
-    cost.workspace_bytes = min(cost.workspace_bytes, _scratch_budget(machine.backend)) + in_bytes + out_bytes
+    cost.workspace_bytes = min(cost.workspace_bytes, _scratch_budget(machine)) + in_bytes + out_bytes
     nbytes = in_bytes + out_bytes + spec.params * machine.itemsize
     cost.forward += machine.layer_call(spec.kind, "forward", nbytes)
     cost.backward += machine.layer_call(spec.kind, "backward", nbytes)

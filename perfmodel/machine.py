@@ -48,6 +48,11 @@ in forward and for its input gradient in backward::
 
 `hpcnn calibrate` measures per_byte as the time to allocate and fill a 48 and a 96 MiB array less
 the time to fill one allocated before (``hpcnn.calibrate.layers.measure_fresh_memory``).
+
+Staging (optional "staging", written by `hpcnn calibrate --device gpu`): the device-to-host and
+host-to-device copies a GPU rank's messages go through when MPI is not CUDA-aware, each as
+``{"alpha": Q, "beta": Q}`` with the measured rows. It is recorded for the model; the model does
+not price it yet (its links are the ping-pong measured with device buffers, staging included).
 """
 import json
 import os

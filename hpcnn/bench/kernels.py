@@ -242,9 +242,9 @@ def summarize(rows):
 
 
 def _run_gpu(args):
-    from ..backend import xp_for_device
+    from ..backend import open_device
     try:
-        xp_for_device("gpu")
+        open_device("gpu")
         from . import kernels_gpu
     except (RuntimeError, ImportError) as exc:
         print(f"hpcnn bench kernels --device gpu: {exc}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """Per-layer timing of a distributed model: wall seconds of every leaf layer's forward and backward, and the
 communication seconds inside them by kind.
 
-Each leaf's forward and backward are wrapped; a call records its wall time and the difference of
+Each leaf's forward and backward are wrapped; a call records its wall time (on a GPU, up to the end of its
+kernels: the probe synchronizes the stream after each call) and the difference of
 its Communicator's clock (`hpcnn.parallel.mpi.Clock`; kinds halo, collective, shuffle,
 gradient_allreduce) across it. A layer's compute is its wall time less its communication.
 Shuffles that containers run between their children (a residual's shortcut joining the body's
@@ -45,6 +46,7 @@ class LayerProbe:
                 before = clock.snapshot()
                 t0 = time.perf_counter()
                 out = inner(t)
+                _wait_for_device(out.local)
                 wall = time.perf_counter() - t0
                 record.append((wall, Clock.difference(before, clock.snapshot())))
                 return out
@@ -81,15 +83,22 @@ class LayerProbe:
                 for name in self.names}
 
 
+def _wait_for_device(array):
+    """On a GPU, wait for the layer's kernels, so that its wall time is its own (a no-op on the CPU)."""
+    from ..backend import array_module, is_device_array
+    if is_device_array(array):
+        array_module(array).cuda.get_current_stream().synchronize()
+
+
 def training_step(dm, xt, momentum, lr=1e-4):
     """One iteration as the performance model counts it: forward, backward of a gradient of ones (the
     loss is left out, as in the model), the bucketed gradient allreduce, and SGD with momentum 0.9.
 
     momentum: {parameter name: buffer} (zeros at first), updated in place.
     """
-    import numpy as np
+    from ..backend import array_module
     y = dm.forward(xt)
-    dm.backward(y.like(np.ones_like(y.local)))
+    dm.backward(y.like(array_module(y.local).ones_like(y.local)))
     for name, p, g in dm.parameters():
         buf = momentum[name]
         buf *= 0.9

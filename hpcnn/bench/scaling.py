@@ -12,13 +12,15 @@ come to the same configuration at a rank count are measured once. Strong: the gl
 --batch at every rank count; weak: it grows with the ranks (--batch at the smallest count).
 
 Every configuration runs in its own `mpiexec -n R` (so peak memory is its own), with BLAS, OpenMP and
-numba set to --threads-per-rank threads (default one: ranks are cores); `--threads 2` adds 1 rank with
+numba set to --threads-per-rank threads (default one: ranks are cores), on --device (cpu, gpu: the GPU
+of each rank's node-local rank, emulated-gpu); `--threads 2` adds 1 rank with
 2 threads beside the sweep (strong mode), to set splitting the sample against threading the kernels. An iteration is `probe.training_step` (forward, backward of a gradient of ones,
 bucketed gradient allreduce, SGD with momentum), as in the performance model; after a warm-up and
 one traced iteration, --iterations are timed (the slowest rank's time; median and best). Recorded:
 time per iteration, samples per second, communication seconds by kind (halo exchange, collectives
 inside layers, shuffles between grids, the gradient-allreduce wait) and their share of the
-iteration, peak memory per rank (resident set; arrays allocated by the run, via tracemalloc), the
+iteration, peak memory per rank (resident set; arrays allocated by the run, via tracemalloc, or with
+--device gpu what CuPy's memory pool holds after the traced iteration), the
 per-layer breakdown, and the model's prediction of each (profile: --machine).
 
 Under SLURM (slurm/scaling.sbatch) every configuration is started with `srun -n R hpcnn bench
@@ -36,6 +38,7 @@ import statistics
 
 from perfmodel import provenance
 
+from ..backend import DEVICES
 from .launch import THREAD_VARIABLES, run_ranks
 from .output import write_csv
 from .scaling_plots import plot
@@ -65,6 +68,9 @@ def add_arguments(p):
     p.add_argument("--threads-per-rank", type=int, default=1, help="BLAS/OpenMP/numba threads of every rank of the "
                    "sweep (default 1; the predictions assume the machine profile's threads per rank)")
     p.add_argument("--iterations", type=int, default=3, help="timed iterations per configuration (default 3)")
+    p.add_argument("--device", choices=DEVICES, default="cpu",
+                   help="where every rank computes: cpu (default), gpu (the GPU of its node-local rank; ranks may "
+                        "share one) or emulated-gpu (the GPU code path on the CPU: correct runs, not GPU times)")
     p.add_argument("--overlap", choices=("on", "off"), default="on",
                    help="compute convolution interiors while halos travel (default on)")
     p.add_argument("--machine", default=None, help="machine profile for the predictions (default: this host's "
@@ -86,6 +92,7 @@ def _worker_argv(args):
     """The options a `--here` worker needs to measure what this command would."""
     argv = ["--model", args.model, "--batch", str(args.batch), "--ranks", args.ranks, "--mode", args.mode,
             "--grids", args.grids, "--iterations", str(args.iterations), "--overlap", args.overlap,
+            "--device", args.device,
             "--threads-per-rank", str(args.threads_per_rank), "--out", args.out]
     if args.input:
         argv += ["--input", args.input]

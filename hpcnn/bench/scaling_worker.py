@@ -23,10 +23,12 @@ def _measure(args, label, result, splits, machine):
     from perfmodel.report import breakdown, to_plan
 
     from .. import parallel
+    from ..backend import open_device
     from ..parallel.mpi import Clock, Communicator
     from .probe import LayerProbe, training_step
 
     world = Communicator.world()
+    device = open_device(args.device)
     ranks = world.size
     shape = sample_shape(args)
     batch = global_batch(args, ranks)
@@ -34,13 +36,13 @@ def _measure(args, label, result, splits, machine):
     plan = to_plan(result)
 
     def build():
-        model = build_model(args)
+        model = build_model(args).to(device)
         dm = parallel.distribute(model, plan=plan, overlap=args.overlap == "on")
         first = parallel.Distribution(world, plan.grid_for(next(model.named_leaves())[0]))
         rng = np.random.default_rng(world.rank)
-        xt = parallel.DistTensor(rng.standard_normal(first.local_shape(global_shape), dtype=np.float32), first,
-                             global_shape)
-        momentum = {name: np.zeros_like(p) for name, p, _ in model.parameters()}
+        x = device.put(rng.standard_normal(first.local_shape(global_shape), dtype=np.float32))
+        xt = parallel.DistTensor(x, first, global_shape)
+        momentum = {name: device.xp.zeros_like(p) for name, p, _ in model.parameters()}
         return model, dm, xt, momentum
 
     # warm up (numba loads or compiles its kernels, buffers are allocated), then trace one iteration on
@@ -54,6 +56,9 @@ def _measure(args, label, result, splits, machine):
     training_step(dm, xt, momentum)
     traced_peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
+    if device.name == "gpu":
+        # the arrays live in device memory: what CuPy's pool holds after the traced iteration (its peak)
+        traced_peak = device.xp.get_default_memory_pool().total_bytes()
 
     probe = LayerProbe(dm)
     times, comm = [], []
@@ -62,6 +67,7 @@ def _measure(args, label, result, splits, machine):
         before = world.clock.snapshot()
         t0 = time.perf_counter()
         training_step(dm, xt, momentum)
+        device.synchronize()
         elapsed = time.perf_counter() - t0
         comm.append(Clock.difference(before, world.clock.snapshot()))
         times.append(world.allreduce_scalar(elapsed, "max"))
@@ -79,7 +85,7 @@ def _measure(args, label, result, splits, machine):
     return {
         "mode": args.mode, "model": args.model, "input": "x".join(map(str, shape)), "batch": batch,
         "ranks": ranks, "threads": threads, "role": args.role, "label": label, "splits": splits, "grid": grid_text(result),
-        "overlap": args.overlap, "iterations_s": times, "iteration_s": statistics.median(times),
+        "overlap": args.overlap, "device": args.device, "iterations_s": times, "iteration_s": statistics.median(times),
         "best_s": min(times),
         "comm_s": {k: max(r["comm"][k] for r in every) for k in every[0]["comm"]},
         "comm_total_s": max(r["comm_total"] for r in every),

@@ -17,6 +17,11 @@ memory-copy bandwidth and say so in their source. Layer calls (`measure_layer_ca
 layer kind's distributed layer is timed on one rank, forward and backward, on a tiny and a large
 shape; what the kernel models do not explain is the per-call term of the profile (see
 `perfmodel.machine`).
+
+On a GPU (`device` = open_device("gpu"), `hpcnn calibrate --device gpu`) the same phases run on device
+arrays, every call synchronized before its time is taken, the messages staged as a run stages them;
+the profile's backend is "gpu", its memory the GPU's, and it gains a "staging" section: the
+device-to-host and host-to-device copy latency and bandwidth (`hpcnn.calibrate.staging`).
 """
 import os
 import platform
@@ -29,10 +34,12 @@ from perfmodel.fit import FEATURES, fit_robust
 from perfmodel.machine import FORMAT, OPERATIONS, VERSION, MachineProfile
 from perfmodel.provenance import measured_on
 
+from ..backend import open_device
 from .kernels import kernel_phase
 from .shapes import sample_shapes
 from .layers import GLIBC_MMAP_SOURCE, measure_fresh_memory, measure_layer_calls
 from .network import pingpong as measure_pingpong, sweep
+from .staging import measure_staging, staging_section
 
 __all__ = ["calibrate", "sample_shapes", "measure_layer_calls", "measure_fresh_memory"]
 
@@ -51,10 +58,12 @@ def _progress(total, enabled, desc):
     return tqdm(total=total, desc=desc, unit="s", bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
 
 
-def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None, threads=1):
-    """Measure this machine on every rank of `comm` (a Communicator), each rank running `threads` BLAS/numba
-    threads (the caller sets them; they are recorded in the profile's source); returns a MachineProfile (only
-    rank 0's is complete)."""
+def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None, threads=1, device=None):
+    """Measure this machine on every rank of `comm` (a Communicator) on `device` (default: the CPU), each rank
+    running `threads` BLAS/numba threads (the caller sets them; they are recorded in the profile); returns a
+    MachineProfile (only rank 0's is complete)."""
+    device = device or open_device("cpu")
+    gpu = device.name == "gpu"
     if quick:
         budget = min(budget, 120.0)
     rank, size = comm.rank, comm.size
@@ -65,13 +74,14 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None,
     rng = _rng(seed + 0)
     bar = _progress(round(budget), progress and rank == 0, "hpcnn calibrate")
     kernel_budget = budget * (0.8 if size > 1 else 0.95)
-    tables, slowdown = kernel_phase(comm, kernel_budget, rng, bar)
+    tables, slowdown = kernel_phase(comm, kernel_budget, rng, bar, device)
 
     max_bytes = 1 << (22 if quick else 25)
     sizes = [8 << (2 * i) for i in range(12) if (8 << (2 * i)) <= max_bytes]
-    pingpong = measure_pingpong(comm, sizes) if size > 1 else []
-    allreduce = sweep(comm, sizes, "allreduce") if size > 1 else []
-    alltoall = sweep(comm, [s * size for s in sizes], "alltoall") if size > 1 else []
+    pingpong = measure_pingpong(comm, sizes, device.xp) if size > 1 else []
+    allreduce = sweep(comm, sizes, "allreduce", device.xp) if size > 1 else []
+    alltoall = sweep(comm, [s * size for s in sizes], "alltoall", device.xp) if size > 1 else []
+    staged = measure_staging(device, sizes + [1 << 26]) if gpu and rank == 0 else None
     if bar is not None:
         bar.update(max(bar.total - bar.n, 0))
         bar.close()
@@ -79,8 +89,10 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None,
     src = "measured"
     cpu = platform.processor() or platform.machine()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    sources = {src: f"measured on {host} ({cpu}, {os.cpu_count()} cores) at {when} by `hpcnn calibrate` with "
-                    f"{size} rank(s), float32, {threads} thread(s) per rank; budget {budget:.0f} s; 1-minute load average "
+    what = f"{device.label}, " if gpu else ""
+    sources = {src: f"measured on {host} ({what}{cpu}, {os.cpu_count()} cores) at {when} by `hpcnn calibrate` "
+                    f"with {size} rank(s) on {device.name}, float32, {threads} thread(s) per rank; budget "
+                    f"{budget:.0f} s; 1-minute load average "
                     f"{load:.1f} at the end (a load above the core count means other processes shared the cores "
                     f"and the times are inflated and noisy: rerun on a quiet machine)"}
     compute = {}
@@ -117,15 +129,26 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None,
     mem_total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     ranks_here = max(hosts.count(host), 1)
     per_node = max(os.cpu_count() or 1, ranks_here)
+    if gpu:
+        gpus = device.xp.cuda.runtime.getDeviceCount()
+        per_node = max(ranks_here, 1)
+        # ranks share the node's GPUs round robin: the memory of one GPU over the ranks on it
+        mem_rank = device.xp.cuda.runtime.memGetInfo()[1] / max(-(-per_node // gpus), 1)
+        description = (f"GPU node {host}: {gpus} x {device.label}, {per_node} rank(s), CuPy kernels (NVRTC, cuBLAS), "
+                       f"MPI messages staged through pinned host memory; measured by hpcnn calibrate --device gpu")
+    else:
+        mem_rank = mem_total // per_node
+        description = (f"CPU node {host}: {per_node} cores, one rank per core, numpy + numba kernels, MPI over "
+                       f"shared memory; measured by hpcnn calibrate")
+    overlap_src = "gpu-overlap" if gpu else "cpu-overlap"
     doc = {
         "format": FORMAT, "version": VERSION,
-        "name": name or f"{host}-cpu",
-        "description": f"CPU node {host}: {per_node} cores, one rank per core, numpy + numba kernels, MPI over shared "
-                       f"memory; measured by hpcnn calibrate",
-        "backend": "cpu", "dtype": "float32",
+        "name": name or f"{host}-{device.name}",
+        "description": description,
+        "backend": "gpu" if gpu else "cpu", "dtype": "float32",
         "sources": sources,
         "ranks_per_node": {"value": per_node, "source": src},
-        "memory_per_rank": {"value": float(mem_total // per_node), "source": src},
+        "memory_per_rank": {"value": float(mem_rank), "source": src},
         "concurrency_slowdown": {"value": slowdown, "source": src},
         "compute": compute,
         "links": {"intra_node": {"alpha": {"value": alpha, "source": link_src},
@@ -143,17 +166,23 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None,
                          "measured": {"source": src, "ranks": {str(size): [[b, t] for b, t in alltoall]}
                                       if alltoall else {}}},
         },
-        "overlap": {"gradient_allreduce": {"value": 0.0, "source": "cpu-overlap"},
-                    "halo": {"value": 0.0, "source": "cpu-overlap"}},
+        "overlap": {"gradient_allreduce": {"value": 0.0, "source": overlap_src},
+                    "halo": {"value": 0.0, "source": overlap_src}},
     }
     sources["mpich-defaults"] = ("MPICH's default algorithm thresholds (MPIR_CVAR_ALLREDUCE_SHORT_MSG_SIZE = 2048, "
                                  "MPIR_CVAR_ALLTOALL_SHORT_MSG_SIZE = 256 bytes); used only for rank counts "
                                  "without a measured sweep")
     sources["cpu-overlap"] = ("assumption of hpcnn: on CPU ranks without an MPI progress thread, non-blocking "
                               "messages advance only inside MPI calls, so no overlap is counted")
-    sources["glibc-mmap-threshold"] = GLIBC_MMAP_SOURCE
+    sources["gpu-overlap"] = ("assumption of hpcnn calibrate, which does not measure overlap: none is counted (the "
+                              "interior stream of a GPU convolution hides some of its halo exchange)")
     doc["measured_on"] = measured_on(size, threads, src, when)
-    doc["fresh_memory"] = measure_fresh_memory(src)
-    doc["layer_calls"] = measure_layer_calls(comm, MachineProfile(doc), src)
+    if gpu:
+        if staged is not None:
+            doc["staging"] = staging_section(staged, src)
+    else:
+        sources["glibc-mmap-threshold"] = GLIBC_MMAP_SOURCE
+        doc["fresh_memory"] = measure_fresh_memory(src)
+    doc["layer_calls"] = measure_layer_calls(comm, MachineProfile(doc), src, device)
     doc["calibration_seconds"] = {"value": time.perf_counter() - t_start, "source": src}
     return MachineProfile(doc)

@@ -11,14 +11,15 @@ from .shapes import sample_shapes
 __all__ = ["time_call", "kernel_phase"]
 
 
-def _arrays(op, shape, rng):
-    """Inputs for one call and the callable that runs it."""
+def _arrays(op, shape, rng, device):
+    """Inputs for one call (drawn on the host, uploaded to `device`) and the callable that runs it."""
     f32 = np.float32
+    put, xp = device.put, device.xp
     if op.startswith("conv_"):
         n, c, k = shape["n"], shape["c"], shape["k"]
-        x = rng.standard_normal((n, c) + shape["in_spatial"], dtype=f32)
-        w = rng.standard_normal((k, c) + shape["kernel"], dtype=f32)
-        dy = rng.standard_normal((n, k) + shape["out_spatial"], dtype=f32)
+        x = put(rng.standard_normal((n, c) + shape["in_spatial"], dtype=f32))
+        w = put(rng.standard_normal((k, c) + shape["kernel"], dtype=f32))
+        dy = put(rng.standard_normal((n, k) + shape["out_spatial"], dtype=f32))
         geo = dict(stride=shape["stride"], padding=shape["padding"], dilation=shape["dilation"])
         if op == "conv_forward":
             return lambda: kernels.conv_forward(x, w, None, **geo)
@@ -26,25 +27,25 @@ def _arrays(op, shape, rng):
             return lambda: kernels.conv_backward_data(dy, w, shape["in_spatial"], **geo)
         return lambda: kernels.conv_backward_filter(x, dy, shape["kernel"], **geo)
     if op.startswith("pool_"):
-        x = rng.standard_normal((shape["n"], shape["c"]) + shape["in_spatial"], dtype=f32)
+        x = put(rng.standard_normal((shape["n"], shape["c"]) + shape["in_spatial"], dtype=f32))
         r, s, p = shape["kernel"], shape["stride"], shape["padding"]
         if shape["kind"] == "max":
             y, arg = kernels.maxpool_forward(x, r, s, p)
             if op == "pool_forward":
                 return lambda: kernels.maxpool_forward(x, r, s, p)
-            dy = np.ones_like(y)
+            dy = xp.ones_like(y)
             return lambda: kernels.maxpool_backward(dy, arg, shape["in_spatial"])
         if op == "pool_forward":
             return lambda: kernels.avgpool_forward(x, r, s, p)
-        dy = np.ones_like(kernels.avgpool_forward(x, r, s, p))
+        dy = xp.ones_like(kernels.avgpool_forward(x, r, s, p))
         return lambda: kernels.avgpool_backward(dy, shape["in_spatial"], r, s, p)
     if op.startswith("batchnorm_"):
-        x = rng.standard_normal((shape["n"], shape["c"]) + tuple(shape["in_spatial"]), dtype=f32)
+        x = put(rng.standard_normal((shape["n"], shape["c"]) + tuple(shape["in_spatial"]), dtype=f32))
         c = shape["c"]
-        mean = np.zeros(c, f32)
-        inv = np.ones(c, f32)
-        gamma = np.ones(c, f32)
-        beta = np.zeros(c, f32)
+        mean = xp.zeros(c, f32)
+        inv = xp.ones(c, f32)
+        gamma = xp.ones(c, f32)
+        beta = xp.zeros(c, f32)
         count = x.size // c
         if op == "batchnorm_forward":
             def run():
@@ -52,39 +53,46 @@ def _arrays(op, shape, rng):
                 kernels.channel_centered_sumsq(x, (s / count).astype(f32))
                 return kernels.batchnorm_apply(x, mean, inv, gamma, beta)
             return run
-        dy = np.ones_like(x)
+        dy = xp.ones_like(x)
 
         def run():
             a, b = kernels.batchnorm_backward_reduce(dy, x, mean, inv)
             return kernels.batchnorm_backward_apply(dy, x, mean, inv, gamma, a, b, count)
         return run
     if op == "elementwise":
-        x = rng.standard_normal((shape["n"], shape["c"]) + tuple(shape["in_spatial"]), dtype=f32)
+        x = put(rng.standard_normal((shape["n"], shape["c"]) + tuple(shape["in_spatial"]), dtype=f32))
         return lambda: kernels.relu_forward(x)
     if op == "copy":
-        src = np.ones(shape["nbytes"] // 4, f32)
-        dst = np.empty_like(src)
-        return lambda: np.copyto(dst, src)
+        src = xp.ones(shape["nbytes"] // 4, f32)
+        dst = xp.empty_like(src)
+
+        def run():
+            dst[...] = src
+        return run
     if op == "gemm":
-        a = rng.standard_normal((shape["m"], shape["gemm_k"]), dtype=f32)
-        b = rng.standard_normal((shape["gemm_n"], shape["gemm_k"]), dtype=f32)
+        a = put(rng.standard_normal((shape["m"], shape["gemm_k"]), dtype=f32))
+        b = put(rng.standard_normal((shape["gemm_n"], shape["gemm_k"]), dtype=f32))
         return lambda: a @ b.T
     raise ValueError(op)
 
 
-def time_call(run, min_seconds=0.02, max_reps=20):
-    """Median seconds of one call, repeated until `min_seconds` have passed (at least 3 times)."""
-    run()                                  # warm: numba compilation, first-touch pages
+def time_call(run, min_seconds=0.02, max_reps=20, sync=lambda: None):
+    """Median seconds of one call, repeated until `min_seconds` have passed (at least 3 times); `sync` waits
+    for the device after each call (a GPU's kernels run asynchronously)."""
+    run()                                  # warm: numba compilation or NVRTC, first-touch pages
+    sync()
     times = []
     start = time.perf_counter()
     while len(times) < 3 or (time.perf_counter() - start < min_seconds and len(times) < max_reps):
         t0 = time.perf_counter()
         run()
+        sync()
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
 
 
-def kernel_phase(comm, budget, rng, bar):
+def kernel_phase(comm, budget, rng, bar, device):
+    """{op: [(features, seconds)]} over sampled shapes on `device` (rank 0 alone), and the concurrency slowdown."""
     rank, size = comm.rank, comm.size
     weights = {"conv_forward": 1.6, "conv_backward_data": 1.6, "conv_backward_filter": 1.6}
     total_w = sum(weights.get(op, 0.6) for op in OPERATIONS)
@@ -99,12 +107,12 @@ def kernel_phase(comm, budget, rng, bar):
             go = comm.allreduce_scalar(int(time.perf_counter() - t_op < op_budget or len(rows) < 4), "min")
             if not go:
                 break
-            run = _arrays(op, shape, rng)
+            run = _arrays(op, shape, rng, device)
             comm.barrier()
-            alone = time_call(run) if rank == 0 else 0.0
+            alone = time_call(run, sync=device.synchronize) if rank == 0 else 0.0
             comm.barrier()
             if size > 1 and i % 3 == 0:
-                busy = comm.allreduce_scalar(time_call(run), "max")
+                busy = comm.allreduce_scalar(time_call(run, sync=device.synchronize), "max")
                 if rank == 0 and alone > 0:
                     ratios.append(busy / alone)
             alone = comm.allreduce_scalar(alone, "max")

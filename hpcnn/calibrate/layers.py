@@ -30,23 +30,27 @@ def _layer_cases():
     }
 
 
-def _time_layer(layer, shape, comm, reps):
-    """Median (forward, backward) seconds of `layer`'s distributed layer on one rank for input `shape`."""
+def _time_layer(layer, shape, comm, reps, device):
+    """Median (forward, backward) seconds of `layer`'s distributed layer on one rank for input `shape`, on
+    `device` (synchronized after each call)."""
     from .. import nn, parallel
-    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    x = device.put(np.random.default_rng(0).standard_normal(shape, dtype=np.float32))
     grid = (1,) * max(len(shape) - 1, 3)
     d = parallel.Distribution(comm, grid)
-    dm = parallel.distribute(nn.Sequential(layer), d)
+    dm = parallel.distribute(nn.Sequential(layer).to(device), d)
     leaf = dm.root.leaves()[0]
     xt = parallel.scatter(x, d)
     fwd, bwd = [], []
     for i in range(reps + 1):
         t0 = time.perf_counter()
         y = leaf.forward(xt)
+        device.synchronize()
         t1 = time.perf_counter()
-        g = y.like(np.ones_like(y.local))       # the gradient's allocation is not the layer's
+        g = y.like(device.xp.ones_like(y.local))       # the gradient's allocation is not the layer's
+        device.synchronize()
         t2 = time.perf_counter()
         leaf.backward(g)
+        device.synchronize()
         t3 = time.perf_counter()
         if i:
             fwd.append(t1 - t0)
@@ -54,11 +58,11 @@ def _time_layer(layer, shape, comm, reps):
     return float(np.median(fwd)), float(np.median(bwd))
 
 
-def measure_layer_calls(comm, machine, source, reps=15):
+def measure_layer_calls(comm, machine, source, device, reps=15):
     """The "layer_calls" section of a profile: per layer kind and direction, fixed seconds and seconds
     per byte (local input + output + parameters) that a distributed layer call costs beyond the kernel
-    models of `machine` (a profile without layer-call terms). Timed on rank 0 of `comm` alone (the
-    others wait); every term cites `source`."""
+    models of `machine` (a profile without layer-call terms), on `device`. Timed on rank 0 of `comm` alone
+    (the others wait); every term cites `source`."""
     from .. import nn
     rank = comm.rank
     alone = comm.split(rank, 0)
@@ -74,7 +78,8 @@ def measure_layer_calls(comm, machine, source, reps=15):
                 spec = walk(nn.Sequential(layer), shape)[0]
                 grid = (1,) * max(len(shape) - 1, 3)
                 kc = kernel_cost(spec, grid, machine)
-                f, b = _time_layer(layer, shape, alone, reps if large is None or shape == tiny else max(reps // 3, 3))
+                f, b = _time_layer(layer, shape, alone, reps if large is None or shape == tiny else max(reps // 3, 3),
+                                   device)
                 nbytes = (local_numel(spec.in_shape, grid) + local_numel(spec.out_shape, grid)
                           + spec.params) * machine.itemsize
                 resid.append((nbytes, f - kc.forward, b - kc.backward))

@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from ..backend import is_gpu_array
+from ..backend import is_device_array
 from ..data.dataset import epoch_order
 from ..parallel.mpi import Communicator
 from . import fused as _fused
@@ -65,8 +65,8 @@ class ChaosEngine:
             raise ValueError(f"chaos: average_every must be a positive integer or None, received {average_every!r}")
         if int(chunk) != chunk or chunk < 1:
             raise ValueError(f"chaos: chunk must be a positive integer, received {chunk!r}")
-        if any(is_gpu_array(p) for _, p, _ in model.parameters()):
-            raise ValueError("chaos: the CHAOS engine trains on the CPU; the model's parameters are GPU arrays")
+        if any(is_device_array(p) for _, p, _ in model.parameters()):
+            raise ValueError("chaos: the CHAOS engine trains on the CPU; the model's parameters are device arrays")
         if comm is not None:
             comm = Communicator.of(comm)
             if comm.size == 1:

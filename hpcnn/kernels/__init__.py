@@ -1,7 +1,10 @@
 """Array math for CNN layers: no MPI, no layers, no state. One signature, CPU (numpy + numba) and GPU (cupy).
 
 Every function takes and returns arrays of the module that owns its first array argument
-(numpy -> `hpcnn.kernels.cpu`, cupy -> `hpcnn.kernels.gpu`). Spatial operations work on
+(numpy -> `hpcnn.kernels.cpu`, cupy -> `hpcnn.kernels.gpu`, an emulated-gpu array -> the CPU kernel
+behind an explicit host round trip: its device arguments copied to the host, its results copied
+back, so the emulated device sees exactly what a GPU returns; a host array among a device kernel's
+arguments is refused, as it would be a hidden upload on a GPU). Spatial operations work on
 2-D (N, C, H, W) and 3-D (N, C, D, H, W) data alike; `nd` below is 2 or 3.
 
 Geometry arguments (`stride`, `dilation`, `kernel`) are ints or tuples of `nd` ints; `padding`
@@ -42,13 +45,19 @@ leaky_relu_forward(x, slope) -> y;  leaky_relu_backward(dy, x, slope) -> dx
 softmax_cross_entropy(logits, labels, ignore_index=-100) -> (loss_sum, dlogits, count)
     logits: (N, C) or (N, C, *S); labels: (N,) or (N, *S) integers. loss_sum is the float64
     sum of per-element losses over non-ignored elements, dlogits its gradient (same shape and
-    dtype as logits), count the number of non-ignored elements (int).
+    dtype as logits), count the number of non-ignored elements. On the CPU loss_sum is a float
+    and count an int; on a device they are 0-d device arrays (float64, int64), so that no host
+    synchronisation happens inside the loss.
 squared_error(pred, target) -> (loss_sum, dpred)     sum of (pred - target)**2 and its gradient
+    (loss_sum as above: a float on the CPU, a 0-d float64 device array on a device)
 
 upsample_nearest_forward(x, scale) -> y              scale: int or nd ints; y: (N, C, *(S*scale))
 upsample_nearest_backward(dy, scale) -> dx           sums each scale-block of dy
 """
-from ..backend import is_gpu_array
+import numpy as np
+
+from .. import emulated
+from ..backend import is_device_array
 from . import cpu
 
 __all__ = [
@@ -61,16 +70,49 @@ __all__ = [
 ]
 
 
-def _implementation(x):
-    if is_gpu_array(x):
-        from . import gpu
-        return gpu
-    return cpu
+def _to_host(value):
+    if type(value) is emulated.ndarray:
+        return value.get()
+    if isinstance(value, np.ndarray):
+        raise TypeError("a host (numpy) array was passed to a kernel on emulated-gpu arrays: move it to the "
+                        "device explicitly")
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_host(v) for v in value)
+    return value
+
+
+def _to_device(value):
+    if isinstance(value, np.ndarray):
+        return emulated.asarray(value)
+    if isinstance(value, (float, int, np.generic)) and not isinstance(value, bool):
+        # a GPU kernel's scalar results (loss sums, counts) are 0-d device arrays
+        return emulated.asarray(np.asarray(value, np.float64 if isinstance(value, (float, np.floating)) else np.int64))
+    if isinstance(value, tuple):
+        return tuple(_to_device(v) for v in value)
+    return value
+
+
+def _emulated(name):
+    """The CPU kernel `name` behind the explicit host round trip of the emulated GPU."""
+    kernel = getattr(cpu, name)
+
+    def call(*args, **kwargs):
+        return _to_device(kernel(*_to_host(args), **{k: _to_host(v) for k, v in kwargs.items()}))
+    return call
 
 
 def _dispatched(name):
+    host, round_trip = getattr(cpu, name), _emulated(name)
+
     def call(x, *args, **kwargs):
-        return getattr(_implementation(x), name)(x, *args, **kwargs)
+        if type(x) is np.ndarray:
+            return host(x, *args, **kwargs)
+        if type(x) is emulated.ndarray:
+            return round_trip(x, *args, **kwargs)
+        if is_device_array(x):
+            from . import gpu
+            return getattr(gpu, name)(x, *args, **kwargs)
+        return host(x, *args, **kwargs)
     call.__name__ = name
     call.__qualname__ = name
     call.__doc__ = getattr(cpu, name).__doc__

@@ -1,5 +1,5 @@
 """Containers: Sequential chains, Residual (y = body(x) + shortcut(x)) and SkipConcat (U-Net skips)."""
-from ..backend import get_array_module
+from ..backend import array_module
 from .module import Module
 
 __all__ = ["Sequential", "Residual", "SkipConcat"]
@@ -138,10 +138,10 @@ class SkipConcat(Module):
                              f"{tuple(x.shape)}; batch and spatial sizes must match (for a U-Net: spatial sizes "
                              f"divisible by 2**depth)")
         self.channels = x.shape[1]
-        return get_array_module(x).concatenate([x, z], axis=1)
+        return array_module(x).concatenate([x, z], axis=1)
 
     def backward(self, dy):
-        xp = get_array_module(dy)
+        xp = array_module(dy)
         c = self.channels
         dz = self.inner.backward_and_notify(xp.ascontiguousarray(dy[:, c:]))
         return dz + dy[:, :c]

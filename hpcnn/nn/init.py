@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from ..backend import ALLOWED_DTYPES, DEFAULT_DTYPE, xp_for_device
+from ..backend import ALLOWED_DTYPES, DEFAULT_DTYPE
 from .module import default_rng
 
 __all__ = ["resolve_dtype", "resolve_rng", "uniform_fan_in", "kaiming_normal_fan_out", "constant",
@@ -23,9 +23,10 @@ def resolve_rng(rng):
     return default_rng() if rng is None else rng
 
 
-def _on_device(values, dtype):
-    # Drawn in float64 on the host so that float32 and float64 layers built from one seed agree.
-    return xp_for_device().asarray(values.astype(dtype))
+def _cast(values, dtype):
+    # Drawn in float64 so that float32 and float64 layers built from one seed agree; layers are built on
+    # the host and moved to a device with Module.to(device).
+    return values.astype(dtype)
 
 
 def uniform_fan_in(rng, shape, fan_in, dtype):
@@ -35,16 +36,16 @@ def uniform_fan_in(rng, shape, fan_in, dtype):
     (kaiming_uniform_ with a=sqrt(5): gain sqrt(1/3), bound gain*sqrt(3/fan_in)) and its bias init.
     """
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-    return _on_device(rng.uniform(-bound, bound, size=shape), dtype)
+    return _cast(rng.uniform(-bound, bound, size=shape), dtype)
 
 
 def kaiming_normal_fan_out(rng, shape, fan_out, dtype):
     """N(0, 2/fan_out): torchvision's ResNet conv init (kaiming_normal_, mode='fan_out', relu)."""
-    return _on_device(rng.normal(0.0, math.sqrt(2.0 / fan_out), size=shape), dtype)
+    return _cast(rng.normal(0.0, math.sqrt(2.0 / fan_out), size=shape), dtype)
 
 
 def constant(shape, value, dtype):
-    return xp_for_device().full(shape, value, dtype=dtype)
+    return np.full(shape, value, dtype=dtype)
 
 
 def check_dtype(where, x, dtype):

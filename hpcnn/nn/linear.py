@@ -1,7 +1,7 @@
 """Fully connected layers: Linear (PyTorch's weight layout) and Flatten."""
 import math
 
-from ..backend import get_array_module
+from ..backend import array_module
 from .init import check_dtype, resolve_dtype, resolve_rng, uniform_fan_in
 from .module import Module
 from .work import LayerSpec, param_sizes
@@ -62,7 +62,7 @@ class Flatten(Module):
     def forward(self, x):
         self.check_input(x, ndim=tuple(range(2, 9)))
         self.x_shape = tuple(x.shape)
-        return get_array_module(x).ascontiguousarray(x).reshape(x.shape[0], math.prod(x.shape[1:]))
+        return array_module(x).ascontiguousarray(x).reshape(x.shape[0], math.prod(x.shape[1:]))
 
     def backward(self, dy):
         return dy.reshape(self.x_shape)

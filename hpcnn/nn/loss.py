@@ -1,6 +1,6 @@
 """Losses: softmax cross-entropy (per sample or per pixel) and mean squared error, each a mean."""
 from .. import kernels
-from ..backend import check_float_array
+from ..backend import check_float_array, host_scalars
 
 __all__ = ["CrossEntropyLoss", "MSELoss"]
 
@@ -40,6 +40,7 @@ class CrossEntropyLoss:
             raise ValueError(f"{where}: logits of shape {tuple(logits.shape)} need labels of shape {expected}, "
                              f"received {tuple(labels.shape)}")
         loss_sum, dlogits, count = kernels.softmax_cross_entropy(logits, labels, self.ignore_index)
+        loss_sum, count = host_scalars(loss_sum, count)
         self.count = int(count)
         if self.count == 0:
             dlogits[...] = 0
@@ -81,6 +82,7 @@ class MSELoss:
             raise ValueError(f"{where}: prediction and target must have one shape and dtype, received "
                              f"{tuple(pred.shape)} {pred.dtype} and {tuple(target.shape)} {target.dtype}")
         loss_sum, dpred = kernels.squared_error(pred, target)
+        loss_sum, = host_scalars(loss_sum)
         n = pred.size
         dpred *= dpred.dtype.type(1.0 / n)
         self.dpred = dpred

@@ -3,7 +3,7 @@ import copy
 
 import numpy as np
 
-from ..backend import check_float_array
+from ..backend import array_module, check_float_array, to_host
 
 __all__ = ["Module", "default_rng", "manual_seed"]
 
@@ -61,7 +61,7 @@ class Module:
 
     def _add_param(self, name, value):
         self.params[name] = value
-        self.grads[name] = np.zeros_like(value)
+        self.grads[name] = array_module(value).zeros_like(value)
 
     def parameters(self, prefix=""):
         """Yield (dotted name, param, grad) over the whole tree, in a fixed order."""
@@ -124,6 +124,23 @@ class Module:
                 setattr(m, key, getattr(m, key).astype(dtype))
         return self
 
+    def to(self, device):
+        """Move every parameter, gradient and state buffer to `device` (an hpcnn.backend.Device) in place.
+
+        Layers are built on the host; this is the one upload of a model (or an explicit copy back to
+        "cpu"). Arrays already on `device` stay as they are; moved gradients start at zero.
+        """
+        def move(a):
+            return a if array_module(a) is device.xp else device.put(to_host(a))
+        for m in self.modules():
+            for key in list(m.params):
+                if array_module(m.params[key]) is not device.xp:
+                    m.params[key] = move(m.params[key])
+                    m.grads[key] = device.xp.zeros_like(m.params[key])
+            for key in m._state_names():
+                setattr(m, key, move(getattr(m, key)))
+        return self
+
     def _state_names(self):
         """Attributes holding non-trainable state that converts and checkpoints with the parameters."""
         return ()
@@ -142,7 +159,7 @@ class Module:
         """
         clone = copy.copy(self)
         clone.params = dict(self.params)
-        clone.grads = {k: np.zeros_like(v) for k, v in self.grads.items()}
+        clone.grads = {k: array_module(v).zeros_like(v) for k, v in self.grads.items()}
         clone._replicate_children(self)
         return clone
 

@@ -1,6 +1,6 @@
 """Batch normalization over (N, *spatial) per channel, with PyTorch's running statistics."""
 from .. import kernels
-from ..backend import get_array_module
+from ..backend import array_module
 from .init import check_dtype, constant, resolve_dtype
 from .module import Module
 from .work import pointwise_spec
@@ -45,7 +45,7 @@ class _BatchNormNd(Module):
         """x: (N, C, *S) -> y: same shape. Training: batch statistics, running stats updated; eval: running stats."""
         self.check_input(x, ndim=self.nd + 2, channels=self.num_features)
         check_dtype(self.describe(), x, self.running_mean.dtype)
-        xp = get_array_module(x)
+        xp = array_module(x)
         count = x.size // self.num_features
         if self.training:
             if count < 2:
@@ -75,7 +75,7 @@ class _BatchNormNd(Module):
 
     def backward(self, dy):
         """dy: (N, C, *S) -> dx: same shape; grads weight, bias: (C,)."""
-        xp = get_array_module(dy)
+        xp = array_module(dy)
         gamma, _ = self._gamma_beta(xp)
         sum_dy, sum_dy_xhat = kernels.batchnorm_backward_reduce(dy, self.x, self.mean, self.invstd)
         if self.affine:

@@ -2,7 +2,7 @@
 import math
 
 from .. import kernels
-from ..backend import get_array_module
+from ..backend import array_module
 from ..geometry import WindowGeometry
 from .conv import describe_geometry
 from .module import Module
@@ -102,7 +102,7 @@ class GlobalAvgPool(Module):
         return x.mean(axis=tuple(range(2, x.ndim)))
 
     def backward(self, dy):
-        xp = get_array_module(dy)
+        xp = array_module(dy)
         n, c, *spatial = self.x_shape
         scaled = dy / math.prod(spatial)
         return xp.ascontiguousarray(xp.broadcast_to(scaled.reshape((n, c) + (1,) * len(spatial)), self.x_shape))

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..backend import to_host
 from . import registry
 
 __all__ = ["TORCH_DTYPE", "torch_mirror", "copy_into_torch", "torch_pads", "TorchResidual", "TorchSkipConcat"]
@@ -145,8 +146,9 @@ def copy_into_torch(model, tmodel, dtype=None):
     if dtype is None:
         dtype = next(p for _, p, _ in model.parameters()).dtype
     tmodel.to(TORCH_DTYPE[np.dtype(dtype)])
-    values = {name: torch.from_numpy(np.array(p)) for name, p, _ in model.parameters()}
-    values.update({name: torch.from_numpy(np.array(a)) for name, a in model.state()})
+    # host copies (explicit for device arrays): the mirror is the tests' oracle on the CPU
+    values = {name: torch.from_numpy(np.array(to_host(p))) for name, p, _ in model.parameters()}
+    values.update({name: torch.from_numpy(np.array(to_host(a))) for name, a in model.state()})
     result = tmodel.load_state_dict(values, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     if result.unexpected_keys or missing:

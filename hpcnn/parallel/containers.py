@@ -4,8 +4,7 @@ Each container runs its distributed children; where a branch's output arrives un
 distribution than its partner's it is shuffled, so both operands of every add and concatenation
 share one distribution (the rule the planner costs).
 """
-import numpy as np
-
+from ..backend import array_module
 from .module import DistModule, arrive
 from .tensor import DistTensor
 
@@ -70,12 +69,12 @@ class DistSkipConcat(DistModule):
         z, self._moved = arrive(z, t.distribution, self._shuffles)
         self._c = t.global_shape[1]
         out_global = t.global_shape[:1] + (t.global_shape[1] + z.global_shape[1],) + t.global_shape[2:]
-        return DistTensor(np.concatenate([t.local, z.local], axis=1), t.distribution, out_global)
+        return DistTensor(array_module(t.local).concatenate([t.local, z.local], axis=1), t.distribution, out_global)
 
     def backward(self, g):
         c = self._c
         dz_global = g.global_shape[:1] + (g.global_shape[1] - c,) + g.global_shape[2:]
-        dz = DistTensor(np.ascontiguousarray(g.local[:, c:]), g.distribution, dz_global)
+        dz = DistTensor(array_module(g.local).ascontiguousarray(g.local[:, c:]), g.distribution, dz_global)
         if self._moved is not None:
             dz = self._moved.backward(dz)
         dx = self.inner.backward(dz)

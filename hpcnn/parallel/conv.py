@@ -1,10 +1,10 @@
 """Distributed convolutions (Conv2d, Conv3d) on (N, C, *S) blocks: any stride, dilation, kernel and padding."""
-import numpy as np
-
 from .. import kernels
+from ..backend import array_module
 from ..geometry import halo_pieces, own_rows_suffice, piece_padding
-from .tensor import DistTensor
 from .module import is_empty
+from .streams import Overlap
+from .tensor import DistTensor
 from .windows import WindowLayer
 
 __all__ = ["DistConv"]
@@ -16,7 +16,9 @@ class DistConv(WindowLayer):
     When one spatial dimension is split and every block of the line reads all of its own rows,
     the convolution uses its linearity instead of an extended block: the owned block is convolved
     with the halo rows counted as zero padding while the halos travel, then the thin halo rows add
-    their part to the few output rows they reach. Backward likewise: the data gradient of the
+    their part to the few output rows they reach; on a GPU the owned block is convolved on a second
+    stream (`hpcnn.parallel.streams.Overlap`), so that the synchronisation before the next message
+    does not wait for it. Backward likewise: the data gradient of the
     owned rows comes straight from the kernel, the halo rows' part goes back to their owners as
     thin pieces, and the filter gradient is the owned block's plus the halo pieces'. No copy of
     the owned block is made, and no activation-sized buffer is added. Otherwise (several split
@@ -56,14 +58,17 @@ class DistConv(WindowLayer):
         geo, w = self.geometry, self.layer.params["weight"]
         h = ex.mine[k]
         overlap = self.context.overlap
+        streams = Overlap(x)
         ex.start(x)
         if not overlap:
             ex.wait_halo()
         pads = list(ex.pads)
         pads[k] = self._row_pads(k, h.out[0], h.out[1], h.own[0], h.own[1])
-        y = self._kernel(ex.trimmed(x), tuple(pads))
+        with streams.interior():
+            y = self._kernel(ex.trimmed(x), tuple(pads))
         if overlap:
             ex.wait_halo()
+        streams.join()
         for o_lo, o_hi, r0, r1 in self._halo_pieces(k, h):
             pads[k] = self._row_pads(k, o_lo, o_hi, r0, r1)
             part = kernels.conv_forward(ex.rows(r0, r1), w, None, geo.stride, tuple(pads), geo.dilation)
@@ -75,6 +80,8 @@ class DistConv(WindowLayer):
         w = layer.params["weight"]
         h = ex.mine[k]
         overlap = self.context.overlap
+        streams = Overlap(dy)
+        xp = array_module(dy)
         xt = ex.trimmed(self.x)
         pads_own = list(ex.pads)
         pads_own[k] = self._row_pads(k, h.out[0], h.out[1], h.own[0], h.own[1])
@@ -85,24 +92,26 @@ class DistConv(WindowLayer):
         for o_lo, o_hi, r0, r1 in self._halo_pieces(k, h):
             pads = list(ex.pads)
             pads[k] = self._row_pads(k, o_lo, o_hi, r0, r1)
-            dy_part = np.ascontiguousarray(dy[self._rows_index(dy.ndim, k, o_lo - h.out[0], o_hi - h.out[0])])
+            dy_part = xp.ascontiguousarray(dy[self._rows_index(dy.ndim, k, o_lo - h.out[0], o_hi - h.out[0])])
             spatial = list(xt.shape[2:])
             spatial[k] = r1 - r0
             dx_part = kernels.conv_backward_data(dy_part, w, tuple(spatial), geo.stride, tuple(pads), geo.dilation)
             pieces.append((r0, r1, tuple(pads), dy_part, dx_part))
         if overlap:
             # the halo rows' data gradient travels to its owners while the owned block's is computed
-            ex.reverse_pieces_start([(r0, dx_part) for r0, _, _, _, dx_part in pieces], xt.shape[:2], dy.dtype)
-        dx_own = kernels.conv_backward_data(dy, w, xt.shape[2:], geo.stride, pads_own, geo.dilation)
+            ex.reverse_pieces_start([(r0, dx_part) for r0, _, _, _, dx_part in pieces], xt.shape[:2], dy)
+        with streams.interior():
+            dx_own = kernels.conv_backward_data(dy, w, xt.shape[2:], geo.stride, pads_own, geo.dilation)
+            dw = kernels.conv_backward_filter(xt, dy, geo.kernel, geo.stride, pads_own, geo.dilation)
         ex.wait_halo()
-        dw = kernels.conv_backward_filter(xt, dy, geo.kernel, geo.stride, pads_own, geo.dilation)
+        streams.join()
         for r0, r1, pads, dy_part, _ in pieces:
             dw += kernels.conv_backward_filter(ex.rows(r0, r1), dy_part, geo.kernel, geo.stride, pads, geo.dilation)
         layer.grads["weight"][...] = dw
         if "bias" in layer.params:
             layer.grads["bias"][...] = kernels.conv_backward_bias(dy)
         if not overlap:
-            ex.reverse_pieces_start([(r0, dx_part) for r0, _, _, _, dx_part in pieces], xt.shape[:2], dy.dtype)
+            ex.reverse_pieces_start([(r0, dx_part) for r0, _, _, _, dx_part in pieces], xt.shape[:2], dy)
         return ex.reverse_pieces_finish(dx_own)
 
     def _forward(self, t):
@@ -136,7 +145,7 @@ class DistConv(WindowLayer):
             layer.grads["weight"][...] = kernels.conv_backward_filter(ext, dy, geo.kernel, geo.stride, pads,
                                                                       geo.dilation)
         else:
-            dx_ext = np.zeros(self.x.shape[:2] + ex.need_shape, dy.dtype)
+            dx_ext = array_module(dy).zeros(self.x.shape[:2] + ex.need_shape, dy.dtype)
             layer.grads["weight"][...] = 0
         if "bias" in layer.params:
             layer.grads["bias"][...] = kernels.conv_backward_bias(dy) if compute else 0

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from ..backend import array_module
 from .module import DistModule
 from .tensor import DistTensor
 
@@ -40,8 +41,9 @@ class DistGlobalAvgPool(DistModule):
 
     def _backward(self, g):
         dy = g.local
+        xp = array_module(dy)
         scaled = (dy / self._count).reshape(dy.shape + (1,) * (len(self._in_shape) - 2))
-        return DistTensor(np.ascontiguousarray(np.broadcast_to(scaled, self._in_shape)), self.d, self._in_global)
+        return DistTensor(xp.ascontiguousarray(xp.broadcast_to(scaled, self._in_shape)), self.d, self._in_global)
 
 
 class DistFlatten(DistModule):
@@ -55,13 +57,14 @@ class DistFlatten(DistModule):
         if t.ndim == 2 or d.spatial_ranks == 1:
             # whole samples already: a local reshape
             self._in_local_shape = x.shape
-            return DistTensor(np.ascontiguousarray(x).reshape(x.shape[0], math.prod(x.shape[1:])), d, out_global)
+            return DistTensor(array_module(x).ascontiguousarray(x).reshape(x.shape[0], math.prod(x.shape[1:])), d, out_global)
         whole = self._gather_samples(t)
         return DistTensor(whole.reshape(whole.shape[0], out_global[1]), d, out_global)
 
     def _gather_samples(self, t):
         """The full samples of this rank's sample block, assembled from the spatial group."""
         d = self.d
+        xp = array_module(t.local)
         group = d.spatial_comm
         n0, n1 = d.local_ranges(t.global_shape)[0]
         sample_shape = (n1 - n0,) + t.global_shape[1:]
@@ -71,9 +74,9 @@ class DistFlatten(DistModule):
             boxes.append(d.ranges_at(t.global_shape, coords)[1:])
         # spatial_comm ranks are ordered by world rank, which is C order over the spatial coordinates
         counts = [(n1 - n0) * math.prod(b - a for a, b in box) for box in boxes]
-        recv = np.empty(sum(counts), t.local.dtype)
-        group.allgatherv(np.ascontiguousarray(t.local).reshape(-1), recv, counts)
-        out = np.empty(sample_shape, t.local.dtype)
+        recv = xp.empty(sum(counts), t.local.dtype)
+        group.allgatherv(xp.ascontiguousarray(t.local).reshape(-1), recv, counts)
+        out = xp.empty(sample_shape, t.local.dtype)
         offset = 0
         for box, n in zip(boxes, counts):
             shape = (n1 - n0,) + tuple(b - a for a, b in box)
@@ -89,7 +92,8 @@ class DistFlatten(DistModule):
             return DistTensor(dy.reshape(self._in_local_shape), self.d, self._in_global)
         whole = dy.reshape((dy.shape[0],) + self._in_global[1:])
         # every replica holds the whole gradient; each keeps its own block
-        return DistTensor(np.ascontiguousarray(whole[(slice(None),) + self._boxes_local]), self.d, self._in_global)
+        return DistTensor(array_module(whole).ascontiguousarray(whole[(slice(None),) + self._boxes_local]), self.d,
+                          self._in_global)
 
 
 class DistLinear(DistModule):
@@ -99,11 +103,11 @@ class DistLinear(DistModule):
         if t.ndim != 2:
             raise ValueError(f"{self.describe()}: expected an (N, F) tensor, received {t}")
         y = self.layer.forward(t.local)
-        return DistTensor(np.ascontiguousarray(y), self.d, (t.global_shape[0], self.layer.out_features))
+        return DistTensor(array_module(y).ascontiguousarray(y), self.d, (t.global_shape[0], self.layer.out_features))
 
     def _backward(self, g):
         dx = self.layer.backward(g.local)
         if self.d.is_replicated(2) and self.d.spatial_comm.rank != 0:
             for key in self.layer.grads:
                 self.layer.grads[key][...] = 0
-        return DistTensor(np.ascontiguousarray(dx), self.d, (g.global_shape[0], self.layer.in_features))
+        return DistTensor(array_module(dx).ascontiguousarray(dx), self.d, (g.global_shape[0], self.layer.in_features))

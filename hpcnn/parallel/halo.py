@@ -9,7 +9,9 @@ computes an empty output).
 
 Exchange. One spatial dimension at a time, non-blocking point-to-point; the buffer sent along a
 later dimension already includes the halos received along the earlier ones, so corners arrive
-without diagonal messages. Pack/unpack buffers are allocated once per local shape and reused.
+without diagonal messages. Pack/unpack buffers are allocated once per local shape and reused, on the
+device of the block (numpy, cupy or the emulated GPU); the messages of one step go out as one batch
+(`Communicator.exchange`: one stream synchronisation for all of them).
 The extended block is allocated per call and dropped after it: a layer uses it within one
 forward call and exchanges the halo again in backward rather than keeping it, so a distributed
 layer keeps no more activation memory than the single-process one.
@@ -28,7 +30,7 @@ or `wait_halo` (measured by `hpcnn bench halo`, overlap on/off).
 """
 import time
 
-import numpy as np
+from ..backend import array_module
 
 __all__ = ["HaloExchange"]
 
@@ -74,9 +76,11 @@ class HaloExchange:
     def _ranges(self, k, which):
         return [getattr(h, which) for h in self.halo[k]]
 
-    def _plan(self, lead, dtype, direction):
-        """Buffers and message lists for one direction, made on first use per leading shape."""
-        key = (lead, str(dtype), direction)
+    def _plan(self, lead, like, direction):
+        """Buffers and message lists for one direction, made on first use per leading shape, dtype and
+        array module (the buffers live where `like` lives)."""
+        xp, dtype = array_module(like), like.dtype
+        key = (lead, str(dtype), xp.__name__, direction)
         if key in self._buffers:
             return self._buffers[key]
         steps = []
@@ -104,12 +108,12 @@ class HaloExchange:
                 if r is not None:
                     bshape = list(shape)
                     bshape[2 + k] = r[1] - r[0]
-                    sends.append((line[q], (r[0] - src[c][0], r[1] - src[c][0]), np.empty(bshape, dtype)))
+                    sends.append((line[q], (r[0] - src[c][0], r[1] - src[c][0]), xp.empty(bshape, dtype)))
                 r = _intersect(dst[c], src[q])
                 if r is not None:
                     bshape = list(shape)
                     bshape[2 + k] = r[1] - r[0]
-                    recvs.append((line[q], (r[0] - dst[c][0], r[1] - dst[c][0]), np.empty(bshape, dtype)))
+                    recvs.append((line[q], (r[0] - dst[c][0], r[1] - dst[c][0]), xp.empty(bshape, dtype)))
             local = _intersect(src[c], dst[c])
             local = None if local is None else ((local[0] - src[c][0], local[1] - src[c][0]),
                                                 (local[0] - dst[c][0], local[1] - dst[c][0]))
@@ -126,19 +130,16 @@ class HaloExchange:
     def _post(self, step, buf, tag):
         k, out, sends, recvs, local, _ = step
         axis = 2 + k
-        requests = []
-        for rank, r, rbuf in recvs:
-            requests.append(self.d.comm.irecv(rbuf, rank, tag))
         for rank, r, sbuf in sends:
             sbuf[...] = buf[self._take(buf, axis, r)]
-            requests.append(self.d.comm.isend(sbuf, rank, tag))
             self.bytes_sent += sbuf.nbytes
-        return requests
+        return self.d.comm.exchange([(sbuf, rank, tag) for rank, _, sbuf in sends],
+                                    [(rbuf, rank, tag) for rank, _, rbuf in recvs])
 
     def _complete(self, step, buf, requests, accumulate):
         k, shape, sends, recvs, local, index = step
         axis = 2 + k
-        out = np.empty(shape, dtype=buf.dtype)
+        out = array_module(buf).empty(shape, dtype=buf.dtype)
         if accumulate and (local is None or local[1] != (0, shape[axis])):
             out[...] = 0  # rows of the sum that this rank's own part does not cover
         if local is not None:
@@ -173,7 +174,7 @@ class HaloExchange:
     def _start(self, x):
         """Post the first dimension's messages for x: (N, C, *own); finish() returns (N, C, *need)."""
         x = self._trim(x, "forward")
-        steps = self._plan(tuple(x.shape[:2]), x.dtype, "forward")
+        steps = self._plan(tuple(x.shape[:2]), x, "forward")
         if not steps:
             self._pending = ("forward", x, [], None)
             return
@@ -211,7 +212,7 @@ class HaloExchange:
         h = self.mine[k]
         out_shape = list(x.shape)
         out_shape[axis] = b - a
-        out = np.empty(out_shape, x.dtype)
+        out = array_module(x).empty(out_shape, x.dtype)
         lo, hi = max(a, h.own[0]), min(b, h.own[1])
         if hi > lo:
             out[self._take(out, axis, (lo - a, hi - a))] = x[self._take(x, axis, (lo - h.own[0], hi - h.own[0]))]
@@ -228,19 +229,19 @@ class HaloExchange:
         return self.finish()
 
     # --- the adjoint from halo pieces (one split dimension) --------------------------------------
-    def reverse_pieces_start(self, pieces, lead, dtype):
+    def reverse_pieces_start(self, pieces, lead, like):
         """Send the gradient of this rank's halo rows to their owners, without an extended block.
 
         pieces: [(first row, array)] with global row indices along the split dimension; together
         they hold the gradient of the halo rows (rows they do not cover count as zero). Arrays
-        are (N, C, ...) with the other dims as in `trimmed`. Complete with `reverse_pieces_finish`.
+        are (N, C, ...) with the other dims as in `trimmed`; `like` is an array of their dtype and device.
+        Complete with `reverse_pieces_finish`.
         """
         t0 = time.perf_counter()
-        steps = self._plan(tuple(lead), dtype, "reverse")
+        steps = self._plan(tuple(lead), like, "reverse")
         k, shape, sends, recvs, local, _ = steps[0]
         axis = 2 + k
         origin = self.mine[k].need[0]
-        requests = [self.d.comm.irecv(rbuf, rank, 31 + k) for rank, r, rbuf in recvs]
         for rank, r, sbuf in sends:
             lo, hi = origin + r[0], origin + r[1]
             covered = 0
@@ -258,8 +259,9 @@ class HaloExchange:
                     if b > a:
                         sbuf[self._take(sbuf, axis, (a - lo, b - lo))] = \
                             piece[self._take(piece, axis, (a - first, b - first))]
-            requests.append(self.d.comm.isend(sbuf, rank, 31 + k))
             self.bytes_sent += sbuf.nbytes
+        requests = self.d.comm.exchange([(sbuf, rank, 31 + k) for rank, _, sbuf in sends],
+                                        [(rbuf, rank, 31 + k) for rank, _, rbuf in recvs])
         self._pending_pieces = (steps[0], requests)
         self._count(t0)
 
@@ -279,7 +281,7 @@ class HaloExchange:
     # --- backward (the adjoint) --------------------------------------------------------------
     def _reverse_start(self, dx_ext):
         """Post the first messages of the adjoint for dx_ext: (N, C, *need)."""
-        steps = self._plan(tuple(dx_ext.shape[:2]), dx_ext.dtype, "reverse")
+        steps = self._plan(tuple(dx_ext.shape[:2]), dx_ext, "reverse")
         requests = self._post(steps[0], dx_ext, tag=21 + steps[0][0]) if steps else None
         self._pending = ("reverse", dx_ext, steps, requests)
 
@@ -308,7 +310,7 @@ class HaloExchange:
                 pads.append((h.need[0] - h.own[0], h.own[1] - h.need[1]))
         if all(p == (0, 0) for p in pads):
             return g
-        out = np.zeros(g.shape[:2] + self.own_shape, dtype=g.dtype)
+        out = array_module(g).zeros(g.shape[:2] + self.own_shape, dtype=g.dtype)
         index = (slice(None), slice(None)) + tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, g.shape[2:]))
         out[index] = g
         return out

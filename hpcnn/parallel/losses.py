@@ -4,6 +4,7 @@ import math
 import numpy as np
 
 from .. import kernels
+from ..backend import array_module, to_host
 from .module import arrive
 from .shuffle import shuffle
 
@@ -11,7 +12,11 @@ __all__ = ["DistCrossEntropyLoss", "DistMSELoss"]
 
 
 class _DistLoss:
-    """A loss over DistTensors, normalized as in a single process (sums and counts over all ranks)."""
+    """A loss over DistTensors, normalized as in a single process (sums and counts over all ranks).
+
+    The partial sums stay on the device through the allreduce; the reduced sums are copied to the host
+    once (the loss value every rank returns), and that copy also scales the gradient.
+    """
 
     def __init__(self, loss, d):
         self.loss = loss
@@ -45,12 +50,14 @@ class DistCrossEntropyLoss(_DistLoss):
         if labels.distribution != self.d:
             labels = shuffle(labels, self.d)
         x, lab = logits.local, labels.local
+        xp = array_module(x)
         if x.size:
             loss_sum, dlogits, count = kernels.softmax_cross_entropy(x, lab, self.loss.ignore_index)
         else:
-            loss_sum, dlogits, count = 0.0, np.zeros_like(x), 0
-        sums = np.array([float(loss_sum), float(count)])
+            loss_sum, dlogits, count = 0.0, xp.zeros_like(x), 0
+        sums = xp.stack([xp.asarray(loss_sum, dtype=np.float64), xp.asarray(count, dtype=np.float64)])
         self._reduce_comm(logits).allreduce_(sums)
+        sums = to_host(sums)
         total = int(round(sums[1]))
         self._logits = logits
         if total == 0:
@@ -73,11 +80,14 @@ class DistMSELoss(_DistLoss):
         if target.distribution != self.d:
             target = shuffle(target, self.d)
         n = math.prod(pred.global_shape)
+        xp = array_module(pred.local)
         if pred.local.size:
             loss_sum, dpred = kernels.squared_error(pred.local, target.local)
         else:
-            loss_sum, dpred = 0.0, np.zeros_like(pred.local)
-        s = self._reduce_comm(pred).allreduce_scalar(float(loss_sum))
+            loss_sum, dpred = 0.0, xp.zeros_like(pred.local)
+        total = xp.asarray(loss_sum, dtype=np.float64).reshape(1)
+        self._reduce_comm(pred).allreduce_(total)
+        s = float(to_host(total)[0])
         dpred *= dpred.dtype.type(1.0 / n)
         self._pred, self.dpred = pred, dpred
         return s / n

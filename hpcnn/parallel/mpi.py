@@ -3,14 +3,15 @@
 Nothing else in hpcnn calls MPI. A `Communicator` wraps an mpi4py communicator (or stands for one
 process without MPI: `Communicator.local()`, whose collectives return their input) and owns
 
-- the calls: point-to-point (`isend`, `irecv`, `wait_all`), collectives on arrays (`allreduce_`,
+- the calls: point-to-point (`exchange` for a batch of messages, `isend`, `irecv`, `wait_all`), collectives on arrays (`allreduce_`,
   `iallreduce_`, `alltoallv`, `allgatherv`) and on small Python objects, sub-communicators, abort;
 - dtype mapping through mpi4py's public typecode table (`MPI.Datatype.fromcode`, the predefined
   datatype of a numpy dtype; `mpi4py.util.dtlib.from_numpy_dtype` returns a duplicate datatype,
   which MPI's reductions refuse, and leaks one per call);
-- the staging of GPU buffers (`hpcnn.parallel.staging`: synchronized, and copied through pinned
-  host memory when MPI is not CUDA-aware); a non-blocking call's staged buffer is copied back
-  when `wait_all` completes its request;
+- the staging of device buffers (`hpcnn.parallel.staging`: one stream synchronisation per batch of
+  messages, and copies through pinned host memory when MPI is not CUDA-aware or the array is on
+  the emulated GPU); a non-blocking call's staged buffer is copied back when `wait_all` completes
+  its request;
 - the clock (`Clock`): wall seconds spent communicating by kind, shared by a communicator and
   every sub-communicator split from it, so one clock per job shows where the time went.
 
@@ -189,19 +190,28 @@ class Communicator:
         if self.mpi is None:
             raise RuntimeError(f"{what}: one process without MPI has no peers")
 
+    def exchange(self, sends, recvs):
+        """Start a batch of messages: sends [(array, dest, tag)], recvs [(array, source, tag)]; returns the
+        Requests (receives first). Device buffers are staged with one synchronisation for the whole batch."""
+        self._peers("exchange")
+        requests = []
+        arrays = [_contiguous(a) for a, _, _ in recvs]
+        for a, buf, (_, source, tag) in zip(arrays, _staging.prepare_recvs(arrays), recvs):
+            mpi = self.mpi.Irecv(_spec(buf), source=source, tag=tag)
+            requests.append(Request(mpi, None if buf is a else (lambda a=a, buf=buf: _staging.finish_recv(a, buf))))
+        arrays = [_contiguous(a) for a, _, _ in sends]
+        for a, buf, (_, dest, tag) in zip(arrays, _staging.prepare_sends(arrays), sends):
+            mpi = self.mpi.Isend(_spec(buf), dest=dest, tag=tag)
+            requests.append(Request(mpi, None if buf is a else (lambda buf=buf: _staging.finish_send(buf))))
+        return requests
+
     def isend(self, array, dest, tag=0):
         """Start sending `array` to rank `dest`; returns a Request."""
-        self._peers("isend")
-        buf = _staging.prepare_send(_contiguous(array))
-        request = self.mpi.Isend(_spec(buf), dest=dest, tag=tag)
-        return Request(request, None if buf is array else (lambda: _staging.finish_send(buf)))
+        return self.exchange([(array, dest, tag)], [])[0]
 
     def irecv(self, array, source, tag=0):
         """Start receiving into `array` from rank `source`; returns a Request."""
-        self._peers("irecv")
-        buf = _staging.prepare_recv(_contiguous(array))
-        request = self.mpi.Irecv(_spec(buf), source=source, tag=tag)
-        return Request(request, None if buf is array else (lambda: _staging.finish_recv(array, buf)))
+        return self.exchange([], [(array, source, tag)])[0]
 
     @staticmethod
     def wait_all(requests):
@@ -277,8 +287,8 @@ class Communicator:
         send_displs = np.concatenate(([0], np.cumsum(send_counts)[:-1]))
         recv_displs = np.concatenate(([0], np.cumsum(recv_counts)[:-1]))
         t = mpi_dtype(send.dtype)
-        sbuf = _staging.prepare_send(_contiguous(send))
-        rbuf = _staging.prepare_recv(_contiguous(recv))
+        sbuf, = _staging.prepare_sends([_contiguous(send)])
+        rbuf, = _staging.prepare_recvs([_contiguous(recv)])
         self.mpi.Alltoallv([sbuf, (send_counts, send_displs), t], [rbuf, (recv_counts, recv_displs), t])
         if sbuf is not send:
             _staging.finish_send(sbuf)
@@ -297,8 +307,8 @@ class Communicator:
         displs = np.concatenate(([0], np.cumsum(counts)[:-1]))
         t = mpi_dtype(send.dtype)
         with self.clock.counting("collective"):
-            sbuf = _staging.prepare_send(_contiguous(send))
-            rbuf = _staging.prepare_recv(_contiguous(recv))
+            sbuf, = _staging.prepare_sends([_contiguous(send)])
+            rbuf, = _staging.prepare_recvs([_contiguous(recv)])
             self.mpi.Allgatherv([sbuf, t], [rbuf, (counts, displs), t])
             if sbuf is not send:
                 _staging.finish_send(sbuf)

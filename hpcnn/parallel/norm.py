@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from .. import kernels
+from ..backend import array_module
 from .module import DistModule
 
 __all__ = ["DistBatchNorm", "BN_STATS"]
@@ -40,28 +41,30 @@ class DistBatchNorm(DistModule):
         return t.local.size // t.local.shape[1] if t.local.shape[1] else 0
 
     def _statistics(self, x, group, count):
-        """(mean, biased variance) per channel, float64, over `group` (None: this block) in one collective.
+        """(mean, biased variance) per channel, float64, over `group` (None: this block) in one collective
+        (none when the group is one rank).
 
         Each rank sends its element count, channel sums and sums of squares about its own mean; the
         merge (Chan et al.'s pairwise update, summed) is M2 = sum M2_i + sum n_i (mean_i - mean)^2,
         as accurate as two passes over the whole group (no sum-of-squares cancellation).
         """
+        xp = array_module(x)
         c = self.layer.num_features
         n = x.size // c if c else 0
-        s = kernels.channel_sum(x) if x.size else np.zeros(c)
-        m2 = kernels.channel_centered_sumsq(x, s / n) if x.size else np.zeros(c)
-        mine = np.concatenate([[float(n)], s, m2])
-        if group is None:
+        s = kernels.channel_sum(x) if x.size else xp.zeros(c)
+        m2 = kernels.channel_centered_sumsq(x, s / n) if x.size else xp.zeros(c)
+        mine = xp.concatenate([xp.full(1, float(n)), s.astype(np.float64), m2.astype(np.float64)])
+        if group is None or group.size == 1:
             every = mine[None]
         else:
-            every = np.empty(group.size * mine.size)
+            every = xp.empty(group.size * mine.size)
             group.allgatherv(mine, every, [mine.size] * group.size)
             every = every.reshape(group.size, mine.size)
-        counts, sums, m2s = every[:, 0], every[:, 1:1 + c], every[:, 1 + c:]
+        counts, sums, m2s = every[:, :1], every[:, 1:1 + c], every[:, 1 + c:]
         mean = sums.sum(axis=0) / count
-        seen = counts > 0
-        local_means = sums[seen] / counts[seen, None]
-        m2 = m2s.sum(axis=0) + (counts[seen, None] * (local_means - mean) ** 2).sum(axis=0)
+        # ranks with an empty block add nothing: their sums are zero and so is their weight
+        local_means = sums / xp.maximum(counts, 1.0)
+        m2 = m2s.sum(axis=0) + (counts * (local_means - mean) ** 2).sum(axis=0)
         return mean, m2 / count
 
     def _forward(self, t):
@@ -69,6 +72,7 @@ class DistBatchNorm(DistModule):
         x = t.local
         layer.check_input(x, ndim=self.d.nd + 2, channels=layer.num_features)
         group = self._group()
+        xp = array_module(x)
         if layer.training:
             count = self._count(t)
             if count < 2:
@@ -80,36 +84,37 @@ class DistBatchNorm(DistModule):
             count = 0
             mean = layer.running_mean.astype(np.float64)
             var = layer.running_var.astype(np.float64)
-        invstd = 1.0 / np.sqrt(var + layer.eps)
+        invstd = 1.0 / xp.sqrt(var + layer.eps)
         self.x, self.count, self.batch_statistics = x, count, layer.training
         self.mean, self.invstd = mean.astype(x.dtype), invstd.astype(x.dtype)
-        gamma, beta = layer._gamma_beta(np)
+        gamma, beta = layer._gamma_beta(xp)
         if not x.size:
-            return t.like(np.zeros_like(x))
+            return t.like(xp.zeros_like(x))
         return t.like(kernels.batchnorm_apply(x, self.mean, self.invstd, gamma, beta))
 
     def _backward(self, g):
         layer = self.layer
         dy = g.local
-        gamma, _ = layer._gamma_beta(np)
+        xp = array_module(dy)
+        gamma, _ = layer._gamma_beta(xp)
         if dy.size:
             sum_dy, sum_dy_xhat = kernels.batchnorm_backward_reduce(dy, self.x, self.mean, self.invstd)
         else:
-            sum_dy, sum_dy_xhat = np.zeros(layer.num_features), np.zeros(layer.num_features)
+            sum_dy, sum_dy_xhat = xp.zeros(layer.num_features), xp.zeros(layer.num_features)
         if layer.affine:
             # local partial sums: the gradient allreduce adds the other ranks' parts
             layer.grads["weight"][...] = sum_dy_xhat
             layer.grads["bias"][...] = sum_dy
         if not self.batch_statistics:
-            zeros = np.zeros(layer.num_features, dy.dtype)
+            zeros = xp.zeros(layer.num_features, dy.dtype)
             return g.like(kernels.batchnorm_apply(dy, zeros, self.invstd, gamma, zeros) if dy.size else dy.copy())
-        sums = np.concatenate([np.asarray(sum_dy, np.float64), np.asarray(sum_dy_xhat, np.float64)])
+        sums = xp.concatenate([sum_dy.astype(np.float64), sum_dy_xhat.astype(np.float64)])
         group = self._group()
         if group is not None:
             # every rank joins, an empty block too
             group.allreduce_(sums)
         if not dy.size:
-            return g.like(np.zeros_like(dy))
+            return g.like(xp.zeros_like(dy))
         c = layer.num_features
         return g.like(kernels.batchnorm_backward_apply(dy, self.x, self.mean, self.invstd, gamma, sums[:c],
                                                        sums[c:], self.count))

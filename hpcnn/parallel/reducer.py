@@ -8,8 +8,7 @@ rank holds the full, summed gradients before the optimizer step.
 """
 import time
 
-import numpy as np
-
+from ..backend import array_module
 from .mpi import Communicator
 
 __all__ = ["GradientReducer"]
@@ -20,7 +19,9 @@ class _Bucket:
 
     def __init__(self, entries, dtype):
         self.entries = entries            # [(module, key, offset, size, shape)]
-        self.buffer = np.empty(sum(e[3] for e in entries), dtype=dtype)
+        first = entries[0][0].params[entries[0][1]]
+        # on the parameters' device: the allreduce stages it (or hands it to a CUDA-aware MPI) as it is
+        self.buffer = array_module(first).empty(sum(e[3] for e in entries), dtype=dtype)
         self.owners = {id(e[0]) for e in entries}
         self.pending = set(self.owners)
         self.request = None

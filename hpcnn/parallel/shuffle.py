@@ -8,6 +8,7 @@ gradient is, like its activation, held whole by every replica).
 """
 import numpy as np
 
+from ..backend import array_module
 from .tensor import DistTensor
 
 __all__ = ["Shuffle", "shuffle"]
@@ -77,9 +78,10 @@ class Shuffle:
             raise ValueError(f"Shuffle: expected a tensor of global shape {self.global_shape} under {self.src}, "
                              f"received {t}")
         dtype = t.local.dtype
-        key = str(dtype)
+        xp = array_module(t.local)
+        key = (str(dtype), xp.__name__)
         if key not in self._buffers:
-            self._buffers[key] = (np.empty(sum(self.send_counts), dtype), np.empty(sum(self.recv_counts), dtype))
+            self._buffers[key] = (xp.empty(sum(self.send_counts), dtype), xp.empty(sum(self.recv_counts), dtype))
         send, recv = self._buffers[key]
         offset = 0
         for box, n in zip(self.send_boxes, self.send_counts):
@@ -88,7 +90,7 @@ class Shuffle:
                     t.local[self._local_index(box, self._src_origin)]
                 offset += n
         self.src.comm.alltoallv(send, self.send_counts, recv, self.recv_counts)
-        out = np.empty(self.dst.local_shape(self.global_shape), dtype)
+        out = xp.empty(self.dst.local_shape(self.global_shape), dtype)
         offset = 0
         for box, n in zip(self.recv_boxes, self.recv_counts):
             if n:

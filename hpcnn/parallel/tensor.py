@@ -1,6 +1,8 @@
 """DistTensor (a rank's block of a global array) with scatter and gather."""
 import numpy as np
 
+from ..backend import array_module
+
 __all__ = ["DistTensor", "scatter", "gather"]
 
 
@@ -47,20 +49,22 @@ class DistTensor:
 def scatter(x, distribution):
     """DistTensor of the global array `x`, which every rank holds; each keeps its own block (a copy).
 
-    x: (N, C, *S), (N, *S) or (N, F).
+    x: (N, C, *S), (N, *S) or (N, F), on any device (the block stays on x's device).
     """
-    return DistTensor(np.ascontiguousarray(x[distribution.local_slices(x.shape)]), distribution, x.shape)
+    return DistTensor(array_module(x).ascontiguousarray(x[distribution.local_slices(x.shape)]), distribution,
+                      x.shape)
 
 
 def gather(t):
-    """The global array of DistTensor `t` on every rank (one Allgatherv over all ranks)."""
+    """The global array of DistTensor `t` on every rank, on its device (one Allgatherv over all ranks)."""
     d = t.distribution
+    xp = array_module(t.local)
     shape = t.global_shape
     shapes = [tuple(b - a for a, b in d.ranges_at(shape, d_coords)) for d_coords in _all_coords(d)]
     counts = [int(np.prod(s)) for s in shapes]
-    recv = np.empty(sum(counts), dtype=t.local.dtype)
-    d.comm.allgatherv(np.ascontiguousarray(t.local).reshape(-1), recv, counts)
-    out = np.empty(shape, dtype=t.local.dtype)
+    recv = xp.empty(sum(counts), dtype=t.local.dtype)
+    d.comm.allgatherv(xp.ascontiguousarray(t.local).reshape(-1), recv, counts)
+    out = xp.empty(shape, dtype=t.local.dtype)
     offset = 0
     for coords, s, n in zip(_all_coords(d), shapes, counts):
         out[tuple(slice(a, b) for a, b in d.ranges_at(shape, coords))] = recv[offset:offset + n].reshape(s)

@@ -5,9 +5,8 @@ A window layer (convolution or pooling) exchanges the halo its output block's wi
 the global edges. Upsampling reads the input rows under its output block (a halo of at most one
 row). Empty blocks compute empty outputs and still take part in every exchange.
 """
-import numpy as np
-
 from .. import kernels
+from ..backend import array_module
 from ..geometry import upsample_halo, window_halo, window_input_range
 from .halo import HaloExchange
 from .module import DistModule, is_empty
@@ -44,7 +43,7 @@ class WindowLayer(DistModule):
         ex = self._exchange(spatial)
         if is_empty(lead + out_shape_local):
             ex.forward(x)
-            return np.zeros(lead + out_shape_local, dtype)
+            return array_module(x).zeros(lead + out_shape_local, dtype)
         ext = ex.forward(x)
         index, pads = self._input_box([h.out for h in ex.mine], spatial, [h.need[0] for h in ex.mine])
         return self._kernel(ext[index], pads)
@@ -71,13 +70,13 @@ class DistMaxPool(WindowLayer):
         ext = ex.forward(t.local)
         if is_empty(out_local):
             self.argmax = None
-            return DistTensor(np.zeros(out_local, t.local.dtype), self.d, out_global)
+            return DistTensor(array_module(t.local).zeros(out_local, t.local.dtype), self.d, out_global)
         return DistTensor(self._kernel(ext, ex.pads), self.d, out_global)
 
     def _backward(self, g):
         ex = self._exchange(self._spatial)
         if self.argmax is None:
-            dx_ext = np.zeros(self._in_shape[:2] + ex.need_shape, g.local.dtype)
+            dx_ext = array_module(g.local).zeros(self._in_shape[:2] + ex.need_shape, g.local.dtype)
         else:
             dx_ext = kernels.maxpool_backward(g.local, self.argmax, ex.need_shape)
         return DistTensor(ex.reverse(dx_ext), self.d, self._in_global)
@@ -97,14 +96,14 @@ class DistAvgPool(WindowLayer):
         ext = ex.forward(t.local)
         self._empty = is_empty(out_local)
         if self._empty:
-            return DistTensor(np.zeros(out_local, t.local.dtype), self.d, out_global)
+            return DistTensor(array_module(t.local).zeros(out_local, t.local.dtype), self.d, out_global)
         return DistTensor(kernels.avgpool_forward(ext, g.kernel, g.stride, ex.pads), self.d, out_global)
 
     def _backward(self, gt):
         g = self.geometry
         ex = self._exchange(self._spatial)
         if self._empty:
-            dx_ext = np.zeros(self._in_shape[:2] + ex.need_shape, gt.local.dtype)
+            dx_ext = array_module(gt.local).zeros(self._in_shape[:2] + ex.need_shape, gt.local.dtype)
         else:
             dx_ext = kernels.avgpool_backward(gt.local, ex.need_shape, g.kernel, g.stride, ex.pads)
         return DistTensor(ex.reverse(dx_ext), self.d, self._in_global)
@@ -131,20 +130,21 @@ class DistUpsample(DistModule):
         out_local = self.d.local_shape(out_global)
         ext = ex.forward(t.local)
         if is_empty(out_local):
-            return DistTensor(np.zeros(out_local, t.local.dtype), self.d, out_global)
-        y = kernels.upsample_nearest_forward(np.ascontiguousarray(ext), scale)
+            return DistTensor(array_module(t.local).zeros(out_local, t.local.dtype), self.d, out_global)
+        xp = array_module(ext)
+        y = kernels.upsample_nearest_forward(xp.ascontiguousarray(ext), scale)
         index = (slice(None), slice(None)) + tuple(slice(h.out[0] - h.need[0] * f, h.out[1] - h.need[0] * f)
                                                    for h, f in zip(ex.mine, scale))
-        return DistTensor(np.ascontiguousarray(y[index]), self.d, out_global)
+        return DistTensor(xp.ascontiguousarray(y[index]), self.d, out_global)
 
     def _backward(self, g):
         ex = self.ex
         scale = self._scale(self.d.nd)
         if is_empty(g.local.shape):
-            dx_ext = np.zeros(self._in_shape[:2] + ex.need_shape, g.local.dtype)
+            dx_ext = array_module(g.local).zeros(self._in_shape[:2] + ex.need_shape, g.local.dtype)
         else:
             # place dy in the scale-aligned frame of the extended block, then sum each scale block
-            full = np.zeros(g.local.shape[:2] + tuple(n * f for n, f in zip(ex.need_shape, scale)), g.local.dtype)
+            full = array_module(g.local).zeros(g.local.shape[:2] + tuple(n * f for n, f in zip(ex.need_shape, scale)), g.local.dtype)
             index = (slice(None), slice(None)) + tuple(slice(h.out[0] - h.need[0] * f, h.out[1] - h.need[0] * f)
                                                        for h, f in zip(ex.mine, scale))
             full[index] = g.local

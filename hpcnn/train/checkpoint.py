@@ -19,6 +19,8 @@ import re
 
 import numpy as np
 
+from ..backend import to_host
+
 __all__ = ["FORMAT_VERSION", "CheckpointError", "save", "load", "latest", "list_checkpoints", "checkpoint_path"]
 
 FORMAT_VERSION = 1
@@ -58,7 +60,9 @@ def _fsync_folder(folder):
 
 
 def save(folder, step, arrays, header, keep=None):
-    """Write arrays {key: ndarray} and a JSON-able header as checkpoint `step`; returns its path.
+    """Write arrays {key: array} and a JSON-able header as checkpoint `step`; returns its path.
+
+    Arrays on a device are copied to the host here (the checkpoint's one host copy).
 
     `keep`: delete all but the newest `keep` checkpoints afterwards (None keeps all).
     """
@@ -70,7 +74,7 @@ def save(folder, step, arrays, header, keep=None):
     for key, value in arrays.items():
         if key == _HEADER:
             raise ValueError(f"checkpoint array key {key!r} is reserved")
-        payload[key] = np.ascontiguousarray(value)
+        payload[key] = np.ascontiguousarray(to_host(value))
     try:
         with open(tmp, "wb") as f:
             np.savez(f, **payload)

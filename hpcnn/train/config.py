@@ -8,7 +8,7 @@ A job file has six tables (see docs/jobs.md for a tour):
     [distribution]  engine = "spatial" | "chaos" | "auto"; grid = [N, H, W] (or [N, D, H, W]) or
                     "auto"; plan = "plan.json"; CHAOS options threads, staleness, average_every,
                     deterministic
-    [training]      epochs or steps, batch (global), seed, dtype, val_every, and the tables
+    [training]      epochs or steps, batch (global), seed, dtype, device, val_every, and the tables
                     [training.optimizer] (sgd: lr, momentum, nesterov, weight_decay) and
                     [training.schedule] (hpcnn.train.schedule.build_schedule; base_lr defaults to
                     the optimizer's lr and total_steps to the run's length)
@@ -22,6 +22,8 @@ Any field that cannot work is refused with one message naming it, e.g.
 import copy
 import os
 import tomllib
+
+from ..backend import DEVICES
 
 __all__ = ["JobError", "Job", "SCHEMA", "load_job", "parse_job", "apply_overrides", "parse_options", "dataset_options", "ENGINES"]
 
@@ -54,6 +56,8 @@ SCHEMA = {
         "batch": (int, 32, "positive", "global batch size (summed over ranks)"),
         "seed": (int, 0, "nonnegative", "seed of the model's initialization and the data order"),
         "dtype": (str, "float32", ("float32", "float64"), "parameter and activation dtype"),
+        "device": (str, "cpu", DEVICES, "where each rank computes: cpu, gpu (the GPU of its node-local rank) or "
+                                         "emulated-gpu (the GPU code path checked on the CPU)"),
         "val_every": (int, 0, "nonnegative", "steps between validations (0: each epoch's end)"),
         "val_batch": (int, 0, "nonnegative", "validation batch (0: the training batch)"),
         "threads": (int, 0, "nonnegative", "BLAS/OpenMP/numba threads per rank (0: the node's cores divided by "
@@ -271,6 +275,9 @@ def parse_job(raw, path="<job>"):
         fail("distribution.grid and distribution.plan exclude each other: give one")
     if dist["engine"] == "chaos" and (dist["grid"] not in (None, "auto") or dist["plan"]):
         fail("distribution.engine = \"chaos\" trains whole samples per thread: it takes no grid or plan")
+    if dist["engine"] == "chaos" and job["training"]["device"] != "cpu":
+        fail(f"distribution.engine = \"chaos\" trains on CPU threads: it takes training.device = \"cpu\", "
+             f"got {job['training']['device']!r}")
 
     # training
     tr = job["training"]

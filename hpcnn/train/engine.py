@@ -6,8 +6,8 @@ Engines (distribution.engine in a job file):
   every rank reads only its block of each batch (its samples, its spatial block).
 - "chaos" (`hpcnn.chaos.job.ChaosJobEngine`): CHAOS threads sharing one copy of the weights
   (CPU only; whole samples).
-- "auto": "chaos" when there is no GPU, no grid or plan is asked for, the job runs on one rank
-  and the task is classification; "spatial" otherwise.
+- "auto": "chaos" when the job trains on the CPU (training.device = "cpu"), no grid or plan is asked
+  for, the job runs on one rank and the task is classification; "spatial" otherwise.
 
 An engine is a class with `name`, `setup(trainer)` (every rank, before any work: may refuse the
 job with a JobError) and `run(trainer) -> summary dict`. Engines above this package (CHAOS)
@@ -16,8 +16,6 @@ them.
 """
 import importlib
 import os
-
-from ..backend import gpu_available
 
 __all__ = ["Engine", "ENGINES", "engine_class", "choose_engine", "launched_ranks", "job_communicator"]
 
@@ -72,7 +70,7 @@ def choose_engine(job, ranks):
     if engine != "auto":
         return engine
     spatial_asked = dist["plan"] or dist["grid"] not in (None, "auto")
-    if gpu_available() or spatial_asked or ranks > 1:
+    if job["training"]["device"] != "cpu" or spatial_asked or ranks > 1:
         return "spatial"
     return "chaos" if _task_of(job) == "classify" else "spatial"
 

@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from ..backend import array_module, to_host
+
 __all__ = ["MetricsLog", "Progress", "ConfusionCounts", "format_duration"]
 
 
@@ -116,27 +118,34 @@ class Progress:
 class ConfusionCounts:
     """A class-by-class count matrix, summed block by block and then over ranks.
 
-    counts[i, j]: elements of true class i predicted as class j (float64 so it allreduces with sums).
+    counts[i, j]: elements of true class i predicted as class j (float64 so it allreduces with sums), on the
+    device of the logits (`xp`); the scores copy it to the host.
     """
 
-    def __init__(self, num_classes):
+    def __init__(self, num_classes, xp=np):
         self.num_classes = int(num_classes)
-        self.counts = np.zeros((self.num_classes, self.num_classes), np.float64)
+        self.counts = xp.zeros((self.num_classes, self.num_classes), np.float64)
 
     def add(self, logits, labels):
-        """logits: (n, K) or (n, K, *S); labels: (n,) or (n, *S) integers."""
-        pred = np.argmax(np.asarray(logits), axis=1).reshape(-1)
-        true = np.asarray(labels).reshape(-1)
-        keep = (true >= 0) & (true < self.num_classes)
-        np.add.at(self.counts, (true[keep], pred[keep]), 1.0)
+        """logits: (n, K) or (n, K, *S); labels: (n,) or (n, *S) integers (on the counts' device)."""
+        xp = array_module(self.counts, logits, labels)
+        k = self.num_classes
+        pred = xp.argmax(logits, axis=1).reshape(-1).astype(np.int64)
+        true = labels.reshape(-1).astype(np.int64)
+        keep = (true >= 0) & (true < k)
+        # labels outside the classes (ignored pixels) go to an extra bin that is dropped
+        codes = xp.where(keep, true * k + pred, k * k)
+        self.counts += xp.bincount(codes, minlength=k * k + 1)[:k * k].reshape(k, k)
 
     def accuracy(self):
-        total = self.counts.sum()
-        return float(np.trace(self.counts) / total) if total else float("nan")
+        counts = to_host(self.counts)
+        total = counts.sum()
+        return float(np.trace(counts) / total) if total else float("nan")
 
     def mean_iou(self):
         """Mean over the classes present (in truth or prediction) of TP / (TP + FP + FN)."""
-        tp = np.diag(self.counts)
-        union = self.counts.sum(0) + self.counts.sum(1) - tp
+        counts = to_host(self.counts)
+        tp = np.diag(counts)
+        union = counts.sum(0) + counts.sum(1) - tp
         present = union > 0
         return float(np.mean(tp[present] / union[present])) if present.any() else float("nan")

@@ -1,7 +1,5 @@
 """Stochastic gradient descent with PyTorch's exact update rule, per step or one parameter at a time."""
-import numpy as np
-
-from ..backend import as_array, to_numpy
+from ..backend import array_module
 
 __all__ = ["SGD"]
 
@@ -81,11 +79,13 @@ class SGD:
         self.momentum_buffers.clear()
 
     def state_dict(self):
-        """{"momentum_buffer.<param name>": host array} (no pickle needed; empty before the first step)."""
-        return {f"momentum_buffer.{name}": to_numpy(buf).copy() for name, buf in self.momentum_buffers.items()}
+        """{"momentum_buffer.<param name>": a copy of the buffer, on the parameters' device} (empty before the
+        first step; a checkpoint copies it to the host)."""
+        return {f"momentum_buffer.{name}": buf.copy() for name, buf in self.momentum_buffers.items()}
 
     def load_state_dict(self, state):
-        """Restore momentum buffers saved by state_dict(); names and shapes must match this model's."""
+        """Restore momentum buffers saved by state_dict(); names and shapes must match this model's, and the
+        arrays must be on the parameters' device (a checkpoint's are uploaded by the trainer)."""
         params = {name: p for name, p, _ in self._source()}
         buffers = {}
         for key, value in state.items():
@@ -93,9 +93,11 @@ class SGD:
             name = key[len(prefix):] if key.startswith(prefix) else None
             if name not in params:
                 raise ValueError(f"SGD.load_state_dict: {key!r} names no parameter of this model")
-            value = np.asarray(value)
-            if value.shape != tuple(params[name].shape):
-                raise ValueError(f"SGD.load_state_dict: {key!r} has shape {value.shape}, the parameter has "
+            if tuple(value.shape) != tuple(params[name].shape):
+                raise ValueError(f"SGD.load_state_dict: {key!r} has shape {tuple(value.shape)}, the parameter has "
                                  f"{tuple(params[name].shape)}")
-            buffers[name] = as_array(value.astype(params[name].dtype), params[name])
+            if array_module(value) is not array_module(params[name]):
+                raise ValueError(f"SGD.load_state_dict: {key!r} is a {type(value).__module__} array, the parameter "
+                                 f"a {type(params[name]).__module__} one: upload it first")
+            buffers[name] = value.astype(params[name].dtype)
         self.momentum_buffers = buffers

@@ -35,7 +35,7 @@ class SpatialEngine(Engine):
     def setup(self, trainer):
         self.distribution = None
         self.dist_loss = None
-        self.batches = Batches(trainer.task, trainer.dtype)
+        self.batches = Batches(trainer.task, trainer.dtype, trainer.device)
         trainer.net = trainer.model
         if trainer.batch > len(trainer.train_set):
             raise JobError(f"job file {trainer.job.path}: training.batch = {trainer.batch} exceeds the "

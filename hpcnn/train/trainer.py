@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import data as hdata
 from .. import nn
+from ..backend import DeviceUnavailable, array_module, open_device, to_host
 from . import checkpoint as ckpt
 from .config import JobError, load_job
 from .engine import choose_engine, engine_class, job_communicator, launched_ranks
@@ -56,6 +57,10 @@ class Trainer:
     def _setup(self):
         job = self.job
         tr = job["training"]
+        try:
+            self.device = open_device(tr["device"])
+        except (DeviceUnavailable, ValueError) as e:
+            raise JobError(f"job file {job.path}: training.device: {e}") from None
         self.dtype = np.dtype(tr["dtype"])
         self.engine_name = choose_engine(job, self.comm.size)
         self.engine = engine_class(self.engine_name)()
@@ -69,7 +74,7 @@ class Trainer:
         except ValueError as e:
             raise JobError(f"job file {job.path}: {e}") from None
         apply_threads(self.threads.threads)
-        self.model = build_model(job, self.train_set, self.dtype)
+        self.model = build_model(job, self.train_set, self.dtype).to(self.device)
         self.loss = nn.MSELoss() if self.task == "regress" else nn.CrossEntropyLoss()
         self.distribution = None
         self.net = self.model
@@ -112,7 +117,10 @@ class Trainer:
 
     def save_checkpoint(self):
         """Write a checkpoint of the current step (rank 0 writes; parameters are global)."""
-        bad = [name for name, p, _ in self.net.parameters() if not np.all(np.isfinite(p))]
+        params = list(self.net.parameters())
+        xp = array_module(*(p for _, p, _ in params))
+        finite = to_host(xp.stack([xp.isfinite(p).all() for _, p, _ in params])) if params else []
+        bad = [name for (name, _, _), ok in zip(params, finite) if not ok]
         if bad:
             raise TrainingDiverged(f"parameter {bad[0]} is not finite at step {self.step}; no checkpoint written")
         path = None
@@ -141,9 +149,10 @@ class Trainer:
             if arrays[key].shape != tuple(target.shape):
                 raise ckpt.CheckpointError(f"{where}: {key} has shape {arrays[key].shape}, the model's is "
                                            f"{tuple(target.shape)}")
-            target[...] = arrays[key]
+            target[...] = self.device.put(arrays[key])
         try:
-            self.optimizer.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim/")})
+            self.optimizer.load_state_dict({k[6:]: self.device.put(v) for k, v in arrays.items()
+                                            if k.startswith("optim/")})
         except ValueError as e:
             raise ckpt.CheckpointError(f"{where}: optimizer state: {e}") from None
         if header.get("steps_per_epoch") != self.steps_per_epoch or header.get("order_seed") != \
@@ -190,11 +199,14 @@ class Trainer:
         n_params = sum(int(p.size) for _, p, _ in self.model.parameters())
         grid = list(self.distribution.grid) if self.distribution is not None else None
         size = self.comm.size
+        devices = self.comm.allgather_object(self.device.label)
         self.log.write("start", job=job.to_dict(), job_path=job.path, engine=self.engine_name, ranks=size,
                        threads=self.threads.threads, threads_reason=self.threads.reason,
-                       grid=grid, parameters=n_params, train=self.train_set.describe(), val=self.val_set.describe(),
-                       resumed_from=getattr(self, "resumed_from", None), first_step=self.step)
-        where = f"on {size} rank{'s' if size > 1 else ''}" + (f", grid {grid}" if grid else "")
+                       grid=grid, devices=devices, parameters=n_params, train=self.train_set.describe(),
+                       val=self.val_set.describe(), resumed_from=getattr(self, "resumed_from", None),
+                       first_step=self.step)
+        where = f"on {size} rank{'s' if size > 1 else ''}" + (f", grid {grid}" if grid else "") + \
+            f", {_describe_devices(devices)}"
         self.progress.say(f"hpcnn train {job.path}: {job['model']['name']} ({n_params:,} parameters) on "
                           f"{self.train_set.describe()}; engine {self.engine_name} {where}; "
                           f"{self.total_steps} steps of batch {self.batch}; {self.threads.describe()}"
@@ -230,6 +242,17 @@ class Trainer:
         self.progress.say(f"done: {s['steps']} steps ({s['epochs']:.2f} epochs) in {format_duration(s['seconds'])}, "
                           f"{s['images_per_s']:,.1f} img/s" + (f"; validation: {scores}" if scores else "")
                           + f"; metrics in {self.log.path}")
+
+
+def _describe_devices(labels):
+    """'device cpu', or which ranks compute on which device ('GPU 0 (NVIDIA H200): ranks 0, 2; ...')."""
+    if len(set(labels)) == 1:
+        return f"device {labels[0]}"
+    ranks = {}
+    for rank, label in enumerate(labels):
+        ranks.setdefault(label, []).append(str(rank))
+    return "devices " + "; ".join(f"{label}: rank{'s' if len(r) > 1 else ''} {', '.join(r)}"
+                                  for label, r in ranks.items())
 
 
 def train(job, overrides=(), resume=None, comm=None, stream=None, restart=False):

@@ -2,6 +2,7 @@
 import numpy as np
 
 from .. import kernels
+from ..backend import to_host
 from .metrics import ConfusionCounts
 
 __all__ = ["validate"]
@@ -11,15 +12,17 @@ def validate(net, model, dataset, batches, batch, distribution, comm):
     """Loss and accuracy (classify), pixel accuracy and mean IoU (segment) or mse (regress) of `net` on `dataset`.
 
     net: the model, or its distributed form under `distribution` (None: one process); batches: a
-    hpcnn.train.batches.Batches; comm: the job's Communicator (the sums are reduced over it).
+    hpcnn.train.batches.Batches; comm: the job's Communicator (the sums are reduced over it). The sums
+    and counts stay on the device until the end, where the reduced ones are copied to the host once.
     """
     task = batches.task
+    xp = batches.device.xp
     B = batch
     if distribution is not None:
         B = max(B, distribution.grid[0])
     model.eval()
-    counts = ConfusionCounts(dataset.num_classes) if task != "regress" else None
-    sums = np.zeros(2, np.float64)  # loss sum, element count
+    counts = ConfusionCounts(dataset.num_classes, xp) if task != "regress" else None
+    sums = xp.zeros(2, np.float64)  # loss sum, element count
     for start in range(0, len(dataset), B):
         idx = np.arange(start, min(start + B, len(dataset)))
         real = len(idx)
@@ -36,16 +39,20 @@ def validate(net, model, dataset, batches, batch, distribution, comm):
             out = out.local
             if d.is_replicated(out.ndim) and any(c != 0 for c in d.coords[1:]):
                 rows, out, y = rows[:0], out[:0], y[:0]  # replicated rows count once, on each spatial group's first rank
-        keep = rows < real
-        out, y = out[keep], y[keep]
+        # rows is an increasing range, so the real samples (not the padding) are a prefix of it
+        real_rows = int(np.count_nonzero(rows < real))
+        out, y = out[:real_rows], y[:real_rows]
         if task == "regress":
-            sums += (float(np.sum((out.astype(np.float64) - y) ** 2)), out.size)
+            sums[0] += ((out.astype(np.float64) - y) ** 2).sum()
+            sums[1] += out.size
         elif len(y):
-            loss_sum, _, count = kernels.softmax_cross_entropy(np.ascontiguousarray(out), np.ascontiguousarray(y))
-            sums += (float(loss_sum), count)
+            loss_sum, _, count = kernels.softmax_cross_entropy(xp.ascontiguousarray(out), xp.ascontiguousarray(y))
+            sums[0] += loss_sum
+            sums[1] += count
             counts.add(out, y)
     model.train()
     comm.allreduce_(sums)
+    sums = to_host(sums)
     result = {"loss": float(sums[0] / sums[1]) if sums[1] else float("nan")}
     if task == "regress":
         result["mse"] = result["loss"]

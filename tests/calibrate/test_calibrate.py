@@ -71,3 +71,15 @@ def test_samples_cover_blocks_pieces_and_every_axis():
     assert any(len(s["in_spatial"]) == 3 for s in shapes)
     assert any(lo != hi for s in shapes for lo, hi in s["padding"])            # edge blocks pad one side
     assert len({s["n"] for s in shapes}) > 2
+
+
+def test_staging_bandwidth_is_measured_each_way_with_sources():
+    """What `hpcnn calibrate --device gpu` adds to a profile, measured here through the emulated GPU's staging."""
+    from hpcnn.backend import open_device
+    from hpcnn.calibrate.staging import measure_staging, staging_section
+    from perfmodel.profile_format import check_provenance
+    rows = measure_staging(open_device("emulated-gpu"), [8, 1 << 20, 1 << 22], reps=3)
+    assert [r[0] for r in rows] == [8, 1 << 20, 1 << 22] and all(r[1] > 0 and r[2] > 0 for r in rows)
+    section = staging_section(rows, "measured")
+    check_provenance(section, "staging", None, {"measured": "here"})
+    assert section["device_to_host"]["beta"]["value"] > 0 and section["host_to_device"]["alpha"]["value"] > 0

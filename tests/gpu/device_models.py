@@ -1,24 +1,11 @@
-"""Moving an hpcnn.nn model to the GPU for the tests: parameters, gradients and state as cupy arrays."""
+"""A short single-process training run on the GPU beside the same run on the CPU (for the GPU tests)."""
 import copy
 
 import numpy as np
 
 from .kernel_cases import assert_close
 
-__all__ = ["to_gpu", "small_cnn", "check_training_run"]
-
-
-def to_gpu(model):
-    """A deep copy of `model` whose arrays live on the current GPU."""
-    import cupy
-    model = copy.deepcopy(model)
-    for m in model.modules():
-        for key in list(m.params):
-            m.params[key] = cupy.asarray(m.params[key])
-            m.grads[key] = cupy.zeros_like(m.params[key])
-        for key in m._state_names():
-            setattr(m, key, cupy.asarray(getattr(m, key)))
-    return model
+__all__ = ["small_cnn", "check_training_run"]
 
 
 def small_cnn(classes=4):
@@ -44,15 +31,15 @@ def _train(model, x, labels, steps, lr=0.1):
 def check_training_run():
     """10 SGD steps of a small CNN on the GPU and on the CPU from the same start: same losses, same weights."""
     import cupy
-    from hpcnn.kernels import gpu
-    gpu.set_tf32(False)
+    from tests.devices import device
+    dev = device("gpu")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((8, 3, 16, 16)).astype(np.float32)
     labels = rng.integers(0, 4, 8)
     cpu_model = small_cnn()
-    gpu_model = to_gpu(cpu_model)
+    gpu_model = copy.deepcopy(cpu_model).to(dev)
     cpu_losses = _train(cpu_model, x, labels, 10)
-    gpu_losses = _train(gpu_model, cupy.asarray(x), cupy.asarray(labels), 10)
+    gpu_losses = _train(gpu_model, dev.put(x), dev.put(labels), 10)
     assert_close(np.array(gpu_losses), np.array(cpu_losses), "loss curve on GPU vs CPU")
     assert gpu_losses[-1] < gpu_losses[0]
     for (name, p_cpu, _), (_, p_gpu, _) in zip(cpu_model.parameters(), gpu_model.parameters()):

@@ -1,11 +1,13 @@
 """Run hpcnn's GPU kernels on the CPU: their CUDA C source compiled as C++, their host code with numpy.
 
-The GPU kernels are grid-stride loops without shared memory (see hpcnn/kernels/gpu/_cuda.py),
-so a host build that loops over every (block, thread) of a small grid computes what the GPU
-computes, up to the order of atomic additions. That checks the index arithmetic of every kernel
-and all of the host code (tiling, GEMMs, reshapes) on machines without a GPU; what it cannot
-check (NVRTC, the driver, cuBLAS, real concurrency) is left to the `gpu`-marked tests.
+Each block of a small, odd grid runs its threads as host threads (one per CUDA thread, `threadIdx`
+thread-local), `__shared__` arrays are shared by them and `__syncthreads()` is a barrier, so the
+block reductions run as on a GPU; atomics hold a lock. That checks the index arithmetic and the
+synchronisation of every kernel and all of the host code (tiling, GEMMs, reshapes) on machines
+without a GPU; what it cannot check (NVRTC, the driver, cuBLAS, streams, performance) is left to
+the `gpu`-marked tests. The libraries are built in a private temporary folder, removed at exit.
 """
+import atexit
 import ctypes
 import hashlib
 import os
@@ -19,16 +21,38 @@ __all__ = ["EmulatedBackend", "compiler"]
 
 _PRELUDE = r"""
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
 #define __global__
 #define __device__
 #define __forceinline__ inline
+#define __shared__ static
 struct hp_dim3 { unsigned int x, y, z; };
-static hp_dim3 threadIdx, blockIdx, blockDim, gridDim;
+static thread_local hp_dim3 threadIdx;
+static hp_dim3 blockIdx, blockDim, gridDim;
 using std::exp;
 using std::log;
 static inline double __longlong_as_double(long long v) { double d; std::memcpy(&d, &v, sizeof d); return d; }
-template <typename U> static inline U atomicAdd(U* p, U v) { U old = *p; *p = old + v; return old; }
+static std::mutex hp_atomic_lock;
+template <typename U> static inline U atomicAdd(U* p, U v) {
+    std::lock_guard<std::mutex> guard(hp_atomic_lock); U old = *p; *p = old + v; return old;
+}
+// __syncthreads(): every thread of the block waits for the others (a reusable barrier).
+static std::mutex hp_barrier_lock;
+static std::condition_variable hp_barrier_cv;
+static unsigned int hp_barrier_waiting = 0, hp_barrier_generation = 0;
+static inline void __syncthreads() {
+    std::unique_lock<std::mutex> lock(hp_barrier_lock);
+    const unsigned int generation = hp_barrier_generation;
+    if (++hp_barrier_waiting == blockDim.x) {
+        hp_barrier_waiting = 0; ++hp_barrier_generation; hp_barrier_cv.notify_all();
+    } else {
+        hp_barrier_cv.wait(lock, [generation] { return generation != hp_barrier_generation; });
+    }
+}
 """
 
 _CTYPES = {np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double,
@@ -54,11 +78,13 @@ def _wrappers(program):
         out.append(f"""
 extern "C" void hp_launch_{name}(unsigned int grid, unsigned int block{', ' if decl else ''}{decl}) {{
     gridDim.x = grid; blockDim.x = block; gridDim.y = gridDim.z = blockDim.y = blockDim.z = 1;
-    for (unsigned int b = 0; b < grid; ++b)
-        for (unsigned int t = 0; t < block; ++t) {{
-            blockIdx.x = b; threadIdx.x = t;
-            {name}({call});
-        }}
+    for (unsigned int b = 0; b < grid; ++b) {{
+        blockIdx.x = b;
+        std::vector<std::thread> threads;
+        for (unsigned int t = 0; t < block; ++t)
+            threads.emplace_back([=] {{ threadIdx.x = t; threadIdx.y = threadIdx.z = 0; {name}({call}); }});
+        for (auto& thread : threads) thread.join();
+    }}
 }}""")
     return "\n".join(out)
 
@@ -69,9 +95,18 @@ class EmulatedBackend:
     xp = np
 
     def __init__(self, cache_dir=None):
-        self._cache = cache_dir or os.path.join(tempfile.gettempdir(), "hpcnn-cuda-emulator")
-        os.makedirs(self._cache, exist_ok=True)
+        if cache_dir is None:
+            cache_dir = tempfile.mkdtemp(prefix="hpcnn-cuda-emulator-")
+            atexit.register(shutil.rmtree, cache_dir, ignore_errors=True)
+        self._cache = cache_dir
         self._libraries = {}
+
+    def free_bytes(self):
+        """What the tiling sees as free device memory: 1 GiB."""
+        return 1 << 30
+
+    def stream_key(self):
+        return 0
 
     def _library(self, program, dtype):
         key = (id(program), dtype)
@@ -85,8 +120,8 @@ class EmulatedBackend:
                 with open(src, "w") as f:
                     f.write(source)
                 tmp = f"{path}.{os.getpid()}"
-                done = subprocess.run([compiler(), "-std=c++14", "-O1", "-shared", "-fPIC", "-Wall", "-Werror",
-                                       "-Wno-unused-variable", "-Wno-unused-function", "-o", tmp, src],
+                done = subprocess.run([compiler(), "-std=c++14", "-O1", "-shared", "-fPIC", "-pthread", "-Wall",
+                                       "-Werror", "-Wno-unused-variable", "-Wno-unused-function", "-o", tmp, src],
                                       capture_output=True, text=True, timeout=300)
                 if done.returncode:
                     raise RuntimeError(f"g++ could not build {program.name} for {dtype}:\n{done.stderr}")

@@ -9,7 +9,7 @@ import zlib
 
 import numpy as np
 
-from hpcnn.backend import to_numpy
+from hpcnn.backend import host_scalars, to_host
 from hpcnn.kernels import cpu
 
 __all__ = ["CONV", "POOL", "NORM", "ACTIVATION", "LOSS", "UPSAMPLE", "CHECKS", "all_cases", "assert_close",
@@ -20,7 +20,7 @@ _TOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
 
 def assert_close(actual, expected, what, dtype=None):
     """Max-abs error within the relative tolerance of `dtype` (default: expected's) of the largest expected magnitude."""
-    actual, expected = to_numpy(actual), to_numpy(expected)
+    actual, expected = to_host(actual), to_host(expected)
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != expected {expected.shape}"
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != expected {expected.dtype}"
     if actual.dtype.kind in "iu":
@@ -76,7 +76,7 @@ UPSAMPLE = [((2, 3, 4, 5), 2), ((1, 2, 2, 3, 4), (1, 2, 3))]
 
 def _torch(torch_device, *arrays):
     import torch
-    return [torch.as_tensor(to_numpy(a), device=torch_device) for a in arrays]
+    return [torch.as_tensor(to_host(a), device=torch_device) for a in arrays]
 
 
 def check_conv(impl, dev, case, dtype=np.float32, torch_device=None):
@@ -210,12 +210,13 @@ def check_loss(impl, dev, case, dtype=np.float32, torch_device=None):
     labels.reshape(-1)[::3] = -100
     loss, dl, count = impl.softmax_cross_entropy(dev(logits), dev(labels), -100)
     loss_ref, dl_ref, count_ref = cpu.softmax_cross_entropy(logits, labels, -100)
-    assert isinstance(loss, float) and isinstance(count, int)
+    loss, count = host_scalars(loss, count)
     assert count == count_ref, f"softmax_cross_entropy count {count} != {count_ref} {case}"
     assert_close(np.float64(loss), np.float64(loss_ref), f"softmax_cross_entropy loss {case}", dtype)
     assert_close(dl, dl_ref, f"softmax_cross_entropy dlogits {case}")
     target = rng.standard_normal(case).astype(dtype)
     se, dp = impl.squared_error(dev(logits), dev(target))
+    se, = host_scalars(se)
     se_ref, dp_ref = cpu.squared_error(logits, target)
     assert_close(np.float64(se), np.float64(se_ref), f"squared_error {case}", dtype)
     assert_close(dp, dp_ref, f"squared_error dpred {case}")

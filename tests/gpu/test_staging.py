@@ -41,12 +41,12 @@ def test_launcher_switches_when_mpi_cannot_say(env, expected):
 
 def test_host_arrays_pass_through():
     a = np.arange(6.0).reshape(2, 3)
-    assert db.prepare_send(a) is a
-    assert db.prepare_recv(a) is a
+    assert db.prepare_sends([a])[0] is a
+    assert db.prepare_recvs([a])[0] is a
     assert db.prepare_inout(a) is a
     assert db.finish_recv(a, a) is a
     db.finish_send(a)
-    db.synchronize(a)
+    db.synchronize([a])
     np.testing.assert_array_equal(a, np.arange(6.0).reshape(2, 3))
 
 
@@ -58,12 +58,12 @@ def test_gpu_round_trip(monkeypatch, aware):
     monkeypatch.setenv("HPCNN_CUDA_AWARE", aware)
     monkeypatch.setattr(db, "_decided", None)
     a = cupy.arange(12, dtype=cupy.float32).reshape(3, 4) * 2
-    send = db.prepare_send(a)
+    send, = db.prepare_sends([a])
     assert (send is a) == (aware == "1")
     np.testing.assert_array_equal(cupy.asnumpy(cupy.asarray(send)), np.arange(12).reshape(3, 4) * 2)
     db.finish_send(send)
     b = cupy.zeros((3, 4), cupy.float32)
-    recv = db.prepare_recv(b)
+    recv, = db.prepare_recvs([b])
     recv[...] = 7 if aware == "0" else cupy.full((3, 4), 7, cupy.float32)
     db.finish_recv(b, recv)
     np.testing.assert_array_equal(b.get(), np.full((3, 4), 7, np.float32))

@@ -1,37 +1,44 @@
-"""Run an nn model in one process and distributed over a grid; compare outputs and every gradient."""
+"""Run an nn model in one process on the CPU and distributed over a grid on a device; compare outputs and every
+gradient."""
 import copy
 
 import numpy as np
 
 from hpcnn import parallel
-from tests.mpi.collective import assert_close_all, world
+from hpcnn.backend import array_module, to_host
+from tests.devices import device as open_device
+from tests.mpi.collective import assert_close_all, check_all, world
 
 __all__ = ["run_both", "grid_sample"]
 
 
-def run_both(model, x, grid, dtype, seed=0, steps=1, **options):
-    """Forward + backward of `model` on the global `x` single-process and on `grid`; assert equality.
+def run_both(model, x, grid, dtype, device="cpu", seed=0, steps=1, **options):
+    """Forward + backward of `model` on the global `x` single-process on the CPU and on `grid` on `device`;
+    assert equality.
 
-    Returns the distributed model. Compares y, dx, every parameter gradient and every state array.
+    `model` moves to the device (in place). Returns the distributed model. Compares y, dx, every
+    parameter gradient and every state array, each copied to the host.
     """
     w = world()
-    reference = copy.deepcopy(model)
+    dev = open_device(device)
+    reference = copy.deepcopy(model).to(open_device("cpu"))
     d = parallel.Distribution(w, grid)
-    dm = parallel.distribute(model, d, **options)
+    dm = parallel.distribute(model.to(dev), d, **options)
     rng = np.random.default_rng(seed + 1000)
-    where = f"{type(model).__name__} grid {grid} x {x.shape}"
+    where = f"{type(model).__name__} grid {grid} x {x.shape} on {device}"
     for step in range(steps):
         y_ref = reference.forward(x)
         dy = rng.standard_normal(y_ref.shape).astype(dtype)
         dx_ref = reference.backward(dy)
-        yt = dm.forward(parallel.scatter(x, d))
-        assert_close_all(yt.gather(), y_ref, dtype, f"{where} forward")
-        dxt = dm.backward(parallel.scatter(dy, yt.distribution))
-        assert_close_all(dxt.gather(), dx_ref, dtype, f"{where} dx")
+        yt = dm.forward(parallel.scatter(dev.put(x), d))
+        check_all(array_module(yt.local) is dev.xp, f"{where}: the output is a {type(yt.local).__module__} array")
+        assert_close_all(to_host(yt.gather()), y_ref, dtype, f"{where} forward")
+        dxt = dm.backward(parallel.scatter(dev.put(dy), yt.distribution))
+        assert_close_all(to_host(dxt.gather()), dx_ref, dtype, f"{where} dx")
         for (name, _, g), (rname, _, rg) in zip(dm.parameters(), reference.parameters()):
-            assert_close_all(g, rg, dtype, f"{where} d{name}")
+            assert_close_all(to_host(g), rg, dtype, f"{where} d{name}")
         for (name, s), (_, rs) in zip(model.state(), reference.state()):
-            assert_close_all(s, rs, dtype, f"{where} state {name}")
+            assert_close_all(to_host(s), rs, dtype, f"{where} state {name}")
     return dm
 
 

@@ -4,6 +4,7 @@ import pytest
 
 from hpcnn import nn
 from tests.mpi.collective import SIZE, grid_id, world
+from tests.devices import device_params
 from tests.mpi.compare import grid_sample, run_both
 
 pytestmark = pytest.mark.mpi
@@ -34,53 +35,59 @@ CONV2D = [  # (in, out, kernel, stride, padding, dilation, input spatial)
 @pytest.mark.parametrize("grid", GRIDS_2D, ids=grid_id)
 @pytest.mark.parametrize("case", CONV2D, ids=[f"k{c[2]}s{c[3]}p{c[4]}d{c[5]}" for c in CONV2D])
 @pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "plain"])
-def test_conv2d(case, overlap, grid):
+@pytest.mark.parametrize("device", device_params())
+def test_conv2d(case, overlap, grid, device):
     cin, cout, k, s, p, dl, spatial = case
     layer = nn.Conv2d(cin, cout, k, stride=s, padding=p, dilation=dl, rng=np.random.default_rng(1), dtype=F64)
-    run_both(layer, _x((3, cin) + spatial), grid, F64, overlap=overlap)
+    run_both(layer, _x((3, cin) + spatial), grid, F64, overlap=overlap, device=device)
 
 
 @pytest.mark.parametrize("grid", GRIDS_2D, ids=grid_id)
-def test_conv2d_odd_size_float32(grid):
+@pytest.mark.parametrize("device", device_params())
+def test_conv2d_odd_size_float32(grid, device):
     layer = nn.Conv2d(2, 3, 3, padding=1, rng=np.random.default_rng(2))
-    run_both(layer, _x((2, 2, 37, 53), np.float32), grid, np.float32)
+    run_both(layer, _x((2, 2, 37, 53), np.float32), grid, np.float32, device=device)
 
 
 @pytest.mark.parametrize("grid", GRIDS_3D, ids=grid_id)
 @pytest.mark.parametrize("case", [(3, 1, 1, (5, 6, 7)), (3, 2, 1, (7, 5, 6)), (2, 1, "same", (5, 4, 6)),
                                   (2, 2, 0, (6, 4, 6))])
-def test_conv3d(case, grid):
+@pytest.mark.parametrize("device", device_params())
+def test_conv3d(case, grid, device):
     k, s, p, spatial = case
     layer = nn.Conv3d(2, 2, k, stride=s, padding=p, rng=np.random.default_rng(3), dtype=F64)
-    run_both(layer, _x((2, 2) + spatial), grid, F64)
+    run_both(layer, _x((2, 2) + spatial), grid, F64, device=device)
 
 
 @pytest.mark.parametrize("grid", GRIDS_2D, ids=grid_id)
 @pytest.mark.parametrize("kind", ["max", "avg"])
 @pytest.mark.parametrize("case", [(2, None, 0, (10, 9)), (3, 2, 1, (11, 9)), (3, 1, 1, (9, 7)), (5, 3, 2, (13, 8))])
-def test_pool2d(kind, case, grid):
+@pytest.mark.parametrize("device", device_params())
+def test_pool2d(kind, case, grid, device):
     k, s, p, spatial = case
     layer = (nn.MaxPool2d if kind == "max" else nn.AvgPool2d)(k, stride=s, padding=p)
-    run_both(layer, _x((3, 2) + spatial), grid, F64)
+    run_both(layer, _x((3, 2) + spatial), grid, F64, device=device)
 
 
 @pytest.mark.parametrize("grid", GRIDS_3D, ids=grid_id)
 @pytest.mark.parametrize("kind", ["max", "avg"])
-def test_pool3d(kind, grid):
+@pytest.mark.parametrize("device", device_params())
+def test_pool3d(kind, grid, device):
     layer = (nn.MaxPool3d if kind == "max" else nn.AvgPool3d)(2)
-    run_both(layer, _x((2, 2, 6, 5, 4)), grid, F64)
+    run_both(layer, _x((2, 2, 6, 5, 4)), grid, F64, device=device)
 
 
 @pytest.mark.parametrize("grid", GRIDS_2D + GRIDS_3D, ids=grid_id)
-def test_batchnorm_train_and_eval(grid):
+@pytest.mark.parametrize("device", device_params())
+def test_batchnorm_train_and_eval(grid, device):
     nd = len(grid) - 1
     shape = (3, 3, 7, 5) if nd == 2 else (2, 3, 5, 4, 3)
     layer = (nn.BatchNorm2d if nd == 2 else nn.BatchNorm3d)(3, dtype=F64)
     layer.params["weight"][...] = np.linspace(0.5, 1.5, 3)
     layer.params["bias"][...] = np.linspace(-1, 1, 3)
-    run_both(layer, _x(shape) * 2 + 1, grid, F64, steps=2)
+    run_both(layer, _x(shape) * 2 + 1, grid, F64, steps=2, device=device)
     layer.eval()  # evaluation with the running statistics the two training steps left
-    run_both(layer, _x(shape, seed=4), grid, F64)
+    run_both(layer, _x(shape, seed=4), grid, F64, device=device)
 
 
 def test_batchnorm_local_statistics_are_per_block():
@@ -97,19 +104,22 @@ def test_batchnorm_local_statistics_are_per_block():
 
 @pytest.mark.parametrize("grid", GRIDS_2D, ids=grid_id)
 @pytest.mark.parametrize("layer", [nn.ReLU, lambda: nn.LeakyReLU(0.1)], ids=["relu", "leaky"])
-def test_activations(layer, grid):
-    run_both(layer(), _x((3, 2, 7, 6)), grid, F64)
+@pytest.mark.parametrize("device", device_params())
+def test_activations(layer, grid, device):
+    run_both(layer(), _x((3, 2, 7, 6)), grid, F64, device=device)
 
 
 @pytest.mark.parametrize("grid", GRIDS_2D, ids=grid_id)
 @pytest.mark.parametrize("scale,spatial", [(2, (5, 7)), ((3, 2), (4, 5))])
-def test_upsample(scale, spatial, grid):
-    run_both(nn.Upsample(scale), _x((2, 2) + spatial), grid, F64)
+@pytest.mark.parametrize("device", device_params())
+def test_upsample(scale, spatial, grid, device):
+    run_both(nn.Upsample(scale), _x((2, 2) + spatial), grid, F64, device=device)
 
 
 @pytest.mark.parametrize("grid", GRIDS_3D, ids=grid_id)
-def test_upsample3d(grid):
-    run_both(nn.Upsample(2), _x((2, 1, 3, 4, 5)), grid, F64)
+@pytest.mark.parametrize("device", device_params())
+def test_upsample3d(grid, device):
+    run_both(nn.Upsample(2), _x((2, 1, 3, 4, 5)), grid, F64, device=device)
 
 
 def _residual_and_skipconcat_cases():
@@ -128,9 +138,10 @@ def _residual_and_skipconcat_cases():
 
 @pytest.mark.parametrize("grid", GRIDS_2D, ids=grid_id)
 @pytest.mark.parametrize("case", ["residual", "projection", "skipconcat"])
-def test_residual_and_skipconcat(case, grid):
+@pytest.mark.parametrize("device", device_params())
+def test_residual_and_skipconcat(case, grid, device):
     model, x = _residual_and_skipconcat_cases()[case]
-    run_both(model, x, grid, F64)
+    run_both(model, x, grid, F64, device=device)
 
 
 def _head_cases():
@@ -143,6 +154,7 @@ def _head_cases():
 
 @pytest.mark.parametrize("grid", GRIDS_2D, ids=grid_id)
 @pytest.mark.parametrize("case", ["globalpool-linear", "conv-flatten-linear"])
-def test_global_pool_flatten_linear(case, grid):
+@pytest.mark.parametrize("device", device_params())
+def test_global_pool_flatten_linear(case, grid, device):
     head, x = _head_cases()[case]
-    run_both(head, x, grid, F64)
+    run_both(head, x, grid, F64, device=device)

@@ -7,6 +7,7 @@ import pytest
 from hpcnn import models, parallel, nn
 from hpcnn.train import SGD
 from tests.mpi.collective import SIZE, assert_close_all, check_all, grid_id, world
+from tests.devices import device_params
 from tests.mpi.compare import grid_sample, run_both
 
 pytestmark = pytest.mark.mpi
@@ -28,35 +29,40 @@ def _grids(nd=2, count=4):
 
 
 @pytest.mark.parametrize("grid", _grids(), ids=grid_id)
-def test_resnet18(grid):
+@pytest.mark.parametrize("device", device_params())
+def test_resnet18(grid, device):
     model = models.build("resnet18", in_channels=3, num_classes=5, small_input=True, width=4, dtype=F64)
-    run_both(model, _x((2, 3, 12, 10)), grid, F64)
+    run_both(model, _x((2, 3, 12, 10)), grid, F64, device=device)
 
 
 @pytest.mark.parametrize("grid", _grids(), ids=grid_id)
-def test_unet2d(grid):
+@pytest.mark.parametrize("device", device_params())
+def test_unet2d(grid, device):
     model = models.build("unet2d", in_channels=2, num_classes=3, width=4, depth=2, dtype=F64)
-    run_both(model, _x((2, 2, 12, 20)), grid, F64)
+    run_both(model, _x((2, 2, 12, 20)), grid, F64, device=device)
 
 
 @pytest.mark.parametrize("grid", _grids(), ids=grid_id)
-def test_meshnet(grid):
+@pytest.mark.parametrize("device", device_params())
+def test_meshnet(grid, device):
     model = models.build("meshnet", in_channels=3, num_classes=2, widths=(4, 4, 4), dilations=(1, 2, 1), dtype=F64)
-    run_both(model, _x((1, 3, 17, 13)), grid, F64)
+    run_both(model, _x((1, 3, 17, 13)), grid, F64, device=device)
 
 
 @pytest.mark.parametrize("grid", _grids(nd=3), ids=grid_id)
-def test_cosmoflow(grid):
+@pytest.mark.parametrize("device", device_params())
+def test_cosmoflow(grid, device):
     model = models.build("cosmoflow", in_channels=2, num_outputs=3, input_size=8, width=2, fc_sizes=(8,),
                          dtype=F64)
-    run_both(model, _x((2, 2, 8, 8, 8)), grid, F64)
+    run_both(model, _x((2, 2, 8, 8, 8)), grid, F64, device=device)
 
 
 @pytest.mark.parametrize("grid", _grids(count=2), ids=grid_id)
-def test_resnet18_float32(grid):
+@pytest.mark.parametrize("device", device_params())
+def test_resnet18_float32(grid, device):
     model = models.build("resnet18", in_channels=3, num_classes=4, small_input=True, width=4)
     x = _x((2, 3, 11, 9)).astype(np.float32)
-    run_both(model, x, grid, np.float32)
+    run_both(model, x, grid, np.float32, device=device)
 
 
 def _loss_case(loss, y, target, grid):

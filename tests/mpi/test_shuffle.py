@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 from hpcnn import parallel
+from hpcnn.backend import to_host
+from tests.devices import device as open_device, device_params
 from tests.mpi.collective import SIZE, check_all, grid_id, grids_for, world
 
 pytestmark = pytest.mark.mpi
@@ -25,12 +27,14 @@ MOVES = [pytest.param(ga, gb, shape, id=f"{_pair_id(ga, gb)}-{'x'.join(map(str, 
 
 
 @pytest.mark.parametrize("ga,gb,shape", MOVES)
-def test_shuffle_moves_blocks(ga, gb, shape):
+@pytest.mark.parametrize("device", device_params())
+def test_shuffle_moves_blocks(ga, gb, shape, device):
     rng = np.random.default_rng(11)
+    dev = open_device(device)
     a, b = parallel.Distribution(world(), ga), parallel.Distribution(world(), gb)
     x = rng.standard_normal(shape)
-    t = parallel.shuffle(parallel.scatter(x, a), b)
-    ok = t.distribution == b and np.array_equal(t.local, x[b.local_slices(shape)])
+    t = parallel.shuffle(parallel.scatter(dev.put(x), a), b)
+    ok = t.distribution == b and np.array_equal(to_host(t.local), x[b.local_slices(shape)])
     check_all(ok, f"{ga} -> {gb} for {shape}")
 
 

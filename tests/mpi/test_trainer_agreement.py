@@ -1,4 +1,5 @@
-"""The trainer on P ranks follows the single-process run: losses, validation scores, parameters; resume on another grid."""
+"""The trainer on P ranks follows the single-process CPU run on every device: losses, validation scores, parameters;
+resume on another grid, another number of ranks and another device."""
 import io
 import json
 import os
@@ -9,9 +10,12 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
+from hpcnn.backend import to_host
 from hpcnn.train.config import parse_job
 from hpcnn.train.trainer import Trainer
+from tests.devices import device_params
 from tests.mpi.collective import SIZE, assert_close_all, check_all, grid_id, world
+from tests.mpi.jobs import segmentation_job as _segmentation_job
 
 pytestmark = pytest.mark.mpi
 
@@ -24,20 +28,11 @@ def _shared_dir():
     return w.bcast(path, root=0)
 
 
-def _segmentation_job(folder, **training):
-    return parse_job({
-        "model": {"name": "unet2d", "width": 4, "depth": 2},
-        "data": {"dataset": "textures", "size": 24, "samples": 8, "val_samples": 3, "region": 10},
-        "training": {"steps": 4, "batch": 4, "optimizer": {"lr": 0.1, "momentum": 0.9}, "val_every": 2, **training},
-        "checkpoint": {"every": 2, "keep": 5},
-        "logging": {"dir": folder, "every": 1},
-    }, "segmentation.toml")
-
-
-def _classification_job(folder):
+def _classification_job(folder, device="cpu"):
     return parse_job({
         "model": {"name": "lenet"}, "data": {"dataset": "digits"},
-        "training": {"steps": 3, "batch": 8, "optimizer": {"lr": 0.1, "momentum": 0.9}, "val_every": 3},
+        "training": {"steps": 3, "batch": 8, "optimizer": {"lr": 0.1, "momentum": 0.9}, "val_every": 3,
+                     "device": device},
         "logging": {"dir": folder, "every": 1},
     }, "classification.toml")
 
@@ -69,7 +64,7 @@ def _compare(t, ref, where):
                      np.array([h["train_loss"] for h in ref.history]), F32, f"{where} losses at validation")
     for key in ref.history[-1]:
         assert_close_all(np.array(t.history[-1][key]), np.array(ref.history[-1][key]), F32, f"{where} {key}")
-    got = {n: p for n, p, _ in t.model.parameters()}
+    got = {n: to_host(p) for n, p, _ in t.model.parameters()}
     for name, p, _ in ref.model.parameters():
         assert_close_all(got[name], p, F32, f"{where} parameter {name}")
     check_all(t.step == ref.step, f"{where}: step {t.step} != {ref.step}")
@@ -94,12 +89,13 @@ def serial(root):
 
 
 @pytest.mark.parametrize("grid", _grids(SIZE), ids=grid_id)
-def test_segmentation_losses_agree_on_every_grid(root, serial, grid):
+@pytest.mark.parametrize("device", device_params())
+def test_segmentation_losses_agree_on_every_grid(root, serial, grid, device):
     w = world()
     ref, ref_folder = serial
-    folder = os.path.join(root, "x".join(map(str, grid)))
-    t = _run(_segmentation_job(folder), w, grid)
-    _compare(t, ref, f"grid {grid}")
+    folder = os.path.join(root, f"{device}-" + "x".join(map(str, grid)))
+    t = _run(_segmentation_job(folder, device), w, grid)
+    _compare(t, ref, f"grid {grid} on {device}")
     # rank 0 writes the metrics file: it compares the curves, every rank learns the verdict
     ok, message = True, ""
     if w.Get_rank() == 0:
@@ -111,39 +107,47 @@ def test_segmentation_losses_agree_on_every_grid(root, serial, grid):
     check_all(ok, message)
 
 
-def test_classification_agrees_with_a_batch_split(root):
+@pytest.mark.parametrize("device", device_params())
+def test_classification_agrees_with_a_batch_split(root, device):
     w = world()
-    ref = _run(_classification_job(os.path.join(root, f"lenet-serial{w.Get_rank()}")), MPI.COMM_SELF)
+    ref = _run(_classification_job(os.path.join(root, f"lenet-serial-{device}{w.Get_rank()}")), MPI.COMM_SELF)
     grid = (w.Get_size(), 1, 1)
-    t = _run(_classification_job(os.path.join(root, "split")), w, grid)
-    _compare(t, ref, f"lenet grid {grid}")
+    t = _run(_classification_job(os.path.join(root, f"split-{device}"), device), w, grid)
+    _compare(t, ref, f"lenet grid {grid} on {device}")
 
 
-def test_resume_on_another_grid_equals_an_uninterrupted_run(root, serial):
+# (written on, resumed on): a checkpoint is host arrays, so it moves between devices as between grids
+_DEVICE_PAIRS = [("cpu", "emulated-gpu"), ("emulated-gpu", "cpu"), ("emulated-gpu", "emulated-gpu")]
+
+
+@pytest.mark.parametrize("first, second", _DEVICE_PAIRS, ids=[f"{a}-to-{b}" for a, b in _DEVICE_PAIRS])
+def test_resume_on_another_grid_and_device_equals_an_uninterrupted_run(root, serial, first, second):
     w = world()
     size = w.Get_size()
     ref, _ = serial
-    folder = os.path.join(root, "moved")
+    folder = os.path.join(root, f"moved-{first}-{second}")
     first_grid = (1, size, 1)
     second_grid = (size, 1, 1) if size > 1 else (1, 1, 1)
-    _run(_segmentation_job(folder, steps=2), w, first_grid)
-    t = _run(_segmentation_job(folder), w, second_grid, resume="latest")
+    _run(_segmentation_job(folder, first, steps=2), w, first_grid)
+    t = _run(_segmentation_job(folder, second), w, second_grid, resume="latest")
     check_all(t.resumed_from.endswith("step-000000002.npz"), f"resumed from {t.resumed_from}")
-    got = {n: p for n, p, _ in t.model.parameters()}
+    got = {n: to_host(p) for n, p, _ in t.model.parameters()}
     for name, p, _ in ref.model.parameters():
-        assert_close_all(got[name], p, F32, f"resumed {first_grid} -> {second_grid}: parameter {name}")
+        assert_close_all(got[name], p, F32, f"resumed {first_grid} on {first} -> {second_grid} on {second}: "
+                         f"parameter {name}")
 
 
-def test_resume_on_another_number_of_ranks(root, serial):
+@pytest.mark.parametrize("device", device_params())
+def test_resume_on_another_number_of_ranks(root, serial, device):
     """Stopped on one rank, continued on all of them (any grid): the same parameters as never stopping."""
     w = world()
     ref, _ = serial
-    folder = os.path.join(root, "grown")
+    folder = os.path.join(root, f"grown-{device}")
     if w.Get_rank() == 0:
         _run(_segmentation_job(folder, steps=2), MPI.COMM_SELF)
     w.Barrier()
     grid = (1, 1, w.Get_size())
-    t = _run(_segmentation_job(folder), w, grid, resume="latest")
-    got = {n: p for n, p, _ in t.model.parameters()}
+    t = _run(_segmentation_job(folder, device), w, grid, resume="latest")
+    got = {n: to_host(p) for n, p, _ in t.model.parameters()}
     for name, p, _ in ref.model.parameters():
         assert_close_all(got[name], p, F32, f"resumed 1 rank -> grid {grid}: parameter {name}")

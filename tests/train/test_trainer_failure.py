@@ -91,3 +91,16 @@ def test_a_killed_rank_takes_the_job_down(tmp_path):
             except ProcessLookupError:
                 pass
     assert proc.returncode != 0
+
+
+def test_gpu_without_a_gpu_stops_every_rank_with_one_line(tmp_path):
+    """`--device gpu` where CuPy or a GPU is missing: exit 2 before any work, one message, printed once."""
+    from hpcnn.backend import gpu_available
+    if gpu_available():
+        pytest.skip("this machine has a GPU")
+    proc = _mpiexec(2, [sys.executable, "-m", "hpcnn.cli", "train", "jobs/lenet-digits.toml", "--device", "gpu",
+                        "--set", f"logging.dir='{tmp_path}'"])
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "training.device" in lines[0] and "gpu" in lines[0], proc.stderr
+    assert not os.listdir(tmp_path), "files were written before the device check"

@@ -1,13 +1,16 @@
 """Compiling and launching hpcnn's CUDA C kernels, and the few knobs the GPU kernels read.
 
 Each kernel module holds its CUDA C source as a `Program`: every `extern "C" __global__`
-function in it is compiled once per element type (`T` is `float` or `double`) and launched
-as a grid-stride loop over its work items. Kernels use no shared memory and no block-level
-synchronization, so that the same source also compiles as plain C++ on a host (see
-tests/gpu/emulator.py, which runs the GPU host code with numpy arrays on machines without a GPU).
+function in it is compiled once per element type (`T` is `float` or `double`) with NVRTC (CuPy's
+RawModule) and launched with blocks of `HP_BLOCK` threads, either as a grid-stride loop over its
+work items (`launch`) or over a number of block tasks (`launch_blocks`, for kernels that reduce in
+shared memory with `__syncthreads`). The same source also compiles as C++ on a host, one thread per
+CUDA thread (tests/gpu/emulator.py, which runs the GPU host code with numpy arrays).
 
-Knobs (environment, read once here):
-  HPCNN_GPU_SCRATCH_MB   upper bound of a convolution's im2col scratch buffer (default 256)
+A convolution's im2col scratch is sized from the device's free memory (`scratch_bytes`: an eighth
+of what the driver and CuPy's pool have free, at most 2 GiB) and reused across tiles and calls.
+
+Knob (environment, read once here):
   HPCNN_GPU_TF32         1: float32 matrix products on TF32 tensor cores (faster, about 1e-3
                          relative error); 0: exact float32; unset: CuPy's own default (CUPY_TF32)
 """
@@ -17,11 +20,13 @@ import re
 
 import numpy as np
 
-from ...backend import GPU_SCRATCH_BYTES as _SCRATCH_BYTES
+from ...backend import CUDA_LIBRARIES_HELP, gpu_scratch_bytes
 
-__all__ = ["Program", "array_module", "backend", "use_backend", "scratch_elements", "set_tf32", "tf32_enabled"]
+__all__ = ["Program", "array_module", "backend", "use_backend", "scratch_bytes", "scratch_elements", "ScratchBuffers",
+           "set_tf32", "tf32_enabled", "NVRTC_HELP"]
 
 _THREADS_PER_BLOCK = 256
+NVRTC_HELP = CUDA_LIBRARIES_HELP
 # A grid-stride loop needs no more blocks than keep every SM busy; 64K blocks of 256 threads
 # is far above that on any current GPU, and keeps the grid inside every launch limit.
 _MAX_BLOCKS = 65536
@@ -32,8 +37,10 @@ MAX_WORK_ITEMS = 2**31 - 1
 # Shared by every program, on the device and on the host emulator alike.
 _COMMON = r"""
 typedef long long i64;
+#define HP_BLOCK %d
 __device__ __forceinline__ double hp_neg_inf() { return __longlong_as_double(0xfff0000000000000LL); }
-"""
+__device__ __forceinline__ double hp_nan() { return __longlong_as_double(0x7ff8000000000000LL); }
+""" % _THREADS_PER_BLOCK
 
 _SIGNATURE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)', re.S)
 
@@ -62,6 +69,8 @@ class _Parameter:
 class Program:
     """CUDA C source with `extern "C" __global__` kernels written over an element type `T`."""
 
+    threads_per_block = _THREADS_PER_BLOCK
+
     def __init__(self, name, source):
         self.name = name
         self.source = source
@@ -83,8 +92,16 @@ class Program:
         converted to the declared scalar type (a CUDA kernel reads raw bytes, so a Python int
         passed where an int is declared would be misread).
         """
-        if work <= 0:
-            return
+        if work > 0:
+            self._launch(kernel, dtype, min(-(-work // _THREADS_PER_BLOCK), _MAX_BLOCKS), args)
+
+    def launch_blocks(self, kernel, dtype, tasks, *args):
+        """Run `kernel` over `tasks` block tasks (a grid-stride loop over blocks; every thread of a block
+        takes part in each of its tasks), for kernels that reduce in shared memory."""
+        if tasks > 0:
+            self._launch(kernel, dtype, min(int(tasks), _MAX_BLOCKS), args)
+
+    def _launch(self, kernel, dtype, blocks, args):
         params = self.kernels[kernel]
         if len(args) != len(params):
             raise TypeError(f"{self.name}.{kernel}: expected {len(params)} arguments, received {len(args)}")
@@ -101,7 +118,6 @@ class Program:
                 converted.append(a)
             else:
                 converted.append(want.type(a))
-        blocks = min(-(-work // _THREADS_PER_BLOCK), _MAX_BLOCKS)
         backend().launch(self, kernel, dtype, blocks, _THREADS_PER_BLOCK, tuple(converted))
 
 
@@ -118,18 +134,36 @@ class _CupyBackend:
         key = (id(program), dtype, cp.cuda.runtime.getDevice())
         functions = self._functions.get(key)
         if functions is None:
-            module = cp.RawModule(code=program.source_for(dtype), options=("--std=c++14",))
-            functions = {name: module.get_function(name) for name in program.kernels}
-            self._functions[key] = functions
+            functions = self._functions[key] = self.compile(program, dtype)
         functions[kernel]((blocks,), (threads,), args)
+
+    def compile(self, program, dtype):
+        """{kernel name: cupy RawKernel} of `program` for `dtype`, compiled by NVRTC now."""
+        cp = self.xp
+        try:
+            module = cp.RawModule(code=program.source_for(dtype), options=("--std=c++14",), backend="nvrtc")
+            return {name: module.get_function(name) for name in program.kernels}
+        except cp.cuda.compiler.CompileException:
+            raise
+        except Exception as e:  # NVRTC itself missing or unloadable: not a fault of the source
+            raise RuntimeError(f"hpcnn's GPU kernels ({program.name}) could not be compiled: CuPy could not use "
+                               f"NVRTC ({type(e).__name__}: {e}); {NVRTC_HELP}") from e
+
+    def free_bytes(self):
+        """Device memory free for new arrays: the driver's free memory and the blocks CuPy's pool holds idle."""
+        free, _ = self.xp.cuda.runtime.memGetInfo()
+        return int(free) + int(self.xp.get_default_memory_pool().free_bytes())
+
+    def stream_key(self):
+        return self.xp.cuda.get_current_stream().ptr
 
 
 _backend = None
 
 
 def _missing_cupy():
-    return ImportError("hpcnn's GPU kernels need CuPy (for example `pip install cupy-cuda12x` or "
-                       "`cupy-cuda13x`, matching the CUDA driver) on a machine with an NVIDIA GPU")
+    return ImportError("hpcnn's GPU kernels need CuPy: pip install 'hpcnn[gpu]' (cupy-cuda13x[ctk], for a CUDA 13 "
+                       "driver) on a machine with an NVIDIA GPU")
 
 
 def backend():
@@ -160,9 +194,35 @@ def use_backend(other):
         _backend = previous
 
 
+def scratch_bytes():
+    """The scratch budget of one convolution tile: `hpcnn.backend.gpu_scratch_bytes` of the free memory."""
+    return gpu_scratch_bytes(backend().free_bytes())
+
+
 def scratch_elements(itemsize):
     """How many elements of `itemsize` bytes a kernel's scratch buffer may hold."""
-    return max(_SCRATCH_BYTES // itemsize, 1)
+    return max(scratch_bytes() // itemsize, 1)
+
+
+class ScratchBuffers:
+    """One reused buffer per CUDA stream and dtype, grown to the largest request (im2col columns)."""
+
+    def __init__(self):
+        self._buffers = {}
+
+    def take(self, shape, dtype):
+        """A C-contiguous array of `shape` and `dtype` on the current stream's buffer (its content undefined)."""
+        xp = array_module()
+        n = 1
+        for s in shape:
+            n *= int(s)
+        key = (backend().stream_key(), np.dtype(dtype).str)
+        buf = self._buffers.get(key)
+        if buf is None or buf.size < n:
+            self._buffers.pop(key, None)
+            del buf  # the smaller buffer goes back to the pool before its successor is allocated
+            buf = self._buffers[key] = xp.empty(max(n, 1), dtype=dtype)
+        return buf[:n].reshape(shape)
 
 
 # CuPy's float32 GEMM compute types (cupy/_core/_routines_linalg.pyx: DEFAULT = 1, TF32 = 7).
@@ -175,14 +235,22 @@ def _linalg():
     return _routines_linalg
 
 
+# cuBLAS math modes (cublas_api.h): what batched products (1x1 convolutions) follow.
+_CUBLAS_DEFAULT_MATH = 0
+_CUBLAS_TF32_TENSOR_OP_MATH = 3
+
+
 def set_tf32(enabled):
-    """Let float32 matrix products use TF32 tensor cores (True) or keep them exact (False)."""
+    """Let float32 matrix products use TF32 tensor cores (True) or keep them exact (False): CuPy's compute
+    type for its GEMMs, and the math mode of the current device's cuBLAS handle for batched products."""
     if not isinstance(backend(), _CupyBackend):
         return
     linalg = _linalg()
     code = getattr(linalg, "COMPUTE_TYPE_TF32", _COMPUTE_TYPE_TF32) if enabled else \
         getattr(linalg, "COMPUTE_TYPE_DEFAULT", _COMPUTE_TYPE_DEFAULT)
     linalg.set_compute_type(np.float32, code)
+    from cupy.cuda import cublas, device
+    cublas.setMathMode(device.get_cublas_handle(), _CUBLAS_TF32_TENSOR_OP_MATH if enabled else _CUBLAS_DEFAULT_MATH)
 
 
 def tf32_enabled():

@@ -2,25 +2,28 @@
 
 Same method and semantics as hpcnn.kernels.cpu.conv. The flattened grid of output pixels
 (N, *O) is cut into tiles whose column block `cols` (C*R, pixels) stays under the scratch
-budget (HPCNN_GPU_SCRATCH_MB, 256 MiB by default), whatever the image size:
+budget (`_cuda.scratch_bytes`: a share of the device's free memory), whatever the image size;
+the column block is one reused buffer per stream (`_cuda.ScratchBuffers`), not a fresh one per tile:
 
     forward          y[:, tile]  = W (K, C*R) @ cols                  one 2-D GEMM per tile
     backward-filter  dW         += dy[:, tile] @ cols^T
     backward-data    stride 1:   the forward correlation of dy with the flipped, transposed filter
                      stride > 1: cols = W^T @ dy[:, tile], then a col2im scatter with atomicAdd
 
-Only 2-D GEMMs are used: CuPy runs them through cublasGemmEx, which honours the float32 math
-mode (exact or TF32, see `_cuda`), while its batched products do not. A tile holds several whole
-images when they fit (the GEMM's N dimension is then images*pixels, and the output is reordered
-to (images, K, pixels) by one copy), else a range of one image's pixels. 1x1 convolutions with
-stride 1 and no padding on large images read x as it is. 2-D data is 3-D data with depth 1.
+A tile holds several whole images when they fit (the GEMM's N dimension is then images*pixels,
+and the output is reordered to (images, K, pixels) by one copy), else a range of one image's
+pixels. 1x1 convolutions with stride 1 and no padding read x as it is, in one batched GEMM over the
+images (W broadcast: y[n] = W @ x[n]; dW = sum over n of dy[n] @ x[n]^T). 2-D GEMMs follow CuPy's
+float32 compute type, batched ones cuBLAS's math mode; `_cuda.set_tf32` sets both. 2-D data is 3-D
+data with depth 1.
 """
 from math import prod
 
 from ...backend import check_float_array
 from ..checks import (VolumeWindow, check_batch, check_bias, check_filter, check_filter_outputs, checked_conv_output,
                       spatial_dims)
-from ._cuda import MAX_WORK_ITEMS, Program, array_module, scratch_elements
+from .norm import channel_sum
+from ._cuda import MAX_WORK_ITEMS, Program, ScratchBuffers, array_module, scratch_elements
 
 __all__ = ["conv_forward", "conv_backward_data", "conv_backward_filter", "conv_backward_bias"]
 
@@ -72,9 +75,7 @@ extern "C" __global__ void col2im(const T* __restrict__ cols, T* __restrict__ dx
 # Fewest output pixels per tile whatever C*R is (the scratch budget is then exceeded): below
 # this a GEMM is mostly launch overhead.
 _MIN_TILE_PIXELS = 256
-# 1x1 convolutions read x directly, one GEMM per image, when images have at least this many
-# pixels; smaller images go through im2col (a plain copy there) so that one GEMM covers many.
-_POINTWISE_DIRECT_PIXELS = 1024
+_SCRATCH = ScratchBuffers()
 
 
 class _Window(VolumeWindow):
@@ -124,13 +125,12 @@ def _correlate(x5, w2, win, out3, bias=None):
     pixels = prod(out3)
     y = xp.empty((n_img, k, pixels), dtype=x5.dtype)
     if n_img and pixels and k:
-        if win.is_pointwise and pixels >= _POINTWISE_DIRECT_PIXELS:
-            for n in range(n_img):
-                xp.matmul(w2, x5[n].reshape(c, pixels), out=y[n])
+        if win.is_pointwise:
+            xp.matmul(w2, x5.reshape(n_img, c, pixels), out=y)
         else:
             rows = c * win.size
             for n0, nb, p0, pc in _tiles(n_img, pixels, rows, x5.dtype.itemsize):
-                cols = xp.empty((rows, nb * pc), dtype=x5.dtype)
+                cols = _SCRATCH.take((rows, nb * pc), x5.dtype)
                 _launch_window_kernel("im2col", x5, cols, x5.shape, out3, win, n0, nb, p0, pc)
                 if nb == 1 and pc == pixels:
                     xp.matmul(w2, cols, out=y[n0])
@@ -152,12 +152,10 @@ def _correlate_filter(x5, dy3, win, out3):
     dw = xp.zeros((k, rows), dtype=x5.dtype)
     if not (n_img and pixels and k):
         return dw
-    if win.is_pointwise and pixels >= _POINTWISE_DIRECT_PIXELS:
-        for n in range(n_img):
-            dw += xp.matmul(dy3[n], x5[n].reshape(c, pixels).T)
-        return dw
+    if win.is_pointwise:
+        return xp.matmul(dy3, x5.reshape(n_img, c, pixels).transpose(0, 2, 1)).sum(axis=0)
     for n0, nb, p0, pc in _tiles(n_img, pixels, rows, x5.dtype.itemsize):
-        cols = xp.empty((rows, nb * pc), dtype=x5.dtype)
+        cols = _SCRATCH.take((rows, nb * pc), x5.dtype)
         _launch_window_kernel("im2col", x5, cols, x5.shape, out3, win, n0, nb, p0, pc)
         dw += xp.matmul(_tile_of(dy3, n0, nb, p0, pc), cols.T)
     return dw
@@ -173,7 +171,7 @@ def _scatter_data(dy3, w2, win, out3, x_shape):
         return dx
     w2t = w2.T
     for n0, nb, p0, pc in _tiles(n_img, pixels, rows, dy3.dtype.itemsize):
-        cols = xp.matmul(w2t, _tile_of(dy3, n0, nb, p0, pc))
+        cols = xp.matmul(w2t, _tile_of(dy3, n0, nb, p0, pc), out=_SCRATCH.take((rows, nb * pc), dy3.dtype))
         _launch_window_kernel("col2im", cols, dx, x_shape, out3, win, n0, nb, p0, pc)
     return dx
 
@@ -252,8 +250,7 @@ def conv_backward_filter(x, dy, kernel, stride=1, padding=0, dilation=1):
 
 
 def conv_backward_bias(dy):
-    """db: (K,) = the sum of dy: (N, K, *O) over every axis but 1, in dy's dtype (float64 accumulation)."""
-    xp = array_module()
+    """db: (K,) = the sum of dy: (N, K, *O) over every axis but 1, in dy's dtype (the batch-norm block
+    reduction, accumulating in float64)."""
     check_float_array(dy, "conv_backward_bias", ndim=(4, 5))
-    n_img, k = dy.shape[:2]
-    return xp.ascontiguousarray(dy).reshape(n_img, k, -1).sum(axis=(0, 2), dtype=xp.float64).astype(dy.dtype)
+    return channel_sum(dy).astype(dy.dtype)

@@ -1,6 +1,12 @@
-"""Loss sums and their gradients on the GPU (CuPy): softmax cross-entropy per sample or per pixel, squared error."""
+"""Loss sums and their gradients on the GPU (CuPy): softmax cross-entropy per sample or per pixel, squared error.
+
+Nothing here waits for the GPU: the sums and counts are returned as 0-d device arrays, and a label
+outside [0, C) (other than ignore_index), which the CPU kernel refuses with a message, makes its
+element's loss and gradient NaN instead of stopping the stream to look at the labels; the trainer
+stops on the non-finite loss.
+"""
 from ...backend import check_float_array
-from ..checks import check_label_range, check_labels, check_logits, check_same_shape
+from ..checks import check_labels, check_logits, check_same_shape
 from ._cuda import Program, array_module
 
 __all__ = ["softmax_cross_entropy", "squared_error"]
@@ -18,6 +24,11 @@ extern "C" __global__ void softmax_cross_entropy(const T* __restrict__ logits, c
         if (label == ignore_index) {
             for (int c = 0; c < C; ++c) dlogits[base + c * M] = (T)0;
             loss[e] = 0.0;
+            continue;
+        }
+        if (label < 0 || label >= C) {
+            for (int c = 0; c < C; ++c) dlogits[base + c * M] = (T)hp_nan();
+            loss[e] = hp_nan();
             continue;
         }
         double peak = hp_neg_inf();
@@ -42,8 +53,9 @@ def softmax_cross_entropy(logits, labels, ignore_index=-100):
 
     logits: (N, C) or (N, C, *S); labels: (N,) or (N, *S) integers in [0, C) or ignore_index.
     Returns (loss_sum, dlogits, count): loss_sum the float64 sum of per-element losses over
-    non-ignored elements, dlogits its gradient (logits' shape and dtype, zero where ignored),
-    count the number of non-ignored elements.
+    non-ignored elements (a 0-d device array), dlogits its gradient (logits' shape and dtype, zero
+    where ignored), count the number of non-ignored elements (a 0-d int64 device array). An
+    out-of-range label gives NaN (see the module docstring).
     """
     xp = array_module()
     where = "softmax_cross_entropy"
@@ -52,17 +64,16 @@ def softmax_cross_entropy(logits, labels, ignore_index=-100):
     check_labels(labels, logits, where)
     n, c = logits.shape[:2]
     labels = xp.ascontiguousarray(labels.astype(xp.int64, copy=False)).reshape(n, -1)
-    kept = check_label_range(labels, c, ignore_index, where)
     lv = xp.ascontiguousarray(logits).reshape(n, c, -1)
     dlogits = xp.empty(lv.shape, dtype=logits.dtype)
     loss = xp.empty(labels.shape, dtype=xp.float64)
     _PROGRAM.launch("softmax_cross_entropy", logits.dtype, labels.size, lv, labels, dlogits, loss, labels.size,
                     c, lv.shape[2], ignore_index)
-    return float(loss.sum()), dlogits.reshape(logits.shape), int(kept.sum())
+    return loss.sum(), dlogits.reshape(logits.shape), (labels != ignore_index).sum(dtype=xp.int64)
 
 
 def squared_error(pred, target):
-    """Sum of (pred - target)**2 (float64) and its gradient 2*(pred - target) (pred's dtype).
+    """Sum of (pred - target)**2 (a 0-d float64 device array) and its gradient 2*(pred - target) (pred's dtype).
 
     pred, target: the same shape (target is cast to pred's dtype).
     """
@@ -72,4 +83,4 @@ def squared_error(pred, target):
     target = xp.asarray(target)
     check_same_shape(target, "target", pred, "pred", where)
     d = pred.astype(xp.float64) - target.astype(pred.dtype).astype(xp.float64)
-    return float((d * d).sum()), (2.0 * d).astype(pred.dtype)
+    return (d * d).sum(), (2.0 * d).astype(pred.dtype)

@@ -1,8 +1,10 @@
 """Batch-norm as separate reductions and applications on the GPU (CuPy), as hpcnn.kernels.cpu.norm.
 
-The per-channel reductions accumulate in float64: each of `lanes` threads per (n, c) row sums a
-strided share of the row (consecutive threads read consecutive elements) and adds its partial sum
-to the channel's total with one double-precision atomicAdd.
+The per-channel reductions accumulate in float64 with a block reduction in shared memory: each block
+of `HP_BLOCK` threads takes one part of one channel's N*M elements (consecutive threads read
+consecutive elements), reduces its threads' sums in shared memory and writes one partial per
+(channel, part); a second, small reduction sums the parts. No global atomics, and the result does not
+depend on the order blocks run in. The same reduction gives the convolution's bias gradient.
 """
 from ..checks import check_channels_input, check_count, check_per_channel, check_same_shape
 from ._cuda import Program, array_module
@@ -11,35 +13,53 @@ __all__ = ["channel_sum", "channel_centered_sumsq", "batchnorm_apply", "batchnor
            "batchnorm_backward_apply"]
 
 _PROGRAM = Program("norm", r"""
-// x, dy: (rows = N*C, M). mode 0: out0[c] += sum x; 1: out0[c] += sum (x - mean[c])^2;
-// 2: out0[c] += sum dy, out1[c] += sum dy * (x - mean[c]).
+// x, dy: (N, C, M). Task t = part * C + c reduces elements j = part*B + tid, j += parts*B of channel c,
+// j = n*M + m. mode 0: out0 = sum x; 1: out0 = sum (x - mean[c])^2; 2: out0 = sum dy, out1 = sum dy*(x - mean[c]).
+// out0, out1: (C, parts) partial sums.
 extern "C" __global__ void channel_reduce(const T* __restrict__ x, const T* __restrict__ dy,
                                           const double* __restrict__ mean, double* __restrict__ out0,
-                                          double* __restrict__ out1, i64 rows, int C, i64 M, int lanes, int mode)
+                                          double* __restrict__ out1, i64 N, int C, i64 M, int parts, int mode)
 {
-    const i64 total = rows * lanes;
-    for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total; e += (i64)blockDim.x * gridDim.x) {
-        const i64 row = e / lanes;
-        const int lane = e - row * lanes;
-        const int c = row % C;
-        const T* xr = x + row * M;
-        double s0 = 0.0, s1 = 0.0;
-        if (mode == 0) {
-            for (i64 m = lane; m < M; m += lanes) s0 += (double)xr[m];
-        } else if (mode == 1) {
-            const double mu = mean[c];
-            for (i64 m = lane; m < M; m += lanes) { const double d = (double)xr[m] - mu; s0 += d * d; }
-        } else {
-            const double mu = mean[c];
-            const T* gr = dy + row * M;
-            for (i64 m = lane; m < M; m += lanes) {
-                const double g = (double)gr[m];
-                s0 += g;
-                s1 += g * ((double)xr[m] - mu);
+    __shared__ double s0[HP_BLOCK];
+    __shared__ double s1[HP_BLOCK];
+    const i64 per = N * M;
+    for (i64 task = blockIdx.x; task < (i64)C * parts; task += gridDim.x) {
+        const int c = task % C;
+        const int part = task / C;
+        const double mu = mode == 0 ? 0.0 : mean[c];
+        double a0 = 0.0, a1 = 0.0;
+        for (i64 j = (i64)part * blockDim.x + threadIdx.x; j < per; j += (i64)parts * blockDim.x) {
+            const i64 n = j / M;
+            const i64 at = (n * C + c) * M + (j - n * M);
+            if (mode == 0) {
+                a0 += (double)x[at];
+            } else if (mode == 1) {
+                const double d = (double)x[at] - mu;
+                a0 += d * d;
+            } else {
+                const double g = (double)dy[at];
+                a0 += g;
+                a1 += g * ((double)x[at] - mu);
             }
         }
-        atomicAdd(out0 + c, s0);
-        if (mode == 2) atomicAdd(out1 + c, s1);
+        s0[threadIdx.x] = a0;
+        s1[threadIdx.x] = a1;
+        __syncthreads();
+        // a tree over any block size: the upper half (rounded down) adds into the lower half
+        for (unsigned int width = blockDim.x; width > 1;) {
+            const unsigned int half = (width + 1) / 2;
+            if (threadIdx.x < width - half) {
+                s0[threadIdx.x] += s0[threadIdx.x + half];
+                s1[threadIdx.x] += s1[threadIdx.x + half];
+            }
+            __syncthreads();
+            width = half;
+        }
+        if (threadIdx.x == 0) {
+            out0[(i64)c * parts + part] = s0[0];
+            if (mode == 2) out1[(i64)c * parts + part] = s1[0];
+        }
+        __syncthreads();  // s0, s1 are reused by the block's next task
     }
 }
 
@@ -69,15 +89,15 @@ extern "C" __global__ void batchnorm_backward_apply(const T* __restrict__ dy, co
 }
 """)
 
-# Enough work items to fill a large GPU several times over; more lanes per row only add atomics.
-_TARGET_THREADS = 1 << 18
-_MAX_LANES = 4096
+# Parts per channel: enough blocks to fill a large GPU (a few thousand in all), each thread summing at
+# least _PER_THREAD elements.
+_TARGET_BLOCKS = 4096
+_PER_THREAD = 8
 
 
-def _lanes(rows, m):
-    want = -(-_TARGET_THREADS // max(rows, 1))
-    lanes = min(max(want, 32), _MAX_LANES, max(m, 1))
-    return int(lanes)
+def _parts(channels, per_channel, threads):
+    by_work = -(-per_channel // (threads * _PER_THREAD))
+    return int(max(1, min(by_work, max(_TARGET_BLOCKS // max(channels, 1), 1))))
 
 
 def _channels_view(x, where):
@@ -99,13 +119,16 @@ def _per_channel(v, channels, name, where):
 def _reduce(mode, xv, dyv=None, mean=None):
     xp = array_module()
     n, c, m = xv.shape
-    out0 = xp.zeros(c, dtype=xp.float64)
-    out1 = xp.zeros(c, dtype=xp.float64) if mode == 2 else out0
-    rows = n * c
-    lanes = _lanes(rows, m)
-    _PROGRAM.launch("channel_reduce", xv.dtype, rows * lanes, xv, xv if dyv is None else dyv,
-                    out0 if mean is None else mean, out0, out1, rows, c, m, lanes, mode)
-    return out0, out1
+    parts = _parts(c, n * m, _PROGRAM.threads_per_block)
+    out0 = xp.empty((c, parts), dtype=xp.float64)
+    out1 = xp.empty((c, parts), dtype=xp.float64) if mode == 2 else out0
+    if n * m == 0:
+        out0[...] = 0
+        out1[...] = 0
+    else:
+        _PROGRAM.launch_blocks("channel_reduce", xv.dtype, c * parts, xv, xv if dyv is None else dyv,
+                               out0 if mean is None else mean, out0, out1, n, c, m, parts, mode)
+    return out0.sum(axis=1), out1.sum(axis=1)
 
 
 def channel_sum(x):
