@@ -44,6 +44,18 @@ SUM, MAX, MIN = "sum", "max", "min"
 
 
 def _mpi():
+    """mpi4py's MPI, initialised at MPI_THREAD_SERIALIZED when hpcnn is the first to load it.
+
+    hpcnn calls MPI from one thread at a time (CHAOS workers never communicate), so it does not ask for
+    MPI_THREAD_MULTIPLE: that level costs a lock per call and, with MPICH 5's UCX netmod, sets up the
+    per-thread virtual channels whose start-up exchange has failed under srun. A launcher that loaded MPI
+    first (`python -m mpi4py`) keeps its own level. HPCNN_MPI_THREAD_LEVEL overrides (multiple, ...).
+    """
+    import sys
+    if "mpi4py.MPI" not in sys.modules:
+        import os
+        import mpi4py
+        mpi4py.rc.thread_level = os.environ.get("HPCNN_MPI_THREAD_LEVEL", "serialized")
     from mpi4py import MPI
     return MPI
 
