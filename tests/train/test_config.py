@@ -40,7 +40,7 @@ BAD = [
     ("training.optimizer.momentum", "-0.5", "training.optimizer.momentum must be non-negative, got -0.5"),
     ("training.optimizer.name", '"lamb"', "training.optimizer.name must be one of 'sgd', 'adam', 'adamw', got 'lamb'"),
     ("training.optimizer.name", '"adam"', "training.optimizer.momentum is not a field of optimizer 'adam' (fields: name, "
-    ("training.optimizer.betas", "[0.9, 0.99]", "training.optimizer.betas is not a field of optimizer 'sgd'"),
+                                          "lr, betas, eps, weight_decay, amsgrad)"),
     ("training.optimizer.betas", "1", "training.optimizer.betas is not a field of optimizer 'sgd'"),
     ("training.schedule.name", '"linear"', "training.schedule: schedule: 'name' must be one of"),
     ("training.schedule.gamma", "0.5", "training.schedule: schedule 'constant': unknown key(s) gamma"),
