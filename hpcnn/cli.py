@@ -241,6 +241,21 @@ def _run_plan(args):
     return 0
 
 
+def _add_export(sub):
+    p = sub.add_parser("export", help="write a checkpoint's weights as a safetensors file that PyTorch loads",
+                       description="Write a checkpoint's parameters and batch-norm state as a safetensors file "
+                                   "under PyTorch's names (block1.conv.weight, bn.running_mean, ...): "
+                                   "torch_model.load_state_dict(safetensors.torch.load_file(OUT)).")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file, or a checkpoint folder (its newest)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="the safetensors file to write")
+    p.set_defaults(func=lambda args: _export(args))
+
+
+def _export(args):
+    from .train.export import command
+    return command(args.checkpoint, args.output)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="hpcnn", description=(
         "Train convolutional networks on inputs too large for one process: spatial blocks per MPI "
@@ -251,6 +266,7 @@ def build_parser():
     _add_calibrate(sub)
     _add_train(sub)
     _add_data(sub)
+    _add_export(sub)
     return parser
 
 

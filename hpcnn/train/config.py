@@ -39,6 +39,8 @@ SCHEMA = {
         "name": (str, "", None, "a zoo model (hpcnn.models.names())"),
         "factory": (str, "", None, "an own network, \"FILE.py:FUNCTION\" (FILE relative to the job file); "
                                    "instead of name"),
+        "init": (str, "", None, "initial weights: a safetensors file (relative to the job file), e.g. one "
+                                "saved from PyTorch or written by `hpcnn export`"),
     },
     "data": {
         "dataset": (str, None, "required", "the dataset (hpcnn.data.DATASETS)"),
@@ -290,7 +292,10 @@ def parse_job(raw, path="<job>"):
         if key not in known or key == "dtype":
             valid = ", ".join(k for k in known if k != "dtype")
             fail(f"model.{key} is not an option of {what} (options: {valid or 'none'})")
-    job["model"] = {"name": name or None, "factory": factory or None, "options": options}
+    init = job["model"]["init"]
+    if init and not init.endswith(".safetensors"):
+        fail(f"model.init must name a .safetensors file, got {init!r}")
+    job["model"] = {"name": name or None, "factory": factory or None, "init": init or None, "options": options}
 
     # data: the dataset, then its options
     dataset = job["data"]["dataset"]

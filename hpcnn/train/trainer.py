@@ -75,7 +75,10 @@ class Trainer:
             raise JobError(f"job file {job.path}: {e}") from None
         apply_threads(self.threads.threads)
         self.model_label = model_label(job)
-        self.model = build_model(job, self.train_set, self.dtype).to(self.device)
+        self.model = build_model(job, self.train_set, self.dtype)
+        if job["model"]["init"] and not self.resume:  # a resumed run continues from its checkpoint instead
+            self._load_init()
+        self.model = self.model.to(self.device)
         self.loss = nn.MSELoss() if self.task == "regress" else nn.CrossEntropyLoss()
         self.distribution = None
         self.net = self.model
@@ -100,6 +103,15 @@ class Trainer:
                 raise JobError(f"job file {job.path}: checkpoint.dir {job['checkpoint']['dir']} holds checkpoints "
                                f"of an earlier run (newest: step {earlier[-1][0]}); continue that run with --resume, "
                                "or start over with --restart (which deletes them)")
+
+    def _load_init(self):
+        from ..nn.weights import WeightsError, load_weights
+        path = os.path.join(os.path.dirname(os.path.abspath(self.job.path)), self.job["model"]["init"])
+        try:
+            load_weights(self.model, path)
+        except WeightsError as e:
+            raise JobError(f"job file {self.job.path}: model.init: {e}") from None
+        self.init_from = path
 
     def _check_same_weights(self):
         """Refuse an own network whose ranks built different weights (a generator not seeded from `seed`)."""
@@ -228,7 +240,8 @@ class Trainer:
         self.progress.say(f"hpcnn train {job.path}: {self.model_label} ({n_params:,} parameters) on "
                           f"{self.train_set.describe()}; engine {self.engine_name} {where}; "
                           f"{self.total_steps} steps of batch {self.batch}; {self.threads.describe()}"
-                          + (f"; resumed at step {self.step} from {self.resumed_from}" if self.step else ""))
+                          + (f"; resumed at step {self.step} from {self.resumed_from}" if self.step else "")
+                          + (f"; initial weights from {self.init_from}" if getattr(self, "init_from", None) else ""))
         self._install_signals()
         try:
             summary = self.engine.run(self)
