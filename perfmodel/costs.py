@@ -132,6 +132,9 @@ def window_blocks(spec, grid):
     if spec.kind == "upsample":
         return [_window_axis(spatial[k], grid[1 + k], 1, 1, 1, 0, 0, spec.options["scale"][k]) for k in range(nd)]
     g = spec.geometry
+    if spec.kind == "conv_transpose":
+        # the adjoint convolution's windows, from the transposed layer's output back to its input
+        spatial = spec.out_shape[2:]
     return [_window_axis(spatial[k], grid[1 + k], *g.along(k)) for k in range(nd)]
 
 

@@ -7,6 +7,7 @@ for a `perfmodel.layers.Block`'s own work. Each mirrors its form in hpcnn.parall
 - conv (parallel/conv.py): the kernels on the extended block, or on the owned block plus the thin
   halo pieces when exactly one dimension exchanges rows and every block reads all of its own
   (conv_forward; conv_backward_data + conv_backward_filter + adding the piece's filter gradient);
+- conv_transpose (parallel/conv_transpose.py): the adjoint convolution's kernels and halo, reversed;
 - pool, upsample (parallel/windows.py): the halo exchange, then the kernel on the extended block;
 - batchnorm (parallel/norm.py): statistics over every rank, one collective forward (an allgather
   of 2C+1 float64 per rank) and one allreduce of 2C float64 backward;
@@ -19,7 +20,7 @@ import math
 
 from .costs import FLOAT64, busy_ranks, ceil_div, conv_halo_pieces, halo_time, window_blocks
 
-__all__ = ["conv", "pool", "upsample", "batchnorm", "pointwise", "global_avgpool", "flatten", "linear",
+__all__ = ["conv", "conv_transpose", "pool", "upsample", "batchnorm", "pointwise", "global_avgpool", "flatten", "linear",
            "residual", "skip", "sequential"]
 
 
@@ -77,6 +78,36 @@ def conv(spec, grid, machine, cost):
         cost.forward += kt("elementwise", busy, n=n, c=c_out, in_spatial=out_block)
         cost.backward += kt("elementwise", busy, n=n, c=c_out, in_spatial=out_block)
     cost.workspace_bytes = float(n * c_in * math.prod(g.kernel) * math.prod(out_block) * item)
+
+
+def conv_transpose(spec, grid, machine, cost):
+    """parallel/conv_transpose.py: the adjoint convolution's halo used the other way round. Forward: its
+    data-gradient kernel into the extended output block, then the adjoint exchange (halo rows sent back and
+    added); backward: the halo of the output gradient fetched, its forward and filter-gradient kernels."""
+    local = _Local(spec, grid, machine)
+    kt, busy, item = machine.kernel_time, local.busy, machine.itemsize
+    n, c_in, c_out = local.n, local.c_in, local.c_out
+    axes = window_blocks(spec, grid)        # blocks of the adjoint: out = this layer's input block
+    in_block = [a[0] for a in axes]
+    ext = [a[1] for a in axes]
+    own_out = [a[2] for a in axes]
+    if any(o < 1 for o in own_out):
+        cost.details["empty"] = True
+    # the adjoint convolution maps (c_out channels, ext) -> (c_in channels, in_block)
+    shape = dict(n=n, c=c_out, k=c_in, in_spatial=ext, kernel=spec.geometry.kernel, out_spatial=in_block)
+    cost.forward = kt("conv_backward_data", busy, **shape)
+    cost.backward = kt("conv_forward", busy, **shape) + kt("conv_backward_filter", busy, **shape)
+    cost.halo_forward = halo_time(machine, grid, n, c_out, axes, local.ranks, backward=True)
+    cost.halo_backward = halo_time(machine, grid, n, c_out, axes, local.ranks, backward=False)
+    if spec.options.get("bias"):
+        cost.forward += kt("elementwise", busy, n=n, c=c_out, in_spatial=own_out)
+        cost.backward += kt("elementwise", busy, n=n, c=c_out, in_spatial=own_out)
+    # keeps its input for the filter gradient; the output when the next layer keeps it
+    cost.activation_bytes = n * c_in * math.prod(in_block) * item
+    if spec.keeps_output:
+        cost.activation_bytes += n * c_out * math.prod(own_out) * item
+    cost.workspace_bytes = float(n * c_out * math.prod(ext) * item
+                                 + n * c_out * math.prod(spec.geometry.kernel) * math.prod(in_block) * item)
 
 
 def pool(spec, grid, machine, cost):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from .activation import LeakyReLU, ReLU, leaky_relu_work, relu_work
 from .container import Residual, Sequential, SkipConcat
 from .conv import Conv2d, Conv3d, conv_work
+from .conv_transpose import ConvTranspose2d, ConvTranspose3d, conv_transpose_work
 from .linear import Flatten, Linear, flatten_work, linear_work
 from .loss import CrossEntropyLoss, MSELoss
 from .norm import BatchNorm2d, BatchNorm3d, batchnorm_work
@@ -113,6 +114,8 @@ _P, _C, _F, _M = "hpcnn.parallel.", "perfmodel.kinds:", "hpcnn.chaos.ops:", "hpc
 
 register(LayerKind("conv", (Conv2d, Conv3d), "layer", _P + "conv:DistConv", _M + "conv", _C + "conv", conv_work,
                    keeps=(True, False), fused=_F + "conv"))
+register(LayerKind("conv_transpose", (ConvTranspose2d, ConvTranspose3d), "layer", _P + "conv_transpose:DistConvTranspose",
+                   _M + "conv_transpose", _C + "conv_transpose", conv_transpose_work, keeps=(True, False)))
 register(LayerKind("maxpool", (MaxPool2d, MaxPool3d), "layer", _P + "windows:DistMaxPool", _M + "pool",
                    _C + "pool", pool_work, fused=_F + "pool"))
 register(LayerKind("avgpool", (AvgPool2d, AvgPool3d), "layer", _P + "windows:DistAvgPool", _M + "pool",

@@ -71,6 +71,12 @@ def conv(m, children):
     return out
 
 
+def conv_transpose(m, children):
+    cls = {2: torch.nn.ConvTranspose2d, 3: torch.nn.ConvTranspose3d}[m.nd]
+    return cls(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=m.padding,
+               output_padding=m.output_padding, dilation=m.dilation, bias="bias" in m.params)
+
+
 def pool(m, children):
     from .pool import _MaxPoolNd
     maximum = isinstance(m, _MaxPoolNd)

