@@ -11,6 +11,8 @@ for a `perfmodel.layers.Block`'s own work. Each mirrors its form in hpcnn.parall
 - pool, upsample (parallel/windows.py): the halo exchange, then the kernel on the extended block;
 - batchnorm (parallel/norm.py): statistics over every rank, one collective forward (an allgather
   of 2C+1 float64 per rank) and one allreduce of 2C float64 backward;
+- groupnorm (parallel/groupnorm.py): statistics per (sample, group) over the spatial group: one
+  allgather forward, one allreduce backward;
 - global_avgpool, flatten, linear, pointwise (parallel/dense.py): an allreduce of (n, C) float64
   over the spatial group; an allgather of the blocks into (N, F) rows replicated there; Linear
   computing redundantly on every replica; elementwise passes;
@@ -20,7 +22,7 @@ import math
 
 from .costs import FLOAT64, busy_ranks, ceil_div, conv_halo_pieces, halo_time, window_blocks
 
-__all__ = ["conv", "conv_transpose", "pool", "upsample", "batchnorm", "pointwise", "global_avgpool", "flatten", "linear",
+__all__ = ["conv", "conv_transpose", "pool", "upsample", "batchnorm", "groupnorm", "pointwise", "global_avgpool", "flatten", "linear",
            "residual", "skip", "sequential"]
 
 
@@ -142,6 +144,25 @@ def batchnorm(spec, grid, machine, cost):
     cost.collective_backward = machine.allreduce(2 * c * FLOAT64, local.ranks, inter_all)
     # the output (kept by the next layer) and the input this layer keeps
     cost.activation_bytes = 2 * in_bytes if spec.keeps_output else 0.0
+
+
+def groupnorm(spec, grid, machine, cost):
+    """parallel/groupnorm.py: statistics per (sample, group) over the spatial group, one allgather of
+    1 + 2 n G float64 per rank forward and one allreduce of 2 n G float64 backward (none without a spatial split);
+    the kernels are elementwise passes: two forward (moments, apply), two backward (reduce, apply)."""
+    local = _Local(spec, grid, machine)
+    kt, n, c = machine.kernel_time, local.n, local.c_in
+    groups = spec.options["groups"]
+    block = dict(n=n, c=c, in_spatial=local.own_in)
+    cost.forward = 2 * kt("elementwise", local.busy, **block)
+    cost.backward = 2 * kt("elementwise", local.busy, **block)
+    p = local.spatial_split
+    if p > 1:
+        inter = p > machine.ranks_per_node
+        cost.collective_forward = machine.allreduce((1 + 2 * n * groups) * FLOAT64 * p, p, inter)
+        cost.collective_backward = machine.allreduce(2 * n * groups * FLOAT64, p, inter)
+    in_bytes = n * c * math.prod(local.own_in) * machine.itemsize
+    cost.activation_bytes = in_bytes + (in_bytes if spec.keeps_output else 0.0)
 
 
 def pointwise(spec, grid, machine, cost):

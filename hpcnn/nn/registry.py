@@ -23,6 +23,7 @@ from .activation import LeakyReLU, ReLU, leaky_relu_work, relu_work
 from .container import Residual, Sequential, SkipConcat
 from .conv import Conv2d, Conv3d, conv_work
 from .conv_transpose import ConvTranspose2d, ConvTranspose3d, conv_transpose_work
+from .groupnorm import GroupNorm, groupnorm_work
 from .linear import Flatten, Linear, flatten_work, linear_work
 from .loss import CrossEntropyLoss, MSELoss
 from .norm import BatchNorm2d, BatchNorm3d, batchnorm_work
@@ -124,6 +125,8 @@ register(LayerKind("upsample", (Upsample,), "layer", _P + "windows:DistUpsample"
                    _C + "upsample", upsample_work))
 register(LayerKind("batchnorm", (BatchNorm2d, BatchNorm3d), "layer", _P + "norm:DistBatchNorm", _M + "batchnorm",
                    _C + "batchnorm", batchnorm_work, keeps=(True, False)))
+register(LayerKind("groupnorm", (GroupNorm,), "layer", _P + "groupnorm:DistGroupNorm", _M + "groupnorm",
+                   _C + "groupnorm", groupnorm_work, keeps=(True, False)))
 register(LayerKind("relu", (ReLU,), "layer", _P + "dense:DistElementwise", _M + "relu", _C + "pointwise",
                    relu_work, keeps=(False, True), fused=_F + "activation"))
 register(LayerKind("leaky_relu", (LeakyReLU,), "layer", _P + "dense:DistElementwise", _M + "leaky_relu",

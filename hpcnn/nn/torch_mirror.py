@@ -97,6 +97,10 @@ def batchnorm(m, children):
     return cls(m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine)
 
 
+def groupnorm(m, children):
+    return torch.nn.GroupNorm(m.num_groups, m.num_channels, eps=m.eps, affine=m.affine)
+
+
 def relu(m, children):
     return torch.nn.ReLU()
 

@@ -47,3 +47,16 @@ def test_conv_transpose3d(case, grid, device):
     layer = nn.ConvTranspose3d(2, 2, k, stride=s, padding=p, output_padding=op, rng=np.random.default_rng(3),
                                dtype=F64)
     run_both(layer, _x((2, 2) + spatial), grid, F64, device=device)
+
+
+@pytest.mark.parametrize("grid", GRIDS_2D + GRIDS_3D, ids=grid_id)
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+@pytest.mark.parametrize("device", device_params())
+def test_groupnorm(grid, affine, device):
+    nd = len(grid) - 1
+    shape = (3, 6, 7, 5) if nd == 2 else (2, 4, 5, 4, 3)
+    layer = nn.GroupNorm(2, shape[1], affine=affine, dtype=F64)
+    if affine:
+        layer.params["weight"][...] = np.linspace(0.5, 1.5, shape[1])
+        layer.params["bias"][...] = np.linspace(-1, 1, shape[1])
+    run_both(layer, _x(shape) * 2 + 1, grid, F64, steps=2, device=device)

@@ -1,5 +1,6 @@
 """ConvTranspose2d/3d, GroupNorm, Dropout and bilinear Upsample against PyTorch: forward, dx and every parameter
 gradient, 2-D and 3-D."""
+import numpy as np
 import pytest
 import torch
 
@@ -52,3 +53,32 @@ def test_conv_transpose_refusals():
         nn.ConvTranspose2d(2, 2, 3, stride=2, output_padding=2)
     with pytest.raises(ValueError, match="only groups=1"):
         nn.ConvTranspose2d(2, 2, 3, groups=2)
+
+
+# (groups, channels, input shape, affine, eps)
+GROUPNORM_CASES = [
+    (2, 4, (3, 4, 5, 6), True, 1e-5),
+    (1, 3, (2, 3, 4, 4), True, 1e-5),         # one group: layer norm over (C, *S)
+    (6, 6, (2, 6, 3, 5), True, 1e-3),         # one channel per group: instance norm
+    (3, 6, (2, 6, 4, 3), False, 1e-5),
+    (2, 4, (2, 4, 3, 4, 5), True, 1e-5),
+    (4, 8, (1, 8, 2, 3, 4), False, 1e-4),
+]
+
+
+@pytest.mark.parametrize("case", GROUPNORM_CASES, ids=lambda c: f"g{c[0]}c{c[1]}-{len(c[2]) - 2}d-affine{c[3]}")
+def test_groupnorm_matches_torch(case, dtype):
+    groups, channels, shape, affine, eps = case
+    layer = nn.GroupNorm(groups, channels, eps=eps, affine=affine, dtype=dtype)
+    if affine:
+        layer.params["weight"][...] = np.linspace(0.5, 1.5, channels)
+        layer.params["bias"][...] = np.linspace(-1, 1, channels)
+    x = _input(shape, dtype) * 3 + 1
+    check_layer(layer, x, dtype, layer.describe())
+    layer.eval()  # the same in evaluation: no running statistics
+    check_layer(layer, x, dtype, layer.describe() + " eval")
+
+
+def test_groupnorm_refuses_channels_not_divisible():
+    with pytest.raises(ValueError, match="num_channels must be a positive multiple of num_groups"):
+        nn.GroupNorm(3, 4)

@@ -57,6 +57,7 @@ EXAMPLES = {
     "avgpool": (lambda: nn.AvgPool3d(2), (2, 2, 4, 6, 4)),
     "upsample": (lambda: nn.Upsample((2, 3)), (2, 2, 4, 3)),
     "batchnorm": (lambda: nn.BatchNorm2d(2), (3, 2, 4, 4)),
+    "groupnorm": (lambda: nn.GroupNorm(2, 4), (2, 4, 3, 5)),
     "relu": (lambda: nn.ReLU(), (2, 3, 4, 4)),
     "leaky_relu": (lambda: nn.LeakyReLU(0.2), (2, 5)),
     "global_avgpool": (lambda: nn.GlobalAvgPool(), (2, 3, 4, 5)),
