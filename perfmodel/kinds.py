@@ -124,11 +124,14 @@ def pool(spec, grid, machine, cost):
 
 
 def upsample(spec, grid, machine, cost):
+    """Nearest: one pass over the output; linear (bilinear, trilinear): per dimension a two-tap pass over the
+    output so far (priced as two elementwise passes per dimension), and the same backward."""
     local = _Local(spec, grid, machine)
     _, out_block, _ = _window_common(spec, grid, machine, cost, local)
     kt = machine.kernel_time
-    cost.forward = kt("elementwise", local.busy, n=local.n, c=local.c_out, in_spatial=out_block)
-    cost.backward = kt("elementwise", local.busy, n=local.n, c=local.c_out, in_spatial=out_block)
+    passes = 1 if spec.options.get("mode", "nearest") == "nearest" else 2 * spec.nd
+    cost.forward = passes * kt("elementwise", local.busy, n=local.n, c=local.c_out, in_spatial=out_block)
+    cost.backward = passes * kt("elementwise", local.busy, n=local.n, c=local.c_out, in_spatial=out_block)
 
 
 def batchnorm(spec, grid, machine, cost):

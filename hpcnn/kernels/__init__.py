@@ -59,6 +59,9 @@ group_moments(x, groups) -> (count, sums, m2)        per (sample, group) float64
 group_norm_apply(x, groups, mean, invstd, weight, bias) -> y
 group_norm_backward_reduce(dy, x, groups, mean, invstd, weight) -> (sum_g, sum_g_xhat, dweight, dbias)
 group_norm_backward_apply(dy, x, groups, mean, invstd, weight, sum_g, sum_g_xhat, count) -> dx
+and (hpcnn.kernels.resample):
+upsample_linear_forward(x, scale, edges=None) -> y   bilinear / trilinear, align_corners=False
+upsample_linear_backward(dy, scale, in_spatial, edges=None) -> dx
 """
 import numpy as np
 
@@ -132,4 +135,7 @@ del _name
 from .groupnorm import (group_moments, group_norm_apply, group_norm_backward_apply,  # noqa: E402
                         group_norm_backward_reduce)
 
+from .resample import upsample_linear_backward, upsample_linear_forward  # noqa: E402
+
+__all__ += ["upsample_linear_forward", "upsample_linear_backward"]
 __all__ += ["group_moments", "group_norm_apply", "group_norm_backward_reduce", "group_norm_backward_apply"]

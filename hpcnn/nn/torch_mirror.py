@@ -89,7 +89,7 @@ def pool(m, children):
 
 
 def upsample(m, children):
-    return torch.nn.Upsample(scale_factor=m.scale_factor, mode="nearest")
+    return torch.nn.Upsample(scale_factor=m.scale_factor, mode=m.mode, align_corners=m.align_corners)
 
 
 def batchnorm(m, children):

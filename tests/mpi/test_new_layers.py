@@ -60,3 +60,16 @@ def test_groupnorm(grid, affine, device):
         layer.params["weight"][...] = np.linspace(0.5, 1.5, shape[1])
         layer.params["bias"][...] = np.linspace(-1, 1, shape[1])
     run_both(layer, _x(shape) * 2 + 1, grid, F64, steps=2, device=device)
+
+
+@pytest.mark.parametrize("grid", GRIDS_2D, ids=grid_id)
+@pytest.mark.parametrize("scale,spatial", [(2, (5, 7)), ((3, 2), (4, 5)), (4, (3, 2))], ids=str)
+@pytest.mark.parametrize("device", device_params())
+def test_bilinear_upsample(scale, spatial, grid, device):
+    run_both(nn.Upsample(scale, mode="bilinear"), _x((3, 2) + spatial), grid, F64, device=device)
+
+
+@pytest.mark.parametrize("grid", GRIDS_3D, ids=grid_id)
+@pytest.mark.parametrize("device", device_params())
+def test_trilinear_upsample(grid, device):
+    run_both(nn.Upsample((2, 3, 2), mode="trilinear"), _x((2, 1, 3, 4, 5)), grid, F64, device=device)

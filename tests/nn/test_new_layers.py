@@ -82,3 +82,22 @@ def test_groupnorm_matches_torch(case, dtype):
 def test_groupnorm_refuses_channels_not_divisible():
     with pytest.raises(ValueError, match="num_channels must be a positive multiple of num_groups"):
         nn.GroupNorm(3, 4)
+
+
+@pytest.mark.parametrize("mode,scale,shape", [
+    ("bilinear", 2, (2, 3, 5, 4)), ("bilinear", 3, (1, 2, 4, 5)), ("bilinear", (2, 3), (2, 2, 3, 4)),
+    ("bilinear", (1, 4), (1, 2, 3, 3)), ("bilinear", 2, (1, 1, 1, 2)),
+    ("trilinear", 2, (1, 2, 3, 4, 3)), ("trilinear", (3, 1, 2), (2, 1, 2, 3, 4)),
+], ids=lambda v: str(v))
+def test_linear_upsample_matches_torch(mode, scale, shape, dtype):
+    layer = nn.Upsample(scale_factor=scale, mode=mode)
+    check_layer(layer, _input(shape, dtype), dtype, layer.describe())
+
+
+def test_upsample_refusals():
+    with pytest.raises(ValueError, match="only align_corners=False"):
+        nn.Upsample(2, mode="bilinear", align_corners=True)
+    with pytest.raises(ValueError, match="mode must be one of 'nearest', 'bilinear', 'trilinear'"):
+        nn.Upsample(2, mode="bicubic")
+    with pytest.raises(ValueError):
+        nn.Upsample(2, mode="bilinear").forward(np.zeros((1, 1, 2, 2, 2), np.float32))

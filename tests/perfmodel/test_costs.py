@@ -181,3 +181,16 @@ def test_conv_transpose_is_priced_from_its_adjoint_halo():
     assert whole.halo_forward == whole.halo_backward == 0 == batch.halo_forward
     assert split.halo_forward > 0 and split.halo_backward > 0        # output rows written across the cut
     assert split.forward < whole.forward and batch.forward < whole.forward
+
+
+def test_bilinear_upsample_exchanges_a_halo_and_costs_more_than_nearest():
+    from hpcnn import nn
+    from perfmodel.costs import layer_cost
+    from perfmodel.layers import walk
+    from perfmodel.machine import load_profile
+    machine = load_profile("vm-cpu")
+    near = walk(nn.Upsample(2), (2, 8, 256, 256))[0]
+    lin = walk(nn.Upsample(2, mode="bilinear"), (2, 8, 256, 256))[0]
+    grid = (1, 2, 1)
+    assert layer_cost(lin, grid, machine).halo_forward > layer_cost(near, grid, machine).halo_forward
+    assert layer_cost(lin, grid, machine).forward > layer_cost(near, grid, machine).forward
