@@ -22,7 +22,7 @@ import math
 
 from .costs import FLOAT64, busy_ranks, ceil_div, conv_halo_pieces, halo_time, window_blocks
 
-__all__ = ["conv", "conv_transpose", "pool", "upsample", "batchnorm", "groupnorm", "pointwise", "global_avgpool", "flatten", "linear",
+__all__ = ["conv", "conv_transpose", "pool", "upsample", "batchnorm", "groupnorm", "dropout", "pointwise", "global_avgpool", "flatten", "linear",
            "residual", "skip", "sequential"]
 
 
@@ -181,6 +181,16 @@ def pointwise(spec, grid, machine, cost):
                              if spec.keeps_output else 0.0)
     cost.forward = kt("elementwise", local.busy, n=local.n, c=local.c_in, in_spatial=local.own_in)
     cost.backward = kt("elementwise", local.busy, n=local.n, c=local.c_in, in_spatial=local.own_in)
+
+
+def dropout(spec, grid, machine, cost):
+    """parallel/dense.py DistDropout: the mask from the elements' global indices (a few integer passes, priced
+    as three elementwise passes) and the multiply forward, the multiply backward; the mask is kept."""
+    pointwise(spec, grid, machine, cost)
+    cost.forward *= 4
+    local = _Local(spec, grid, machine)
+    numel = local.n * local.c_in * (math.prod(local.own_in) if len(spec.in_shape) > 2 else 1)
+    cost.activation_bytes += numel * machine.itemsize
 
 
 def global_avgpool(spec, grid, machine, cost):

@@ -23,6 +23,7 @@ from .activation import LeakyReLU, ReLU, leaky_relu_work, relu_work
 from .container import Residual, Sequential, SkipConcat
 from .conv import Conv2d, Conv3d, conv_work
 from .conv_transpose import ConvTranspose2d, ConvTranspose3d, conv_transpose_work
+from .dropout import Dropout, dropout_work
 from .groupnorm import GroupNorm, groupnorm_work
 from .linear import Flatten, Linear, flatten_work, linear_work
 from .loss import CrossEntropyLoss, MSELoss
@@ -131,6 +132,8 @@ register(LayerKind("relu", (ReLU,), "layer", _P + "dense:DistElementwise", _M + 
                    relu_work, keeps=(False, True), fused=_F + "activation"))
 register(LayerKind("leaky_relu", (LeakyReLU,), "layer", _P + "dense:DistElementwise", _M + "leaky_relu",
                    _C + "pointwise", leaky_relu_work, keeps=(True, False), fused=_F + "activation"))
+register(LayerKind("dropout", (Dropout,), "layer", _P + "dense:DistDropout", _M + "dropout", _C + "dropout",
+                   dropout_work))
 register(LayerKind("global_avgpool", (GlobalAvgPool,), "layer", _P + "dense:DistGlobalAvgPool",
                    _M + "global_avgpool", _C + "global_avgpool", global_avgpool_work, fused=_F + "global_avgpool"))
 register(LayerKind("flatten", (Flatten,), "layer", _P + "dense:DistFlatten", _M + "flatten", _C + "flatten",

@@ -101,6 +101,28 @@ def groupnorm(m, children):
     return torch.nn.GroupNorm(m.num_groups, m.num_channels, eps=m.eps, affine=m.affine)
 
 
+class TorchDropout(torch.nn.Module):
+    """Dropout with hpcnn's mask (hpcnn.kernels.dropout_mask of seed, step and index): PyTorch's generator draws
+    other masks, so the oracle applies the same one; the identity in evaluation, as torch.nn.Dropout."""
+
+    def __init__(self, p, seed, step):
+        super().__init__()
+        self.p, self.seed, self.step = p, seed, step
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        from ..kernels.dropout import dropout_mask
+        mask = dropout_mask(np, tuple(x.shape), (0,) * x.dim(), tuple(x.shape), self.seed, self.step, self.p,
+                            np.dtype(str(x.dtype).replace("torch.", "")))
+        self.step += 1
+        return x * torch.from_numpy(mask)
+
+
+def dropout(m, children):
+    return TorchDropout(m.p, m.seed, m.step)
+
+
 def relu(m, children):
     return torch.nn.ReLU()
 

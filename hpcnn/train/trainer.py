@@ -190,6 +190,9 @@ class Trainer:
                 f"{header.get('order_seed')}; this job has {self.steps_per_epoch} and {self.job['training']['seed']} "
                 "(training.batch, data or training.seed changed): it cannot continue the same run")
         self.step = int(header["step"])
+        for m in self.model.modules():
+            if isinstance(m, nn.Dropout):
+                m.step = self.step  # one training forward per step: the masks continue where the run stopped
         self.resumed_from = path
 
     # --- signals -------------------------------------------------------------------------------

@@ -73,3 +73,19 @@ def test_bilinear_upsample(scale, spatial, grid, device):
 @pytest.mark.parametrize("device", device_params())
 def test_trilinear_upsample(grid, device):
     run_both(nn.Upsample((2, 3, 2), mode="trilinear"), _x((2, 1, 3, 4, 5)), grid, F64, device=device)
+
+
+@pytest.mark.parametrize("grid", GRIDS_2D + GRIDS_3D, ids=grid_id)
+@pytest.mark.parametrize("device", device_params())
+def test_dropout_mask_is_the_same_on_every_grid(grid, device):
+    nd = len(grid) - 1
+    shape = (3, 2, 9, 7) if nd == 2 else (2, 2, 5, 4, 3)
+    run_both(nn.Dropout(0.4, seed=11), _x(shape), grid, F64, steps=3, device=device)
+
+
+@pytest.mark.parametrize("grid", GRIDS_2D, ids=grid_id)
+@pytest.mark.parametrize("device", device_params())
+def test_dropout_on_replicated_rows(grid, device):
+    rng = np.random.default_rng(7)
+    head = nn.Sequential(nn.GlobalAvgPool(), nn.Flatten(), nn.Dropout(0.5, seed=2), nn.Linear(3, 4, rng=rng, dtype=F64))
+    run_both(head, _x((5, 3, 7, 6)), grid, F64, steps=2, device=device)

@@ -101,3 +101,43 @@ def test_upsample_refusals():
         nn.Upsample(2, mode="bicubic")
     with pytest.raises(ValueError):
         nn.Upsample(2, mode="bilinear").forward(np.zeros((1, 1, 2, 2, 2), np.float32))
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 20, 30), (3, 2, 6, 5, 7), (16, 40)], ids=str)
+def test_dropout_matches_its_mirror_and_torch_in_eval(shape, dtype):
+    layer = nn.Dropout(0.3, seed=5)
+    check_layer(layer, _input(shape, dtype), dtype, layer.describe())
+    layer.eval()
+    x = _input(shape, dtype, seed=1)
+    np.testing.assert_array_equal(layer.forward(x), torch.nn.Dropout(0.3).eval()(torch.from_numpy(x)).numpy())
+
+
+def test_dropout_mask_statistics_and_steps():
+    x = np.ones((8, 4, 64, 64), np.float32)
+    layer = nn.Dropout(0.25, seed=1)
+    y0 = layer.forward(x)
+    assert abs((y0 == 0).mean() - 0.25) < 0.01
+    np.testing.assert_allclose(y0[y0 != 0], 1 / 0.75, rtol=1e-6)
+    assert abs(y0.mean() - 1.0) < 0.02                                    # expectation kept
+    y1 = layer.forward(x)                                                  # the next step: another mask
+    assert layer.step == 2 and abs(((y0 == 0) == (y1 == 0)).mean() - (0.25 ** 2 + 0.75 ** 2)) < 0.01
+    np.testing.assert_array_equal(layer.backward(x), y1)                  # the gradient goes through the mask
+    again = nn.Dropout(0.25, seed=1)
+    np.testing.assert_array_equal(again.forward(x), y0)                   # a function of (seed, step, index)
+    again.step = 1
+    np.testing.assert_array_equal(again.forward(x), y1)
+    # a block of the tensor draws the block of the mask
+    from hpcnn.kernels.dropout import dropout_mask
+    block = dropout_mask(np, (3, 4, 10, 64), (2, 0, 20, 0), x.shape, 1, 0, 0.25, np.dtype(np.float32))
+    np.testing.assert_array_equal(block * 1.0, y0[2:5, :, 20:30])
+    assert np.array_equal(nn.Dropout(0.0).forward(x), x) and not nn.Dropout(1.0).forward(x).any()
+    with pytest.raises(ValueError, match=r"p must lie in \[0, 1\]"):
+        nn.Dropout(1.5)
+
+
+def test_dropout_on_the_emulated_gpu_draws_the_host_mask():
+    from hpcnn.backend import open_device, to_host
+    dev = open_device("emulated-gpu")
+    x = np.ones((2, 3, 9, 7), np.float64)
+    host, device = nn.Dropout(0.5, seed=3), nn.Dropout(0.5, seed=3)
+    np.testing.assert_array_equal(to_host(device.forward(dev.put(x))), host.forward(x))

@@ -58,6 +58,7 @@ EXAMPLES = {
     "upsample": (lambda: nn.Upsample((2, 3)), (2, 2, 4, 3)),
     "batchnorm": (lambda: nn.BatchNorm2d(2), (3, 2, 4, 4)),
     "groupnorm": (lambda: nn.GroupNorm(2, 4), (2, 4, 3, 5)),
+    "dropout": (lambda: nn.Dropout(0.3), (2, 3, 4, 4)),
     "relu": (lambda: nn.ReLU(), (2, 3, 4, 4)),
     "leaky_relu": (lambda: nn.LeakyReLU(0.2), (2, 5)),
     "global_avgpool": (lambda: nn.GlobalAvgPool(), (2, 3, 4, 5)),
