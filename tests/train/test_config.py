@@ -26,7 +26,7 @@ def test_good_job_fills_defaults():
     assert job.data["options"] == {"upscale": 1, "val_fraction": 0.2}
     assert job.logging["dir"] == "runs/x"
     assert job.checkpoint["dir"] == "runs/x/checkpoints"
-    assert job.model == {"name": "lenet", "factory": None, "options": {}}
+    assert job.model == {"name": "lenet", "factory": None, "init": None, "options": {}}
 
 
 BAD = [

@@ -25,7 +25,7 @@ def _raw(**model):
 
 def test_factory_is_resolved_relative_to_the_job_file_and_its_keys_checked():
     job = load_job("jobs/own-network.toml")
-    assert job.model == {"name": None, "factory": "nets/tinyseg.py:build", "options": {"width": 8}}
+    assert job.model == {"name": None, "factory": "nets/tinyseg.py:build", "init": None, "options": {"width": 8}}
     path = os.path.join("jobs", "x.toml")
     with pytest.raises(JobError, match=r"model.depth is not an option of network factory 'nets/tinyseg.py:build' "
                                        r"\(options: in_channels, num_classes, width\)"):
