@@ -165,44 +165,67 @@ def _add_plan(sub):
                        description="Plan a model over P ranks: every layer's grid (shortest path through the "
                                    "layered graph of layer x grid, shuffles between grids), the predicted time "
                                    "and memory per layer, and a plan file for `hpcnn train --plan`.")
-    p.add_argument("--model", required=True, help="a zoo model (hpcnn.models.names())")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="a zoo model (hpcnn.models.names())")
+    which.add_argument("--factory", metavar="FILE.py:FUNCTION", help="an own network: a Python file and the "
+                       "function in it that returns an hpcnn.nn module (as [model] factory in a job file)")
     p.add_argument("--input", type=_shape_arg, metavar="CxHxW", help="one sample's shape, CxHxW or CxDxHxW "
-                   "(default: the model's usual input)")
+                   "(default: the zoo model's usual input; needed with --factory)")
     p.add_argument("--batch", type=int, required=True, help="global batch size")
     p.add_argument("--ranks", type=int, required=True, help="number of MPI ranks")
     p.add_argument("--machine", required=True, help="a machine profile: a JSON file or a shipped name "
                    "(perfmodel/profiles/, e.g. v100-nvlink-edr)")
     p.add_argument("--memory-per-rank", type=float, metavar="GiB", help="memory limit per rank (default: the profile's)")
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
-                   help="a model option, e.g. --set width=32 (repeatable)")
+                   help="a model option (an argument of the factory), e.g. --set width=32 (repeatable)")
     p.add_argument("--json", metavar="OUT", help="write the plan (hpcnn.plan.Plan JSON) to OUT")
     p.add_argument("--explain", metavar="LAYER", action="append", default=[],
                    help="show every candidate grid's costs for LAYER and why its grid was chosen (repeatable)")
     p.set_defaults(func=_run_plan)
 
 
+def _plan_model(args, options, batch):
+    """(label, shape, build options fixed by the input, chain) of --model or --factory."""
+    from perfmodel.layers import model_chain, walk
+
+    from .nn import models
+    from .nn.factory import load_factory
+    if args.model:
+        shape = args.input or models.default_input(args.model)
+        _, chain = model_chain(args.model, shape, batch, **options)
+        return args.model, shape, models.input_options(args.model, shape), chain
+    if not args.input:
+        raise ValueError("--factory needs --input (one sample's shape, e.g. 3x512x512)")
+    shape = args.input
+    factory = load_factory(args.factory)
+    known = factory.options()
+    fixed = {"in_channels": shape[0]}
+    if "input_size" in known and len(set(shape[1:])) == 1:
+        fixed["input_size"] = shape[1]
+    fixed = {k: v for k, v in fixed.items() if k in known}
+    model = factory.build(**{**fixed, **options})
+    return factory.label, shape, fixed, walk(model, (batch,) + tuple(shape))
+
+
 def _run_plan(args):
     from perfmodel import provenance, report
-    from perfmodel.layers import model_chain
     from perfmodel.machine import ProfileError, load_profile
     from perfmodel.planner import PlanError, plan_chain
 
-    from .nn import models
     from .train.config import JobError, parse_options
     try:
         options = parse_options(args.options)
-        shape = args.input or models.default_input(args.model)
         if args.batch < 1 or args.ranks < 1:
             raise ValueError("--batch and --ranks must be positive")
         machine = load_profile(args.machine)
-        _, chain = model_chain(args.model, shape, args.batch, **options)
+        label, shape, fixed, chain = _plan_model(args, options, args.batch)
         limit = None if args.memory_per_rank is None else args.memory_per_rank * 2**30
         result = plan_chain(chain, args.ranks, machine, memory_limit=limit)
         explanations = [report.explain(result, name) for name in args.explain]
     except (ValueError, ProfileError, PlanError, JobError) as e:
         sys.stderr.write(f"hpcnn plan: error: {e}\n")
         return 2
-    print(f"plan for {args.model} input {'x'.join(map(str, shape))}, batch {args.batch}, {args.ranks} ranks on "
+    print(f"plan for {label} input {'x'.join(map(str, shape))}, batch {args.batch}, {args.ranks} ranks on "
           f"'{machine.name}' ({machine.backend}, {machine.ranks_per_node} ranks per node); planned in "
           f"{result.planning_seconds:.2f} s")
     print(provenance.check(machine)[1])
@@ -212,11 +235,25 @@ def _run_plan(args):
         print()
         print(text)
     if args.json:
-        plan = report.to_plan(result, args.model, {**options, **models.input_options(args.model, shape)},
-                              (args.batch,) + tuple(shape))
+        plan = report.to_plan(result, label, {**options, **fixed}, (args.batch,) + tuple(shape))
         plan.save(args.json)
         print(f"wrote {args.json}")
     return 0
+
+
+def _add_export(sub):
+    p = sub.add_parser("export", help="write a checkpoint's weights as a safetensors file that PyTorch loads",
+                       description="Write a checkpoint's parameters and batch-norm state as a safetensors file "
+                                   "under PyTorch's names (block1.conv.weight, bn.running_mean, ...): "
+                                   "torch_model.load_state_dict(safetensors.torch.load_file(OUT)).")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file, or a checkpoint folder (its newest)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="the safetensors file to write")
+    p.set_defaults(func=lambda args: _export(args))
+
+
+def _export(args):
+    from .train.export import command
+    return command(args.checkpoint, args.output)
 
 
 def build_parser():
@@ -229,6 +266,7 @@ def build_parser():
     _add_calibrate(sub)
     _add_train(sub)
     _add_data(sub)
+    _add_export(sub)
     return parser
 
 

@@ -171,7 +171,8 @@ class ndarray:
                       ("ne", _op.ne), ("matmul", _op.matmul)):
         locals()[f"__{_name}__"] = _binary(_f)
     __rmatmul__ = _reflected(_op.matmul)
-    for _name, _f in (("and", np.bitwise_and), ("or", np.bitwise_or), ("xor", np.bitwise_xor)):
+    for _name, _f in (("and", np.bitwise_and), ("or", np.bitwise_or), ("xor", np.bitwise_xor),
+                      ("lshift", np.left_shift), ("rshift", np.right_shift)):
         locals()[f"__{_name}__"] = _binary(_f)
         locals()[f"__r{_name}__"] = _reflected(_f)
     __invert__ = lambda self: ndarray(~self._a)  # noqa: E731
@@ -195,13 +196,13 @@ def _function(name):
 
 # The subset of cupy's namespace that hpcnn calls.
 _FUNCTIONS = ("empty", "zeros", "ones", "full", "empty_like", "zeros_like", "ones_like", "sqrt", "where",
-              "isfinite", "maximum", "stack", "concatenate", "broadcast_to", "argmax", "bincount", "matmul")
+              "isfinite", "maximum", "stack", "concatenate", "broadcast_to", "argmax", "bincount", "matmul", "arange")
 for _name in _FUNCTIONS:
     globals()[_name] = _function(_name)
 __all__ += list(_FUNCTIONS)
 del _name
 
-for _name in ("float32", "float64", "int32", "int64", "uint8", "bool_"):
+for _name in ("float32", "float64", "int32", "int64", "uint8", "uint32", "uint64", "bool_"):
     globals()[_name] = getattr(np, _name)
 del _name
 

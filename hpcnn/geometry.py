@@ -29,7 +29,8 @@ dimension, in C order (`factorizations`, `candidate_grids`).
 from collections import namedtuple
 
 __all__ = [
-    "as_tuple", "normalize_padding", "window_output_size", "WindowGeometry",
+    "as_tuple", "normalize_padding", "window_output_size", "WindowGeometry", "transposed_geometry",
+    "transposed_output_shape", "bilinear_halo",
     "block_range", "block_ranges", "block_index", "window_input_range", "AxisHalo", "window_halo",
     "upsample_halo", "halo_reach", "halo_pieces", "piece_padding", "own_rows_suffice",
     "factorizations", "candidate_grids",
@@ -129,6 +130,40 @@ class WindowGeometry:
                 f"padding={self.padding}, dilation={self.dilation})")
 
 
+def transposed_output_shape(spatial, kernel, stride, padding, output_padding, dilation):
+    """Output spatial shape of a transposed convolution (PyTorch's ConvTranspose): per dimension
+    (S - 1) * s - 2 * p + d * (R - 1) + output_padding + 1."""
+    return tuple((size - 1) * s - 2 * p + d * (r - 1) + op + 1 for size, r, s, p, op, d
+                 in zip(spatial, kernel, stride, padding, output_padding, dilation))
+
+
+def transposed_geometry(nd, kernel, stride, padding, output_padding, dilation):
+    """The convolution whose adjoint a transposed convolution is: the WindowGeometry that maps the transposed
+    layer's output (size O) back to its input (size S).
+
+    A transposed convolution with symmetric padding p and output_padding op writes output row
+    i * s - p + r * d from input row i; the convolution reading those rows has padding (p, p - op) when
+    op <= p (its last window reaches p - op rows past the output), and (p, 0) otherwise, when the last
+    op - p output rows are read by no window (they hold the bias only). Its output size is S when
+    op - p < s; with a larger output_padding (allowed when the dilation exceeds the stride) it would be
+    more, so callers pass S as `out_spatial` to `window_halo`.
+    """
+    kernel, stride, dilation = as_tuple(kernel, nd, "kernel_size"), as_tuple(stride, nd, "stride"), \
+        as_tuple(dilation, nd, "dilation")
+    padding = (padding,) * nd if isinstance(padding, int) else tuple(int(p) for p in padding)
+    output_padding = (output_padding,) * nd if isinstance(output_padding, int) else \
+        tuple(int(p) for p in output_padding)
+    if len(padding) != nd or len(output_padding) != nd or min(padding + output_padding) < 0:
+        raise ValueError(f"padding and output_padding: expected non-negative ints or {nd} of them, received "
+                         f"{padding!r} and {output_padding!r}")
+    for s, d, p, op in zip(stride, dilation, padding, output_padding):
+        if op >= max(s, d):
+            raise ValueError(f"output_padding must be smaller than stride or dilation (as in PyTorch), received "
+                             f"output_padding={output_padding}, stride={stride}, dilation={dilation}")
+    pads = tuple((p, max(p - op, 0)) for p, op in zip(padding, output_padding))
+    return WindowGeometry(nd, kernel, stride, pads, dilation)
+
+
 # --- blocks ----------------------------------------------------------------------------------------------------
 
 def block_range(size, parts, index):
@@ -180,12 +215,13 @@ class AxisHalo(namedtuple("AxisHalo", "own need pad out")):
         return self.own[0] - self.need[0], self.need[1] - self.own[1]
 
 
-def window_halo(parts, spatial, geometry):
+def window_halo(parts, spatial, geometry, out_spatial=None):
     """[[AxisHalo per block] per spatial dim] of a window op on input spatial shape `spatial`.
 
-    parts: the number of blocks along each spatial dimension (a grid's spatial entries).
+    parts: the number of blocks along each spatial dimension (a grid's spatial entries); out_spatial: the
+    output shape when it is not the geometry's (a transposed convolution's input, see transposed_geometry).
     """
-    out_spatial = geometry.output_shape(spatial)
+    out_spatial = geometry.output_shape(spatial) if out_spatial is None else tuple(out_spatial)
     halo = []
     for k, (size, osize) in enumerate(zip(spatial, out_spatial)):
         kernel, stride, dilation, pad_lo, _ = geometry.along(k)
@@ -204,6 +240,23 @@ def upsample_halo(parts, spatial, scale):
         axis = []
         for own, (o0, o1) in zip(block_ranges(size, parts[k]), block_ranges(size * f, parts[k])):
             a, b = (o0 // f, (o1 - 1) // f + 1) if o1 > o0 else (min(o0 // f, size),) * 2
+            axis.append(AxisHalo(own, (a, b), (0, 0), (o0, o1)))
+        halo.append(axis)
+    return halo
+
+
+def bilinear_halo(parts, spatial, scale):
+    """Like `window_halo` for bilinear upsampling (align_corners=False) by integer factors `scale`: an output
+    block [o0, o1) interpolates input rows [o0 // f, (o1 - 1) // f + 1) and one row on either side, clipped
+    to the image (at its edges the edge row is repeated, which needs no halo)."""
+    halo = []
+    for k, (size, f) in enumerate(zip(spatial, scale)):
+        axis = []
+        for own, (o0, o1) in zip(block_ranges(size, parts[k]), block_ranges(size * f, parts[k])):
+            if o1 > o0:
+                a, b = max(o0 // f - 1, 0), min((o1 - 1) // f + 2, size)
+            else:
+                a = b = min(o0 // f, size)
             axis.append(AxisHalo(own, (a, b), (0, 0), (o0, o1)))
         halo.append(axis)
     return halo

@@ -72,9 +72,11 @@ class Plan:
         return sorted({self.default_grid, *self.layers.values()})
 
     def validate(self, model, ranks=None):
-        """Refuse a plan for another rank count or naming layers the model does not have."""
+        """Refuse a plan for another rank count or naming layers the model (None: no model) does not have."""
         if ranks is not None and ranks != self.ranks:
             raise ValueError(f"plan: written for {self.ranks} ranks ('ranks'), but the job has {ranks}")
+        if model is None:
+            return
         names = {n for n, _ in model.named_leaves()}
         unknown = sorted(set(self.layers) - names)
         if unknown:

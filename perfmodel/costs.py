@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from hpcnn.geometry import WindowGeometry, halo_pieces, own_rows_suffice, upsample_halo, window_halo
+from hpcnn.geometry import WindowGeometry, bilinear_halo, halo_pieces, own_rows_suffice, upsample_halo, window_halo
 from hpcnn.nn import registry
 
 __all__ = [
@@ -98,12 +98,12 @@ def local_numel(shape, grid):
 # --- windows and halos -------------------------------------------------------------------------------------------
 
 @lru_cache(maxsize=65536)
-def _window_axis(size, parts, kernel, stride, dilation, pad_lo, pad_hi, upsample=0):
+def _window_axis(size, parts, kernel, stride, dilation, pad_lo, pad_hi, upsample=0, linear=False):
     """Along one dimension split in `parts` (from hpcnn.geometry's blocks): (largest output block, largest
     extended input, largest owned input, the largest halo rows received (sum of both sides), sides, the
     halo pieces [(input rows, output rows)] of that block when a convolution's halo-piece path applies)."""
     if upsample:
-        axis = upsample_halo((parts,), (size,), (upsample,))[0]
+        axis = (bilinear_halo if linear else upsample_halo)((parts,), (size,), (upsample,))[0]
     else:
         axis = window_halo((parts,), (size,), WindowGeometry(1, kernel, stride, ((pad_lo, pad_hi),), dilation))[0]
     out_max = ext_max = own_max = recv_max = 0
@@ -130,8 +130,13 @@ def window_blocks(spec, grid):
     nd = spec.nd
     spatial = spec.in_shape[2:]
     if spec.kind == "upsample":
-        return [_window_axis(spatial[k], grid[1 + k], 1, 1, 1, 0, 0, spec.options["scale"][k]) for k in range(nd)]
+        linear = spec.options.get("mode", "nearest") != "nearest"
+        return [_window_axis(spatial[k], grid[1 + k], 1, 1, 1, 0, 0, spec.options["scale"][k], linear)
+                for k in range(nd)]
     g = spec.geometry
+    if spec.kind == "conv_transpose":
+        # the adjoint convolution's windows, from the transposed layer's output back to its input
+        spatial = spec.out_shape[2:]
     return [_window_axis(spatial[k], grid[1 + k], *g.along(k)) for k in range(nd)]
 
 

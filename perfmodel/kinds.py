@@ -7,9 +7,12 @@ for a `perfmodel.layers.Block`'s own work. Each mirrors its form in hpcnn.parall
 - conv (parallel/conv.py): the kernels on the extended block, or on the owned block plus the thin
   halo pieces when exactly one dimension exchanges rows and every block reads all of its own
   (conv_forward; conv_backward_data + conv_backward_filter + adding the piece's filter gradient);
+- conv_transpose (parallel/conv_transpose.py): the adjoint convolution's kernels and halo, reversed;
 - pool, upsample (parallel/windows.py): the halo exchange, then the kernel on the extended block;
 - batchnorm (parallel/norm.py): statistics over every rank, one collective forward (an allgather
   of 2C+1 float64 per rank) and one allreduce of 2C float64 backward;
+- groupnorm (parallel/groupnorm.py): statistics per (sample, group) over the spatial group: one
+  allgather forward, one allreduce backward;
 - global_avgpool, flatten, linear, pointwise (parallel/dense.py): an allreduce of (n, C) float64
   over the spatial group; an allgather of the blocks into (N, F) rows replicated there; Linear
   computing redundantly on every replica; elementwise passes;
@@ -19,7 +22,7 @@ import math
 
 from .costs import FLOAT64, busy_ranks, ceil_div, conv_halo_pieces, halo_time, window_blocks
 
-__all__ = ["conv", "pool", "upsample", "batchnorm", "pointwise", "global_avgpool", "flatten", "linear",
+__all__ = ["conv", "conv_transpose", "pool", "upsample", "batchnorm", "groupnorm", "dropout", "pointwise", "global_avgpool", "flatten", "linear",
            "residual", "skip", "sequential"]
 
 
@@ -79,6 +82,36 @@ def conv(spec, grid, machine, cost):
     cost.workspace_bytes = float(n * c_in * math.prod(g.kernel) * math.prod(out_block) * item)
 
 
+def conv_transpose(spec, grid, machine, cost):
+    """parallel/conv_transpose.py: the adjoint convolution's halo used the other way round. Forward: its
+    data-gradient kernel into the extended output block, then the adjoint exchange (halo rows sent back and
+    added); backward: the halo of the output gradient fetched, its forward and filter-gradient kernels."""
+    local = _Local(spec, grid, machine)
+    kt, busy, item = machine.kernel_time, local.busy, machine.itemsize
+    n, c_in, c_out = local.n, local.c_in, local.c_out
+    axes = window_blocks(spec, grid)        # blocks of the adjoint: out = this layer's input block
+    in_block = [a[0] for a in axes]
+    ext = [a[1] for a in axes]
+    own_out = [a[2] for a in axes]
+    if any(o < 1 for o in own_out):
+        cost.details["empty"] = True
+    # the adjoint convolution maps (c_out channels, ext) -> (c_in channels, in_block)
+    shape = dict(n=n, c=c_out, k=c_in, in_spatial=ext, kernel=spec.geometry.kernel, out_spatial=in_block)
+    cost.forward = kt("conv_backward_data", busy, **shape)
+    cost.backward = kt("conv_forward", busy, **shape) + kt("conv_backward_filter", busy, **shape)
+    cost.halo_forward = halo_time(machine, grid, n, c_out, axes, local.ranks, backward=True)
+    cost.halo_backward = halo_time(machine, grid, n, c_out, axes, local.ranks, backward=False)
+    if spec.options.get("bias"):
+        cost.forward += kt("elementwise", busy, n=n, c=c_out, in_spatial=own_out)
+        cost.backward += kt("elementwise", busy, n=n, c=c_out, in_spatial=own_out)
+    # keeps its input for the filter gradient; the output when the next layer keeps it
+    cost.activation_bytes = n * c_in * math.prod(in_block) * item
+    if spec.keeps_output:
+        cost.activation_bytes += n * c_out * math.prod(own_out) * item
+    cost.workspace_bytes = float(n * c_out * math.prod(ext) * item
+                                 + n * c_out * math.prod(spec.geometry.kernel) * math.prod(in_block) * item)
+
+
 def pool(spec, grid, machine, cost):
     local = _Local(spec, grid, machine)
     _, out_block, ext = _window_common(spec, grid, machine, cost, local)
@@ -91,11 +124,14 @@ def pool(spec, grid, machine, cost):
 
 
 def upsample(spec, grid, machine, cost):
+    """Nearest: one pass over the output; linear (bilinear, trilinear): per dimension a two-tap pass over the
+    output so far (priced as two elementwise passes per dimension), and the same backward."""
     local = _Local(spec, grid, machine)
     _, out_block, _ = _window_common(spec, grid, machine, cost, local)
     kt = machine.kernel_time
-    cost.forward = kt("elementwise", local.busy, n=local.n, c=local.c_out, in_spatial=out_block)
-    cost.backward = kt("elementwise", local.busy, n=local.n, c=local.c_out, in_spatial=out_block)
+    passes = 1 if spec.options.get("mode", "nearest") == "nearest" else 2 * spec.nd
+    cost.forward = passes * kt("elementwise", local.busy, n=local.n, c=local.c_out, in_spatial=out_block)
+    cost.backward = passes * kt("elementwise", local.busy, n=local.n, c=local.c_out, in_spatial=out_block)
 
 
 def batchnorm(spec, grid, machine, cost):
@@ -113,6 +149,25 @@ def batchnorm(spec, grid, machine, cost):
     cost.activation_bytes = 2 * in_bytes if spec.keeps_output else 0.0
 
 
+def groupnorm(spec, grid, machine, cost):
+    """parallel/groupnorm.py: statistics per (sample, group) over the spatial group, one allgather of
+    1 + 2 n G float64 per rank forward and one allreduce of 2 n G float64 backward (none without a spatial split);
+    the kernels are elementwise passes: two forward (moments, apply), two backward (reduce, apply)."""
+    local = _Local(spec, grid, machine)
+    kt, n, c = machine.kernel_time, local.n, local.c_in
+    groups = spec.options["groups"]
+    block = dict(n=n, c=c, in_spatial=local.own_in)
+    cost.forward = 2 * kt("elementwise", local.busy, **block)
+    cost.backward = 2 * kt("elementwise", local.busy, **block)
+    p = local.spatial_split
+    if p > 1:
+        inter = p > machine.ranks_per_node
+        cost.collective_forward = machine.allreduce((1 + 2 * n * groups) * FLOAT64 * p, p, inter)
+        cost.collective_backward = machine.allreduce(2 * n * groups * FLOAT64, p, inter)
+    in_bytes = n * c * math.prod(local.own_in) * machine.itemsize
+    cost.activation_bytes = in_bytes + (in_bytes if spec.keeps_output else 0.0)
+
+
 def pointwise(spec, grid, machine, cost):
     """ReLU, LeakyReLU and other shape-keeping elementwise layers, on blocks or on (N, F) rows."""
     local = _Local(spec, grid, machine)
@@ -126,6 +181,16 @@ def pointwise(spec, grid, machine, cost):
                              if spec.keeps_output else 0.0)
     cost.forward = kt("elementwise", local.busy, n=local.n, c=local.c_in, in_spatial=local.own_in)
     cost.backward = kt("elementwise", local.busy, n=local.n, c=local.c_in, in_spatial=local.own_in)
+
+
+def dropout(spec, grid, machine, cost):
+    """parallel/dense.py DistDropout: the mask from the elements' global indices (a few integer passes, priced
+    as three elementwise passes) and the multiply forward, the multiply backward; the mask is kept."""
+    pointwise(spec, grid, machine, cost)
+    cost.forward *= 4
+    local = _Local(spec, grid, machine)
+    numel = local.n * local.c_in * (math.prod(local.own_in) if len(spec.in_shape) > 2 else 1)
+    cost.activation_bytes += numel * machine.itemsize
 
 
 def global_avgpool(spec, grid, machine, cost):

@@ -179,7 +179,7 @@ class ChaosEngine:
                 self.fused_reason = str(exc)
         self.step = "fused" if self.net is not None else "layers"
         self.workers = [Worker(i) for i in range(self.threads)]
-        self.momentum_buffers = {}
+        self.optimizer_state = {}
         if self.step == "fused":
             for w in self.workers:
                 w.buffers = self.net.workspace()
@@ -199,7 +199,7 @@ class ChaosEngine:
         worker.optimizer = SGD(list(replica.parameters()), lr=self.lr, momentum=self.momentum,
                                weight_decay=self.weight_decay)
         # one momentum buffer per parameter, shared by the workers as the weights are
-        worker.optimizer.momentum_buffers = self.momentum_buffers
+        worker.optimizer.state = self.optimizer_state
         names = {}
         for name, module in replica.named_modules():
             if module.params:

@@ -53,6 +53,15 @@ squared_error(pred, target) -> (loss_sum, dpred)     sum of (pred - target)**2 a
 
 upsample_nearest_forward(x, scale) -> y              scale: int or nd ints; y: (N, C, *(S*scale))
 upsample_nearest_backward(dy, scale) -> dx           sums each scale-block of dy
+
+Composed of array-module operations, the same code on every device (hpcnn.kernels.groupnorm):
+group_moments(x, groups) -> (count, sums, m2)        per (sample, group) float64 partial sums, (N, G)
+group_norm_apply(x, groups, mean, invstd, weight, bias) -> y
+group_norm_backward_reduce(dy, x, groups, mean, invstd, weight) -> (sum_g, sum_g_xhat, dweight, dbias)
+group_norm_backward_apply(dy, x, groups, mean, invstd, weight, sum_g, sum_g_xhat, count) -> dx
+and (hpcnn.kernels.resample):
+upsample_linear_forward(x, scale, edges=None) -> y   bilinear / trilinear, align_corners=False
+upsample_linear_backward(dy, scale, in_spatial, edges=None) -> dx
 """
 import numpy as np
 
@@ -122,3 +131,11 @@ def _dispatched(name):
 for _name in __all__:
     globals()[_name] = _dispatched(_name)
 del _name
+
+from .groupnorm import (group_moments, group_norm_apply, group_norm_backward_apply,  # noqa: E402
+                        group_norm_backward_reduce)
+
+from .resample import upsample_linear_backward, upsample_linear_forward  # noqa: E402
+
+__all__ += ["upsample_linear_forward", "upsample_linear_backward"]
+__all__ += ["group_moments", "group_norm_apply", "group_norm_backward_reduce", "group_norm_backward_apply"]

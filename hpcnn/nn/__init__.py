@@ -6,6 +6,9 @@ distributed form, its cost description and pricing, its fused CHAOS op and its P
 from .activation import LeakyReLU, ReLU
 from .container import Residual, Sequential, SkipConcat
 from .conv import Conv2d, Conv3d
+from .conv_transpose import ConvTranspose2d, ConvTranspose3d
+from .dropout import Dropout
+from .groupnorm import GroupNorm
 from .linear import Flatten, Linear
 from .loss import CrossEntropyLoss, MSELoss
 from .module import Module, default_rng, manual_seed
@@ -16,7 +19,7 @@ from . import registry  # noqa: E402  (after the layers it registers)
 
 __all__ = [
     "Module", "manual_seed", "default_rng",
-    "Conv2d", "Conv3d", "BatchNorm2d", "BatchNorm3d", "ReLU", "LeakyReLU",
+    "Conv2d", "Conv3d", "ConvTranspose2d", "ConvTranspose3d", "BatchNorm2d", "BatchNorm3d", "GroupNorm", "Dropout", "ReLU", "LeakyReLU",
     "MaxPool2d", "MaxPool3d", "AvgPool2d", "AvgPool3d", "GlobalAvgPool", "Flatten", "Linear", "Upsample",
     "Sequential", "Residual", "SkipConcat", "CrossEntropyLoss", "MSELoss", "registry",
 ]

@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from .activation import LeakyReLU, ReLU, leaky_relu_work, relu_work
 from .container import Residual, Sequential, SkipConcat
 from .conv import Conv2d, Conv3d, conv_work
+from .conv_transpose import ConvTranspose2d, ConvTranspose3d, conv_transpose_work
+from .dropout import Dropout, dropout_work
+from .groupnorm import GroupNorm, groupnorm_work
 from .linear import Flatten, Linear, flatten_work, linear_work
 from .loss import CrossEntropyLoss, MSELoss
 from .norm import BatchNorm2d, BatchNorm3d, batchnorm_work
@@ -113,6 +116,8 @@ _P, _C, _F, _M = "hpcnn.parallel.", "perfmodel.kinds:", "hpcnn.chaos.ops:", "hpc
 
 register(LayerKind("conv", (Conv2d, Conv3d), "layer", _P + "conv:DistConv", _M + "conv", _C + "conv", conv_work,
                    keeps=(True, False), fused=_F + "conv"))
+register(LayerKind("conv_transpose", (ConvTranspose2d, ConvTranspose3d), "layer", _P + "conv_transpose:DistConvTranspose",
+                   _M + "conv_transpose", _C + "conv_transpose", conv_transpose_work, keeps=(True, False)))
 register(LayerKind("maxpool", (MaxPool2d, MaxPool3d), "layer", _P + "windows:DistMaxPool", _M + "pool",
                    _C + "pool", pool_work, fused=_F + "pool"))
 register(LayerKind("avgpool", (AvgPool2d, AvgPool3d), "layer", _P + "windows:DistAvgPool", _M + "pool",
@@ -121,10 +126,14 @@ register(LayerKind("upsample", (Upsample,), "layer", _P + "windows:DistUpsample"
                    _C + "upsample", upsample_work))
 register(LayerKind("batchnorm", (BatchNorm2d, BatchNorm3d), "layer", _P + "norm:DistBatchNorm", _M + "batchnorm",
                    _C + "batchnorm", batchnorm_work, keeps=(True, False)))
+register(LayerKind("groupnorm", (GroupNorm,), "layer", _P + "groupnorm:DistGroupNorm", _M + "groupnorm",
+                   _C + "groupnorm", groupnorm_work, keeps=(True, False)))
 register(LayerKind("relu", (ReLU,), "layer", _P + "dense:DistElementwise", _M + "relu", _C + "pointwise",
                    relu_work, keeps=(False, True), fused=_F + "activation"))
 register(LayerKind("leaky_relu", (LeakyReLU,), "layer", _P + "dense:DistElementwise", _M + "leaky_relu",
                    _C + "pointwise", leaky_relu_work, keeps=(True, False), fused=_F + "activation"))
+register(LayerKind("dropout", (Dropout,), "layer", _P + "dense:DistDropout", _M + "dropout", _C + "dropout",
+                   dropout_work))
 register(LayerKind("global_avgpool", (GlobalAvgPool,), "layer", _P + "dense:DistGlobalAvgPool",
                    _M + "global_avgpool", _C + "global_avgpool", global_avgpool_work, fused=_F + "global_avgpool"))
 register(LayerKind("flatten", (Flatten,), "layer", _P + "dense:DistFlatten", _M + "flatten", _C + "flatten",

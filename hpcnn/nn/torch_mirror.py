@@ -71,6 +71,12 @@ def conv(m, children):
     return out
 
 
+def conv_transpose(m, children):
+    cls = {2: torch.nn.ConvTranspose2d, 3: torch.nn.ConvTranspose3d}[m.nd]
+    return cls(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=m.padding,
+               output_padding=m.output_padding, dilation=m.dilation, bias="bias" in m.params)
+
+
 def pool(m, children):
     from .pool import _MaxPoolNd
     maximum = isinstance(m, _MaxPoolNd)
@@ -83,12 +89,38 @@ def pool(m, children):
 
 
 def upsample(m, children):
-    return torch.nn.Upsample(scale_factor=m.scale_factor, mode="nearest")
+    return torch.nn.Upsample(scale_factor=m.scale_factor, mode=m.mode, align_corners=m.align_corners)
 
 
 def batchnorm(m, children):
     cls = {2: torch.nn.BatchNorm2d, 3: torch.nn.BatchNorm3d}[m.nd]
     return cls(m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine)
+
+
+def groupnorm(m, children):
+    return torch.nn.GroupNorm(m.num_groups, m.num_channels, eps=m.eps, affine=m.affine)
+
+
+class TorchDropout(torch.nn.Module):
+    """Dropout with hpcnn's mask (hpcnn.kernels.dropout_mask of seed, step and index): PyTorch's generator draws
+    other masks, so the oracle applies the same one; the identity in evaluation, as torch.nn.Dropout."""
+
+    def __init__(self, p, seed, step):
+        super().__init__()
+        self.p, self.seed, self.step = p, seed, step
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        from ..kernels.dropout import dropout_mask
+        mask = dropout_mask(np, tuple(x.shape), (0,) * x.dim(), tuple(x.shape), self.seed, self.step, self.p,
+                            np.dtype(str(x.dtype).replace("torch.", "")))
+        self.step += 1
+        return x * torch.from_numpy(mask)
+
+
+def dropout(m, children):
+    return TorchDropout(m.p, m.seed, m.step)
 
 
 def relu(m, children):

@@ -11,7 +11,7 @@ from ..backend import array_module
 from .module import DistModule
 from .tensor import DistTensor
 
-__all__ = ["DistElementwise", "DistGlobalAvgPool", "DistFlatten", "DistLinear"]
+__all__ = ["DistElementwise", "DistDropout", "DistGlobalAvgPool", "DistFlatten", "DistLinear"]
 
 
 class DistElementwise(DistModule):
@@ -19,6 +19,18 @@ class DistElementwise(DistModule):
 
     def _forward(self, t):
         return t.like(self.layer.forward(t.local))
+
+    def _backward(self, g):
+        return g.like(self.layer.backward(g.local))
+
+
+class DistDropout(DistModule):
+    """Dropout on the local block with the single process's mask for its elements (drawn from their global
+    indices), on (N, C, *S) blocks and replicated (N, F) rows alike."""
+
+    def _forward(self, t):
+        offsets = tuple(s.start for s in self.d.local_slices(t.global_shape))
+        return t.like(self.layer.forward_block(t.local, offsets, t.global_shape))
 
     def _backward(self, g):
         return g.like(self.layer.backward(g.local))

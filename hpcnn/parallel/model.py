@@ -106,7 +106,8 @@ def distribute(model, d=None, plan=None, overlap=True, bn_stats="global", bucket
             return d
     else:
         comm = Communicator.world() if comm is None else Communicator.of(comm)
-        plan.validate(model, comm.size)
+        # a loss has no layers to check: it takes the plan's default grid (its inputs arrive there)
+        plan.validate(None if registry.kind_of(model).role == "loss" else model, comm.size)
         # every distribution is made up front, in the same order on every rank (Split is collective)
         by_grid = {grid: Distribution(comm, grid) for grid in plan.grids()}
 

@@ -7,7 +7,7 @@ row). Empty blocks compute empty outputs and still take part in every exchange.
 """
 from .. import kernels
 from ..backend import array_module
-from ..geometry import upsample_halo, window_halo, window_input_range
+from ..geometry import bilinear_halo, upsample_halo, window_halo, window_input_range
 from .halo import HaloExchange
 from .module import DistModule, is_empty
 from .tensor import DistTensor
@@ -110,14 +110,56 @@ class DistAvgPool(WindowLayer):
 
 
 class DistUpsample(DistModule):
-    """Nearest upsampling: each output block reads the input rows under it (a halo of at most one row)."""
+    """Nearest upsampling: each output block reads the input rows under it (a halo of at most one row).
+    Linear (bilinear, trilinear): also one row on either side (`hpcnn.geometry.bilinear_halo`), the edge row
+    repeated at the global edges only."""
 
     def _scale(self, nd):
         s = self.layer.scale_factor
         return (s,) * nd if isinstance(s, int) else tuple(s)
 
+    def forward_linear(self, t):
+        nd = self.d.nd
+        scale = self._scale(nd)
+        spatial = t.global_shape[2:]
+        key = ("linear", spatial, scale)
+        if key not in self.exchanges:
+            self.exchanges[key] = HaloExchange(self.d, bilinear_halo(self.d.spatial_grid, spatial, scale))
+        self.ex = ex = self.exchanges[key]
+        self._in_shape, self._in_global = t.local.shape, t.global_shape
+        out_global = t.global_shape[:2] + tuple(s * f for s, f in zip(spatial, scale))
+        out_local = self.d.local_shape(out_global)
+        ext = ex.forward(t.local)
+        if is_empty(out_local) or is_empty(ext.shape):
+            self._index = None
+            return DistTensor(array_module(t.local).zeros(out_local, t.local.dtype), self.d, out_global)
+        # the rows that frame the centre rows [c0, c1) under this output block: a neighbour's or a repeated edge
+        self._edges, index = [], [slice(None), slice(None)]
+        for h, f, size in zip(ex.mine, scale, spatial):
+            c0, c1 = h.out[0] // f, (h.out[1] - 1) // f + 1
+            self._edges.append((h.need[0] == c0, h.need[1] == c1))
+            index.append(slice(h.out[0] - c0 * f, h.out[1] - c0 * f))
+        self._index = tuple(index)
+        xp = array_module(ext)
+        y = kernels.upsample_linear_forward(xp.ascontiguousarray(ext), scale, self._edges)
+        self._centre = y.shape
+        return DistTensor(xp.ascontiguousarray(y[self._index]), self.d, out_global)
+
+    def backward_linear(self, g):
+        ex = self.ex
+        xp = array_module(g.local)
+        if self._index is None:
+            dx_ext = xp.zeros(self._in_shape[:2] + ex.need_shape, g.local.dtype)
+        else:
+            full = xp.zeros(self._centre, g.local.dtype)
+            full[self._index] = g.local
+            dx_ext = kernels.upsample_linear_backward(full, self._scale(self.d.nd), ex.need_shape, self._edges)
+        return DistTensor(ex.reverse(dx_ext), self.d, self._in_global)
+
     def _forward(self, t):
-        self.layer.check_input(t.local, ndim=(4, 5))
+        self.layer.check_input(t.local, ndim=(4, 5) if self.layer.mode == "nearest" else self.d.nd + 2)
+        if self.layer.mode != "nearest":
+            return self.forward_linear(t)
         nd = self.d.nd
         scale = self._scale(nd)
         spatial = t.global_shape[2:]
@@ -138,6 +180,8 @@ class DistUpsample(DistModule):
         return DistTensor(xp.ascontiguousarray(y[index]), self.d, out_global)
 
     def _backward(self, g):
+        if self.layer.mode != "nearest":
+            return self.backward_linear(g)
         ex = self.ex
         scale = self._scale(self.d.nd)
         if is_empty(g.local.shape):

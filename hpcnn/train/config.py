@@ -2,14 +2,16 @@
 
 A job file has six tables (see docs/jobs.md for a tour):
 
-    [model]         name = "lenet"; every other key is an option of that model (hpcnn.models.options)
+    [model]         name = "lenet" (a zoo model) or factory = "nets/mynet.py:build" (an own network,
+                    hpcnn.nn.factory); every other key is an option of that model
     [data]          dataset = "digits" | "textures" | "fields3d" | "hdf5" | "npy", seed, and the
                     dataset's own options (hpcnn.data.OPTIONS)
     [distribution]  engine = "spatial" | "chaos" | "auto"; grid = [N, H, W] (or [N, D, H, W]) or
                     "auto"; plan = "plan.json"; CHAOS options threads, staleness, average_every,
                     deterministic
     [training]      epochs or steps, batch (global), seed, dtype, device, val_every, and the tables
-                    [training.optimizer] (sgd: lr, momentum, nesterov, weight_decay) and
+                    [training.optimizer] (name = "sgd": lr, momentum, dampening, nesterov,
+                    weight_decay; "adam" | "adamw": lr, betas, eps, weight_decay, amsgrad) and
                     [training.schedule] (hpcnn.train.schedule.build_schedule; base_lr defaults to
                     the optimizer's lr and total_steps to the run's length)
     [checkpoint]    dir, every (steps; 0: at each epoch's end), keep (the last K)
@@ -25,7 +27,7 @@ import tomllib
 
 from ..backend import DEVICES
 
-__all__ = ["JobError", "Job", "SCHEMA", "load_job", "parse_job", "apply_overrides", "parse_options", "dataset_options", "ENGINES"]
+__all__ = ["JobError", "Job", "SCHEMA", "load_job", "parse_job", "apply_overrides", "parse_options", "dataset_options", "ENGINES", "OPTIMIZERS"]
 
 ENGINES = ("spatial", "chaos", "auto")
 
@@ -34,7 +36,11 @@ ENGINES = ("spatial", "chaos", "auto")
 # "grid", "table".
 SCHEMA = {
     "model": {
-        "name": (str, None, "required", "the model (hpcnn.models.names())"),
+        "name": (str, "", None, "a zoo model (hpcnn.models.names())"),
+        "factory": (str, "", None, "an own network, \"FILE.py:FUNCTION\" (FILE relative to the job file); "
+                                   "instead of name"),
+        "init": (str, "", None, "initial weights: a safetensors file (relative to the job file), e.g. one "
+                                "saved from PyTorch or written by `hpcnn export`"),
     },
     "data": {
         "dataset": (str, None, "required", "the dataset (hpcnn.data.DATASETS)"),
@@ -78,12 +84,25 @@ SCHEMA = {
     },
 }
 
-OPTIMIZER = {
-    "name": (str, "sgd", ("sgd",), "the optimizer"),
+_SGD = {
     "lr": (float, 0.01, "positive", "learning rate (the schedule's base_lr)"),
     "momentum": (float, 0.0, "nonnegative", "momentum"),
+    "dampening": (float, 0.0, "nonnegative", "dampening of the momentum"),
     "nesterov": (bool, False, None, "Nesterov momentum"),
-    "weight_decay": (float, 0.0, "nonnegative", "L2 weight decay"),
+    "weight_decay": (float, 0.0, "nonnegative", "L2 weight decay (added to the gradient)"),
+}
+_ADAM = {
+    "lr": (float, 1e-3, "positive", "learning rate (the schedule's base_lr)"),
+    "betas": ("betas", [0.9, 0.999], None, "coefficients of the running averages of the gradient and its square"),
+    "eps": (float, 1e-8, "positive", "added to the denominator"),
+    "weight_decay": (float, 0.0, "nonnegative", "L2 weight decay (adam: added to the gradient; adamw: decoupled)"),
+    "amsgrad": (bool, False, None, "use the maximum of the past squared-gradient averages"),
+}
+# [training.optimizer]: name -> its fields (PyTorch's defaults, but sgd's lr, which torch does not default)
+OPTIMIZERS = {
+    "sgd": _SGD,
+    "adam": _ADAM,
+    "adamw": dict(_ADAM, weight_decay=(float, 1e-2, "nonnegative", "decoupled weight decay")),
 }
 
 
@@ -149,6 +168,11 @@ def _check_value(field, value, kind, rule, fail):
     elif kind == "table":
         if not isinstance(value, dict):
             fail(f"{field} must be a table, got {_kind(value)} {value!r}")
+    elif kind == "betas":
+        if not (isinstance(value, list) and len(value) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v < 1.0 for v in value)):
+            fail(f"{field} must be a list of two numbers in [0, 1), got {value!r}")
+        value = [float(v) for v in value]
     elif kind == "grid":
         ok = value == "auto" or (isinstance(value, list) and len(value) in (3, 4) and all(
             isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value))
@@ -246,17 +270,32 @@ def parse_job(raw, path="<job>"):
         extra_ok = section in ("model", "data")
         job[section] = _fill(section, raw.get(section, {}), schema, fail, extra_ok=extra_ok)
 
-    # model: the name, then its options as the zoo declares them
-    name = job["model"]["name"]
-    if name not in models.names():
-        fail(f"model.name must be one of {', '.join(models.names())}, got {name!r}")
-    known = models.options(name)
-    options = {k: v for k, v in raw["model"].items() if k != "name"}
+    # model: a zoo name or an own network's factory, then its options as it declares them
+    name, factory = job["model"]["name"], job["model"]["factory"]
+    options = {k: v for k, v in raw.get("model", {}).items() if k not in SCHEMA["model"]}
+    if bool(name) == bool(factory):
+        fail("[model] needs exactly one of name (a zoo model: " + ", ".join(models.names()) + ") and factory "
+             "(an own network, \"FILE.py:FUNCTION\")" + (", got both" if name else ""))
+    if factory:
+        from ..nn.factory import FactoryError, load_factory
+        try:
+            known = load_factory(factory, os.path.dirname(os.path.abspath(path))).options()
+        except FactoryError as e:
+            fail(f"model.factory: {e}")
+        what = f"network factory {factory!r}"
+    else:
+        if name not in models.names():
+            fail(f"model.name must be one of {', '.join(models.names())}, got {name!r}")
+        known = models.options(name)
+        what = f"model {name!r}"
     for key in options:
         if key not in known or key == "dtype":
             valid = ", ".join(k for k in known if k != "dtype")
-            fail(f"model.{key} is not an option of model {name!r} (options: {valid})")
-    job["model"] = {"name": name, "options": options}
+            fail(f"model.{key} is not an option of {what} (options: {valid or 'none'})")
+    init = job["model"]["init"]
+    if init and not init.endswith(".safetensors"):
+        fail(f"model.init must name a .safetensors file, got {init!r}")
+    job["model"] = {"name": name or None, "factory": factory or None, "init": init or None, "options": options}
 
     # data: the dataset, then its options
     dataset = job["data"]["dataset"]
@@ -284,7 +323,15 @@ def parse_job(raw, path="<job>"):
     if bool(tr["epochs"]) == bool(tr["steps"]):
         fail("training needs exactly one of epochs and steps, as a positive integer "
              f"(got epochs = {tr['epochs']}, steps = {tr['steps']})")
-    tr["optimizer"] = _fill("training.optimizer", tr["optimizer"] or {}, OPTIMIZER, fail)
+    tr["optimizer"] = _optimizer(tr["optimizer"] or {}, fail)
+    if dist["engine"] == "chaos" and tr["optimizer"]["name"] != "sgd":
+        fail(f"distribution.engine = \"chaos\" trains with SGD only (its threads write each layer's SGD update "
+             f"as its gradient is ready): training.optimizer.name = {tr['optimizer']['name']!r} needs "
+             "distribution.engine = \"spatial\"")
+    if dist["engine"] == "chaos" and tr["optimizer"]["name"] == "sgd" and (
+            tr["optimizer"]["nesterov"] or tr["optimizer"]["dampening"]):
+        fail("distribution.engine = \"chaos\" has no Nesterov momentum or dampening: it takes "
+             "training.optimizer.nesterov = false and dampening = 0")
     schedule = dict(tr["schedule"] or {})
     schedule.setdefault("name", "constant")
     schedule.setdefault("base_lr", tr["optimizer"]["lr"])
@@ -297,6 +344,25 @@ def parse_job(raw, path="<job>"):
     if not job["checkpoint"]["dir"]:
         job["checkpoint"]["dir"] = os.path.join(job["logging"]["dir"], "checkpoints")
     return job
+
+
+def _optimizer(given, fail):
+    """[training.optimizer] checked against the fields of its name, defaults filled in."""
+    name = given.get("name", "sgd")
+    if name not in OPTIMIZERS:
+        fail(f"training.optimizer.name must be one of {', '.join(repr(n) for n in OPTIMIZERS)}, got {name!r}")
+    fields = OPTIMIZERS[name]
+    rest = {k: v for k, v in given.items() if k != "name"}
+    unknown = sorted(set(rest) - set(fields))
+    if unknown:
+        fail(f"training.optimizer.{unknown[0]} is not a field of optimizer {name!r} (fields: name, "
+             f"{', '.join(fields)})")
+    out = {"name": name}
+    out.update(_fill("training.optimizer", rest, fields, fail))
+    if name == "sgd" and out["nesterov"] and (out["momentum"] <= 0 or out["dampening"] != 0):
+        fail("training.optimizer.nesterov needs momentum > 0 and dampening = 0, got "
+             f"momentum = {out['momentum']}, dampening = {out['dampening']}")
+    return out
 
 
 def dataset_options(dataset, given):

@@ -7,7 +7,7 @@ Engines (distribution.engine in a job file):
 - "chaos" (`hpcnn.chaos.job.ChaosJobEngine`): CHAOS threads sharing one copy of the weights
   (CPU only; whole samples).
 - "auto": "chaos" when the job trains on the CPU (training.device = "cpu"), no grid or plan is asked
-  for, the job runs on one rank and the task is classification; "spatial" otherwise.
+  for, the job runs on one rank with plain SGD (momentum, weight decay) and the task is classification; "spatial" otherwise.
 
 An engine is a class with `name`, `setup(trainer)` (every rank, before any work: may refuse the
 job with a JobError) and `run(trainer) -> summary dict`. Engines above this package (CHAOS)
@@ -70,7 +70,9 @@ def choose_engine(job, ranks):
     if engine != "auto":
         return engine
     spatial_asked = dist["plan"] or dist["grid"] not in (None, "auto")
-    if job["training"]["device"] != "cpu" or spatial_asked or ranks > 1:
+    opt = job["training"]["optimizer"]
+    sgd = opt["name"] == "sgd" and not opt["nesterov"] and not opt["dampening"]  # what CHAOS runs
+    if job["training"]["device"] != "cpu" or spatial_asked or ranks > 1 or not sgd:
         return "spatial"
     return "chaos" if _task_of(job) == "classify" else "spatial"
 

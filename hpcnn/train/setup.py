@@ -1,4 +1,6 @@
 """Building a job's parts, the same on every rank: its datasets, its model, and errors agreed over ranks."""
+import os
+
 import numpy as np
 
 from .. import data as hdata
@@ -6,7 +8,7 @@ from ..nn import models
 from . import checkpoint as ckpt
 from .config import JobError
 
-__all__ = ["agree", "open_data", "build_model", "auto_grid"]
+__all__ = ["agree", "open_data", "build_model", "model_label", "auto_grid"]
 
 
 def agree(comm, fn):
@@ -44,11 +46,27 @@ def open_data(job):
     return train_set, val_set
 
 
+def model_label(job):
+    """The name of a job's model: the zoo name, or "FILE.py:FUNCTION" of its own network."""
+    m = job["model"]
+    return m["name"] or _factory(job).label
+
+
+def _factory(job):
+    from ..nn.factory import FactoryError, load_factory
+    try:
+        return load_factory(job["model"]["factory"], os.path.dirname(os.path.abspath(job.path)))
+    except FactoryError as e:
+        raise JobError(f"job file {job.path}: model.factory: {e}") from None
+
+
 def build_model(job, dataset, dtype):
-    """The job's model, with in_channels, num_classes / num_outputs and input_size from `dataset`."""
+    """The job's model (a zoo model or an own network's factory), with in_channels, num_classes /
+    num_outputs and input_size from `dataset`, seed from training.seed."""
     name = job["model"]["name"]
+    factory = None if name else _factory(job)
     given = dict(job["model"]["options"])
-    known = models.options(name)
+    known = models.options(name) if name else factory.options()
     derived = {"in_channels": dataset.in_channels, "seed": job["training"]["seed"], "dtype": dtype}
     if dataset.task == "regress":
         derived["num_outputs"] = dataset.num_classes
@@ -57,15 +75,18 @@ def build_model(job, dataset, dtype):
     if "input_size" in known and len(set(dataset.spatial_shape)) == 1:
         derived["input_size"] = dataset.spatial_shape[0]
     for key, value in derived.items():
-        if key not in known:
+        if key not in known and key not in ("seed", "dtype"):
             continue
         if key in given and key not in ("seed",) and given[key] != value:
             what = {"in_channels": "channels", "num_classes": "classes", "num_outputs": "targets",
                     "input_size": "pixels per side"}[key]
             raise JobError(f"job file {job.path}: model.{key} = {given[key]!r}, but dataset "
                            f"{job['data']['dataset']} has {value} {what}")
-        given.setdefault(key, value)
+        if key in known or factory is not None:
+            given.setdefault(key, value)
     try:
+        if factory is not None:
+            return factory.build(**given)
         return models.build(name, **given)
     except (ValueError, TypeError) as e:
         raise JobError(f"job file {job.path}: model: {e}") from None

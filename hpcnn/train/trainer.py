@@ -22,10 +22,10 @@ from . import checkpoint as ckpt
 from .config import JobError, load_job
 from .engine import choose_engine, engine_class, job_communicator, launched_ranks
 from .metrics import MetricsLog, Progress, format_duration
-from .optim import SGD
+from .optim import build_optimizer
 from .schedule import build_schedule
 from ..threads import apply_threads, choose_threads
-from .setup import agree, build_model, open_data
+from .setup import agree, build_model, model_label, open_data
 
 __all__ = ["Trainer", "TrainingDiverged", "train", "command"]
 
@@ -74,14 +74,19 @@ class Trainer:
         except ValueError as e:
             raise JobError(f"job file {job.path}: {e}") from None
         apply_threads(self.threads.threads)
-        self.model = build_model(job, self.train_set, self.dtype).to(self.device)
+        self.model_label = model_label(job)
+        self.model = build_model(job, self.train_set, self.dtype)
+        if job["model"]["init"] and not self.resume:  # a resumed run continues from its checkpoint instead
+            self._load_init()
+        self.model = self.model.to(self.device)
         self.loss = nn.MSELoss() if self.task == "regress" else nn.CrossEntropyLoss()
         self.distribution = None
         self.net = self.model
         self.engine.setup(self)
-        opt = tr["optimizer"]
-        self.optimizer = SGD(self.net, lr=opt["lr"], momentum=opt["momentum"], nesterov=opt["nesterov"],
-                             weight_decay=opt["weight_decay"])
+        try:
+            self.optimizer = build_optimizer(self.net, tr["optimizer"])
+        except ValueError as e:
+            raise JobError(f"job file {job.path}: training.optimizer: {e}") from None
         spec = dict(tr["schedule"])
         if spec.get("name") == "cosine":
             spec.setdefault("total_steps", self.total_steps)
@@ -99,6 +104,29 @@ class Trainer:
                                f"of an earlier run (newest: step {earlier[-1][0]}); continue that run with --resume, "
                                "or start over with --restart (which deletes them)")
 
+    def _load_init(self):
+        from ..nn.weights import WeightsError, load_weights
+        path = os.path.join(os.path.dirname(os.path.abspath(self.job.path)), self.job["model"]["init"])
+        try:
+            load_weights(self.model, path)
+        except WeightsError as e:
+            raise JobError(f"job file {self.job.path}: model.init: {e}") from None
+        self.init_from = path
+
+    def _check_same_weights(self):
+        """Refuse an own network whose ranks built different weights (a generator not seeded from `seed`)."""
+        import hashlib
+        digest = hashlib.sha256()
+        for name, p, _ in self.model.parameters():
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(to_host(p)).tobytes())
+        digests = self.comm.allgather_object(digest.hexdigest())
+        differ = [r for r, d in enumerate(digests) if d != digests[0]]
+        if differ:
+            raise JobError(f"job file {self.job.path}: model.factory {self.job['model']['factory']} built other "
+                           f"weights on rank {differ[0]} than on rank 0: draw them from hpcnn.nn's default "
+                           "generator (seeded from training.seed) or from the function's `seed` argument")
+
     # --- checkpoints --------------------------------------------------------------------------
     def _arrays(self):
         out = {f"param/{name}": p for name, p, _ in self.net.parameters()}
@@ -112,7 +140,7 @@ class Trainer:
             "step_in_epoch": self.step % self.steps_per_epoch, "steps_per_epoch": self.steps_per_epoch,
             "order_seed": self.job["training"]["seed"], "ranks": self.comm.size,
             "grid": list(self.distribution.grid) if self.distribution is not None else None,
-            "model": self.job["model"]["name"], "job": self.job.to_dict(), "job_path": self.job.path,
+            "model": self.model_label, "job": self.job.to_dict(), "job_path": self.job.path,
         }
 
     def save_checkpoint(self):
@@ -138,9 +166,9 @@ class Trainer:
             raise JobError(f"job file {self.job.path}: --resume: no checkpoint in {folder}")
         arrays, header = ckpt.load(path)
         where = f"checkpoint {path}"
-        if header.get("model") != self.job["model"]["name"]:
+        if header.get("model") != self.model_label:
             raise ckpt.CheckpointError(f"{where} holds model {header.get('model')!r}, the job trains "
-                                       f"{self.job['model']['name']!r}")
+                                       f"{self.model_label!r}")
         targets = [(f"param/{n}", p) for n, p, _ in self.net.parameters()] + \
                   [(f"state/{n}", s) for n, s in self.model.state()]
         for key, target in targets:
@@ -162,6 +190,9 @@ class Trainer:
                 f"{header.get('order_seed')}; this job has {self.steps_per_epoch} and {self.job['training']['seed']} "
                 "(training.batch, data or training.seed changed): it cannot continue the same run")
         self.step = int(header["step"])
+        for m in self.model.modules():
+            if isinstance(m, nn.Dropout):
+                m.step = self.step  # one training forward per step: the masks continue where the run stopped
         self.resumed_from = path
 
     # --- signals -------------------------------------------------------------------------------
@@ -186,6 +217,8 @@ class Trainer:
     def run(self):
         """Train to the end (or to a stop signal); returns the summary dict."""
         agree(self.comm, self._setup)
+        if self.job["model"]["factory"] and self.comm.size > 1:
+            self._check_same_weights()  # every rank sees every digest, so all refuse alike
         if self.restart and not self.resume and self.comm.rank == 0:
             for _, path in ckpt.list_checkpoints(self.job["checkpoint"]["dir"]):
                 os.unlink(path)
@@ -207,10 +240,11 @@ class Trainer:
                        first_step=self.step)
         where = f"on {size} rank{'s' if size > 1 else ''}" + (f", grid {grid}" if grid else "") + \
             f", {_describe_devices(devices)}"
-        self.progress.say(f"hpcnn train {job.path}: {job['model']['name']} ({n_params:,} parameters) on "
+        self.progress.say(f"hpcnn train {job.path}: {self.model_label} ({n_params:,} parameters) on "
                           f"{self.train_set.describe()}; engine {self.engine_name} {where}; "
                           f"{self.total_steps} steps of batch {self.batch}; {self.threads.describe()}"
-                          + (f"; resumed at step {self.step} from {self.resumed_from}" if self.step else ""))
+                          + (f"; resumed at step {self.step} from {self.resumed_from}" if self.step else "")
+                          + (f"; initial weights from {self.init_from}" if getattr(self, "init_from", None) else ""))
         self._install_signals()
         try:
             summary = self.engine.run(self)

@@ -172,3 +172,107 @@ def test_build_schedule():
     with pytest.raises(ValueError, match="step must be non-negative"):
         StepLR(0.1, 2).lr_at(-1)
     assert math.isclose(CosineLR(1.0, 4).lr_at(2), 0.5)
+
+
+ADAM_SETTINGS = [
+    ("adam", dict(lr=0.01)),
+    ("adam", dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, weight_decay=1e-2)),
+    ("adam", dict(lr=0.01, weight_decay=1e-3, amsgrad=True)),
+    ("adamw", dict(lr=0.01)),
+    ("adamw", dict(lr=0.03, betas=(0.5, 0.9), eps=1e-7, weight_decay=0.1)),
+    ("adamw", dict(lr=0.01, weight_decay=5e-2, amsgrad=True)),
+]
+
+
+@pytest.mark.parametrize("name,settings", ADAM_SETTINGS,
+                         ids=lambda s: s if isinstance(s, str) else ",".join(f"{k}={v}" for k, v in s.items()))
+def test_adam_matches_torch(name, settings, dtype):
+    from hpcnn.train import Adam, AdamW
+    rng = seeded(1)
+    triples = _triples(rng, dtype)
+    tparams = [torch.nn.Parameter(to_torch(p.copy())) for _, p, _ in triples]
+    ours, theirs = {"adam": (Adam, torch.optim.Adam), "adamw": (AdamW, torch.optim.AdamW)}[name]
+    opt = ours(triples, **settings)
+    topt = theirs(tparams, foreach=False, **settings)
+    for step in range(6):
+        lr = settings["lr"] * (0.3 if step >= 4 else 1.0)  # later steps use a schedule's override
+        for (_, _, g), tp in zip(triples, tparams):
+            g[...] = rng.standard_normal(g.shape) * (3.0 if step % 2 else 0.2)
+            tp.grad = to_torch(g.copy())
+        opt.step(lr=lr if step >= 4 else None)
+        for group in topt.param_groups:
+            group["lr"] = lr
+        topt.step()
+        for (pname, p, _), tp in zip(triples, tparams):
+            assert_close(p, tp.detach().numpy(), dtype, f"{name} {pname} after step {step}")
+    # the state has torch's names and values
+    tstate = {pname: topt.state[tp] for (pname, _, _), tp in zip(triples, tparams)}
+    sd = opt.state_dict()
+    for pname, st in tstate.items():
+        assert int(sd[f"step.{pname}"]) == int(st["step"])
+        for key in ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if settings.get("amsgrad") else ()):
+            assert_close(sd[f"{key}.{pname}"], st[key].numpy(), dtype, f"{key}.{pname}")
+
+
+def test_adam_state_round_trip_continues_exactly():
+    from hpcnn.train import AdamW
+    rng = seeded(2)
+    a, b = _triples(rng, np.float64), None
+    b = [(n, p.copy(), g.copy()) for n, p, g in a]
+    oa, ob = AdamW(a, lr=0.01, amsgrad=True), AdamW(b, lr=0.01, amsgrad=True)
+    grads = [[rng.standard_normal(p.shape) for _, p, _ in a] for _ in range(4)]
+    for k in range(4):
+        for (_, _, g), new in zip(a, grads[k]):
+            g[...] = new
+        oa.step()
+    for k in range(4):
+        for (_, _, g), new in zip(b, grads[k]):
+            g[...] = new
+        if k == 2:  # a fresh optimizer from the saved state continues the same run
+            state = ob.state_dict()
+            ob = AdamW(b, lr=0.01, amsgrad=True)
+            ob.load_state_dict(state)
+        ob.step()
+    for (n, pa, _), (_, pb, _) in zip(a, b):
+        np.testing.assert_array_equal(pa, pb, err_msg=n)
+
+
+def test_optimizer_state_refuses_what_does_not_fit():
+    from hpcnn.train import Adam
+    rng = seeded(3)
+    triples = _triples(rng, np.float64)
+    opt = Adam(triples, lr=0.01)
+    for _, _, g in triples:
+        g[...] = 1.0
+    opt.step()
+    good = opt.state_dict()
+    with pytest.raises(ValueError, match="'momentum_buffer.a.bias' is not state of Adam"):
+        Adam(triples).load_state_dict({**good, "momentum_buffer.a.bias": np.zeros(3)})
+    with pytest.raises(ValueError, match="'exp_avg.nope' names no parameter"):
+        Adam(triples).load_state_dict({**good, "exp_avg.nope": np.zeros(3)})
+    with pytest.raises(ValueError, match=r"'exp_avg.a.bias' has shape \(4,\), the parameter has \(3,\)"):
+        Adam(triples).load_state_dict({**good, "exp_avg.a.bias": np.zeros(4)})
+    partial = {k: v for k, v in good.items() if k != "exp_avg_sq.a.weight"}
+    with pytest.raises(ValueError, match="the state of 'a.weight' lacks exp_avg_sq"):
+        Adam(triples).load_state_dict(partial)
+    with pytest.raises(ValueError, match="betas must be two numbers"):
+        Adam(triples, betas=(0.9, 1.0))
+
+
+def test_adam_on_the_emulated_gpu_equals_the_host():
+    from hpcnn.backend import open_device, to_host
+    from hpcnn.train import AdamW
+    dev = open_device("emulated-gpu")
+    rng = seeded(4)
+    host = _triples(rng, np.float64)
+    for _, _, g in host:
+        g[...] = rng.standard_normal(g.shape)
+    device = [(n, dev.put(p), dev.put(g)) for n, p, g in host]
+    oh, od = AdamW(host, lr=0.01, amsgrad=True), AdamW(device, lr=0.01, amsgrad=True)
+    for _ in range(3):
+        oh.step()
+        od.step()
+    for (n, ph, _), (_, pd, _) in zip(host, device):
+        np.testing.assert_allclose(to_host(pd), ph, rtol=1e-12, err_msg=n)
+    state = od.state_dict()
+    assert all(type(v).__module__ != "numpy" for k, v in state.items() if not k.startswith("step."))

@@ -52,10 +52,13 @@ def test_distributed_forms_are_distributed_modules():
 # One example per leaf layer kind: a new kind fails test_examples_cover_every_layer_kind until it has one.
 EXAMPLES = {
     "conv": (lambda: nn.Conv3d(2, 3, 3, stride=2, padding=1), (2, 2, 7, 6, 5)),
+    "conv_transpose": (lambda: nn.ConvTranspose3d(2, 3, 3, stride=2, padding=1, output_padding=1), (2, 2, 3, 4, 2)),
     "maxpool": (lambda: nn.MaxPool2d(3, stride=2, padding=1), (2, 2, 9, 8)),
     "avgpool": (lambda: nn.AvgPool3d(2), (2, 2, 4, 6, 4)),
     "upsample": (lambda: nn.Upsample((2, 3)), (2, 2, 4, 3)),
     "batchnorm": (lambda: nn.BatchNorm2d(2), (3, 2, 4, 4)),
+    "groupnorm": (lambda: nn.GroupNorm(2, 4), (2, 4, 3, 5)),
+    "dropout": (lambda: nn.Dropout(0.3), (2, 3, 4, 4)),
     "relu": (lambda: nn.ReLU(), (2, 3, 4, 4)),
     "leaky_relu": (lambda: nn.LeakyReLU(0.2), (2, 5)),
     "global_avgpool": (lambda: nn.GlobalAvgPool(), (2, 3, 4, 5)),

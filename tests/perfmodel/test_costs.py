@@ -167,3 +167,30 @@ def test_fresh_memory_is_paid_for_large_outputs_and_input_gradients_only():
         assert b.backward - a.backward == pytest.approx(expect_b, abs=1e-15)
     assert fresh.fresh_memory_time(4 * math.prod(large.out_shape)) > 0   # 2 MiB output: above the threshold
     assert base.fresh_memory_time(1 << 40) == 0                          # absent: no term (GPU pools)
+
+
+def test_conv_transpose_is_priced_from_its_adjoint_halo():
+    from hpcnn import nn
+    from perfmodel.costs import layer_cost
+    from perfmodel.layers import walk
+    from perfmodel.machine import load_profile
+    machine = load_profile("vm-cpu")
+    spec = walk(nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1), (2, 8, 256, 256))[0]
+    assert spec.kind == "conv_transpose" and spec.out_shape == (2, 4, 512, 512)
+    whole, split, batch = (layer_cost(spec, g, machine) for g in ((1, 1, 1), (1, 2, 1), (2, 1, 1)))
+    assert whole.halo_forward == whole.halo_backward == 0 == batch.halo_forward
+    assert split.halo_forward > 0 and split.halo_backward > 0        # output rows written across the cut
+    assert split.forward < whole.forward and batch.forward < whole.forward
+
+
+def test_bilinear_upsample_exchanges_a_halo_and_costs_more_than_nearest():
+    from hpcnn import nn
+    from perfmodel.costs import layer_cost
+    from perfmodel.layers import walk
+    from perfmodel.machine import load_profile
+    machine = load_profile("vm-cpu")
+    near = walk(nn.Upsample(2), (2, 8, 256, 256))[0]
+    lin = walk(nn.Upsample(2, mode="bilinear"), (2, 8, 256, 256))[0]
+    grid = (1, 2, 1)
+    assert layer_cost(lin, grid, machine).halo_forward > layer_cost(near, grid, machine).halo_forward
+    assert layer_cost(lin, grid, machine).forward > layer_cost(near, grid, machine).forward

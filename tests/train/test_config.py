@@ -1,4 +1,6 @@
 """Job files: every bad field is refused with one message naming it; defaults; --set overrides."""
+import re
+
 import pytest
 
 from hpcnn.train.config import JobError, apply_overrides, load_job, parse_job
@@ -17,14 +19,14 @@ def _with(dotted, value):
 def test_good_job_fills_defaults():
     job = parse_job(GOOD, "jobs/x.toml")
     assert job.training["batch"] == 16
-    assert job.training["optimizer"] == {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False,
+    assert job.training["optimizer"] == {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False, "dampening": 0.0,
                                          "weight_decay": 0.0}
     assert job.training["schedule"] == {"name": "constant", "base_lr": 0.05}
     assert job.distribution["engine"] == "spatial"
     assert job.data["options"] == {"upscale": 1, "val_fraction": 0.2}
     assert job.logging["dir"] == "runs/x"
     assert job.checkpoint["dir"] == "runs/x/checkpoints"
-    assert job.model == {"name": "lenet", "options": {}}
+    assert job.model == {"name": "lenet", "factory": None, "init": None, "options": {}}
 
 
 BAD = [
@@ -36,8 +38,10 @@ BAD = [
     ("training.dtype", '"float16"', "training.dtype must be one of 'float32', 'float64', got 'float16'"),
     ("training.optimizer.lr", "0", "training.optimizer.lr must be positive, got 0.0"),
     ("training.optimizer.momentum", "-0.5", "training.optimizer.momentum must be non-negative, got -0.5"),
-    ("training.optimizer.name", '"adam"', "training.optimizer.name must be one of 'sgd', got 'adam'"),
-    ("training.optimizer.betas", "1", "training.optimizer.betas is not a field of [training.optimizer]"),
+    ("training.optimizer.name", '"lamb"', "training.optimizer.name must be one of 'sgd', 'adam', 'adamw', got 'lamb'"),
+    ("training.optimizer.name", '"adam"', "training.optimizer.momentum is not a field of optimizer 'adam' (fields: name, "
+                                          "lr, betas, eps, weight_decay, amsgrad)"),
+    ("training.optimizer.betas", "1", "training.optimizer.betas is not a field of optimizer 'sgd'"),
     ("training.schedule.name", '"linear"', "training.schedule: schedule: 'name' must be one of"),
     ("training.schedule.gamma", "0.5", "training.schedule: schedule 'constant': unknown key(s) gamma"),
     ("training.shuffle", "true", "training.shuffle is not a field of [training]"),
@@ -73,7 +77,11 @@ def test_bad_field_is_named(field, value, message):
 
 
 def test_missing_required_fields():
-    for section, field in (("model", "name"), ("data", "dataset")):
+    raw = apply_overrides(GOOD, [])
+    del raw["model"]["name"]
+    with pytest.raises(JobError, match=r"\[model\] needs exactly one of name \(a zoo model: .*\) and factory"):
+        parse_job(raw, "j.toml")
+    for section, field in (("data", "dataset"),):
         raw = apply_overrides(GOOD, [])
         del raw[section][field]
         with pytest.raises(JobError, match=f"{section}.{field} is missing"):
@@ -132,3 +140,30 @@ def test_shipped_jobs_are_valid():
     assert "jobs/lenet-digits.toml" in paths
     for path in paths:
         load_job(path)
+
+
+def _optimizer_job(**optimizer):
+    return parse_job({**GOOD, "training": {"epochs": 1, "optimizer": optimizer}}, "j.toml")
+
+
+def test_optimizer_fields_per_name():
+    assert _optimizer_job(name="adamw").training["optimizer"] == {
+        "name": "adamw", "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 1e-2, "amsgrad": False}
+    assert _optimizer_job(name="adam", betas=[0.8, 0.9])["training"]["optimizer"]["weight_decay"] == 0.0
+    for bad, message in ((dict(name="adam", betas=[0.9, 1.0]), "betas must be a list of two numbers in [0, 1)"),
+                         (dict(name="adam", betas=[0.9]), "betas must be a list of two numbers"),
+                         (dict(name="adam", eps=0), "training.optimizer.eps must be positive"),
+                         (dict(name="sgd", nesterov=True), "nesterov needs momentum > 0 and dampening = 0")):
+        with pytest.raises(JobError, match=re.escape(message)):
+            _optimizer_job(**bad)
+
+
+def test_chaos_refuses_what_it_does_not_run():
+    for optimizer, message in ((dict(name="adam"), 'distribution.engine = "chaos" trains with SGD only'),
+                               (dict(name="sgd", momentum=0.9, nesterov=True), "has no Nesterov momentum")):
+        raw = {**GOOD, "distribution": {"engine": "chaos"}, "training": {"epochs": 1, "optimizer": optimizer}}
+        with pytest.raises(JobError, match=re.escape(message)):
+            parse_job(raw, "j.toml")
+    from hpcnn.train.engine import choose_engine
+    raw = {**GOOD, "distribution": {"engine": "auto"}, "training": {"epochs": 1, "optimizer": {"name": "adamw"}}}
+    assert choose_engine(parse_job(raw, "j.toml"), 1) == "spatial"

@@ -6,13 +6,14 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 
 import numpy as np
 import pytest
 
 from hpcnn.cli import main
 from hpcnn.train import checkpoint as ckpt
-from hpcnn.train.config import load_job
+from hpcnn.train.config import apply_overrides, load_job, parse_job
 from hpcnn.data.dataset import epoch_order
 from hpcnn.train.trainer import Trainer, TrainingDiverged, train
 
@@ -57,19 +58,30 @@ def test_epoch_order_is_a_function_of_seed_and_epoch():
     assert not np.array_equal(a, epoch_order(100, 4, 0)) and not np.array_equal(a, epoch_order(100, 3, 1))
 
 
-def test_resume_equals_an_uninterrupted_run(tmp_path):
-    full = Trainer(_job(tmp_path / "full", ["training.optimizer.momentum=0.9"]), stream=io.StringIO())
+def _with_optimizer(tmp_path, optimizer, extra=()):
+    """The digits job with its [training.optimizer] table replaced by `optimizer`."""
+    with open("jobs/lenet-digits.toml", "rb") as f:
+        raw = tomllib.load(f)
+    raw["training"]["optimizer"] = dict(optimizer)
+    return parse_job(apply_overrides(raw, [f"logging.dir='{tmp_path}'", *DIGITS, *extra]), "jobs/lenet-digits.toml")
+
+
+@pytest.mark.parametrize("optimizer", [dict(lr=0.1, momentum=0.9), dict(name="adamw", lr=0.003, amsgrad=True),
+                                       dict(name="adam", lr=0.003, weight_decay=0.01)],
+                         ids=["sgd", "adamw-amsgrad", "adam"])
+def test_resume_equals_an_uninterrupted_run(tmp_path, optimizer):
+    full = Trainer(_with_optimizer(tmp_path / "full", optimizer), stream=io.StringIO())
     full.run()
     ref = _params(full)
     for stop_at in (4, 8):
         folder = tmp_path / f"part{stop_at}"
-        first = Trainer(_job(folder, ["training.optimizer.momentum=0.9", f"training.steps={stop_at}"]),
-                        stream=io.StringIO())
+        first = Trainer(_with_optimizer(folder, optimizer, [f"training.steps={stop_at}"]), stream=io.StringIO())
         first.run()
         # same job, longer: continue from the newest checkpoint (written at stop_at)
-        second = Trainer(_job(folder, ["training.optimizer.momentum=0.9"]), resume="latest", stream=io.StringIO())
+        second = Trainer(_with_optimizer(folder, optimizer), resume="latest", stream=io.StringIO())
         second.run()
         assert second.resumed_from.endswith(f"step-{stop_at:09d}.npz")
+        assert set(first.optimizer.state_dict()) == set(second.optimizer.state_dict()) != set()
         got = _params(second)
         for name in ref:
             assert np.array_equal(got[name], ref[name]), f"{name} differs after resuming at step {stop_at}"
