@@ -22,8 +22,9 @@ def test_good_job_fills_defaults():
     assert job.training["schedule"] == {"name": "constant", "base_lr": 0.05}
     assert job.distribution["engine"] == "spatial"
     assert job.data["options"] == {"upscale": 1, "val_fraction": 0.2}
-    assert job.logging["dir"] == "runs/x"
-    assert job.checkpoint["dir"] == "runs/x/checkpoints"
+    assert job.logging["dir"] == "jobs/runs/x"  # relative to the job file's folder
+    assert job.checkpoint["dir"] == "jobs/runs/x/checkpoints"
+    assert job.logging["metrics"] == "jobs/runs/x/metrics.jsonl"
     assert job.model == {"name": "lenet", "options": {}}
 
 
