@@ -329,9 +329,9 @@ class ChaosEngine:
 
         def one(worker, j, count):
             if self.step == "fused":
-                self._fused_call(worker, xs, y, order, j, count, lrs[j - first:j - first + count])
+                self._fused_call(worker, xs, y, order, j, count, lrs[j:j + count])
             else:
-                self._layers_call(worker, xs, y, order, j, lrs[j - first])
+                self._layers_call(worker, xs, y, order, j, lrs[j])
 
         return run_workers(self.workers, self.staleness, per_take, first, last, one, pause)
 

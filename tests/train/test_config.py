@@ -110,7 +110,7 @@ def test_set_overrides_and_value_parsing(tmp_path):
     assert job.training["batch"] == 64
     assert job.training["optimizer"]["lr"] == 0.5
     assert job.distribution["grid"] == [1, 2, 1]
-    assert job.logging["dir"] == "out/run"  # a bare word is a string
+    assert job.logging["dir"] == str(tmp_path / "out" / "run")  # a bare word is a string, relative to the job
     assert job.distribution["deterministic"] is True
     with pytest.raises(JobError, match="--set expects key=value"):
         load_job(str(path), ["training.batch"])
