@@ -220,6 +220,7 @@ class Trainer:
         grid = list(self.distribution.grid) if self.distribution is not None else None
         size = self.comm.size
         devices = self.comm.allgather_object(self.device.label)
+        self._install_signals()     # before the start line: a stop from then on writes a checkpoint
         self.log.write("start", job=job.to_dict(), job_path=job.path, engine=self.engine_name, ranks=size,
                        threads=self.threads.threads, threads_reason=self.threads.reason,
                        grid=grid, devices=devices, parameters=n_params, train=self.train_set.describe(),
@@ -230,10 +231,9 @@ class Trainer:
         self.progress.say(f"hpcnn train {job.path}: {job['model']['name']} ({n_params:,} parameters) on "
                           f"{self.train_set.describe()}; engine {self.engine_name} {where}; "
                           f"{self.total_steps} steps of batch {self.batch}; {self.threads.describe()}"
-                          + (f"; resumed at step {self.step} from {self.resumed_from}" if self.step else ""))
+                          + (f"; resumed at step {self.step} from {self.resumed_from}" if self.resume else ""))
         self.progress.say("writes " + ", ".join(f"{what} to {path}" for what, path in outputs(job))
                           + (f" (the earlier run's metrics kept as {kept})" if kept else ""))
-        self._install_signals()
         try:
             summary = self.engine.run(self)
             self.log.write("summary", **summary)
