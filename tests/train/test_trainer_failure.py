@@ -3,7 +3,6 @@ a bad job file is reported once (launched with mpiexec from a serial test; kille
 test_faults.py)."""
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
