@@ -136,3 +136,10 @@ def test_shipped_jobs_write_into_runs_of_the_repository():
     job = load_job("jobs/quickstart.toml")
     assert job.logging["dir"] == os.path.join("runs", "quickstart")
     assert np.all([os.path.normpath(job.checkpoint["dir"]) == os.path.join("runs", "quickstart", "checkpoints")])
+
+
+def test_fields3d_too_large_for_memory_is_refused_with_the_command_that_writes_it(tmp_path, capsys):
+    assert main(["train", "jobs/fields3d.toml", "--set", "data.size=512", "--set", f"logging.dir='{tmp_path}'"]) == 2
+    err = _err(capsys)
+    assert "data.size: fields3d: size 512 would build every 512^3 volume whole on every rank" in err
+    assert "hpcnn data generate fields3d --size 512 --samples" in err and not os.listdir(tmp_path)
