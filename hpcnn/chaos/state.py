@@ -18,6 +18,8 @@ PREFIX = "momentum_buffer."
 def momentum_state(engine):
     """{"momentum_buffer.<name>": a copy of the buffer} of every parameter that has one (none before the first
     update, or without momentum)."""
+    if not engine.momentum:
+        return {}
     if engine.step is None:                     # not trained yet in this process: what load_momentum_state kept
         return {PREFIX + name: buf.copy() for name, buf in engine.pending_momentum.items()}
     if engine.step == "fused":
@@ -39,8 +41,8 @@ def load_momentum_state(engine, state):
             raise ValueError(f"chaos: optimizer state {key!r} has shape {value.shape}, the parameter has "
                              f"{params[name].shape}")
         buffers[name] = value.astype(params[name].dtype, copy=True)
-    if buffers and not engine.momentum:
-        raise ValueError("chaos: the state holds momentum buffers, but the engine runs without momentum")
+    if not engine.momentum:
+        buffers = {}        # as SGD: a run continued without momentum has no use for the buffers
     engine.pending_momentum = buffers
     if engine.step is not None:
         apply_pending_momentum(engine)

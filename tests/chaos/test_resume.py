@@ -67,8 +67,10 @@ def test_checkpoints_every_k_steps_and_at_the_end(tmp_path):
     assert [s for s, _ in ckpt.list_checkpoints(str(tmp_path / "checkpoints"))] == [150, 300, 450, 600, 720]
 
 
-def test_resume_on_the_fused_step_with_several_workers_continues_the_schedule(tmp_path, monkeypatch):
-    extra = ["distribution.deterministic=false", "distribution.threads=2", "training.epochs=3", "checkpoint.every=200"]
+@pytest.mark.parametrize("momentum", [0.9, 0.0])
+def test_resume_on_the_fused_step_with_several_workers_continues_the_schedule(tmp_path, monkeypatch, momentum):
+    extra = ["distribution.deterministic=false", "distribution.threads=2", "training.epochs=3", "checkpoint.every=200",
+             f"training.optimizer.momentum={momentum}"]
     t = Trainer(_job(tmp_path, extra), stream=io.StringIO())
     real = chaos_engine.ChaosEngine._fused_call
 
@@ -80,6 +82,8 @@ def test_resume_on_the_fused_step_with_several_workers_continues_the_schedule(tm
     summary = t.run()
     monkeypatch.undo()
     assert summary["stopped"] == "SIGUSR1" and 360 + 300 <= summary["steps"] < 720
+    arrays, _ = ckpt.load(summary["checkpoint"])
+    assert any(k.startswith("optim/") for k in arrays) == bool(momentum)
     second = Trainer(_job(tmp_path, extra), resume="latest", stream=io.StringIO())
     s2 = second.run()
     assert s2["steps"] == 1080 and s2["val_accuracy"] > 0.9
