@@ -63,7 +63,8 @@ def _run_train(args):
     if args.device:
         overrides.append(f"training.device={args.device!r}")
     from .train.trainer import command
-    return command(args.job, overrides, resume=args.resume, restart=args.restart)
+    return command(args.job, overrides, resume=args.resume, restart=args.restart,
+                   launch_args=getattr(args, "train_args", None))
 
 
 def _add_data(sub):
@@ -272,7 +273,10 @@ def build_parser():
 
 def main(argv=None):
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, rest = parser.parse_known_args(argv)
+    if getattr(args, "func", None) is _run_train:
+        args.train_args = argv[argv.index("train") + 1:]   # repeated in the command that resumes a stopped run
     if getattr(args, "func", None) is _run_bench:
         args.bench_args = rest
     elif rest:

@@ -83,6 +83,21 @@ class Plan:
             raise ValueError(f"plan: 'layers' names {unknown[:5]} which the model does not have; its layers are "
                              f"e.g. {sorted(names)[:5]}")
 
+    def check_job(self, model, input_shape, ranks, where="the job"):
+        """Refuse (ValueError, naming the difference) a plan made for another model, global input shape
+        (N, C, *S: the batch and one sample's shape) or rank count than `where`'s."""
+        if ranks != self.ranks:
+            raise ValueError(f"plan: made for {self.ranks} ranks, {where} runs on {ranks}")
+        if self.model is not None and self.model != model:
+            raise ValueError(f"plan: made for model {self.model!r}, {where} trains {model!r}")
+        if self.input_shape is not None:
+            got = tuple(int(s) for s in input_shape)
+            if self.input_shape[0] != got[0]:
+                raise ValueError(f"plan: made for batch {self.input_shape[0]}, {where} has batch {got[0]}")
+            if self.input_shape[1:] != got[1:]:
+                raise ValueError(f"plan: made for samples of shape {'x'.join(map(str, self.input_shape[1:]))}, "
+                                 f"{where}'s are {'x'.join(map(str, got[1:]))}")
+
     # --- JSON -------------------------------------------------------------------------------
     def to_dict(self):
         out = {"format": PLAN_FORMAT, "version": PLAN_VERSION, "ranks": self.ranks}

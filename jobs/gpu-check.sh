@@ -29,7 +29,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-check-out}
-mkdir -p "$out"
+mkdir -p "$out" && out=$(cd "$out" && pwd)   # absolute: a job's relative logging.dir is relative to its file
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1
 export HPCNN_GPU_TF32=0            # exact float32 products: the references are exact

@@ -61,7 +61,7 @@ import numpy as np
 
 from .collectives import LINK_CLASSES, CollectiveModels
 from .kernel_models import OPERATIONS, KernelModel, operation_features, row_features
-from .profile_format import FORMAT, VERSION, ProfileError, check_provenance, read_quantity
+from .profile_format import FORMAT, VERSION, ProfileError, check_provenance, read_fields, read_quantity
 
 __all__ = [
     "FORMAT", "VERSION", "OPERATIONS", "ProfileError", "MachineProfile", "KernelModel", "operation_features",
@@ -79,6 +79,10 @@ class MachineProfile(CollectiveModels):
     def __init__(self, doc, path=None):
         self.doc = doc
         self.path = path
+        read_fields(doc, self._read)
+
+    def _read(self, doc):
+        """Read every field of `doc` (a profile_format.Fields, so that a missing or bad field is named)."""
         self.validate()
         self.name = doc["name"]
         self.backend = doc["backend"]

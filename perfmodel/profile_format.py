@@ -6,7 +6,7 @@ object that carries a ``source``; every source names an entry of the document's 
 """
 import math
 
-__all__ = ["FORMAT", "VERSION", "ProfileError", "read_quantity", "check_provenance"]
+__all__ = ["FORMAT", "VERSION", "ProfileError", "read_quantity", "check_provenance", "Fields", "read_fields"]
 
 FORMAT = "hpcnn-machine-profile"
 VERSION = 1
@@ -14,6 +14,54 @@ VERSION = 1
 
 class ProfileError(ValueError):
     """A machine profile that cannot be used; the message names the field."""
+
+
+class Fields(dict):
+    """A profile object that names its path: a missing key is a ProfileError naming it ("links.intra_node.beta:
+    missing"), and the objects and lists inside it name theirs. `trail` (shared) holds the last path read."""
+
+    def __init__(self, node, path="", trail=None):
+        super().__init__(node)
+        self.path = path
+        self.trail = trail if trail is not None else [""]
+
+    def _at(self, key):
+        return f"{self.path}.{key}" if self.path else str(key)
+
+    def _wrap(self, key, value):
+        where = self._at(key)
+        self.trail[0] = where
+        if isinstance(value, dict):
+            return Fields(value, where, self.trail)
+        if isinstance(value, list):
+            return [Fields(v, f"{where}[{i}]", self.trail) if isinstance(v, dict) else v for i, v in enumerate(value)]
+        return value
+
+    def __getitem__(self, key):
+        if not dict.__contains__(self, key):
+            raise ProfileError(f"{self._at(key)}: missing")
+        return self._wrap(key, dict.__getitem__(self, key))
+
+    def get(self, key, default=None):
+        return self._wrap(key, dict.__getitem__(self, key)) if dict.__contains__(self, key) else default
+
+    def items(self):
+        return [(k, self._wrap(k, v)) for k, v in dict.items(self)]
+
+    def values(self):
+        return [v for _, v in self.items()]
+
+
+def read_fields(doc, read):
+    """read(Fields(doc)), with any error of a field of the wrong kind reported as a ProfileError at the path
+    read last (no traceback for a bad profile)."""
+    fields = Fields(doc)
+    try:
+        return read(fields)
+    except ProfileError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise ProfileError(f"{fields.trail[0] or 'profile'}: unusable value ({type(e).__name__}: {e})") from None
 
 
 def read_quantity(q, where):

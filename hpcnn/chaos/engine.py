@@ -39,12 +39,13 @@ from . import fused as _fused
 from .kernels import train_chunk
 from .clock import StalenessClock
 from .threads import available_cores, worker_thread_limits
+from .evaluate import evaluate, is_classification
+from .state import Pauses, apply_pending_momentum, load_momentum_state, momentum_state
 from .workers import ChaosWorkerError, Worker, run_workers
 
 __all__ = ["ChaosEngine", "ChaosWorkerError", "fit", "epoch_order", "STEPS"]
 
 STEPS = ("auto", "fused", "layers")
-_EVAL_BATCH = 512
 
 
 class ChaosEngine:
@@ -55,7 +56,7 @@ class ChaosEngine:
     """
 
     def __init__(self, model, loss, *, threads=None, batch=1, schedule=None, lr=0.01, momentum=0.0,
-                 weight_decay=0.0, staleness=None, deterministic=False, average_every=None, comm=None, seed=0,
+                 weight_decay=0.0, nesterov=False, staleness=None, deterministic=False, average_every=None, comm=None, seed=0,
                  step="auto", chunk=16, blas_threads=1):
         if step not in STEPS:
             raise ValueError(f"chaos: step must be one of {', '.join(STEPS)}, received {step!r}")
@@ -86,26 +87,63 @@ class ChaosEngine:
         for key, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
             if not value >= 0:
                 raise ValueError(f"chaos: {key} must be non-negative, received {value!r}")
+        if nesterov and not momentum > 0:
+            raise ValueError(f"chaos: nesterov needs momentum > 0, received momentum={momentum}")
         self.model, self.loss = model, loss
         self.threads, self.batch = int(threads), int(batch)
         self.schedule, self.lr = schedule, float(lr)
-        self.momentum, self.weight_decay = float(momentum), float(weight_decay)
+        self.momentum, self.weight_decay, self.nesterov = float(momentum), float(weight_decay), bool(nesterov)
         self.staleness, self.deterministic = staleness, bool(deterministic)
         self.average_every, self.comm, self.seed = average_every, comm, int(seed)
         self.chunk, self.blas_threads = int(chunk), int(blas_threads)
         self.requested_step = step
         self.step = None            # "fused" or "layers", decided in fit() once the sample shape is known
         self.fused_reason = None    # why "auto" fell back to "layers"
-        self.global_step = 0        # mini-batches done on this rank over all epochs (the schedule's step)
+        self.epoch = 0              # epochs finished
+        self.position = 0           # mini-batches of the current epoch finished (a resume starts mid-epoch)
+        self.epoch_stats = None     # (loss sum, correct, samples) of the current epoch before `position`
+        self.steps_per_epoch = None  # mini-batches per epoch on the rank with most (set once the data is seen)
+        self.pending_momentum = {}  # momentum buffers loaded before the step was chosen (hpcnn.chaos.state)
+        self.stopped = False
         self.history = []
 
+    @property
+    def global_step(self):
+        """Mini-batches done per rank over all epochs: the schedule's step."""
+        return self.epoch * (self.steps_per_epoch or 0) + self.position
+
+    def resume_at(self, epoch, position, epoch_stats=None):
+        """Continue at mini-batch `position` of epoch `epoch` (a checkpoint's place); epoch_stats: the
+        (loss sum, correct, samples) of that epoch's mini-batches before it, for the epoch's metrics."""
+        self.epoch, self.position = int(epoch), int(position)
+        self.epoch_stats = tuple(epoch_stats) if epoch_stats and position else None
+
+    def state_dict(self):
+        """The shared momentum buffers as SGD.state_dict() names them (hpcnn.chaos.state)."""
+        return momentum_state(self)
+
+    def load_state_dict(self, state):
+        load_momentum_state(self, state)
+
+    def current_stats(self):
+        """(loss sum, correct, samples) of the current epoch so far, summed over workers (this rank)."""
+        return (float(sum(w.loss_sum for w in self.workers)), int(sum(w.correct for w in self.workers)),
+                int(sum(w.samples for w in self.workers)))
+
     # --- public -------------------------------------------------------------------------------------------
-    def fit(self, train, val=None, *, epochs, on_epoch=None):
+    def fit(self, train, val=None, *, epochs, on_epoch=None, pause_every=None, pause=None, on_pause=None):
         """Train for `epochs` epochs; returns one metrics dict per epoch (also kept in self.history).
 
         train, val: (x, y) numpy arrays, x: (N, C, ...) in the model's dtype (converted if not), y: the
         loss's targets. With `comm`, every rank passes the whole training set and trains on its share
-        (every size-th sample of each epoch's order, starting at its rank).
+        (every size-th sample of each epoch's order, starting at its rank). A run continued with
+        resume_at() counts the epoch it continues as one of `epochs`.
+
+        Pauses (the workers joined, the model's arrays holding the weights): every `pause_every`
+        mini-batches of the schedule's step, at every epoch's end, and when `pause()` (polled by the
+        workers; under MPI agreed over ranks at the next weight average) returns True, after which
+        fit() stops and sets self.stopped. At each one, on_pause(stopping) is called on this thread;
+        under MPI the weights and momentum buffers are averaged over the ranks first.
         """
         if int(epochs) != epochs or epochs < 0:
             raise ValueError(f"chaos: epochs must be a non-negative integer, received {epochs!r}")
@@ -115,36 +153,28 @@ class ChaosEngine:
         if self.step == "fused":
             y = self._fused_labels(y)
             self.net.load_from(self.model)      # the model may have been changed since the last fit()
+        apply_pending_momentum(self)
+        pauses = Pauses(self, pause_every, pause, on_pause)
+        self.stopped = False
+        done = []
         with worker_thread_limits(self.blas_threads):
             if self.comm is not None:
                 self._average_weights()
             for _ in range(int(epochs)):
-                metrics = self._epoch(x, y, val)
+                metrics = self._epoch(x, y, val, pauses)
+                if metrics is None:         # stopped mid-epoch
+                    break
                 self.history.append(metrics)
+                done.append(metrics)
                 if on_epoch is not None:
                     on_epoch(metrics["epoch"], metrics)
-        return self.history[-int(epochs):] if epochs else []
+                if pauses.at(epoch_end=True, averaged=True):
+                    break
+        return done
 
     def evaluate(self, x, y):
         """(mean loss, accuracy or None) of the model on (x, y), in batches on the calling thread."""
-        model = self.model
-        was_training = model.training
-        model.eval()
-        loss = copy.copy(self.loss)
-        try:
-            total, correct, n, classifies = 0.0, 0, len(x), False
-            for lo in range(0, n, _EVAL_BATCH):
-                xb, yb = x[lo:lo + _EVAL_BATCH], y[lo:lo + _EVAL_BATCH]
-                out = model.forward(xb)
-                total += loss.forward(out, yb) * len(xb)
-                classifies = _is_classification(out, yb)
-                if classifies:
-                    correct += int(np.sum(out.argmax(axis=1) == yb))
-        finally:
-            model.train(was_training)
-        if n == 0:
-            return float("nan"), None
-        return total / n, (correct / n if classifies else None)
+        return evaluate(self.model, self.loss, x, y)
 
     # --- setup --------------------------------------------------------------------------------------------
     def _arrays(self, data, what):
@@ -178,6 +208,8 @@ class ChaosEngine:
                     raise
                 self.fused_reason = str(exc)
         self.step = "fused" if self.net is not None else "layers"
+        n = math.ceil(math.ceil(len(x) / (1 if self.comm is None else self.comm.size)) / self.batch)
+        self.steps_per_epoch = n if self.comm is None else self.comm.allreduce_scalar(int(n), "max")
         self.workers = [Worker(i) for i in range(self.threads)]
         self.optimizer_state = {}
         if self.step == "fused":
@@ -197,7 +229,7 @@ class ChaosEngine:
         worker.model = replica
         worker.loss = copy.copy(self.loss)
         worker.optimizer = SGD(list(replica.parameters()), lr=self.lr, momentum=self.momentum,
-                               weight_decay=self.weight_decay)
+                               weight_decay=self.weight_decay, nesterov=self.nesterov)
         # one momentum buffer per parameter, shared by the workers as the weights are
         worker.optimizer.state = self.optimizer_state
         names = {}
@@ -212,33 +244,40 @@ class ChaosEngine:
 
         replica.set_grad_hook(write_update)
 
-    def _lr_table(self, n_batches):
-        start = self.global_step
+    def _lr_table(self, start, n_batches):
         if self.schedule is None:
             return np.full(n_batches, self.lr)
         return np.array([self.schedule.lr_at(start + j) for j in range(n_batches)], dtype=np.float64)
 
     # --- one epoch ----------------------------------------------------------------------------------------
-    def _epoch(self, x, y, val):
-        epoch = len(self.history)
+    def _epoch(self, x, y, val, pauses):
+        """One epoch from self.position; its metrics, or None when a stop ended it early."""
+        epoch, spe = self.epoch, self.steps_per_epoch
         t0 = time.perf_counter()
         order = epoch_order(len(x), epoch, self.seed)
         if self.comm is not None:
             order = order[self.comm.rank::self.comm.size]
         n_batches = math.ceil(len(order) / self.batch)
-        lrs = self._lr_table(n_batches)
-        segments = self._segments(n_batches)
+        lrs = self._lr_table(epoch * spe, n_batches)
         for w in self.workers:
             w.reset()
+        if self.epoch_stats:
+            w = self.workers[0]
+            w.loss_sum, w.correct, w.samples = self.epoch_stats
+            self.epoch_stats = None
         train_seconds = 0.0
         max_lead, waits = 0, 0
-        for first, last in segments:
-            seconds, clock = self._run_segment(x, y, order, lrs, first, last)
+        for last, average in pauses.segments(self.position, spe):
+            first, end = min(self.position, n_batches), min(last, n_batches)
+            seconds, clock, reached = self._run_segment(x, y, order, lrs, first, end, pauses.poll)
             train_seconds += seconds
             max_lead, waits = max(max_lead, clock.max_lead), waits + clock.waits
-            if self.comm is not None:
+            self.position = last if reached >= end else reached
+            if self.comm is not None and average:
                 self._average_weights()
-        self.global_step += n_batches
+            if self.position < spe and pauses.at(epoch_end=False, averaged=average):
+                return None
+        self.epoch, self.position = epoch + 1, 0
         if self.step == "fused":
             self.net.store_to(self.model)
         loss_sum = sum(w.loss_sum for w in self.workers)
@@ -271,14 +310,6 @@ class ChaosEngine:
         metrics["seconds"] = time.perf_counter() - t0
         return metrics
 
-    def _segments(self, n_batches):
-        """[(first, last)) mini-batch ranges between weight averages; every rank runs the same number."""
-        if self.comm is None or self.average_every is None:
-            return [(0, n_batches)]
-        k = int(self.average_every)
-        rounds = max(1, math.ceil(self.comm.allreduce_scalar(int(n_batches), "max") / k))
-        return [(min(i * k, n_batches), min((i + 1) * k, n_batches)) for i in range(rounds)]
-
     def _average_weights(self):
         """Parallel SGD by averaging: every rank's weights become the mean over the ranks."""
         size = self.comm.size
@@ -289,8 +320,8 @@ class ChaosEngine:
         if self.step == "fused":
             self.net.store_to(self.model)
 
-    def _run_segment(self, x, y, order, lrs, first, last):
-        """Run the workers over mini-batches [first, last) of this epoch; returns (wall seconds, clock)."""
+    def _run_segment(self, x, y, order, lrs, first, last, pause=None):
+        """Run the workers over mini-batches [first, last) of this epoch; returns (wall seconds, clock, reached)."""
         per_take = self.chunk if self.step == "fused" else 1
         if self.staleness is not None:
             per_take = min(per_take, self.staleness + 1)
@@ -298,11 +329,11 @@ class ChaosEngine:
 
         def one(worker, j, count):
             if self.step == "fused":
-                self._fused_call(worker, xs, y, order, j, count, lrs[j - first:j - first + count])
+                self._fused_call(worker, xs, y, order, j, count, lrs[j:j + count])
             else:
-                self._layers_call(worker, xs, y, order, j, lrs[j - first])
+                self._layers_call(worker, xs, y, order, j, lrs[j])
 
-        return run_workers(self.workers, self.staleness, per_take, first, last, one)
+        return run_workers(self.workers, self.staleness, per_take, first, last, one, pause)
 
     def _fused_labels(self, y):
         # the fused step indexes with the labels and has no bounds checks: refuse bad ones here
@@ -327,7 +358,7 @@ class ChaosEngine:
         loss_sum, correct, samples = train_chunk(
             net.layers, net.slopes, net.params, net.velocity, net.started, net.p_off, net.p_shape, act, dact,
             grad, argmax, xs, y, order, self.batch, first, count, lrs, self.momentum, 0.0, self.weight_decay,
-            False)
+            self.nesterov)
         worker.kernel_seconds += time.perf_counter() - t
         worker.loss_sum += loss_sum
         worker.correct += correct
@@ -341,7 +372,7 @@ class ChaosEngine:
         worker.loss_sum += worker.loss.forward(out, yb) * len(idx)
         # fires the gradient hook of every layer with parameters as its backward step ends
         worker.model.backward_and_notify(worker.loss.backward())
-        if _is_classification(out, yb):
+        if is_classification(out, yb):
             worker.correct += int(np.sum(out.argmax(axis=1) == yb))
         worker.samples += len(idx)
 
@@ -349,12 +380,8 @@ class ChaosEngine:
         return y.ndim == 1 and y.dtype.kind in "iu"
 
 
-def _is_classification(out, y):
-    return out.ndim == 2 and y.ndim == 1 and y.dtype.kind in "iu"
-
-
 def fit(model, loss, train, val=None, *, epochs, threads=None, batch=1, schedule=None, lr=0.01, momentum=0.0,
-        weight_decay=0.0, staleness=None, deterministic=False, average_every=None, comm=None, seed=0,
+        weight_decay=0.0, nesterov=False, staleness=None, deterministic=False, average_every=None, comm=None, seed=0,
         on_epoch=None, step="auto", chunk=16, blas_threads=1):
     """Train `model` with CHAOS worker threads; returns a list of per-epoch metrics dicts.
 
@@ -364,7 +391,7 @@ def fit(model, loss, train, val=None, *, epochs, threads=None, batch=1, schedule
       batch         mini-batch per worker step (1, as in CHAOS)
       schedule      an object with lr_at(step) (hpcnn.train.schedule); step counts this rank's
                     mini-batches over all epochs; otherwise the constant `lr`
-      momentum, weight_decay   PyTorch's SGD; momentum buffers are shared like the weights
+      momentum, weight_decay, nesterov   PyTorch's SGD; momentum buffers are shared like the weights
       staleness     None (Hogwild) or s >= 0: a worker never starts an update more than s ahead of
                     the slowest worker's completed count (stale synchronous parallel)
       deterministic one worker, the layer-by-layer step: bit for bit sequential SGD over epoch_order
@@ -378,7 +405,8 @@ def fit(model, loss, train, val=None, *, epochs, threads=None, batch=1, schedule
     seconds, and val_loss, val_accuracy when `val` is given.
     """
     engine = ChaosEngine(model, loss, threads=threads, batch=batch, schedule=schedule, lr=lr, momentum=momentum,
-                         weight_decay=weight_decay, staleness=staleness, deterministic=deterministic,
+                         weight_decay=weight_decay, nesterov=nesterov, staleness=staleness,
+                         deterministic=deterministic,
                          average_every=average_every, comm=comm, seed=seed, step=step, chunk=chunk,
                          blas_threads=blas_threads)
     return engine.fit(train, val, epochs=epochs, on_epoch=on_epoch)

@@ -25,15 +25,20 @@ class Worker:
         self.kernel_seconds = 0.0   # time inside the nogil fused call
         self.busy_seconds = 0.0     # time from the worker's start to its end
         self.cpu_seconds = 0.0      # CPU time of the worker's thread (less than busy when cores are shared)
+        self.reached = 0            # the end of the last mini-batches this worker took in the current segment
 
     def reset(self):
         self.loss_sum, self.correct, self.samples, self.updates = 0.0, 0, 0, 0
         self.kernel_seconds = self.busy_seconds = self.cpu_seconds = 0.0
 
 
-def run_workers(workers, staleness, per_take, first, last, one):
+def run_workers(workers, staleness, per_take, first, last, one, pause=None):
     """Run `workers` over mini-batches [first, last): each takes `per_take` at a time from a shared counter
-    and calls one(worker, j, count); returns (wall seconds, the StalenessClock).
+    and calls one(worker, j, count); returns (wall seconds, the StalenessClock, reached).
+
+    `pause`: a callable polled by every worker before it takes more mini-batches; once it returns
+    True no worker takes more, each finishes what it took, and the workers end. Mini-batches are
+    handed out in order and every one taken is finished, so [first, reached) is exactly what ran.
 
     One worker runs on the calling thread (the same code path without a thread: deterministic,
     debuggable); several run on threads that end in one barrier. A worker that raises stops the
@@ -43,6 +48,8 @@ def run_workers(workers, staleness, per_take, first, last, one):
     counter = itertools.count(first, per_take)      # next() is atomic under the GIL
     stop = threading.Event()
     errors = []
+    for w in workers:
+        w.reached = first
 
     def work(worker, on_thread):
         start, cpu_start = time.perf_counter(), time.thread_time()
@@ -50,10 +57,13 @@ def run_workers(workers, staleness, per_take, first, last, one):
             if on_thread:
                 worker_thread_setup()
             while not stop.is_set():
+                if pause is not None and pause():
+                    break
                 j = next(counter)
                 if j >= last:
                     break
                 count = min(per_take, last - j)
+                worker.reached = j + count
                 clock.acquire(worker.index, count)
                 one(worker, j, count)
                 worker.updates += count
@@ -90,4 +100,4 @@ def run_workers(workers, staleness, per_take, first, last, one):
         index, exc = errors[0]
         raise ChaosWorkerError(f"chaos: worker {index} of {len(workers)} failed: "
                                f"{type(exc).__name__}: {exc}") from exc
-    return seconds, clock
+    return seconds, clock, max(w.reached for w in workers)

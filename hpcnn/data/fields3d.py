@@ -6,15 +6,19 @@ variance: only the spatial correlations tell n apart, as in CosmoFlow, where a 3
 reads cosmological parameters off a simulated matter density. The target is n mapped
 linearly from [index_min, index_max] to [-1, 1].
 
-A field is defined by a global FFT, so a block is cut from the whole generated sample; for
-volumes too large for that, `hpcnn data generate fields3d` writes a file that ranks then
-read block by block.
+A field is defined by a global FFT, so a block is cut from the whole generated sample, on every
+rank (about 32 bytes per voxel while it is built: 0.5 GB at 256^3, 4.3 GB at 512^3). A training
+job refuses sizes above `IN_MEMORY_SIZE` (`check_in_memory`), naming the command that writes the
+dataset to a file instead (`hpcnn data generate fields3d`, one volume at a time, in one process),
+which the ranks then read block by block (data.dataset = "hdf5").
 """
 import numpy as np
 
 from .dataset import Dataset
 
-__all__ = ["Fields3D", "OPTIONS", "open_split", "spectral_index"]
+__all__ = ["Fields3D", "OPTIONS", "IN_MEMORY_SIZE", "open_split", "spectral_index", "check_in_memory"]
+
+IN_MEMORY_SIZE = 256    # the largest side a training job generates in memory on every rank
 
 OPTIONS = {
     "size": (int, 32, "positive", "side of the cubic volumes in voxels"),
@@ -77,6 +81,18 @@ class Fields3D(Dataset):
 
     def _labels(self, index, spatial):
         return np.float32(self._target(index))
+
+
+def check_in_memory(size, samples, val_samples):
+    """Refuse (ValueError) a training job whose volumes are too large to build whole on every rank."""
+    if size > IN_MEMORY_SIZE:
+        gib = 32 * size ** 3 / 2 ** 30
+        raise ValueError(
+            f"fields3d: size {size} would build every {size}^3 volume whole on every rank (about {gib:.1f} GiB "
+            f"each; at most {IN_MEMORY_SIZE} is generated in memory); write the dataset to a file first, "
+            f"`hpcnn data generate fields3d --size {size} --samples {samples} --val-samples {val_samples} "
+            f"-o fields3d-{size}.h5`, and train from it with data.dataset = \"hdf5\", data.path = "
+            f"\"fields3d-{size}.h5\" (each rank then reads only its block)")
 
 
 def open_split(split, seed=0, **options):

@@ -4,8 +4,11 @@ A checkpoint is one file `step-000001234.npz` holding plain arrays: `param/<name
 model's parameters, global: the same on every rank, whatever the grid), `state/<name>`
 (batch-norm running statistics), `optim/<key>` (the optimizer's state_dict), and
 `__header__`, the UTF-8 bytes of a JSON object (step, epoch, position in the epoch, the RNG
-state, the job, the number of ranks and grid it was written with). It is loaded with
-np.load(allow_pickle=False), so loading never runs code from the file.
+state, the job, the number of ranks and grid it was written with, and `arrays`: the shape and
+dtype of every array written). It is loaded with np.load(allow_pickle=False), so loading never
+runs code from the file; an array missing from the file, or of another shape or dtype than its
+header lists, refuses the checkpoint, and `check_complete` refuses one that lacks an entry the
+model or its optimizer needs.
 
 Writing is atomic: the file is written under a temporary name in the same folder, flushed
 and fsynced, renamed over the final name with os.replace, and the folder is fsynced, so a
@@ -21,7 +24,8 @@ import numpy as np
 
 from ..backend import to_host
 
-__all__ = ["FORMAT_VERSION", "CheckpointError", "save", "load", "latest", "list_checkpoints", "checkpoint_path"]
+__all__ = ["FORMAT_VERSION", "CheckpointError", "save", "load", "latest", "list_checkpoints", "checkpoint_path",
+           "check_complete"]
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^step-(\d+)\.npz$")
@@ -69,12 +73,14 @@ def save(folder, step, arrays, header, keep=None):
     os.makedirs(folder, exist_ok=True)
     final = checkpoint_path(folder, step)
     tmp = os.path.join(folder, f".{os.path.basename(final)}.tmp-{os.getpid()}")
-    head = dict(header, format_version=FORMAT_VERSION, step=int(step))
-    payload = {_HEADER: np.frombuffer(json.dumps(head).encode("utf-8"), dtype=np.uint8)}
+    payload = {}
     for key, value in arrays.items():
         if key == _HEADER:
             raise ValueError(f"checkpoint array key {key!r} is reserved")
         payload[key] = np.ascontiguousarray(to_host(value))
+    manifest = {key: [list(a.shape), a.dtype.str] for key, a in payload.items()}
+    head = dict(header, format_version=FORMAT_VERSION, step=int(step), arrays=manifest)
+    payload[_HEADER] = np.frombuffer(json.dumps(head).encode("utf-8"), dtype=np.uint8)
     try:
         with open(tmp, "wb") as f:
             np.savez(f, **payload)
@@ -122,11 +128,57 @@ def load(path):
         raise CheckpointError(f"checkpoint {path} cannot be read: {e}") from None
     if _HEADER not in arrays:
         raise CheckpointError(f"checkpoint {path} has no header: not an hpcnn checkpoint")
-    header = json.loads(arrays.pop(_HEADER).tobytes().decode("utf-8"))
-    if header.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} has format version {header.get('format_version')}, "
-                              f"this hpcnn reads {FORMAT_VERSION}")
+    try:
+        header = json.loads(arrays.pop(_HEADER).tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} has a damaged header: {e}") from None
+    if not isinstance(header, dict) or header.get("format_version") != FORMAT_VERSION:
+        version = header.get("format_version") if isinstance(header, dict) else None
+        raise CheckpointError(f"checkpoint {path} has format version {version}, this hpcnn reads {FORMAT_VERSION}")
+    for key, (shape, dtype) in (header.get("arrays") or {}).items():
+        if key not in arrays:
+            raise CheckpointError(f"checkpoint {path} lacks {key}, which its header lists: the file was altered "
+                                  "or damaged")
+        if list(arrays[key].shape) != list(shape) or arrays[key].dtype.str != dtype:
+            raise CheckpointError(f"checkpoint {path}: {key} is {arrays[key].dtype} {arrays[key].shape}, its header "
+                                  f"lists {np.dtype(dtype)} {tuple(shape)}: the file was altered or damaged")
     return arrays, header
+
+
+def check_complete(where, arrays, targets, params, counters=()):
+    """Refuse (CheckpointError naming the entry) a checkpoint that lacks what a model and its optimizer need.
+
+    targets: [(key, array)]: the model's parameters and states ("param/<name>", "state/<name>"), each needed
+    with the array's shape and dtype. params: {name: parameter}: an optimizer entry is "optim/<state>.<name>"
+    for a per-parameter state (momentum_buffer, exp_avg, ...); every state the checkpoint holds for one
+    parameter it must hold for all, with the parameter's shape and dtype, except `counters` (the optimizer's
+    per-parameter counters, such as Adam's step), which are needed for all but have their own shape.
+    """
+    for key, target in targets:
+        if key not in arrays:
+            raise CheckpointError(f"{where} has no {key}: it was written for another model, or altered")
+        a = arrays[key]
+        if a.shape != tuple(target.shape) or a.dtype != target.dtype:
+            raise CheckpointError(f"{where}: {key} is {a.dtype} {a.shape}, the model's is {target.dtype} "
+                                  f"{tuple(target.shape)}" + (" (training.dtype changed?)" if a.shape ==
+                                                              tuple(target.shape) else ""))
+    states = {}
+    for key in arrays:
+        if key.startswith("optim/"):
+            state, _, name = key[6:].partition(".")
+            if name in params:
+                states.setdefault(state, set()).add(name)
+    for state, names in sorted(states.items()):
+        missing = [n for n in params if n not in names]
+        if missing:
+            raise CheckpointError(f"{where} lacks optim/{state}.{missing[0]} (the optimizer's {state} of parameter "
+                                  f"{missing[0]}{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}): "
+                                  "it cannot continue the run exactly")
+        for name in names if state not in counters else ():
+            a, p = arrays[f"optim/{state}.{name}"], params[name]
+            if a.shape != tuple(p.shape) or a.dtype != p.dtype:
+                raise CheckpointError(f"{where}: optim/{state}.{name} is {a.dtype} {a.shape}, the parameter is "
+                                      f"{p.dtype} {tuple(p.shape)}")
 
 
 def latest(folder):

@@ -26,6 +26,7 @@ import os
 import tomllib
 
 from ..backend import DEVICES
+from .paths import resolve_outputs
 
 __all__ = ["JobError", "Job", "SCHEMA", "load_job", "parse_job", "apply_overrides", "parse_options", "dataset_options", "ENGINES", "OPTIMIZERS"]
 
@@ -68,16 +69,20 @@ SCHEMA = {
         "val_batch": (int, 0, "nonnegative", "validation batch (0: the training batch)"),
         "threads": (int, 0, "nonnegative", "BLAS/OpenMP/numba threads per rank (0: the node's cores divided by "
                                            "its ranks, or the thread variables of the environment)"),
+        "divergence_factor": (float, 100.0, "nonnegative", "stop (exit 3) when the loss stays above this multiple "
+                                                           "of the run's first loss for divergence_steps (0: off)"),
+        "divergence_steps": (int, 50, "positive", "consecutive steps above divergence_factor that stop the run"),
         "optimizer": ("table", None, None, "[training.optimizer]"),
         "schedule": ("table", None, None, "[training.schedule]"),
     },
     "checkpoint": {
-        "dir": (str, "", None, "checkpoint folder (default: <logging.dir>/checkpoints)"),
+        "dir": (str, "", None, "checkpoint folder, relative to the job file's folder (default: "
+                                "<logging.dir>/checkpoints)"),
         "every": (int, 0, "nonnegative", "steps between checkpoints (0: at each epoch's end)"),
         "keep": (int, 3, "positive", "how many of the latest checkpoints to keep"),
     },
     "logging": {
-        "dir": (str, "", None, "run folder (default: runs/<job file name>)"),
+        "dir": (str, "", None, "run folder, relative to the job file's folder (default: runs/<job file name>)"),
         "metrics": (str, "metrics.jsonl", None, "JSON-lines metrics file, relative to logging.dir"),
         "every": (int, 10, "positive", "steps between progress lines"),
         "progress": (bool, True, None, "print the progress line on rank 0"),
@@ -328,21 +333,16 @@ def parse_job(raw, path="<job>"):
         fail(f"distribution.engine = \"chaos\" trains with SGD only (its threads write each layer's SGD update "
              f"as its gradient is ready): training.optimizer.name = {tr['optimizer']['name']!r} needs "
              "distribution.engine = \"spatial\"")
-    if dist["engine"] == "chaos" and tr["optimizer"]["name"] == "sgd" and (
-            tr["optimizer"]["nesterov"] or tr["optimizer"]["dampening"]):
-        fail("distribution.engine = \"chaos\" has no Nesterov momentum or dampening: it takes "
-             "training.optimizer.nesterov = false and dampening = 0")
+    if dist["engine"] == "chaos" and tr["optimizer"]["name"] == "sgd" and tr["optimizer"]["dampening"]:
+        fail("distribution.engine = \"chaos\" has no momentum dampening: it takes "
+             "training.optimizer.dampening = 0")
     schedule = dict(tr["schedule"] or {})
     schedule.setdefault("name", "constant")
     schedule.setdefault("base_lr", tr["optimizer"]["lr"])
     tr["schedule"] = schedule
     _check_schedule(schedule, fail)
 
-    # checkpoint and logging folders
-    if not job["logging"]["dir"]:
-        job["logging"]["dir"] = os.path.join("runs", job.stem)
-    if not job["checkpoint"]["dir"]:
-        job["checkpoint"]["dir"] = os.path.join(job["logging"]["dir"], "checkpoints")
+    resolve_outputs(job, fail)   # checkpoint and logging paths (hpcnn.train.paths)
     return job
 
 

@@ -10,16 +10,23 @@ Engines (distribution.engine in a job file):
   for, the job runs on one rank with plain SGD (momentum, weight decay) and the task is classification; "spatial" otherwise.
 
 An engine is a class with `name`, `setup(trainer)` (every rank, before any work: may refuse the
-job with a JobError) and `run(trainer) -> summary dict`. Engines above this package (CHAOS)
+job with a JobError, including fields that do not apply to it: `refuse_fields`),
+`optimizer(trainer)` (the object whose state_dict() the checkpoints hold) and
+`run(trainer) -> summary dict`. Engines above this package (CHAOS)
 implement the interface and are found by the module path in `ENGINES`, so train never imports
 them.
 """
 import importlib
 import os
 
-__all__ = ["Engine", "ENGINES", "engine_class", "choose_engine", "launched_ranks", "job_communicator"]
+__all__ = ["Engine", "ENGINES", "engine_class", "choose_engine", "launched_ranks", "job_communicator",
+           "refuse_fields", "CHAOS_ONLY"]
 
 ENGINES = {"spatial": "hpcnn.train.spatial:SpatialEngine", "chaos": "hpcnn.chaos.job:ChaosJobEngine"}
+
+# (section, field) -> default of the fields only the CHAOS engine reads
+CHAOS_ONLY = {("distribution", "threads"): 0, ("distribution", "staleness"): -1,
+              ("distribution", "average_every"): 0, ("distribution", "deterministic"): False}
 
 # Environment variables that MPI launchers (MPICH/Hydra, Open MPI, SLURM's PMI/PMIx) set in every rank.
 _LAUNCHER_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
@@ -33,9 +40,24 @@ class Engine:
     def setup(self, trainer):
         """Check and prepare what this engine needs, on every rank, before any work."""
 
+    def optimizer(self, trainer):
+        """The optimizer whose state_dict()/load_state_dict() checkpoints hold (default: the trainer's)."""
+        return trainer.optimizer
+
     def run(self, trainer):
         """Train from trainer.step to the end (or to a stop); return the summary dict."""
         raise NotImplementedError(f"{type(self).__name__}.run")
+
+
+def refuse_fields(job, engine, fields, why):
+    """Refuse (JobError) a job that sets one of `fields` ({(section, field): default}) to anything but its default:
+    the `engine` engine does not read it. `why`: what the engine does instead."""
+    from .config import JobError
+    for (section, field), default in fields.items():
+        value = job[section][field]
+        if value != default or type(value) is not type(default):
+            raise JobError(f"job file {job.path}: {section}.{field} = {value!r} does not apply to the {engine} "
+                           f"engine ({why}); remove it or choose another distribution.engine")
 
 
 def engine_class(name):

@@ -35,6 +35,12 @@ def agree(comm, fn):
 def open_data(job):
     """(train set, val set) of a job's [data] section."""
     d = job["data"]
+    if d["dataset"] == "fields3d":
+        o = d["options"]
+        try:
+            hdata.fields3d.check_in_memory(o["size"], o["samples"], o["val_samples"])
+        except ValueError as e:
+            raise JobError(f"job file {job.path}: data.size: {e}") from None
     try:
         train_set = hdata.open_dataset(d["dataset"], "train", seed=d["seed"], **d["options"])
         val_set = hdata.open_dataset(d["dataset"], "val", seed=d["seed"], **d["options"])

@@ -10,7 +10,6 @@ Stops: SIGTERM or SIGUSR1 set a flag that is checked between steps (agreed over 
 checkpoint is written and the run exits cleanly; a non-finite loss stops the run with a message
 and writes no checkpoint, so the last good one is kept.
 """
-import math
 import time
 
 import numpy as np
@@ -19,7 +18,7 @@ from .. import parallel
 from ..data.dataset import epoch_order
 from .batches import Batches
 from .config import JobError
-from .engine import Engine
+from .engine import CHAOS_ONLY, Engine, refuse_fields
 from .setup import auto_grid
 from .validation import validate
 
@@ -33,6 +32,8 @@ class SpatialEngine(Engine):
 
     # --- setup ----------------------------------------------------------------------------------
     def setup(self, trainer):
+        refuse_fields(trainer.job, "spatial", CHAOS_ONLY, "it trains one model copy per rank group; the CHAOS "
+                      "fields set its worker threads")
         self.distribution = None
         self.dist_loss = None
         self.batches = Batches(trainer.task, trainer.dtype, trainer.device)
@@ -62,6 +63,8 @@ class SpatialEngine(Engine):
         nd = len(trainer.train_set.spatial_shape)
         if plan:
             trainer.plan = parallel.Plan.load(plan)
+            trainer.plan.check_job(trainer.model_label, (trainer.batch, *trainer.train_set.sample_shape),
+                                   comm.size, where=f"job file {path}")
             trainer.net = parallel.distribute(trainer.model, plan=trainer.plan, comm=comm)
             first = next(trainer.model.named_leaves())[0]
             self.distribution = parallel.Distribution(comm, trainer.plan.grid_for(first))
@@ -125,8 +128,7 @@ class SpatialEngine(Engine):
                 raise
             t.step += 1
             images += len(idx)
-            if not math.isfinite(loss):
-                t.diverged(loss)
+            t.check_loss(loss)
             rate = t.progress.update(t.step, loss, lr)
             if rate is not None:
                 t.log.write("train", step=t.step, epoch=epoch + 1, loss=loss, lr=lr, images_per_s=rate)
@@ -147,8 +149,7 @@ class SpatialEngine(Engine):
         seconds = time.perf_counter() - t0
         if stopped:
             t.log.write("stop", step=t.step, reason=stopped, checkpoint=path)
-            t.progress.say(f"received {stopped}: checkpoint written at step {t.step} to {path}; "
-                           f"continue with: hpcnn train {t.job.path} --resume")
+            t.announce_stop(stopped, path)
         return {"steps": t.step, "epochs": t.step / t.steps_per_epoch, "seconds": seconds,
                 "images_per_s": images / seconds if seconds > 0 else float("nan"),
                 "stopped": stopped, "checkpoint": path, **{f"val_{k}": v for k, v in val.items()}}

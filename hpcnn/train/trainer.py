@@ -7,8 +7,16 @@ the job's engine (hpcnn.train.engine: "spatial", "chaos" or "auto"), and owns wh
 checkpoints, the metrics log and progress line, stop signals, and the divergence stop.
 
 Checkpoints record the step; the order of any epoch can be drawn again from (training.seed,
-epoch), so --resume continues exactly, also on another grid or rank count.
+epoch), so --resume continues exactly, also on another grid or rank count. A checkpoint is loaded
+only when complete: every parameter, state and optimizer entry, with the model's shapes and dtypes.
+A fresh run never overwrites an earlier run's checkpoints or metrics (--resume appends, --restart
+deletes the checkpoints and keeps the earlier metrics beside the new file).
+
+The divergence stop: a non-finite loss, or a loss above training.divergence_factor times the
+run's first loss for training.divergence_steps consecutive steps, stops the run with exit status
+3, keeping the checkpoints written before it.
 """
+import math
 import os
 import signal
 import sys
@@ -21,8 +29,10 @@ from ..backend import DeviceUnavailable, array_module, open_device, to_host
 from . import checkpoint as ckpt
 from .config import JobError, load_job
 from .engine import choose_engine, engine_class, job_communicator, launched_ranks
+from .launch import resume_command
 from .metrics import MetricsLog, Progress, format_duration
 from .optim import build_optimizer
+from .paths import outputs
 from .schedule import build_schedule
 from ..threads import apply_threads, choose_threads
 from .setup import agree, build_model, model_label, open_data
@@ -44,8 +54,12 @@ class Trainer:
     MPI launcher, else this process alone, without MPI).
     """
 
-    def __init__(self, job, resume=None, comm=None, stream=None, restart=False):
+    def __init__(self, job, resume=None, comm=None, stream=None, restart=False, launch_args=None, overrides=()):
         self.job = job
+        self.launch_args, self.overrides = launch_args, tuple(overrides)
+        self.header_extra = {}      # engine-specific fields of the next checkpoint's header
+        self.resumed_header = None
+        self.first_loss, self._above = None, 0
         self.resume = resume
         self.restart = restart
         self.comm = job_communicator(comm)
@@ -94,15 +108,21 @@ class Trainer:
             self.schedule = build_schedule(spec)
         except (ValueError, TypeError) as e:
             raise JobError(f"job file {job.path}: training.schedule: {e}") from None
+        self.optimizer = self.engine.optimizer(self)
         self.step = 0
         if self.resume:
             self._load_checkpoint()
-        else:
+        elif not self.restart:
             earlier = ckpt.list_checkpoints(job["checkpoint"]["dir"])
-            if earlier and not self.restart:
+            if earlier:
                 raise JobError(f"job file {job.path}: checkpoint.dir {job['checkpoint']['dir']} holds checkpoints "
                                f"of an earlier run (newest: step {earlier[-1][0]}); continue that run with --resume, "
                                "or start over with --restart (which deletes them)")
+            metrics = job["logging"]["metrics"]
+            if os.path.isfile(metrics) and os.path.getsize(metrics) > 0:
+                raise JobError(f"job file {job.path}: logging.metrics {metrics} holds the metrics of an earlier run; "
+                               "continue that run with --resume, start over with --restart (which keeps them "
+                               "beside the new file), or choose another logging.dir")
 
     def _load_init(self):
         from ..nn.weights import WeightsError, load_weights
@@ -141,6 +161,7 @@ class Trainer:
             "order_seed": self.job["training"]["seed"], "ranks": self.comm.size,
             "grid": list(self.distribution.grid) if self.distribution is not None else None,
             "model": self.model_label, "job": self.job.to_dict(), "job_path": self.job.path,
+            "engine": self.engine_name, "first_loss": self.first_loss, **self.header_extra,
         }
 
     def save_checkpoint(self):
@@ -169,14 +190,11 @@ class Trainer:
         if header.get("model") != self.model_label:
             raise ckpt.CheckpointError(f"{where} holds model {header.get('model')!r}, the job trains "
                                        f"{self.model_label!r}")
-        targets = [(f"param/{n}", p) for n, p, _ in self.net.parameters()] + \
-                  [(f"state/{n}", s) for n, s in self.model.state()]
+        params = list(self.net.parameters())
+        targets = [(f"param/{n}", p) for n, p, _ in params] + [(f"state/{n}", s) for n, s in self.model.state()]
+        ckpt.check_complete(where, arrays, targets, {n: p for n, p, _ in params},
+                            counters=getattr(self.optimizer, "COUNTERS", ()))
         for key, target in targets:
-            if key not in arrays:
-                raise ckpt.CheckpointError(f"{where} has no {key}: it was written for another model")
-            if arrays[key].shape != tuple(target.shape):
-                raise ckpt.CheckpointError(f"{where}: {key} has shape {arrays[key].shape}, the model's is "
-                                           f"{tuple(target.shape)}")
             target[...] = self.device.put(arrays[key])
         try:
             self.optimizer.load_state_dict({k[6:]: self.device.put(v) for k, v in arrays.items()
@@ -193,7 +211,8 @@ class Trainer:
         for m in self.model.modules():
             if isinstance(m, nn.Dropout):
                 m.step = self.step  # one training forward per step: the masks continue where the run stopped
-        self.resumed_from = path
+        self.first_loss = header.get("first_loss")
+        self.resumed_from, self.resumed_header = path, header
 
     # --- signals -------------------------------------------------------------------------------
     def _on_signal(self, signum, frame):
@@ -219,20 +238,23 @@ class Trainer:
         agree(self.comm, self._setup)
         if self.job["model"]["factory"] and self.comm.size > 1:
             self._check_same_weights()  # every rank sees every digest, so all refuse alike
+        kept = None
         if self.restart and not self.resume and self.comm.rank == 0:
             for _, path in ckpt.list_checkpoints(self.job["checkpoint"]["dir"]):
                 os.unlink(path)
+            kept = _keep_beside(self.job["logging"]["metrics"])
         self.comm.barrier()
         job = self.job
         rank0 = self.comm.rank == 0
         lg = job["logging"]
-        self.log = MetricsLog(os.path.join(lg["dir"], lg["metrics"]), enabled=rank0, append=bool(self.resume))
+        self.log = MetricsLog(lg["metrics"], enabled=rank0, append=bool(self.resume))
         self.progress = Progress(self.total_steps, self.steps_per_epoch, self.batch, every=lg["every"],
                                  enabled=rank0 and lg["progress"], stream=self.stream, first_step=self.step)
         n_params = sum(int(p.size) for _, p, _ in self.model.parameters())
         grid = list(self.distribution.grid) if self.distribution is not None else None
         size = self.comm.size
         devices = self.comm.allgather_object(self.device.label)
+        self._install_signals()     # before the start line: a stop from then on writes a checkpoint
         self.log.write("start", job=job.to_dict(), job_path=job.path, engine=self.engine_name, ranks=size,
                        threads=self.threads.threads, threads_reason=self.threads.reason,
                        grid=grid, devices=devices, parameters=n_params, train=self.train_set.describe(),
@@ -243,9 +265,10 @@ class Trainer:
         self.progress.say(f"hpcnn train {job.path}: {self.model_label} ({n_params:,} parameters) on "
                           f"{self.train_set.describe()}; engine {self.engine_name} {where}; "
                           f"{self.total_steps} steps of batch {self.batch}; {self.threads.describe()}"
-                          + (f"; resumed at step {self.step} from {self.resumed_from}" if self.step else "")
+                          + (f"; resumed at step {self.step} from {self.resumed_from}" if self.resume else "")
                           + (f"; initial weights from {self.init_from}" if getattr(self, "init_from", None) else ""))
-        self._install_signals()
+        self.progress.say("writes " + ", ".join(f"{what} to {path}" for what, path in outputs(job))
+                          + (f" (the earlier run's metrics kept as {kept})" if kept else ""))
         try:
             summary = self.engine.run(self)
             self.log.write("summary", **summary)
@@ -260,22 +283,59 @@ class Trainer:
         """True when something done every `every` steps (0: at epoch ends) is due now."""
         return (every and self.step % every == 0) or (not every and epoch_end)
 
-    def diverged(self, loss):
-        """Stop the run on a non-finite loss (raises TrainingDiverged; the last good checkpoint is kept)."""
-        last = ckpt.latest(self.job["checkpoint"]["dir"])
+    def check_loss(self, loss, steps=1):
+        """The divergence stop (see the module docstring) after `steps` steps whose loss is `loss` (CHAOS: an
+        epoch's mean); raises TrainingDiverged."""
+        if not math.isfinite(loss):
+            self.diverged(loss)
+        tr = self.job["training"]
+        if self.first_loss is None:
+            self.first_loss = float(loss)
+            return
+        factor = tr["divergence_factor"]
+        self._above = self._above + steps if factor and loss > factor * self.first_loss else 0
+        if self._above >= tr["divergence_steps"]:
+            self.diverged(loss, f"the loss has stayed above {factor:g} times its first value "
+                                f"({self.first_loss:.4g}) for {self._above} steps (training.divergence_factor, "
+                                "training.divergence_steps)", before=self.step - self._above)
+
+    def diverged(self, loss, why=None, before=None):
+        """Stop the run (raises TrainingDiverged) keeping the last checkpoint written before step `before`."""
+        found = [(s, p) for s, p in ckpt.list_checkpoints(self.job["checkpoint"]["dir"])
+                 if before is None or s <= before]
+        last = found[-1][1] if found else None
         message = (f"training stopped: the loss is {loss} at step {self.step} (epoch "
-                   f"{(self.step - 1) // self.steps_per_epoch + 1}); "
-                   + (f"the last good checkpoint is {last}: continue from it with --resume" if last
+                   f"{(self.step - 1) // self.steps_per_epoch + 1})" + (f": {why}" if why else "") + "; "
+                   + (f"the last good checkpoint is {last}: continue from it with --resume {last}" if last
                       else "no checkpoint was written before it")
                    + ", perhaps with a lower training.optimizer.lr")
-        self.log.write("stop", step=self.step, reason="nonfinite loss", loss=loss, checkpoint=last)
+        self.log.write("stop", step=self.step, reason="diverging loss" if why else "nonfinite loss", loss=loss,
+                       checkpoint=last)
         raise TrainingDiverged(message)
+
+    def announce_stop(self, stopped, path):
+        """Log and print a stop by signal: where the checkpoint is and the command that continues the run."""
+        self.log.write("stop", step=self.step, reason=stopped, checkpoint=path)
+        hint = resume_command(self.comm.size, self.launch_args, self.job.path, self.overrides)
+        self.progress.say(f"received {stopped}: checkpoint written at step {self.step} to {path}; "
+                          f"continue with: {hint}")
 
     def _say_summary(self, s):
         scores = ", ".join(f"{k[4:]} {v:.4f}" for k, v in s.items() if k.startswith("val_"))
         self.progress.say(f"done: {s['steps']} steps ({s['epochs']:.2f} epochs) in {format_duration(s['seconds'])}, "
                           f"{s['images_per_s']:,.1f} img/s" + (f"; validation: {scores}" if scores else "")
                           + f"; metrics in {self.log.path}")
+
+
+def _keep_beside(path):
+    """Rename an earlier run's metrics file to the first free PATH.N; returns the new name (None: none there)."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return None
+    n = 1
+    while os.path.exists(f"{path}.{n}"):
+        n += 1
+    os.replace(path, f"{path}.{n}")
+    return f"{path}.{n}"
 
 
 def _describe_devices(labels):
@@ -289,16 +349,18 @@ def _describe_devices(labels):
                                   for label, r in ranks.items())
 
 
-def train(job, overrides=(), resume=None, comm=None, stream=None, restart=False):
+def train(job, overrides=(), resume=None, comm=None, stream=None, restart=False, launch_args=None):
     """Run a job (a path or a Job); returns the summary dict."""
     if not isinstance(job, dict):
         job = load_job(job, overrides)
-    return Trainer(job, resume=resume, comm=comm, stream=stream, restart=restart).run()
+    return Trainer(job, resume=resume, comm=comm, stream=stream, restart=restart, launch_args=launch_args,
+                   overrides=overrides).run()
 
 
-def command(job_path, overrides=(), resume=None, stream=None, restart=False):
+def command(job_path, overrides=(), resume=None, stream=None, restart=False, launch_args=None):
     """`hpcnn train`: run a job file; returns the exit status (0: done or stopped by a signal with a
     checkpoint written, 2: the job, its data or its checkpoint cannot work, 3: the loss diverged).
+    launch_args: the arguments `hpcnn train` received, repeated in the command that resumes a stopped run.
 
     Errors found before training are the same on every rank (or agreed over ranks) and printed
     once, by rank 0; any other error on any rank aborts the whole job with that rank's message.
@@ -310,7 +372,7 @@ def command(job_path, overrides=(), resume=None, stream=None, restart=False):
         job = load_job(job_path, overrides)
         if resume and restart:
             raise JobError("--resume and --restart exclude each other")
-        train(job, resume=resume, stream=stream, restart=restart)
+        train(job, overrides=overrides, resume=resume, stream=stream, restart=restart, launch_args=launch_args)
     except (JobError, hdata.DataError, ckpt.CheckpointError) as e:
         if rank == 0:
             sys.stderr.write(f"hpcnn train: error: {e}\n")

@@ -19,6 +19,6 @@ def test_hpcnn_train_with_the_chaos_engine(tmp_path, capsys):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r.get("val_accuracy") is not None and r.get("threads") == 2]
     assert [r["epoch"] for r in epochs] == [1, 2, 3]
-    assert all(r["step"] == "fused" for r in epochs)
+    assert all(r["chaos_step"] == "fused" for r in epochs)
     assert epochs[-1]["val_accuracy"] >= 0.93
     assert list((tmp_path / "checkpoints").glob("*.npz"))

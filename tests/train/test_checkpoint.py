@@ -17,7 +17,9 @@ def test_round_trip_without_pickle(tmp_path):
     assert os.path.basename(path) == "step-000000007.npz"
     got, header = ckpt.load(path)
     assert set(got) == set(arrays) and all(np.array_equal(got[k], arrays[k]) for k in arrays)
-    assert header == {"epoch": 1, "rng": [1, 2, 3], "format_version": ckpt.FORMAT_VERSION, "step": 7}
+    assert header == {"epoch": 1, "rng": [1, 2, 3], "format_version": ckpt.FORMAT_VERSION, "step": 7,
+                      "arrays": {"param/conv1.weight": [[3, 4], "<f4"],
+                                 "optim/momentum_buffer.conv1.weight": [[3, 4], "<f4"]}}
     with np.load(path, allow_pickle=False) as z:  # a plain .npz: no object arrays anywhere
         assert all(z[k].dtype != object for k in z.files)
 

@@ -24,8 +24,9 @@ def test_good_job_fills_defaults():
     assert job.training["schedule"] == {"name": "constant", "base_lr": 0.05}
     assert job.distribution["engine"] == "spatial"
     assert job.data["options"] == {"upscale": 1, "val_fraction": 0.2}
-    assert job.logging["dir"] == "runs/x"
-    assert job.checkpoint["dir"] == "runs/x/checkpoints"
+    assert job.logging["dir"] == "jobs/runs/x"  # relative to the job file's folder
+    assert job.checkpoint["dir"] == "jobs/runs/x/checkpoints"
+    assert job.logging["metrics"] == "jobs/runs/x/metrics.jsonl"
     assert job.model == {"name": "lenet", "factory": None, "init": None, "options": {}}
 
 
@@ -117,7 +118,7 @@ def test_set_overrides_and_value_parsing(tmp_path):
     assert job.training["batch"] == 64
     assert job.training["optimizer"]["lr"] == 0.5
     assert job.distribution["grid"] == [1, 2, 1]
-    assert job.logging["dir"] == "out/run"  # a bare word is a string
+    assert job.logging["dir"] == str(tmp_path / "out" / "run")  # a bare word is a string, relative to the job
     assert job.distribution["deterministic"] is True
     with pytest.raises(JobError, match="--set expects key=value"):
         load_job(str(path), ["training.batch"])
@@ -160,7 +161,7 @@ def test_optimizer_fields_per_name():
 
 def test_chaos_refuses_what_it_does_not_run():
     for optimizer, message in ((dict(name="adam"), 'distribution.engine = "chaos" trains with SGD only'),
-                               (dict(name="sgd", momentum=0.9, nesterov=True), "has no Nesterov momentum")):
+                               (dict(name="sgd", momentum=0.9, dampening=0.1), "has no momentum dampening")):
         raw = {**GOOD, "distribution": {"engine": "chaos"}, "training": {"epochs": 1, "optimizer": optimizer}}
         with pytest.raises(JobError, match=re.escape(message)):
             parse_job(raw, "j.toml")

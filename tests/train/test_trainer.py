@@ -200,6 +200,6 @@ def test_chaos_engine_job(tmp_path):
     out = io.StringIO()
     summary = train(load_job("jobs/digits-chaos.toml", [f"logging.dir='{tmp_path}'", "training.epochs=2"]), stream=out)
     assert summary["val_accuracy"] > 0.85, out.getvalue()
-    assert "epoch 2/2:" in out.getvalue()
+    assert "epoch 2/2 (step 2876/2876):" in out.getvalue()
     assert len(_records(tmp_path / "metrics.jsonl", "val")) == 2
     assert ckpt.latest(str(tmp_path / "checkpoints")) is not None
