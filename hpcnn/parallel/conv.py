@@ -115,7 +115,7 @@ class DistConv(WindowLayer):
         return y
 
     def _backward_rows(self, dy, ex, k):
-        geo, layer = self.geometry, self.layer
+        geo = self.geometry
         w = self._w
         h = ex.mine[k]
         overlap = self.context.overlap
