@@ -31,18 +31,20 @@ def _spatial_split(s, spatial_shape):
 def channel_grids(ranks, spatial_shape, batch, max_channels):
     """Long grids (N, *S, C, F) with C x F = q > 1 that the planner considers beside the short ones.
 
-    For every q dividing `ranks` (at most `max_channels`): the two largest sample splits n <= batch of the
-    rest, its spatial split as square as the input allows (`_spatial_split`), and (C, F) = (q, 1), (1, q)
-    and the most even C x F. Every factorization would be O(ranks^(1 + nd)) grids; these keep the plan's
-    DP small while offering pure channel, pure filter and mixed splits at every scale."""
+    For every q dividing `ranks`: the two largest sample splits n <= batch of the rest, its spatial split as
+    square as the input allows (`_spatial_split`), and (C, F) = (q, 1), (1, q) and the most even C x F, the
+    ones with C at most `max_channels`. F may exceed a layer's filters: a convolution then runs on the
+    ranks that hold filters and the others keep copies (replication, which serves any rank count).
+    Every factorization would be O(ranks^(1 + nd)) grids; these keep the plan's DP small while offering
+    pure channel, pure filter and mixed splits at every scale."""
     out = []
     for q in _divisors(ranks):
-        if q == 1 or q > max_channels:
+        if q == 1:
             continue
         rest = ranks // q
         ns = [d for d in _divisors(rest) if d <= batch][-2:]
         c_even = max(d for d in _divisors(q) if d * d <= q)
-        cf = sorted({(q, 1), (1, q), (c_even, q // c_even)})
+        cf = sorted(cf for cf in {(q, 1), (1, q), (c_even, q // c_even)} if cf[0] <= max_channels)
         for n in reversed(ns):
             spatial = _spatial_split(rest // n, spatial_shape)
             for c, f in cf:
@@ -71,7 +73,8 @@ def grid_refusal(spec, grid):
     Refused: more sample blocks than samples; more blocks along a dimension than its rows (empty
     blocks); a window whose halo reaches past the neighbouring block (the exchange would
     assemble it from several ranks, which the code does, but the model prices one message per side);
-    more channel blocks than channels, and a convolution with more filter blocks than filters (idle ranks).
+    more channel blocks than channels. More filter blocks than a convolution's filters run (the ranks
+    without filters idle and receive the output, priced so).
     """
     if isinstance(spec, Block):
         for node in spec.body + (spec.shortcut or []):
@@ -94,8 +97,6 @@ def _refusal(spec, grid):
     p = parts(grid)
     if len(spec.in_shape) > 2 and p.channels > spec.in_shape[1]:
         return f"{p.channels} channel blocks for {spec.in_shape[1]} channels"
-    if spec.kind == "conv" and p.filters > spec.out_shape[1]:
-        return f"{p.filters} filter blocks for {spec.out_shape[1]} filters"
     if len(spec.in_shape) == 2 or len(spec.in_shape) - 2 != p.nd:
         return None
     for k, (size, osize) in enumerate(zip(spec.in_shape[2:], spec.out_shape[2:])):

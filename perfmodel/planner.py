@@ -75,9 +75,12 @@ def plan_chain(chain, ranks, machine, memory_limit=None):
                 break
             lam_hi *= 10
             if lam_hi > 1e6:
+                node, grid, cost, _ = max((e for e in r.layers if e[0] is not None),
+                                          key=lambda e: e[2].activation_bytes)
                 raise PlanError(f"no plan fits {gib_text(limit)} per rank: the smallest plan found needs "
-                                f"{gib_text(r.memory)} (parameters and optimizer state: {gib_text(solver.constant)}); "
-                                f"use more ranks or a smaller batch")
+                                f"{gib_text(r.memory)} (parameters and optimizer state: {gib_text(solver.constant)}; "
+                                f"the most, layer {node.name!r} on grid {grid_string(grid)}, keeps "
+                                f"{gib_text(cost.activation_bytes)}); use more ranks or a smaller batch")
         lam_lo = 0.0
         for _ in range(30):
             mid = 0.5 * (lam_lo + lam_hi)

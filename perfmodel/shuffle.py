@@ -69,11 +69,11 @@ def shuffle_parts(shape, src_grids, dst_grids, itemsize):
     split = {dim for dim, _ in dims}
     rest = math.prod(s for i, s in enumerate(shape) if i not in split)
     same = (src_long[:, None, :] == dst_long[None, :, :]).all(axis=2)
-    sent = (old[:, None] - kept) * rest * itemsize
-    # every replica of the target grid receives its block
+    # every replica of the target grid receives its block: the sending replica sends each part of its
+    # block to every replica that needs it, less the part it keeps
     columns = {col for _, col in dims}
     replicas = np.prod(dst_long[:, [c for c in range(dst_long.shape[1]) if c not in columns]], axis=1).astype(float)
-    sent = sent * replicas[None, :]
+    sent = (old[:, None] * replicas[None, :] - kept) * rest * itemsize
     partners = partners * replicas[None, :]
     sent = np.where(same, 0.0, sent)
     partners = np.where(same, 0, np.maximum(partners - 1, 1))
