@@ -115,6 +115,16 @@ class Distribution:
             _groups[key] = self.comm.split(color, self.rank)
         return _groups[key]
 
+    def channels_whole(self):
+        """The Distribution whose tensors keep every channel: C moved into F (this one when C = 1). Collective on
+        first use, made once per (communicator, grid)."""
+        if self.channels == 1:
+            return self
+        key = self._key + ("whole channels",)
+        if key not in _groups:
+            _groups[key] = Distribution(self.comm, self.grid[:1 + self.nd] + (1, self.channels * self.filters))
+        return _groups[key]
+
     def rank_of(self, coords):
         """Rank (in `comm`) at grid coordinates `coords`."""
         return int(np.ravel_multi_index(tuple(coords), self.grid))

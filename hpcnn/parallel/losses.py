@@ -5,7 +5,6 @@ import numpy as np
 
 from .. import kernels
 from ..backend import array_module, to_host
-from .distribution import Distribution
 from .module import arrive
 from .shuffle import shuffle
 
@@ -53,9 +52,7 @@ class DistCrossEntropyLoss(_DistLoss):
 
     def __init__(self, loss, d):
         # a softmax needs every class: on a channel split the logits move to the grid that replicates them
-        if d.channels > 1:
-            d = Distribution(d.comm, d.grid[:1 + d.nd] + (1, d.channels * d.filters))
-        super().__init__(loss, d)
+        super().__init__(loss, d.channels_whole())
 
     def forward(self, logits, labels):
         logits = self._arrive(logits)

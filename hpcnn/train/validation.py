@@ -3,6 +3,7 @@ import numpy as np
 
 from .. import kernels
 from ..backend import to_host
+from ..parallel import shuffle
 from .metrics import ConfusionCounts
 
 __all__ = ["validate"]
@@ -33,6 +34,9 @@ def validate(net, model, dataset, batches, batch, distribution, comm):
         if distribution is None:
             y = batches.labels(dataset, idx)
         else:
+            if out.ndim > 2 and out.distribution.channels > 1:
+                # scores need every class of a pixel on one rank
+                out = shuffle(out, out.distribution.channels_whole())
             d = out.distribution
             y = batches.labels(dataset, idx, d).local
             rows = rows[d.local_slices(out.global_shape)[0]]

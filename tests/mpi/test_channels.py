@@ -164,3 +164,11 @@ def test_plan_mixes_long_and_short_grids():
     assert_close_all(dxt.gather(), dx_ref, F64, "plan dx")
     for (name, _, g), (_, _, rg) in zip(dm.parameters(), reference.parameters()):
         assert_close_all(g, rg, F64, f"plan d{name}")
+
+
+@pytest.mark.parametrize("grid", GRIDS, ids=grid_id)
+@pytest.mark.parametrize("case", ["residual", "projection", "skipconcat"])
+def test_residual_and_skipconcat_channels(case, grid):
+    from tests.mpi.test_layers import _residual_and_skipconcat_cases
+    model, x = _residual_and_skipconcat_cases()[case]
+    run_both(model, x, grid, F64)
