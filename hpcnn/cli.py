@@ -41,7 +41,8 @@ def _add_train(sub):
     p.add_argument("--restart", action="store_true",
                    help="start over, deleting the checkpoints an earlier run left in checkpoint.dir")
     p.add_argument("--engine", choices=("spatial", "chaos", "auto"), help="same as --set distribution.engine=...")
-    p.add_argument("--grid", metavar="NxHxW", help="same as --set distribution.grid=[N,H,W] (e.g. 1x2x2)")
+    p.add_argument("--grid", metavar="NxHxW[xCxF]", help="same as --set distribution.grid=[N,H,W] (e.g. 1x2x2; "
+                   "1x2x1x2x1 also splits channels over 2 ranks: N x [D x] H x W x C x F)")
     p.add_argument("--plan", metavar="FILE", help="same as --set distribution.plan=FILE")
     p.add_argument("--threads", type=int, metavar="T", help="same as --set training.threads=T: BLAS/numba threads "
                    "per rank (default: the node's cores divided by its ranks)")

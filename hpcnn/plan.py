@@ -9,7 +9,7 @@ Format (version 1), one JSON object:
       "model": "unet2d",               optional: the model name (models.build), for the reader
       "model_options": {...},          optional: its build options
       "input": [8, 1, 2048, 2048],     optional: the global input shape (N, C, *S)
-      "default_grid": [1, 2, 2],       required: (N, H, W) or (N, D, H, W) for layers not listed
+      "default_grid": [1, 2, 2],       required: the grid of layers not listed (see below)
       "layers": [                      optional: per leaf layer, by its dotted name in the model
         {"name": "body.encode.conv1", "grid": [1, 2, 2],
          "predicted": {"time_s": 0.012, "memory_bytes": 1.2e8}},   optional, filled by the planner
@@ -18,13 +18,18 @@ Format (version 1), one JSON object:
     }
 
 Leaf layer names are those of `model.named_leaves()` (the prefixes of the
-parameter names, e.g. "layer1.0.residual.body.conv1"). Every grid has one entry for the batch
-and one per spatial dimension and multiplies to `ranks`. Where consecutive layers' grids differ,
+parameter names, e.g. "layer1.0.residual.body.conv1"). A grid (`hpcnn.geometry.GRID_NOTATION`) is
+(N, [D,] H, W): one entry for the batch and one per spatial dimension, or the long form
+(N, [D,] H, W, C, F) that adds the ranks splitting channels (C) and a convolution's filters (F); it
+multiplies to `ranks`. Short and long grids mix in one plan when they have the same spatial
+dimensions; a long grid with C = F = 1 is written short. Where consecutive layers' grids differ,
 `distribute(model, plan=plan)` inserts a shuffle.
 """
 import json
 import os
 import tempfile
+
+from .geometry import GRID_NOTATION, grid_parts, short_grid
 
 __all__ = ["Plan", "PLAN_FORMAT", "PLAN_VERSION"]
 
@@ -33,10 +38,10 @@ PLAN_VERSION = 1
 
 
 def _grid(value, where):
-    if not isinstance(value, (list, tuple)) or len(value) not in (3, 4) or \
+    if not isinstance(value, (list, tuple)) or len(value) not in (3, 4, 5, 6) or \
             not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
-        raise ValueError(f"plan: {where} must be a list of 3 or 4 positive ints (N, [D,] H, W), received {value!r}")
-    return tuple(value)
+        raise ValueError(f"plan: {where} must be a list of positive ints ({GRID_NOTATION}), received {value!r}")
+    return short_grid(value)
 
 
 class Plan:
@@ -54,9 +59,9 @@ class Plan:
         self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
         self.predicted = dict(predicted or {})
         for name, grid in [("default_grid", self.default_grid)] + list(self.layers.items()):
-            if len(grid) != len(self.default_grid):
+            if grid_parts(grid).nd != grid_parts(self.default_grid).nd:
                 raise ValueError(f"plan: layer {name!r} has grid {grid} but the default grid is "
-                                 f"{self.default_grid}: every grid needs the same number of entries")
+                                 f"{self.default_grid}: every grid needs the same spatial dimensions")
             product = 1
             for g in grid:
                 product *= g

@@ -1,8 +1,10 @@
 """The cost of one layer under one grid: compute, halo, collectives, gradient allreduce, memory.
 
 Everything here is a pure function of global shapes, a grid and a `MachineProfile`. A grid is
-(Pn, Ph, Pw) or (Pn, Pd, Ph, Pw) in the order of `hpcnn.parallel.Distribution`: ranks in C order,
-last entry fastest. Blocks and halos are `hpcnn.geometry`'s, the same functions the distributed
+(Pn, Ph, Pw) or (Pn, Pd, Ph, Pw), or the long form (Pn, [Pd,] Ph, Pw, Pc, Pf) with channel and filter
+splits, in the order of `hpcnn.parallel.Distribution`: ranks in C order, last entry fastest.
+Under a long grid an activation's channels are split over Pc and replicated over Pf
+(`local_numel`); what a channel- or filter-split convolution adds is in `perfmodel.kinds.conv`. Blocks and halos are `hpcnn.geometry`'s, the same functions the distributed
 layers run on, so the model and the code agree on every row. Times are the slowest rank's (the
 one with the largest block and the most halo rows), since every layer ends in a
 synchronization (halo or collective) with the others.
@@ -30,12 +32,13 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from hpcnn.geometry import WindowGeometry, bilinear_halo, halo_pieces, own_rows_suffice, upsample_halo, window_halo
+from hpcnn.geometry import (WindowGeometry, bilinear_halo, grid_parts, halo_pieces, own_rows_suffice, upsample_halo,
+                            window_halo)
 from hpcnn.nn import registry
 
 __all__ = [
     "LayerCost", "layer_cost", "kernel_cost", "block_extra_cost", "local_numel", "ceil_div", "busy_ranks",
-    "window_blocks", "halo_time", "conv_halo_pieces", "OPTIMIZER_STATE", "BUCKET_BYTES", "FLOAT64",
+    "window_blocks", "halo_time", "conv_halo_pieces", "OPTIMIZER_STATE", "BUCKET_BYTES", "FLOAT64", "parts",
 ]
 
 # Optimizer state per parameter, in parameter-sized arrays (SGD with momentum: one buffer).
@@ -87,12 +90,20 @@ def busy_ranks(machine, ranks):
     return min(ranks, machine.ranks_per_node)
 
 
+@lru_cache(maxsize=None)
+def parts(grid):
+    """hpcnn.geometry.GridParts of a short or long grid (cached)."""
+    return grid_parts(grid)
+
+
 def local_numel(shape, grid):
-    """Elements of the largest local block of a global (N, C, *S) or (N, F) tensor under `grid`."""
+    """Elements of the largest local block of a global (N, C, *S) or (N, F) tensor under `grid` (channels split
+    over Pc)."""
     n = ceil_div(shape[0], grid[0])
     if len(shape) == 2:
         return n * shape[1]
-    return n * shape[1] * math.prod(ceil_div(s, g) for s, g in zip(shape[2:], grid[1:]))
+    p = parts(tuple(grid))
+    return n * ceil_div(shape[1], p.channels) * math.prod(ceil_div(s, g) for s, g in zip(shape[2:], p.spatial))
 
 
 # --- windows and halos -------------------------------------------------------------------------------------------

@@ -17,27 +17,36 @@ for a `perfmodel.layers.Block`'s own work. Each mirrors its form in hpcnn.parall
   over the spatial group; an allgather of the blocks into (N, F) rows replicated there; Linear
   computing redundantly on every replica; elementwise passes;
 - residual, skip, sequential (parallel/containers.py): the add, the concatenation, nothing.
+Under a long grid (Pc, Pf) every activation layer works on its ceil(C / Pc) channels (the same on each
+of the Pf replicas); the convolution computes ceil(C / Pc) x ceil(K / Pf) of the weights and adds the
+channel moves of `hpcnn.parallel.channels` (`_channel_moves`); batch-norm's statistics go over the
+ranks with the same channels only; global pooling adds an allgather of the channels over Pc, flatten
+gathers over the channel ranks too.
 """
 import math
 
-from .costs import FLOAT64, busy_ranks, ceil_div, conv_halo_pieces, halo_time, window_blocks
+from .costs import FLOAT64, busy_ranks, ceil_div, conv_halo_pieces, halo_time, parts, window_blocks
 
 __all__ = ["conv", "conv_transpose", "pool", "upsample", "batchnorm", "groupnorm", "dropout", "pointwise", "global_avgpool", "flatten", "linear",
            "residual", "skip", "sequential"]
 
 
 class _Local:
-    """A layer's largest local block under a grid: batch n, channels, own input and output blocks."""
+    """A layer's largest local block under a grid: batch n, channels (of its Pc block), own input and output
+    blocks; pc, pf: the channel and filter splits."""
 
     def __init__(self, spec, grid, machine):
+        p = parts(tuple(grid))
         self.ranks = math.prod(grid)
         self.busy = busy_ranks(machine, self.ranks)
         self.n = ceil_div(spec.in_shape[0], grid[0])
-        self.spatial_split = math.prod(grid[1:])
-        self.c_in = spec.in_shape[1]
-        self.c_out = spec.out_shape[1]
-        self.own_in = [ceil_div(s, g) for s, g in zip(spec.in_shape[2:], grid[1:])]
-        self.out_block = [ceil_div(s, g) for s, g in zip(spec.out_shape[2:], grid[1:])]
+        self.spatial_split = math.prod(p.spatial)
+        self.pc, self.pf = p.channels, p.filters
+        rows = len(spec.in_shape) == 2
+        self.c_in = spec.in_shape[1] if rows else ceil_div(spec.in_shape[1], self.pc)
+        self.c_out = spec.out_shape[1] if len(spec.out_shape) == 2 else ceil_div(spec.out_shape[1], self.pc)
+        self.own_in = [ceil_div(s, g) for s, g in zip(spec.in_shape[2:], p.spatial)]
+        self.out_block = [ceil_div(s, g) for s, g in zip(spec.out_shape[2:], p.spatial)]
 
 
 def _window_common(spec, grid, machine, cost, local):
@@ -60,11 +69,38 @@ def _window_common(spec, grid, machine, cost, local):
     return axes, out_block, ext
 
 
+def _channel_moves(spec, local, machine, cost, k_part, out_block):
+    """The channel moves of a channel- or filter-split convolution (hpcnn.parallel.conv, .channels): forward,
+    every rank sends its partial sums of k_part filters to the Pf replicas of their output channel blocks and
+    adds what it receives (one Alltoallv over the Pc x Pf ranks, then the sums); backward, the lead replicas send
+    dy's channels to the ranks computing those filters, and the input gradient is summed over the F line
+    (an allreduce of the input block)."""
+    q = local.pc * local.pf
+    item, kt, busy = machine.itemsize, machine.kernel_time, local.busy
+    inter = q > machine.ranks_per_node
+    plane = local.n * math.prod(out_block) * item
+    k_own = ceil_div(spec.out_shape[1], local.pc)
+    sent = plane * (k_part * local.pf - min(k_part, k_own))            # my partials to every replica needing them
+    recv = plane * k_own * local.pc
+    cost.collective_forward += machine.alltoall(max(sent, recv), q, inter, q - 1)
+    cost.forward += kt("copy", busy, nbytes=sent + recv) + kt("elementwise", busy, n=local.n, c=k_own * local.pc,
+                                                             in_spatial=out_block)
+    back = plane * k_own * local.pc                                      # a lead replica's dy to the ranks using it
+    cost.collective_backward += machine.alltoall(back, q, inter, min(q - 1, local.pc * local.pf))
+    cost.backward += kt("copy", busy, nbytes=2 * back)
+    if local.pf > 1:
+        dx = local.n * local.c_in * math.prod(local.own_in) * item
+        cost.collective_backward += machine.allreduce(dx, local.pf, local.pf > machine.ranks_per_node)
+    cost.details["channel_bytes"] = max(sent, recv) + back
+
+
 def conv(spec, grid, machine, cost):
     local = _Local(spec, grid, machine)
     axes, out_block, ext = _window_common(spec, grid, machine, cost, local)
     kt, busy, item = machine.kernel_time, local.busy, machine.itemsize
-    n, c_in, c_out = local.n, local.c_in, local.c_out
+    n, c_in = local.n, local.c_in
+    # the filters this rank computes (partial sums over its input channels when Pc > 1)
+    c_out = ceil_div(spec.out_shape[1], local.pf) if local.pc * local.pf > 1 else local.c_out
     g = spec.geometry
     shape = dict(n=n, c=c_in, k=c_out, in_spatial=ext, kernel=g.kernel, out_spatial=out_block)
     cost.forward = kt("conv_forward", busy, **shape)
@@ -80,6 +116,8 @@ def conv(spec, grid, machine, cost):
         cost.forward += kt("elementwise", busy, n=n, c=c_out, in_spatial=out_block)
         cost.backward += kt("elementwise", busy, n=n, c=c_out, in_spatial=out_block)
     cost.workspace_bytes = float(n * c_in * math.prod(g.kernel) * math.prod(out_block) * item)
+    if local.pc * local.pf > 1:
+        _channel_moves(spec, local, machine, cost, c_out, out_block)
 
 
 def conv_transpose(spec, grid, machine, cost):
@@ -137,14 +175,20 @@ def upsample(spec, grid, machine, cost):
 def batchnorm(spec, grid, machine, cost):
     local = _Local(spec, grid, machine)
     kt, c = machine.kernel_time, local.c_in
+    # the statistics group: the ranks holding the same channels (all of them on a short grid)
+    group = local.ranks // (local.pc * local.pf)
     inter_all = machine.spans_nodes(local.ranks)
     in_bytes = local.n * c * math.prod(local.own_in) * machine.itemsize
     cost.forward = kt("batchnorm_forward", local.busy, n=local.n, c=c, in_spatial=local.own_in)
     cost.backward = kt("batchnorm_backward", local.busy, n=local.n, c=c, in_spatial=local.own_in)
-    # statistics over every rank: forward one allgather of each rank's (count, sums, centered sums of squares),
+    # statistics over the group: forward one allgather of each rank's (count, sums, centered sums of squares),
     # priced as a collective over the gathered bytes; backward one allreduce of (sum_dy, sum_dy_xhat)
-    cost.collective_forward = machine.allreduce((2 * c + 1) * FLOAT64 * local.ranks, local.ranks, inter_all)
-    cost.collective_backward = machine.allreduce(2 * c * FLOAT64, local.ranks, inter_all)
+    cost.collective_forward = machine.allreduce((2 * c + 1) * FLOAT64 * group, group, inter_all)
+    cost.collective_backward = machine.allreduce(2 * c * FLOAT64, group, inter_all)
+    if local.pc > 1:
+        # every channel's statistics, for the running statistics every rank keeps
+        cost.collective_forward += machine.allreduce(2 * spec.in_shape[1] * FLOAT64, local.pc,
+                                                     local.pc * local.pf > machine.ranks_per_node)
     # the output (kept by the next layer) and the input this layer keeps
     cost.activation_bytes = 2 * in_bytes if spec.keeps_output else 0.0
 
@@ -201,13 +245,17 @@ def global_avgpool(spec, grid, machine, cost):
     if local.spatial_split > 1:
         cost.collective_forward = machine.allreduce(n * c * FLOAT64, local.spatial_split,
                                                     local.spatial_split > machine.ranks_per_node)
+    if local.pc > 1:
+        # the channels gathered over the C line (an allgather, priced as the allreduce of the whole rows)
+        cost.collective_forward += machine.allreduce(n * spec.in_shape[1] * machine.itemsize, local.pc,
+                                                     local.pc * local.pf > machine.ranks_per_node)
     cost.activation_bytes = n * c * machine.itemsize
 
 
 def flatten(spec, grid, machine, cost):
     local = _Local(spec, grid, machine)
-    if len(spec.in_shape) > 2 and local.spatial_split > 1:
-        p = local.spatial_split
+    if len(spec.in_shape) > 2 and local.spatial_split * local.pc > 1:
+        p = local.spatial_split * local.pc
         mine = local.n * local.c_in * math.prod(local.own_in) * machine.itemsize
         alpha, beta = machine.link(p > machine.ranks_per_node)
         # allgather (ring) of the blocks into the replicated (n, F) rows, and the slice back
@@ -230,26 +278,28 @@ def linear(spec, grid, machine, cost):
 # --- containers: a Block's own work ---------------------------------------------------------------------------
 
 def _block_local(block, grid, machine):
+    """(busy ranks, n, out block, channel split Pc) of a container's own work under `grid`."""
+    p = parts(tuple(grid))
     n = ceil_div(block.in_shape[0], grid[0])
-    out_block = [ceil_div(s, g) for s, g in zip(block.out_shape[2:], grid[1:])]
-    return busy_ranks(machine, math.prod(grid)), n, out_block
+    out_block = [ceil_div(s, g) for s, g in zip(block.out_shape[2:], p.spatial)]
+    return busy_ranks(machine, math.prod(grid)), n, out_block, p.channels
 
 
 def residual(block, grid, machine, cost):
     """The add of body and shortcut, forward; the gradient passes to both, backward."""
-    busy, n, out_block = _block_local(block, grid, machine)
-    c_out = block.out_shape[1]
+    busy, n, out_block, pc = _block_local(block, grid, machine)
+    c_out = ceil_div(block.out_shape[1], pc)
     cost.forward = machine.kernel_time("elementwise", busy, n=n, c=c_out, in_spatial=out_block)
     cost.backward = machine.kernel_time("elementwise", busy, n=n, c=c_out, in_spatial=out_block)
 
 
 def skip(block, grid, machine, cost):
     """The concatenation forward; the split and the add of the skip's gradient backward."""
-    busy, n, out_block = _block_local(block, grid, machine)
-    nbytes = n * block.out_shape[1] * math.prod(out_block) * machine.itemsize
+    busy, n, out_block, pc = _block_local(block, grid, machine)
+    nbytes = n * ceil_div(block.out_shape[1], pc) * math.prod(out_block) * machine.itemsize
     cost.forward = machine.kernel_time("copy", busy, nbytes=nbytes)
     cost.backward = machine.kernel_time("copy", busy, nbytes=nbytes) + machine.kernel_time(
-        "elementwise", busy, n=n, c=block.in_shape[1], in_spatial=out_block)
+        "elementwise", busy, n=n, c=ceil_div(block.in_shape[1], pc), in_spatial=out_block)
     cost.activation_bytes = 0.0
 
 

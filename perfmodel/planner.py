@@ -11,15 +11,25 @@ state; when the fastest path exceeds the limit, the planner minimizes time + lam
 with lambda found by bisection (a Lagrangian relaxation of the constrained shortest path): the
 result honours the limit; it may be slightly slower than the best plan that fits, never faster.
 A limit that even the smallest-memory path exceeds is an error naming the smallest memory.
+
+Candidates. The short grids (batch x spatial) and the long ones with channel and filter splits
+(`perfmodel.grids.planner_grids`). With more than MAX_GRIDS of them, the DP (cubic in their number
+inside residual blocks) runs on the grids that at least one layer ranks among its LEADING fastest
+(fewer when that is still too many).
 """
 import time
 
-from .grids import candidate_grids
+from .grids import planner_grids
 from .result import PlanResult, iter_blocks_and_layers, uniform_plan, uniform_time
 from .solver import PlanError, Solver, constant_memory, gib_text, grid_string, parse_grid
 
 __all__ = ["PlanError", "PlanResult", "plan_chain", "uniform_plan", "uniform_time", "grid_string", "parse_grid",
            "iter_blocks_and_layers"]
+
+
+# Candidates the DP takes at once, and how many of each layer's fastest grids survive when there are more.
+MAX_GRIDS = 64
+LEADING = 8
 
 
 def plan_chain(chain, ranks, machine, memory_limit=None):
@@ -34,7 +44,7 @@ def plan_chain(chain, ranks, machine, memory_limit=None):
     nd = len(first.in_shape) - 2
     if nd < 1:
         raise PlanError(f"the model's input {first.in_shape} has no spatial dimensions")
-    grids = [g for g in candidate_grids(ranks, nd) if g[0] <= first.in_shape[0]]
+    grids = planner_grids(chain, ranks)
     if not grids:
         raise PlanError(f"no grid of {ranks} ranks exists for a batch of {first.in_shape[0]}")
     limit = machine.memory_per_rank if memory_limit is None else float(memory_limit)
@@ -43,6 +53,14 @@ def plan_chain(chain, ranks, machine, memory_limit=None):
         raise PlanError(f"no plan fits {gib_text(limit)} per rank: the parameters, gradients and optimizer state "
                         f"alone need {gib_text(constant)}")
     solver = Solver(chain, grids, machine, limit)
+    if len(grids) > MAX_GRIDS:
+        # the DP is cubic in the grids: keep those some layer ranks among its fastest (costs are cached)
+        for k in range(LEADING, 0, -1):
+            kept = solver.leading_grids(k)
+            if len(kept) <= MAX_GRIDS:
+                break
+        grids = kept
+        solver = Solver(chain, grids, machine, limit)
     assignment = solver.solve(0.0)
     result = PlanResult(chain, ranks, machine, assignment, grids, solver, 0.0)
     if result.memory > limit:
@@ -57,9 +75,12 @@ def plan_chain(chain, ranks, machine, memory_limit=None):
                 break
             lam_hi *= 10
             if lam_hi > 1e6:
+                node, grid, cost, _ = max((e for e in r.layers if e[0] is not None),
+                                          key=lambda e: e[2].activation_bytes)
                 raise PlanError(f"no plan fits {gib_text(limit)} per rank: the smallest plan found needs "
-                                f"{gib_text(r.memory)} (parameters and optimizer state: {gib_text(solver.constant)}); "
-                                f"use more ranks or a smaller batch")
+                                f"{gib_text(r.memory)} (parameters and optimizer state: {gib_text(solver.constant)}; "
+                                f"the most, layer {node.name!r} on grid {grid_string(grid)}, keeps "
+                                f"{gib_text(cost.activation_bytes)}); use more ranks or a smaller batch")
         lam_lo = 0.0
         for _ in range(30):
             mid = 0.5 * (lam_lo + lam_hi)

@@ -1,14 +1,14 @@
 """What `hpcnn plan` prints and writes: the per-layer table, totals, speedups, --explain, and the plan dict."""
 import math
 
-from .costs import layer_cost
-from .grids import grid_refusal
+from .costs import layer_cost, parts
+from .grids import grid_refusal, planner_grids
 from .shuffle import shuffle_time
 from .layers import Block
 from .planner import grid_string
 from .splits import best_uniform
 
-__all__ = ["plan_table", "speedups", "explain", "plan_entries", "to_plan", "breakdown"]
+__all__ = ["plan_table", "speedups", "explain", "split_kind", "plan_entries", "to_plan", "breakdown"]
 
 
 def _ms(seconds):
@@ -25,7 +25,7 @@ def _shape(shape):
 
 def plan_table(result):
     """The per-layer table with totals, as text."""
-    head = (f"{'layer':34s} {'output shape':>20s} {'grid':>10s} {'fwd ms':>9s} {'bwd ms':>9s} {'comm ms':>9s} "
+    head = (f"{'layer':34s} {'output shape':>20s} {'grid':>12s} {'fwd ms':>9s} {'bwd ms':>9s} {'comm ms':>9s} "
             f"{'shuf ms':>9s} {'mem MiB':>9s}")
     lines = [head, "-" * len(head)]
     for node, grid, c, shuffle in result.layers:
@@ -36,11 +36,11 @@ def plan_table(result):
         else:
             name, shape = node.name, _shape(node.out_shape)
         comm = c.communication + c.gradient_allreduce
-        lines.append(f"{name[-34:]:34s} {shape:>20s} {grid_string(grid):>10s} {_ms(c.forward)} {_ms(c.backward)} "
+        lines.append(f"{name[-34:]:34s} {shape:>20s} {grid_string(grid):>12s} {_ms(c.forward)} {_ms(c.backward)} "
                      f"{_ms(comm)} {_ms(shuffle)} {_mib(c.activation_bytes + c.workspace_bytes)}")
     t = result.totals()
     lines.append("-" * len(head))
-    lines.append(f"{'total (per iteration)':34s} {'':>20s} {'':>10s} {_ms(t['forward'])} {_ms(t['backward'])} "
+    lines.append(f"{'total (per iteration)':34s} {'':>20s} {'':>12s} {_ms(t['forward'])} {_ms(t['backward'])} "
                  f"{_ms(t['communication'])} {_ms(t['shuffle'])} {_mib(t['memory'])}")
     lines.append(f"predicted iteration: {t['iteration'] * 1e3:.3f} ms (forward {t['forward'] * 1e3:.3f}, backward "
                  f"{t['backward'] * 1e3:.3f}, exposed gradient allreduce {t['gradient_allreduce'] * 1e3:.3f} of "
@@ -84,6 +84,14 @@ def _neighbours(result, name):
     return None, None, None
 
 
+def split_kind(grid):
+    """What a grid splits, in words: 'sample', 'spatial', 'channel', 'filter' joined by '+' ('none' for one rank)."""
+    p = parts(tuple(grid))
+    names = [n for n, k in (("sample", p.samples), ("spatial", math.prod(p.spatial)), ("channel", p.channels),
+                            ("filter", p.filters)) if k > 1]
+    return "+".join(names) or "none"
+
+
 def explain(result, name):
     """Why layer `name` got its grid: every candidate's costs with the neighbours' grids held fixed."""
     i, prev, nxt = _neighbours(result, name)
@@ -93,7 +101,7 @@ def explain(result, name):
     node, chosen, _, _ = result.layers[i]
     m = result.machine
     rows = []
-    for g in result.grids:
+    for g in dict.fromkeys(planner_grids(result.chain, result.ranks) + list(result.grids)):
         why = grid_refusal(node, g)
         if why:
             rows.append((g, None, why))
@@ -107,7 +115,7 @@ def explain(result, name):
     if prev:
         lines.append(f"  the previous layer runs on {grid_string(prev[0])}, the next on "
                      f"{grid_string(nxt[0]) if nxt else '-'}; shuffles to and from them count forward + backward")
-    head = (f"  {'grid':>10s} {'compute':>9s} {'halo':>9s} {'collect.':>9s} {'shuffles':>9s} {'total ms':>9s} "
+    head = (f"  {'grid':>14s} {'split':>29s} {'compute':>9s} {'halo':>9s} {'collect.':>9s} {'shuffles':>9s} {'total ms':>9s} "
             f"{'mem MiB':>9s}")
     lines += [head]
     feasible = []
@@ -116,13 +124,13 @@ def explain(result, name):
         if costs is None:
             refused += 1
             if refused <= 4:
-                lines.append(f"  {grid_string(g):>10s}  refused: {why}")
+                lines.append(f"  {grid_string(g):>14s} {split_kind(g):>29s}  refused: {why}")
             continue
         c, s_in, s_out = costs
         total = _total(costs)
         feasible.append((total, g, c, s_in + s_out))
         mark = "  <- chosen" if g == chosen else ""
-        lines.append(f"  {grid_string(g):>10s} {_ms(c.forward + c.backward)} {_ms(c.halo_forward + c.halo_backward)} "
+        lines.append(f"  {grid_string(g):>14s} {split_kind(g):>29s} {_ms(c.forward + c.backward)} {_ms(c.halo_forward + c.halo_backward)} "
                      f"{_ms(c.collective_forward + c.collective_backward)} {_ms(s_in + s_out)} {_ms(total)} "
                      f"{_mib(c.activation_bytes + c.workspace_bytes)}{mark}")
     if refused > 4:

@@ -9,7 +9,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from hpcnn.geometry import block_index, block_range
+from hpcnn.geometry import block_index, block_range, long_grid
 
 from .costs import busy_ranks
 
@@ -30,8 +30,15 @@ def _axis_meets(size, a, b):
 
 
 def _split_dims(shape):
-    """Tensor axes a grid splits: N and the spatial axes of (N, C, *S); only N of (N, F)."""
-    return [0] + list(range(2, len(shape))) if len(shape) > 2 else [0]
+    """[(tensor axis, long-grid column)] a grid splits: N, the spatial axes and C of (N, C, *S); only N of (N, F)."""
+    if len(shape) <= 2:
+        return [(0, 0)]
+    nd = len(shape) - 2
+    return [(0, 0)] + [(2 + k, 1 + k) for k in range(nd)] + [(1, nd + 1)]
+
+
+def _long(grids):
+    return np.asarray([long_grid(g) for g in grids], dtype=np.int64)
 
 
 def shuffle_parts(shape, src_grids, dst_grids, itemsize):
@@ -40,30 +47,34 @@ def shuffle_parts(shape, src_grids, dst_grids, itemsize):
     Returns (sent (S, D) bytes of the busiest rank, partners (S, D), block (S,) bytes of a source
     block). Ranks are in C order in both grids and the part of a rank's old block that its new
     block also covers stays put; the rank at coordinate 0 of both grids (which holds the largest
-    blocks under the uneven rule) stands for all. An (N, F) tensor is replicated over the spatial
-    group: one replica sends, every replica of the target grid receives.
+    blocks under the uneven rule) stands for all. Replicated tensors (an (N, F) tensor over every grid
+    entry but N, an activation over F): one replica sends, every replica of the target grid receives.
     """
     dims = _split_dims(shape)
-    src = np.asarray(src_grids, dtype=np.int64)[:, :len(dims)]
-    dst = np.asarray(dst_grids, dtype=np.int64)[:, :len(dims)]
-    old = np.ones(len(src))
-    kept = np.ones((len(src), len(dst)))
-    partners = np.ones((len(src), len(dst)))
-    for axis, dim in enumerate(dims):
+    src_long, dst_long = _long(src_grids), _long(dst_grids)
+    old = np.ones(len(src_long))
+    kept = np.ones((len(src_long), len(dst_long)))
+    partners = np.ones((len(src_long), len(dst_long)))
+    for dim, column in dims:
         size = shape[dim]
-        o = -(-size // src[:, axis])
-        nw = -(-size // dst[:, axis])
+        a_parts, b_parts = src_long[:, column], dst_long[:, column]
+        o = -(-size // a_parts)
+        nw = -(-size // b_parts)
         old = old * o
         kept = kept * np.minimum(o[:, None], nw[None, :])
-        meets = np.array([[_axis_meets(size, int(a), int(b)) for b in dst[:, axis]] for a in src[:, axis]])
-        partners = partners * meets
-    rest = math.prod(s for i, s in enumerate(shape) if i not in dims)
-    same = (np.asarray(src_grids)[:, None, :] == np.asarray(dst_grids)[None, :, :]).all(axis=2)
-    sent = (old[:, None] - kept) * rest * itemsize
-    if len(shape) == 2:
-        replicas = np.prod(np.asarray(dst_grids)[:, 1:], axis=1).astype(float)
-        sent = sent * replicas[None, :]
-        partners = partners * replicas[None, :]
+        ua, ia = np.unique(a_parts, return_inverse=True)
+        ub, ib = np.unique(b_parts, return_inverse=True)
+        table = np.array([[_axis_meets(size, int(a), int(b)) for b in ub] for a in ua])
+        partners = partners * table[ia.reshape(-1)][:, ib.reshape(-1)]
+    split = {dim for dim, _ in dims}
+    rest = math.prod(s for i, s in enumerate(shape) if i not in split)
+    same = (src_long[:, None, :] == dst_long[None, :, :]).all(axis=2)
+    # every replica of the target grid receives its block: the sending replica sends each part of its
+    # block to every replica that needs it, less the part it keeps
+    columns = {col for _, col in dims}
+    replicas = np.prod(dst_long[:, [c for c in range(dst_long.shape[1]) if c not in columns]], axis=1).astype(float)
+    sent = (old[:, None] * replicas[None, :] - kept) * rest * itemsize
+    partners = partners * replicas[None, :]
     sent = np.where(same, 0.0, sent)
     partners = np.where(same, 0, np.maximum(partners - 1, 1))
     return sent, partners, old * rest * itemsize

@@ -131,6 +131,14 @@ class Solver:
         self.refusals[spec.name] = reasons
         return self._leaf[key]
 
+    def leading_grids(self, k):
+        """The grids that are among the k fastest of at least one leaf layer, in the order of `grids`."""
+        keep = set()
+        for t, _, _, _ in self._leaf.values():
+            finite = np.flatnonzero(np.isfinite(t))
+            keep.update(int(i) for i in finite[np.argsort(t[finite], kind="stable")[:k]])
+        return [g for i, g in enumerate(self.grids) if i in keep]
+
     def _ranks(self):
         return math.prod(self.grids[0])
 

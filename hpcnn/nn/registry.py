@@ -45,7 +45,8 @@ class LayerKind:
     (what its activation memory is made of); structure: how a container composes its children
     ('chain', 'residual', 'skip'). work is a function; distributed, cost, fused and mirror are
     "module:attribute" references (fused None: no fused op; cost None: losses, which the
-    performance model leaves out of an iteration)."""
+    performance model leaves out of an iteration). channel_splits: whether its distributed form runs on
+    a grid that splits channels or filters (C x F > 1); the planner offers such grids only then."""
     name: str
     classes: tuple
     role: str
@@ -56,6 +57,7 @@ class LayerKind:
     keeps: tuple = (False, False)
     fused: str = None
     structure: str = None
+    channel_splits: bool = True
 
     def resolve(self, field):
         """The object a reference field names (None when the field is None)."""
@@ -117,7 +119,8 @@ _P, _C, _F, _M = "hpcnn.parallel.", "perfmodel.kinds:", "hpcnn.chaos.ops:", "hpc
 register(LayerKind("conv", (Conv2d, Conv3d), "layer", _P + "conv:DistConv", _M + "conv", _C + "conv", conv_work,
                    keeps=(True, False), fused=_F + "conv"))
 register(LayerKind("conv_transpose", (ConvTranspose2d, ConvTranspose3d), "layer", _P + "conv_transpose:DistConvTranspose",
-                   _M + "conv_transpose", _C + "conv_transpose", conv_transpose_work, keeps=(True, False)))
+                   _M + "conv_transpose", _C + "conv_transpose", conv_transpose_work, keeps=(True, False),
+                   channel_splits=False))
 register(LayerKind("maxpool", (MaxPool2d, MaxPool3d), "layer", _P + "windows:DistMaxPool", _M + "pool",
                    _C + "pool", pool_work, fused=_F + "pool"))
 register(LayerKind("avgpool", (AvgPool2d, AvgPool3d), "layer", _P + "windows:DistAvgPool", _M + "pool",
@@ -127,7 +130,8 @@ register(LayerKind("upsample", (Upsample,), "layer", _P + "windows:DistUpsample"
 register(LayerKind("batchnorm", (BatchNorm2d, BatchNorm3d), "layer", _P + "norm:DistBatchNorm", _M + "batchnorm",
                    _C + "batchnorm", batchnorm_work, keeps=(True, False)))
 register(LayerKind("groupnorm", (GroupNorm,), "layer", _P + "groupnorm:DistGroupNorm", _M + "groupnorm",
-                   _C + "groupnorm", groupnorm_work, keeps=(True, False)))
+                   _C + "groupnorm", groupnorm_work, keeps=(True, False),
+                   channel_splits=False))
 register(LayerKind("relu", (ReLU,), "layer", _P + "dense:DistElementwise", _M + "relu", _C + "pointwise",
                    relu_work, keeps=(False, True), fused=_F + "activation"))
 register(LayerKind("leaky_relu", (LeakyReLU,), "layer", _P + "dense:DistElementwise", _M + "leaky_relu",

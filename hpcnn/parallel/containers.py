@@ -54,7 +54,11 @@ class DistResidual(DistModule):
 
 
 class DistSkipConcat(DistModule):
-    """concat([x, inner(x)], axis=1) under x's distribution. children: [inner]."""
+    """concat([x, inner(x)], axis=1) under x's distribution. children: [inner].
+
+    On a channel split the two operands' channel blocks are not the blocks of their concatenation: both
+    move to the distribution that keeps every channel (`Distribution.channels_whole`), are concatenated
+    there, and the result moves back to x's distribution."""
 
     def __init__(self, layer, d, context, name="", children=()):
         super().__init__(layer, d, context, name, children)
@@ -69,14 +73,25 @@ class DistSkipConcat(DistModule):
         z, self._moved = arrive(z, t.distribution, self._shuffles)
         self._c = t.global_shape[1]
         out_global = t.global_shape[:1] + (t.global_shape[1] + z.global_shape[1],) + t.global_shape[2:]
-        return DistTensor(array_module(t.local).concatenate([t.local, z.local], axis=1), t.distribution, out_global)
+        whole = t.distribution.channels_whole()
+        tw, self._t_whole = arrive(t, whole, self._shuffles)
+        zw, self._z_whole = arrive(z, whole, self._shuffles)
+        y = DistTensor(array_module(t.local).concatenate([tw.local, zw.local], axis=1), whole, out_global)
+        y, self._y_back = arrive(y, t.distribution, self._shuffles)
+        return y
 
     def backward(self, g):
         c = self._c
-        dz_global = g.global_shape[:1] + (g.global_shape[1] - c,) + g.global_shape[2:]
-        dz = DistTensor(array_module(g.local).ascontiguousarray(g.local[:, c:]), g.distribution, dz_global)
+        gw = g if self._y_back is None else self._y_back.backward(g)
+        xp = array_module(gw.local)
+        dz_global = gw.global_shape[:1] + (gw.global_shape[1] - c,) + gw.global_shape[2:]
+        dx_global = gw.global_shape[:1] + (c,) + gw.global_shape[2:]
+        dz = DistTensor(xp.ascontiguousarray(gw.local[:, c:]), gw.distribution, dz_global)
+        direct = DistTensor(xp.ascontiguousarray(gw.local[:, :c]), gw.distribution, dx_global)
+        if self._z_whole is not None:
+            dz, direct = self._z_whole.backward(dz), self._t_whole.backward(direct)
         if self._moved is not None:
             dz = self._moved.backward(dz)
         dx = self.inner.backward(dz)
         dx, _ = arrive(dx, g.distribution, self._shuffles)
-        return dx.like(dx.local + g.local[:, :c])
+        return dx.like(dx.local + direct.local)

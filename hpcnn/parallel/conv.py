@@ -2,6 +2,7 @@
 from .. import kernels
 from ..backend import array_module
 from ..geometry import halo_pieces, own_rows_suffice, piece_padding
+from .channels import ChannelMove, filter_ranges, standard_ranges
 from .module import is_empty
 from .streams import Overlap
 from .tensor import DistTensor
@@ -23,12 +24,50 @@ class DistConv(WindowLayer):
     thin pieces, and the filter gradient is the owned block's plus the halo pieces'. No copy of
     the owned block is made, and no activation-sized buffer is added. Otherwise (several split
     dimensions, trimmed rows, empty blocks) the extended block is assembled and used.
+
+    Channels and filters (a long grid with Pc x Pf > 1): rank (c, f) holds the input channels
+    block_range(C, Pc, c) (the same on every f) and computes, with the weight slice
+    W[block_range(K, Pf, f), block_range(C, Pc, c)], a partial sum of its filters' outputs; one sum
+    over the C x F ranks (`ChannelMove`: a reduce-scatter over C, and an allgather over F where
+    Pf > 1) gives every rank its output channels block_range(K, Pc, c). Backward: dy's filters
+    block come from their owners (the adjoint), the data gradient of the input channels is summed
+    over the F line, and the weight and bias gradients are those of the rank's slice (bias on c = 0),
+    zero elsewhere, so the gradient allreduce sums each slice over exactly the ranks that share it.
     """
+
+    def _slices(self):
+        """(filter range, input channel range) of this rank's weight slice."""
+        return self.d.filter_range(self.layer.out_channels), self.d.channel_range(self.layer.in_channels)
+
+    def _take_weights(self):
+        """The weight (and bias) slice this rank computes with, for this pass."""
+        layer = self.layer
+        (f0, f1), (c0, c1) = self._slices()
+        w, b = layer.params["weight"], layer.params.get("bias")
+        if not self._split:
+            self._w, self._b = w, b
+            return
+        xp = array_module(w)
+        self._w = xp.ascontiguousarray(w[f0:f1, c0:c1])
+        self._b = None if b is None or self.d.channel_coord != 0 else xp.ascontiguousarray(b[f0:f1])
+
+    @property
+    def _split(self):
+        return self.d.channels * self.d.filters > 1
+
+    def _moves(self):
+        """(partial filter outputs -> standard output channels (sum), standard dy -> filter layout (copy))."""
+        if getattr(self, "_channel_moves", None) is None:
+            d, k = self.d, self.layer.out_channels
+            fr, _ = filter_ranges(k, d.channels, d.filters)
+            sr, senders = standard_ranges(k, d.channels, d.filters)
+            self._channel_moves = (ChannelMove(d.cf_comm, fr, sr, reduce=True),
+                                   ChannelMove(d.cf_comm, sr, fr, senders))
+        return self._channel_moves
 
     def _kernel(self, x, pads):
         g = self.geometry
-        return kernels.conv_forward(x, self.layer.params["weight"], self.layer.params.get("bias"), g.stride,
-                                    pads, g.dilation)
+        return kernels.conv_forward(x, self._w, self._b, g.stride, pads, g.dilation)
 
     def _rows_dim(self, ex, batch):
         """The split dimension when the halo-row decomposition applies on the whole line, else None."""
@@ -55,7 +94,7 @@ class DistConv(WindowLayer):
         return tuple(index)
 
     def _forward_rows(self, x, ex, k):
-        geo, w = self.geometry, self.layer.params["weight"]
+        geo, w = self.geometry, self._w
         h = ex.mine[k]
         overlap = self.context.overlap
         streams = Overlap(x)
@@ -76,8 +115,8 @@ class DistConv(WindowLayer):
         return y
 
     def _backward_rows(self, dy, ex, k):
-        geo, layer = self.geometry, self.layer
-        w = layer.params["weight"]
+        geo = self.geometry
+        w = self._w
         h = ex.mine[k]
         overlap = self.context.overlap
         streams = Overlap(dy)
@@ -107,47 +146,91 @@ class DistConv(WindowLayer):
         streams.join()
         for r0, r1, pads, dy_part, _ in pieces:
             dw += kernels.conv_backward_filter(ex.rows(r0, r1), dy_part, geo.kernel, geo.stride, pads, geo.dilation)
-        layer.grads["weight"][...] = dw
-        if "bias" in layer.params:
-            layer.grads["bias"][...] = kernels.conv_backward_bias(dy)
+        self._set_grads(dw, dy)
         if not overlap:
             ex.reverse_pieces_start([(r0, dx_part) for r0, _, _, _, dx_part in pieces], xt.shape[:2], dy)
         return ex.reverse_pieces_finish(dx_own)
 
+    def _set_grads(self, dw, dy):
+        """This rank's weight (and bias) gradient: its slice, zero elsewhere (dw None: no work, zeros)."""
+        layer = self.layer
+        if not self._split:
+            if dw is None:
+                layer.grads["weight"][...] = 0
+            else:
+                layer.grads["weight"][...] = dw
+            if "bias" in layer.params:
+                layer.grads["bias"][...] = kernels.conv_backward_bias(dy) if dw is not None else 0
+            return
+        (f0, f1), (c0, c1) = self._slices()
+        layer.grads["weight"][...] = 0
+        if dw is not None:
+            layer.grads["weight"][f0:f1, c0:c1] = dw
+        if "bias" in layer.params:
+            layer.grads["bias"][...] = 0
+            if dw is not None and self.d.channel_coord == 0:
+                layer.grads["bias"][f0:f1] = kernels.conv_backward_bias(dy)
+
     def _forward(self, t):
-        self.layer.check_input(t.local, ndim=self.d.nd + 2, channels=self.layer.in_channels)
+        d, layer = self.d, self.layer
+        (f0, f1), (c0, c1) = self._slices()
+        self.layer.check_input(t.local, ndim=d.nd + 2, channels=c1 - c0)
+        if t.global_shape[1] != layer.in_channels:
+            raise ValueError(f"{layer.describe()}: expects {layer.in_channels} channels, received global "
+                             f"shape {t.global_shape}")
+        self._take_weights()
         self._spatial = t.global_shape[2:]
-        out_global = self._global_out(t, self.layer.out_channels)
-        ex = self._exchange(self._spatial)
-        self._rows_k = self._rows_dim(ex, t.local.shape[0])
-        if self._rows_k is not None:
-            y = self._forward_rows(t.local, ex, self._rows_k)
+        out_global = self._global_out(t, layer.out_channels)
+        out_local = d.local_shape(out_global)[2:]
+        # the ranks of a spatial line share (c, f), hence whether their slice is empty
+        self._idle = self._w.size == 0
+        if self._idle:
+            self._rows_k = None
+            y = array_module(t.local).zeros(t.local.shape[:1] + (f1 - f0,) + out_local, t.local.dtype)
         else:
-            y = self._compute(t.local, self._spatial, self.d.local_shape(out_global)[2:], t.local.shape[:1] +
-                              (self.layer.out_channels,), t.local.dtype)
+            ex = self._exchange(self._spatial)
+            self._rows_k = self._rows_dim(ex, t.local.shape[0])
+            if self._rows_k is not None:
+                y = self._forward_rows(t.local, ex, self._rows_k)
+            else:
+                y = self._compute(t.local, self._spatial, out_local, t.local.shape[:1] + (f1 - f0,),
+                                  t.local.dtype)
+        if self._split:
+            y = self._moves()[0].forward(y)
         # the owned block only: the halo is fetched again in backward rather than kept
         self.x = t.local
         self._in_global = t.global_shape
-        return DistTensor(y, self.d, out_global)
+        return DistTensor(y, d, out_global)
 
     def _backward(self, g):
-        geo, layer = self.geometry, self.layer
-        ex = self._exchange(self._spatial)
         dy = g.local
+        if self._split:
+            dy = self._moves()[1].forward(dy)
+        dx = self._input_gradient(dy)
+        if self._split and self.d.filters > 1:
+            dx = array_module(dx).ascontiguousarray(dx)
+            self.d.filter_comm.allreduce_(dx)
+        return DistTensor(dx, self.d, self._in_global)
+
+    def _input_gradient(self, dy):
+        """The data gradient of this rank's input block (a partial sum over F when filters are split);
+        fills this rank's weight gradients."""
+        geo = self.geometry
+        if self._idle:
+            self._set_grads(None, dy)
+            return array_module(dy).zeros(self.x.shape, dy.dtype)
+        ex = self._exchange(self._spatial)
         if self._rows_k is not None:
-            return DistTensor(self._backward_rows(dy, ex, self._rows_k), self.d, self._in_global)
-        w = layer.params["weight"]
+            return self._backward_rows(dy, ex, self._rows_k)
+        w = self._w
         compute = not is_empty(dy.shape)
         ext = ex.forward(self.x)
         pads = ex.pads
         if compute:
             dx_ext = kernels.conv_backward_data(dy, w, ex.need_shape, geo.stride, pads, geo.dilation)
-            layer.grads["weight"][...] = kernels.conv_backward_filter(ext, dy, geo.kernel, geo.stride, pads,
-                                                                      geo.dilation)
+            self._set_grads(kernels.conv_backward_filter(ext, dy, geo.kernel, geo.stride, pads, geo.dilation), dy)
         else:
             dx_ext = array_module(dy).zeros(self.x.shape[:2] + ex.need_shape, dy.dtype)
-            layer.grads["weight"][...] = 0
-        if "bias" in layer.params:
-            layer.grads["bias"][...] = kernels.conv_backward_bias(dy) if compute else 0
+            self._set_grads(None, dy)
         del ext  # before the adjoint allocates dx: one activation less at the peak
-        return DistTensor(ex.reverse(dx_ext), self.d, self._in_global)
+        return ex.reverse(dx_ext)

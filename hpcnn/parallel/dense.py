@@ -1,7 +1,8 @@
 """Distributed pointwise layers, global average pooling, flatten and linear layers.
 
-Pointwise layers run on the local block as they are. Global pooling and flatten turn blocks into
-(N, F) rows replicated over the spatial group; Linear computes on those rows on every replica.
+Pointwise layers run on the local block as they are (on a channel split too: each rank's channels).
+Global pooling and flatten turn blocks into (N, F) rows replicated over every grid axis but the
+sample axis (spatial, C and F); Linear computes on those rows on every replica.
 """
 import math
 
@@ -37,9 +38,10 @@ class DistDropout(DistModule):
 
 
 class DistGlobalAvgPool(DistModule):
-    """Mean over the global spatial extent: a local sum and an allreduce over the spatial group.
+    """Mean over the global spatial extent: a local sum and an allreduce over the spatial group (and, on a
+    channel split, an allgather of the channels over the C line).
 
-    (N, C, *S) blocks -> (N, C) rows replicated over the spatial group.
+    (N, C, *S) blocks -> (N, C) rows replicated over every axis but the sample axis.
     """
 
     def _forward(self, t):
@@ -49,11 +51,17 @@ class DistGlobalAvgPool(DistModule):
         self._count = math.prod(t.global_shape[2:])
         s = x.sum(axis=tuple(range(2, x.ndim)), dtype=np.float64)
         self.d.spatial_comm.allreduce_(s)
-        return DistTensor((s / self._count).astype(x.dtype), self.d, t.global_shape[:2])
+        y = (s / self._count).astype(x.dtype)
+        if self.d.channels > 1:
+            y = _gather_channels(self.d, y, t.global_shape[1])
+        return DistTensor(y, self.d, t.global_shape[:2])
 
     def _backward(self, g):
         dy = g.local
         xp = array_module(dy)
+        if self.d.channels > 1:
+            c0, c1 = self.d.channel_range(self._in_global[1])
+            dy = xp.ascontiguousarray(dy[:, c0:c1])
         scaled = (dy / self._count).reshape(dy.shape + (1,) * (len(self._in_shape) - 2))
         return DistTensor(xp.ascontiguousarray(xp.broadcast_to(scaled, self._in_shape)), self.d, self._in_global)
 
@@ -66,7 +74,7 @@ class DistFlatten(DistModule):
         self._in_global, self._in_ndim = t.global_shape, t.ndim
         d = self.d
         out_global = (t.global_shape[0], math.prod(t.global_shape[1:]))
-        if t.ndim == 2 or d.spatial_ranks == 1:
+        if t.ndim == 2 or (d.spatial_ranks == 1 and d.channels == 1):
             # whole samples already: a local reshape
             self._in_local_shape = x.shape
             return DistTensor(array_module(x).ascontiguousarray(x).reshape(x.shape[0], math.prod(x.shape[1:])), d, out_global)
@@ -74,17 +82,20 @@ class DistFlatten(DistModule):
         return DistTensor(whole.reshape(whole.shape[0], out_global[1]), d, out_global)
 
     def _gather_samples(self, t):
-        """The full samples of this rank's sample block, assembled from the spatial group."""
+        """The full samples of this rank's sample block, assembled from the spatial group (and the C line)."""
         d = self.d
         xp = array_module(t.local)
-        group = d.spatial_comm
+        axes = d.spatial_axes + (() if d.channel_axis is None else (d.channel_axis,))
+        group = d.group(axes) if d.channels > 1 else d.spatial_comm
         n0, n1 = d.local_ranges(t.global_shape)[0]
         sample_shape = (n1 - n0,) + t.global_shape[1:]
         boxes = []
-        for coords_spatial in np.ndindex(*d.spatial_grid):
-            coords = (d.coords[0],) + tuple(int(c) for c in coords_spatial)
+        for varying in np.ndindex(*[d.grid[a] for a in axes]):
+            coords = list(d.coords)
+            for a, c in zip(axes, varying):
+                coords[a] = int(c)
             boxes.append(d.ranges_at(t.global_shape, coords)[1:])
-        # spatial_comm ranks are ordered by world rank, which is C order over the spatial coordinates
+        # the group's ranks are ordered by world rank, which is C order over the varying coordinates
         counts = [(n1 - n0) * math.prod(b - a for a, b in box) for box in boxes]
         recv = xp.empty(sum(counts), t.local.dtype)
         group.allgatherv(xp.ascontiguousarray(t.local).reshape(-1), recv, counts)
@@ -108,6 +119,22 @@ class DistFlatten(DistModule):
                           self._in_global)
 
 
+def _gather_channels(d, y, channels):
+    """(n, C) rows from this rank's (n, channel block) over the C line."""
+    xp = array_module(y)
+    n = y.shape[0]
+    ranges = d.axis_ranges(channels, d.channel_axis)
+    counts = [n * (b - a) for a, b in ranges]
+    recv = xp.empty(sum(counts), y.dtype)
+    d.channel_comm.allgatherv(xp.ascontiguousarray(y).reshape(-1), recv, counts)
+    out = xp.empty((n, channels), y.dtype)
+    offset = 0
+    for (a, b), k in zip(ranges, counts):
+        out[:, a:b] = recv[offset:offset + k].reshape(n, b - a)
+        offset += k
+    return out
+
+
 class DistLinear(DistModule):
     """Linear on (N, F) rows; with replicated rows only spatial rank 0 contributes the weight gradient."""
 
@@ -119,7 +146,7 @@ class DistLinear(DistModule):
 
     def _backward(self, g):
         dx = self.layer.backward(g.local)
-        if self.d.is_replicated(2) and self.d.spatial_comm.rank != 0:
+        if not self.d.is_lead_replica(2):
             for key in self.layer.grads:
                 self.layer.grads[key][...] = 0
         return DistTensor(array_module(dx).ascontiguousarray(dx), self.d, (g.global_shape[0], self.layer.in_features))

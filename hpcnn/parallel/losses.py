@@ -24,7 +24,12 @@ class _DistLoss:
         self._arrivals = {}
 
     def _reduce_comm(self, t):
-        return self.d.sample_comm if self.d.is_replicated(t.ndim) else self.d.comm
+        """The ranks holding distinct blocks of `t` (one of each replica set): sums over them count each
+        element once."""
+        d = self.d
+        if not d.is_replicated(t.ndim):
+            return d.comm
+        return d.group(tuple(sorted(set(d.split_axes(t.ndim).values()))))
 
     def _arrive(self, t):
         t, self._moved = arrive(t, self.d, self._arrivals)
@@ -44,6 +49,10 @@ class DistCrossEntropyLoss(_DistLoss):
     forward(logits, labels) -> float (the same on every rank); backward() -> DistTensor dlogits.
     logits: (N, C) with labels (N,), or (N, C, *S) with labels (N, *S), under the same distribution.
     """
+
+    def __init__(self, loss, d):
+        # a softmax needs every class: on a channel split the logits move to the grid that replicates them
+        super().__init__(loss, d.channels_whole())
 
     def forward(self, logits, labels):
         logits = self._arrive(logits)

@@ -80,10 +80,16 @@ class DistModel:
 
 def _wrap(layer, name, grid_of, context):
     """The distributed form of `layer` (named `name` in the model) and, recursively, of its children."""
-    form = registry.kind_of(layer).resolve("distributed")
+    kind = registry.kind_of(layer)
+    form = kind.resolve("distributed")
+    d = grid_of(name)
+    if not kind.channel_splits and d.channels * d.filters > 1:
+        raise ValueError(f"layer {name!r} ({kind.name}) has no channel or filter split: its grid "
+                         f"{'x'.join(map(str, d.grid))} splits channels over {d.channels} and filters over "
+                         f"{d.filters} ranks; give it a grid with C = F = 1")
     children = [_wrap(child, f"{name}.{cname}" if name else cname, grid_of, context)
                 for cname, child in layer.children()]
-    return form(layer, grid_of(name), context, name, children)
+    return form(layer, d, context, name, children)
 
 
 def distribute(model, d=None, plan=None, overlap=True, bn_stats="global", bucket_bytes=1 << 22,

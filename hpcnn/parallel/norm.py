@@ -6,6 +6,12 @@ batch-norm over the whole batch; the default), 'spatial' (the spatial group: per
 float64 partial sums: forward gathers each rank's count, sums and centered sums of squares in one
 collective and merges them exactly (`DistBatchNorm._statistics`); backward allreduces its two sums
 in one buffer.
+
+On a channel split (a long grid with Pc > 1) each rank normalizes its own channels, so the
+statistics need no reduction over C: 'global' is over the ranks with the same (c, f), 'spatial' over
+the spatial group. The statistics of every channel are gathered over the C line (2C values) so that
+every rank keeps the same running statistics; the affine gradients are the rank's channel slice,
+counted on F coordinate 0 only (the F replicas compute the same).
 """
 import math
 
@@ -26,7 +32,8 @@ class DistBatchNorm(DistModule):
     def _group(self):
         mode = self.context.bn_stats
         if mode == "global":
-            return self.d.comm
+            d = self.d
+            return d.comm if d.channel_axis is None else d.group((0,) + d.spatial_axes)
         if mode == "spatial":
             return self.d.spatial_comm
         return None
@@ -49,7 +56,7 @@ class DistBatchNorm(DistModule):
         as accurate as two passes over the whole group (no sum-of-squares cancellation).
         """
         xp = array_module(x)
-        c = self.layer.num_features
+        c = x.shape[1]
         n = x.size // c if c else 0
         s = kernels.channel_sum(x) if x.size else xp.zeros(c)
         m2 = kernels.channel_centered_sumsq(x, s / n) if x.size else xp.zeros(c)
@@ -70,7 +77,12 @@ class DistBatchNorm(DistModule):
     def _forward(self, t):
         layer = self.layer
         x = t.local
-        layer.check_input(x, ndim=self.d.nd + 2, channels=layer.num_features)
+        c0, c1 = self.d.channel_range(layer.num_features)
+        self._channels = (c0, c1)
+        if t.global_shape[1] != layer.num_features:
+            raise ValueError(f"{layer.describe()}: expects {layer.num_features} channels, received global "
+                             f"shape {t.global_shape}")
+        layer.check_input(x, ndim=self.d.nd + 2, channels=c1 - c0)
         group = self._group()
         xp = array_module(x)
         if layer.training:
@@ -79,34 +91,58 @@ class DistBatchNorm(DistModule):
                 raise ValueError(f"{layer.describe()}: training needs more than one value per channel, "
                                  f"received global shape {t.global_shape}")
             mean, var = self._statistics(x, group, count)
-            layer.update_running_stats(mean, var, count)
+            full_mean, full_var = self._every_channel(mean, var)
+            layer.update_running_stats(full_mean, full_var, count)
         else:
             count = 0
-            mean = layer.running_mean.astype(np.float64)
-            var = layer.running_var.astype(np.float64)
+            mean = layer.running_mean[c0:c1].astype(np.float64)
+            var = layer.running_var[c0:c1].astype(np.float64)
         invstd = 1.0 / xp.sqrt(var + layer.eps)
         self.x, self.count, self.batch_statistics = x, count, layer.training
         self.mean, self.invstd = mean.astype(x.dtype), invstd.astype(x.dtype)
-        gamma, beta = layer._gamma_beta(xp)
+        gamma, beta = (p[c0:c1] for p in layer._gamma_beta(xp))
         if not x.size:
             return t.like(xp.zeros_like(x))
         return t.like(kernels.batchnorm_apply(x, self.mean, self.invstd, gamma, beta))
+
+    def _every_channel(self, mean, var):
+        """(mean, var) of every channel from this rank's channel slice (gathered over the C line)."""
+        d, c = self.d, self.layer.num_features
+        if d.channels == 1:
+            return mean, var
+        xp = array_module(mean)
+        counts = [b - a for a, b in d.axis_ranges(c, d.channel_axis)]
+        every = xp.empty(2 * c)
+        d.channel_comm.allgatherv(xp.concatenate([mean, var]).astype(np.float64), every,
+                                  [2 * n for n in counts])
+        parts, offset = [], 0
+        for n in counts:
+            parts.append(every[offset:offset + 2 * n].reshape(2, n))
+            offset += 2 * n
+        both = xp.concatenate(parts, axis=1)
+        return both[0], both[1]
 
     def _backward(self, g):
         layer = self.layer
         dy = g.local
         xp = array_module(dy)
-        gamma, _ = layer._gamma_beta(xp)
+        c0, c1 = self._channels
+        c = c1 - c0
+        gamma = layer._gamma_beta(xp)[0][c0:c1]
         if dy.size:
             sum_dy, sum_dy_xhat = kernels.batchnorm_backward_reduce(dy, self.x, self.mean, self.invstd)
         else:
-            sum_dy, sum_dy_xhat = xp.zeros(layer.num_features), xp.zeros(layer.num_features)
+            sum_dy, sum_dy_xhat = xp.zeros(c), xp.zeros(c)
         if layer.affine:
-            # local partial sums: the gradient allreduce adds the other ranks' parts
-            layer.grads["weight"][...] = sum_dy_xhat
-            layer.grads["bias"][...] = sum_dy
+            # local partial sums of this rank's channels: the gradient allreduce adds the other ranks' parts
+            for key, value in (("weight", sum_dy_xhat), ("bias", sum_dy)):
+                grad = layer.grads[key]
+                if c != layer.num_features or self.d.filter_coord != 0:
+                    grad[...] = 0
+                if self.d.filter_coord == 0:
+                    grad[c0:c1] = value
         if not self.batch_statistics:
-            zeros = xp.zeros(layer.num_features, dy.dtype)
+            zeros = xp.zeros(c, dy.dtype)
             return g.like(kernels.batchnorm_apply(dy, zeros, self.invstd, gamma, zeros) if dy.size else dy.copy())
         sums = xp.concatenate([sum_dy.astype(np.float64), sum_dy_xhat.astype(np.float64)])
         group = self._group()
@@ -115,6 +151,5 @@ class DistBatchNorm(DistModule):
             group.allreduce_(sums)
         if not dy.size:
             return g.like(xp.zeros_like(dy))
-        c = layer.num_features
         return g.like(kernels.batchnorm_backward_apply(dy, self.x, self.mean, self.invstd, gamma, sums[:c],
                                                        sums[c:], self.count))

@@ -1,8 +1,8 @@
 """Redistribution of a tensor between two distributions (one Alltoallv), and its adjoint.
 
-A tensor replicated over a spatial group (an (N, F) tensor, see `Distribution`) is sent by one
-replica (the rank at spatial coordinate 0) and received by every replica that holds it under
-the target distribution. For blocked tensors the shuffle is a permutation, so its adjoint is the
+A tensor replicated over some grid axes (an (N, F) tensor over the spatial group, an activation
+over F; see `Distribution`) is sent by one replica (the rank at coordinate 0 along every replica
+axis) and received by every replica that holds it under the target distribution. For blocked tensors the shuffle is a permutation, so its adjoint is the
 shuffle back; `Shuffle.backward` is that reverse shuffle for every tensor (a replicated
 gradient is, like its activation, held whole by every replica).
 """
@@ -24,10 +24,6 @@ def _box_intersect(a, b):
     return out
 
 
-def _coords(d, rank):
-    return tuple(int(c) for c in np.unravel_index(rank, d.grid))
-
-
 class Shuffle:
     """Moves tensors of `global_shape` from distribution `src` to `dst` (same communicator)."""
 
@@ -42,17 +38,17 @@ class Shuffle:
         me = src.rank
         my_src = src.ranges_at(self.global_shape, src.coords)
         my_dst = dst.ranges_at(self.global_shape, dst.coords)
-        src_replicated = src.is_replicated(ndim)
 
         def sends_from(rank):
-            c = _coords(src, rank)
-            return not src_replicated or all(x == 0 for x in c[1:])
+            return src.is_lead_replica(ndim, src.coords_of(rank))
 
         self.send_boxes, self.recv_boxes = [], []
         for r in range(src.size):
-            box = _box_intersect(my_src, dst.ranges_at(self.global_shape, _coords(dst, r))) if sends_from(me) else None
+            box = _box_intersect(my_src, dst.ranges_at(self.global_shape, dst.coords_of(r))) if sends_from(me) \
+                else None
             self.send_boxes.append(box)
-            box = _box_intersect(src.ranges_at(self.global_shape, _coords(src, r)), my_dst) if sends_from(r) else None
+            box = _box_intersect(src.ranges_at(self.global_shape, src.coords_of(r)), my_dst) if sends_from(r) \
+                else None
             self.recv_boxes.append(box)
         self._src_origin = [a for a, _ in my_src]
         self._dst_origin = [a for a, _ in my_dst]

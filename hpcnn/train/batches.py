@@ -29,6 +29,9 @@ class Batches:
         shape = (len(idx), dataset.in_channels) + dataset.spatial_shape
         sl = d.local_slices(shape)
         x = dataset.inputs(idx[sl[0]], sl[2:]).astype(self.dtype, copy=False)
+        if d.channels > 1:
+            # the readers read every channel of a block; a channel split keeps its own
+            x = np.ascontiguousarray(x[:, sl[1]])
         return DistTensor(put(x), d, shape)
 
     def labels(self, dataset, idx, d=None):

@@ -6,8 +6,8 @@ A job file has six tables (see docs/jobs.md for a tour):
                     hpcnn.nn.factory); every other key is an option of that model
     [data]          dataset = "digits" | "textures" | "fields3d" | "hdf5" | "npy", seed, and the
                     dataset's own options (hpcnn.data.OPTIONS)
-    [distribution]  engine = "spatial" | "chaos" | "auto"; grid = [N, H, W] (or [N, D, H, W]) or
-                    "auto"; plan = "plan.json"; CHAOS options threads, staleness, average_every,
+    [distribution]  engine = "spatial" | "chaos" | "auto"; grid = [N, H, W] (or [N, D, H, W]; with channel
+                    and filter splits [N, H, W, C, F]) or "auto"; plan = "plan.json"; CHAOS options threads, staleness, average_every,
                     deterministic
     [training]      epochs or steps, batch (global), seed, dtype, device, val_every, and the tables
                     [training.optimizer] (name = "sgd": lr, momentum, dampening, nesterov,
@@ -26,6 +26,7 @@ import os
 import tomllib
 
 from ..backend import DEVICES
+from ..geometry import GRID_NOTATION
 from .paths import resolve_outputs
 
 __all__ = ["JobError", "Job", "SCHEMA", "load_job", "parse_job", "apply_overrides", "parse_options", "dataset_options", "ENGINES", "OPTIMIZERS"]
@@ -49,7 +50,7 @@ SCHEMA = {
     },
     "distribution": {
         "engine": (str, "spatial", ENGINES, "spatial (MPI blocks), chaos (CPU threads) or auto"),
-        "grid": ("grid", None, None, "ranks over (N, H, W) or (N, D, H, W), or \"auto\""),
+        "grid": ("grid", None, None, "ranks over (N, [D,] H, W) or (N, [D,] H, W, C, F), or \"auto\""),
         "plan": (str, "", None, "a plan file from `hpcnn plan` (instead of a grid)"),
         "threads": (int, 0, "nonnegative", "CHAOS worker threads (0: the cores)"),
         "staleness": (int, -1, None, "CHAOS bounded staleness: at most this many updates ahead of the slowest "
@@ -179,11 +180,10 @@ def _check_value(field, value, kind, rule, fail):
             fail(f"{field} must be a list of two numbers in [0, 1), got {value!r}")
         value = [float(v) for v in value]
     elif kind == "grid":
-        ok = value == "auto" or (isinstance(value, list) and len(value) in (3, 4) and all(
+        ok = value == "auto" or (isinstance(value, list) and len(value) in (3, 4, 5, 6) and all(
             isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value))
         if not ok:
-            fail(f"{field} must be \"auto\" or a list of 3 (N, H, W) or 4 (N, D, H, W) positive integers, "
-                 f"got {value!r}")
+            fail(f"{field} must be \"auto\" or a list of positive integers: {GRID_NOTATION}; got {value!r}")
     if rule == "positive" and not value > 0:
         fail(f"{field} must be {'a positive integer' if kind is int else 'positive'}, got {value!r}")
     if rule == "nonnegative" and not value >= 0:

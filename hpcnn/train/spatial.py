@@ -72,9 +72,10 @@ class SpatialEngine(Engine):
             return
         if grid in (None, "auto"):
             grid = auto_grid(comm.size, trainer.batch, trainer.train_set.spatial_shape)
-        if len(grid) != nd + 1:
+        if len(grid) not in (nd + 1, nd + 3):
             raise JobError(f"job file {path}: distribution.grid {list(grid)} has {len(grid)} entries; {nd}-D samples "
-                           f"need {nd + 1} (N, {'D, ' if nd == 3 else ''}H, W)")
+                           f"need {nd + 1} (N, {'D, ' if nd == 3 else ''}H, W) or {nd + 3} "
+                           f"(N, {'D, ' if nd == 3 else ''}H, W, C, F)")
         places = int(np.prod(grid))
         if places != comm.size:
             raise JobError(f"job file {path}: distribution.grid {list(grid)} needs {places} ranks, the job runs on "

@@ -3,6 +3,7 @@ import numpy as np
 
 from .. import kernels
 from ..backend import to_host
+from ..parallel import shuffle
 from .metrics import ConfusionCounts
 
 __all__ = ["validate"]
@@ -33,12 +34,15 @@ def validate(net, model, dataset, batches, batch, distribution, comm):
         if distribution is None:
             y = batches.labels(dataset, idx)
         else:
+            if out.ndim > 2 and out.distribution.channels > 1:
+                # scores need every class of a pixel on one rank
+                out = shuffle(out, out.distribution.channels_whole())
             d = out.distribution
             y = batches.labels(dataset, idx, d).local
             rows = rows[d.local_slices(out.global_shape)[0]]
             out = out.local
-            if d.is_replicated(out.ndim) and any(c != 0 for c in d.coords[1:]):
-                rows, out, y = rows[:0], out[:0], y[:0]  # replicated rows count once, on each spatial group's first rank
+            if not d.is_lead_replica(out.ndim):
+                rows, out, y = rows[:0], out[:0], y[:0]  # replicated rows count once, on each replica set's first rank
         # rows is an increasing range, so the real samples (not the padding) are a prefix of it
         real_rows = int(np.count_nonzero(rows < real))
         out, y = out[:real_rows], y[:real_rows]

@@ -53,9 +53,10 @@ def _train_losses(folder):
 def _grids(size):
     if size == 1:
         return [(1, 1, 1)]
-    grids = [(size, 1, 1), (1, size, 1), (1, 1, size)]
+    # channel and filter splits too (long grids (N, H, W, C, F)): a job's grid in the long notation
+    grids = [(size, 1, 1), (1, size, 1), (1, 1, size), (1, 1, 1, size, 1), (1, 1, 1, 1, size)]
     if size == 4:
-        grids.append((2, 1, 2))
+        grids += [(2, 1, 2), (1, 2, 1, 1, 2)]
     return grids
 
 

@@ -22,9 +22,9 @@ def test_round_trip(tmp_path):
 @pytest.mark.parametrize("data,message", [
     ({"format": "x", "version": 1, "ranks": 2, "default_grid": [1, 2, 1]}, "'format'"),
     ({"format": "hpcnn-plan", "version": 1, "ranks": 2, "default_grid": [1, 3, 1]}, "has 3 places"),
-    ({"format": "hpcnn-plan", "version": 1, "ranks": 2, "default_grid": [1, 2]}, "3 or 4 positive ints"),
+    ({"format": "hpcnn-plan", "version": 1, "ranks": 2, "default_grid": [1, 2]}, "list of positive ints"),
     ({"format": "hpcnn-plan", "version": 1, "ranks": 2, "default_grid": [1, 2, 1],
-      "layers": [{"name": "a", "grid": [1, 1, 1, 2]}]}, "same number of entries"),
+      "layers": [{"name": "a", "grid": [1, 1, 1, 2]}]}, "same spatial dimensions"),
     ({"format": "hpcnn-plan", "version": 1, "ranks": 2, "default_grid": [1, 2, 1], "extra": 1}, "unknown field"),
     ({"format": "hpcnn-plan", "version": 1, "default_grid": [1, 2, 1]}, "missing field 'ranks'"),
 ])

@@ -48,7 +48,7 @@ def test_plan_json_round_trip(tmp_path, profile, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--model", "resnet5", "--input", "3x32x32", "--batch", "2", "--ranks", "2"], "unknown model 'resnet5'"),
-    (["--model", "meshnet", "--input", "18x4x4", "--batch", "1", "--ranks", "64"], "no grid of 64 ranks"),
+    (["--model", "meshnet", "--input", "18x64x64", "--batch", "1", "--ranks", "0"], "must be positive"),
     (["--model", "meshnet", "--input", "18x64x64", "--batch", "2", "--ranks", "2", "--memory-per-rank", "0.0001"],
      "no plan fits"),
     (["--model", "meshnet", "--input", "18x64x64", "--batch", "2", "--ranks", "2", "--explain", "nope"],
@@ -57,6 +57,19 @@ def test_plan_json_round_trip(tmp_path, profile, capsys):
 def test_bad_input_is_a_clear_error(profile, capsys, argv, message):
     assert main(["plan", "--machine", profile] + argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_small_images_on_many_ranks_split_channels(profile, capsys, tmp_path):
+    """4x4 images on 64 ranks: no sample or spatial grid serves them; channel and filter splits do, and the plan
+    file writes them in the long notation."""
+    out = tmp_path / "plan.json"
+    assert main(["plan", "--machine", profile, "--model", "meshnet", "--input", "18x4x4", "--batch", "1",
+                 "--ranks", "64", "--json", str(out), "--explain", "block1.conv"]) == 0
+    text = capsys.readouterr().out
+    assert "channel" in text and "filter" in text      # --explain lists channel and filter candidates
+    plan = json.loads(out.read_text())
+    grids = [plan["default_grid"]] + [e["grid"] for e in plan["layers"]]
+    assert all(len(g) == 5 and g[3] * g[4] > 1 for g in grids)
 
 
 def test_unknown_profile(capsys):
