@@ -12,8 +12,9 @@ initial weights and sample orders for every setting of a repeat), interleaved so
 other processes hits all settings alike; the table shows medians.
 
 PyTorch CPU trains the same network (same initial weights, same sample order, same batch and LR)
-in the same run with 1 and 2 intra-op threads, for `--torch-epochs` epochs (or `--torch-seconds`); the
-ratio is the best CHAOS images/s over the best PyTorch images/s.
+in the same run with 1 and 2 intra-op threads, for `--torch-epochs` epochs (or `--torch-seconds`); like is
+paired with like: a setting of W workers with B BLAS threads each (W*B cores) is compared with PyTorch on
+W*B threads (no ratio where PyTorch did not run on that many).
 
 The time model (perfmodel.chaos) takes its inputs from the one-worker runs (per-sample time, the
 part of it that holds the GIL, the serial part of an epoch) and predicts the speedup at every
@@ -177,10 +178,12 @@ def _bench_network(name, settings, epochs, repeats, torch_epochs, subset, args):
         torch_rows = torch_runs(name, options, train, val, torch_epochs, _int_list(args.torch_threads), args.batch,
                                 args.lr, args.torch_seconds)
         if torch_rows:
-            best_torch = max(r["images_per_second"] for r in torch_rows)
+            # like with like: a setting using W workers x B BLAS threads (W*B cores) against PyTorch on W*B threads
+            by_threads = {r["blas_threads"]: r["images_per_second"] for r in torch_rows}
             for row in rows:
-                row["torch_images_per_second"] = best_torch
-                row["ratio_vs_torch"] = row["images_per_second"] / best_torch
+                same = by_threads.get(row["workers"] * row["blas_threads"])
+                row["torch_images_per_second"] = same
+                row["ratio_vs_torch"] = None if same is None else row["images_per_second"] / same
             rows.extend(torch_rows)
     curve = []
     if costs:
