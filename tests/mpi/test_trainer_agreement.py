@@ -165,7 +165,7 @@ def _unet_job(folder, device="cpu"):
         "logging.progress=false", "checkpoint.every=0"])
 
 
-@pytest.mark.parametrize("grid", _grids(SIZE), ids=grid_id)
+@pytest.mark.parametrize("grid", [g for g in _grids(SIZE) if len(g) == 3], ids=grid_id)  # GroupNorm: C = F = 1
 @pytest.mark.parametrize("device", device_params())
 def test_unet_groupnorm_adamw_job_agrees_on_every_grid(root, grid, device):
     w = world()
