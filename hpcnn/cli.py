@@ -178,6 +178,9 @@ def _add_plan(sub):
     p.add_argument("--machine", required=True, help="a machine profile: a JSON file or a shipped name "
                    "(perfmodel/profiles/, e.g. v100-nvlink-edr)")
     p.add_argument("--memory-per-rank", type=float, metavar="GiB", help="memory limit per rank (default: the profile's)")
+    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "adamw", "adam-amsgrad", "adamw-amsgrad"),
+                   help="the optimizer whose state the memory holds (training.optimizer; default sgd: one momentum "
+                        "buffer per parameter; Adam/AdamW two moments, with amsgrad three)")
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="a model option (an argument of the factory), e.g. --set width=32 (repeatable)")
     p.add_argument("--json", metavar="OUT", help="write the plan (hpcnn.plan.Plan JSON) to OUT")
@@ -222,7 +225,7 @@ def _run_plan(args):
         machine = load_profile(args.machine)
         label, shape, fixed, chain = _plan_model(args, options, args.batch)
         limit = None if args.memory_per_rank is None else args.memory_per_rank * 2**30
-        result = plan_chain(chain, args.ranks, machine, memory_limit=limit)
+        result = plan_chain(chain, args.ranks, machine, memory_limit=limit, optimizer=args.optimizer)
         explanations = [report.explain(result, name) for name in args.explain]
     except (ValueError, ProfileError, PlanError, JobError) as e:
         sys.stderr.write(f"hpcnn plan: error: {e}\n")

@@ -38,11 +38,15 @@ from hpcnn.nn import registry
 
 __all__ = [
     "LayerCost", "layer_cost", "kernel_cost", "block_extra_cost", "local_numel", "ceil_div", "busy_ranks",
-    "window_blocks", "halo_time", "conv_halo_pieces", "OPTIMIZER_STATE", "BUCKET_BYTES", "FLOAT64", "parts",
+    "window_blocks", "halo_time", "conv_halo_pieces", "OPTIMIZER_STATE", "OPTIMIZER_STATES", "BUCKET_BYTES",
+    "FLOAT64", "parts",
 ]
 
-# Optimizer state per parameter, in parameter-sized arrays (SGD with momentum: one buffer).
-OPTIMIZER_STATE = 1
+# Optimizer state per parameter, in parameter-sized arrays, by optimizer (hpcnn.train.optim): SGD with
+# momentum keeps one buffer; Adam and AdamW two moments; with amsgrad a third (the per-parameter step
+# counters are a few bytes). OPTIMIZER_STATE is the default, SGD with momentum.
+OPTIMIZER_STATES = {"sgd": 1, "adam": 2, "adamw": 2, "adam-amsgrad": 3, "adamw-amsgrad": 3}
+OPTIMIZER_STATE = OPTIMIZER_STATES["sgd"]
 # hpcnn.parallel.GradientReducer's default bucket size.
 BUCKET_BYTES = 1 << 22
 FLOAT64 = 8

@@ -19,6 +19,7 @@ inside residual blocks) runs on the grids that at least one layer ranks among it
 """
 import time
 
+from .costs import OPTIMIZER_STATES
 from .grids import planner_grids
 from .result import PlanResult, iter_blocks_and_layers, uniform_plan, uniform_time
 from .solver import PlanError, Solver, constant_memory, gib_text, grid_string, parse_grid
@@ -32,10 +33,11 @@ MAX_GRIDS = 64
 LEADING = 8
 
 
-def plan_chain(chain, ranks, machine, memory_limit=None):
+def plan_chain(chain, ranks, machine, memory_limit=None, optimizer="sgd"):
     """Plan `chain` (from `perfmodel.layers.walk`) over `ranks` ranks on `machine`.
 
-    memory_limit: bytes per rank (default: the profile's memory per rank). Returns a PlanResult.
+    memory_limit: bytes per rank (default: the profile's memory per rank). optimizer: whose state the
+    memory holds (a key of perfmodel.costs.OPTIMIZER_STATES). Returns a PlanResult.
     """
     t0 = time.perf_counter()
     if ranks < 1:
@@ -48,11 +50,14 @@ def plan_chain(chain, ranks, machine, memory_limit=None):
     if not grids:
         raise PlanError(f"no grid of {ranks} ranks exists for a batch of {first.in_shape[0]}")
     limit = machine.memory_per_rank if memory_limit is None else float(memory_limit)
-    constant = constant_memory(chain, machine)
+    if optimizer not in OPTIMIZER_STATES:
+        raise PlanError(f"unknown optimizer {optimizer!r}: expected one of {', '.join(OPTIMIZER_STATES)}")
+    state = OPTIMIZER_STATES[optimizer]
+    constant = constant_memory(chain, machine, state)
     if constant > limit:
         raise PlanError(f"no plan fits {gib_text(limit)} per rank: the parameters, gradients and optimizer state "
                         f"alone need {gib_text(constant)}")
-    solver = Solver(chain, grids, machine, limit)
+    solver = Solver(chain, grids, machine, limit, state)
     if len(grids) > MAX_GRIDS:
         # the DP is cubic in the grids: keep those some layer ranks among its fastest (costs are cached)
         for k in range(LEADING, 0, -1):
@@ -60,7 +65,7 @@ def plan_chain(chain, ranks, machine, memory_limit=None):
             if len(kept) <= MAX_GRIDS:
                 break
         grids = kept
-        solver = Solver(chain, grids, machine, limit)
+        solver = Solver(chain, grids, machine, limit, state)
     assignment = solver.solve(0.0)
     result = PlanResult(chain, ranks, machine, assignment, grids, solver, 0.0)
     if result.memory > limit:

@@ -54,10 +54,11 @@ def parse_grid(text):
     return tuple(int(v) for v in str(text).lower().split("x"))
 
 
-def constant_memory(chain, machine):
-    """Parameters + gradients + optimizer state + the reducer's bucket copy, on every rank."""
+def constant_memory(chain, machine, optimizer_state=OPTIMIZER_STATE):
+    """Parameters + gradients + optimizer state (`optimizer_state` parameter-sized arrays per parameter)
+    + the reducer's bucket copy, on every rank."""
     params = sum(layer.params for layer in iter_layers(chain))
-    return params * machine.itemsize * (2 + OPTIMIZER_STATE + 1)
+    return params * machine.itemsize * (2 + optimizer_state + 1)
 
 
 def gib_text(nbytes):
@@ -68,12 +69,12 @@ def gib_text(nbytes):
 class Solver:
     """The DP over a chain; costs are computed once, then solved for any memory weight lambda."""
 
-    def __init__(self, chain, grids, machine, memory_limit):
+    def __init__(self, chain, grids, machine, memory_limit, optimizer_state=OPTIMIZER_STATE):
         self.chain = chain
         self.grids = grids
         self.machine = machine
         self.memory_limit = memory_limit
-        self.constant = constant_memory(chain, machine)
+        self.constant = constant_memory(chain, machine, optimizer_state)
         self.G = len(grids)
         self._shuffle = {}
         self._leaf = {}

@@ -196,3 +196,23 @@ def test_resnet50_on_1024_ranks_plans():
     result = plan_chain(chain, 1024, machine)
     assert time.perf_counter() - t0 < 60, "planning hung"
     assert result.totals()["iteration"] > 0
+
+
+def test_optimizer_state_in_the_memory():
+    """Adam's two moments (three with amsgrad) take one and two more parameter-sized arrays than SGD's momentum;
+    `hpcnn plan --optimizer` offers exactly the optimizers the model knows."""
+    from hpcnn.cli import build_parser
+    from perfmodel.costs import OPTIMIZER_STATES
+    net = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1))
+    chain = walk(net, (2, 8, 16, 16))
+    machine = load_profile("vm-cpu")
+    params = sum(layer.params for layer in iter_layers(chain))
+    memory = {name: plan_chain(chain, 1, machine, optimizer=name).memory for name in OPTIMIZER_STATES}
+    for name, state in OPTIMIZER_STATES.items():
+        assert memory[name] - memory["sgd"] == pytest.approx((state - 1) * params * machine.itemsize)
+    assert memory["adam"] == memory["adamw"] and memory["adam-amsgrad"] > memory["adam"]
+    with pytest.raises(PlanError, match="unknown optimizer 'lamb'"):
+        plan_chain(chain, 1, machine, optimizer="lamb")
+    plan = build_parser()._subparsers._group_actions[0].choices["plan"]
+    choices = next(a.choices for a in plan._actions if a.dest == "optimizer")
+    assert set(choices) == set(OPTIMIZER_STATES)
