@@ -172,15 +172,32 @@ class Communicator:
             return Communicator(None, self.clock)
         return Communicator(self.mpi.Split(color, key), self.clock)
 
+    def _node(self):
+        """The ranks of this communicator on this rank's node (a shared-memory split, made once)."""
+        if getattr(self, "_node_comm", None) is None:
+            self._node_comm = self.mpi.Split_type(_mpi().COMM_TYPE_SHARED, self.rank)
+        return self._node_comm
+
     def node_size(self):
-        """How many ranks of this communicator share this rank's node (a shared-memory split, made once)."""
-        if self.mpi is None:
-            return 1
-        if getattr(self, "_node_size", None) is None:
-            node = self.mpi.Split_type(_mpi().COMM_TYPE_SHARED, self.rank)
-            self._node_size = node.Get_size()
-            node.Free()
-        return self._node_size
+        """How many ranks of this communicator share this rank's node."""
+        return 1 if self.mpi is None else self._node().Get_size()
+
+    def node_first(self, fn):
+        """Call fn() on the first rank of each node, then (after it returned) on the node's other ranks:
+        for work that fills a per-node cache (numba's compiled kernels) that the others then only read.
+        A collective over the node; fn's exceptions propagate (the other ranks then fail at their own call)."""
+        if self.mpi is None or self.node_size() == 1:
+            return fn()
+        node = self._node()
+        first = node.Get_rank() == 0
+        if first:
+            try:
+                result = fn()
+            finally:
+                node.Barrier()
+            return result
+        node.Barrier()
+        return fn()
 
     @property
     def handle(self):
