@@ -39,3 +39,31 @@ def test_local_windows_reproduce_the_global_one(size, kernel, stride, dilation, 
         if o1 > o0:
             pieces.append(_window_sum_1d(x[a:b], kernel, stride, dilation, plo, phi))
     np.testing.assert_allclose(np.concatenate(pieces), ref, rtol=0, atol=1e-12)
+
+
+def test_halo_reach_agrees_with_checking_every_pair_of_blocks():
+    import random
+
+    from hpcnn.geometry import WindowGeometry, halo_reach, window_halo
+
+    def every_pair(axis):
+        reach = 0
+        for c, h in enumerate(axis):
+            a, b = h.need
+            for q, o in enumerate(axis):
+                lo, hi = o.own
+                if b > a and hi > lo and lo < b and a < hi:
+                    reach = max(reach, abs(q - c))
+        return reach
+
+    rng = random.Random(0)
+    reaches = set()
+    for _ in range(1500):
+        size, g = rng.randint(1, 40), rng.randint(1, 12)
+        geometry = WindowGeometry(1, rng.randint(1, 7), rng.randint(1, 3), ((rng.randint(0, 4), rng.randint(0, 4)),),
+                                  rng.randint(1, 3))
+        axis = window_halo((g,), (size,), geometry)[0]
+        reach = halo_reach(axis)
+        assert reach == every_pair(axis), (size, g, geometry.kernel, geometry.stride, geometry.padding)
+        reaches.add(reach)
+    assert {0, 1, 2} <= reaches   # own rows only, neighbours, and further
