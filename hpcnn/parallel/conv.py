@@ -1,9 +1,10 @@
 """Distributed convolutions (Conv2d, Conv3d) on (N, C, *S) blocks: any stride, dilation, kernel and padding."""
 from .. import kernels
 from ..backend import array_module
-from ..geometry import halo_pieces, own_rows_suffice, piece_padding
+from ..geometry import block_range, halo_pieces, own_rows_suffice, piece_padding
 from .channels import ChannelMove, filter_ranges, standard_ranges
 from .module import is_empty
+from .reducer import GradientSlice
 from .streams import Overlap
 from .tensor import DistTensor
 from .windows import WindowLayer
@@ -32,8 +33,26 @@ class DistConv(WindowLayer):
     Pf > 1) gives every rank its output channels block_range(K, Pc, c). Backward: dy's filters
     block come from their owners (the adjoint), the data gradient of the input channels is summed
     over the F line, and the weight and bias gradients are those of the rank's slice (bias on c = 0),
-    zero elsewhere, so the gradient allreduce sums each slice over exactly the ranks that share it.
+    zero elsewhere; `gradient_slices` declares them, so that the gradient reducer sums each slice over
+    only the ranks that share it (`hpcnn.parallel.reducer`).
     """
+
+    def gradient_slices(self):
+        """W[f-range, c-range] and bias[f-range] (on c = 0) of rank (c, f), on a C x F split."""
+        if not self._split:
+            return {}
+        d, layer = self.d, self.layer
+
+        def weight(c, f):
+            return (slice(*block_range(layer.out_channels, d.filters, f)),
+                    slice(*block_range(layer.in_channels, d.channels, c)))
+
+        def bias(c, f):
+            return (slice(*block_range(layer.out_channels, d.filters, f)) if c == 0 else slice(0, 0),)
+        out = {"weight": GradientSlice.channel_filter(d, weight)}
+        if "bias" in layer.params:
+            out["bias"] = GradientSlice.channel_filter(d, bias)
+        return out
 
     def _slices(self):
         """(filter range, input channel range) of this rank's weight slice."""
