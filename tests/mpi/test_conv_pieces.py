@@ -1,5 +1,5 @@
 """DistConv's halo pieces over one, two and three split dims: exact, taken where they apply, and built
-without an extended block; pooling on aligned blocks exchanges nothing."""
+without an extended block; pooling and upsampling on aligned blocks exchange nothing."""
 import numpy as np
 import pytest
 
@@ -103,18 +103,19 @@ def test_conv_falls_back_on_tiny_blocks(grid, device):
 
 
 @pytest.mark.parametrize("grid", _split_grids(2, 1) + _split_grids(3, 1), ids=grid_id)
-@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("kind", ["max", "avg", "nearest"])
 @pytest.mark.parametrize("device", device_params())
-def test_aligned_pool_exchanges_nothing(kind, grid, device):
-    """A 2x2 (2x2x2) stride-2 pool on even blocks reads only its own rows: no message, the block itself as input."""
+def test_aligned_windows_exchange_nothing(kind, grid, device):
+    """A 2x2 (2x2x2) stride-2 pool or a nearest upsampling by 2 on even blocks reads only its own rows: no
+    message, the block itself as input."""
     nd = len(grid) - 1
     spatial = tuple(4 * p for p in grid[1:])
-    pool = {(2, "max"): nn.MaxPool2d, (2, "avg"): nn.AvgPool2d, (3, "max"): nn.MaxPool3d,
-            (3, "avg"): nn.AvgPool3d}[nd, kind](2)
-    dm = run_both(pool, _x((2, 2) + spatial), grid, F64, device=device)
+    layer = {(2, "max"): nn.MaxPool2d, (2, "avg"): nn.AvgPool2d, (3, "max"): nn.MaxPool3d,
+             (3, "avg"): nn.AvgPool3d}[nd, kind](2) if kind != "nearest" else nn.Upsample(2)
+    dm = run_both(layer, _x((2, 2) + spatial), grid, F64, device=device)
     exchanges = dm.halo_exchanges()
     check_all(exchanges and all(not ex.comm_dims and ex.bytes_sent == 0 and ex.extended_blocks == 0
-                                for ex in exchanges), f"grid {grid}: the pool exchanged a halo")
+                                for ex in exchanges), f"grid {grid}: {kind} exchanged a halo")
 
 
 @pytest.mark.parametrize("grid", _split_grids(2, 2) + _split_grids(3, 2), ids=grid_id)
