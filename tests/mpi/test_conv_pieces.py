@@ -59,34 +59,26 @@ def _expected_path(layer, grid, spatial):
     return "pieces" if fits else "extended"
 
 
-def _check_pieces(layer, x, grid, device, overlap):
-    expected = _expected_path(layer, grid, x.shape[2:])
+# every grid that splits a spatial dim with every case of its dimension, one test id each
+CASES = [pytest.param(g, c, id=f"{grid_id(g)}-{_case_id(c)}")
+         for cases in (CONV2D, CONV3D) for g in _split_grids(len(cases[0][4]), 1) for c in cases]
+
+
+@pytest.mark.parametrize("grid,case", CASES)
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "plain"])
+@pytest.mark.parametrize("device", device_params())
+def test_conv_pieces(grid, case, overlap, device):
+    k, s, p, dl, spatial = case
+    conv = nn.Conv2d if len(spatial) == 2 else nn.Conv3d
+    layer = conv(2, 3, k, stride=s, padding=p, dilation=dl, rng=np.random.default_rng(1), dtype=F64)
+    x = _x((2, 2) + spatial)
+    expected = _expected_path(layer, grid, spatial)
     dm = run_both(layer, x, grid, F64, overlap=overlap, device=device)
-    (conv,) = _convs(dm)
-    check_all(conv.path == expected, f"grid {grid}: the {conv.path} path was taken, expected {expected}")
+    (dconv,) = _convs(dm)
+    check_all(dconv.path == expected, f"grid {grid}: the {dconv.path} path was taken, expected {expected}")
     if expected == "pieces":
         # no extended block, forward or backward: the halo stays in its slabs
-        check_all(all(ex.extended_blocks == 0 for ex in conv.exchanges.values()), f"grid {grid}: an extended block")
-
-
-@pytest.mark.parametrize("grid", _split_grids(2, 1), ids=grid_id)
-@pytest.mark.parametrize("case", CONV2D, ids=[_case_id(c) for c in CONV2D])
-@pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "plain"])
-@pytest.mark.parametrize("device", device_params())
-def test_conv2d_pieces(case, overlap, grid, device):
-    k, s, p, dl, spatial = case
-    layer = nn.Conv2d(2, 3, k, stride=s, padding=p, dilation=dl, rng=np.random.default_rng(1), dtype=F64)
-    _check_pieces(layer, _x((2, 2) + spatial), grid, device, overlap)
-
-
-@pytest.mark.parametrize("grid", _split_grids(3, 1), ids=grid_id)
-@pytest.mark.parametrize("case", CONV3D, ids=[_case_id(c) for c in CONV3D])
-@pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "plain"])
-@pytest.mark.parametrize("device", device_params())
-def test_conv3d_pieces(case, overlap, grid, device):
-    k, s, p, dl, spatial = case
-    layer = nn.Conv3d(2, 2, k, stride=s, padding=p, dilation=dl, rng=np.random.default_rng(3), dtype=F64)
-    _check_pieces(layer, _x((2, 2) + spatial), grid, device, overlap)
+        check_all(all(ex.extended_blocks == 0 for ex in dconv.exchanges.values()), f"grid {grid}: an extended block")
 
 
 @pytest.mark.parametrize("grid", _split_grids(2, 1), ids=grid_id)
