@@ -356,7 +356,7 @@ class ChaosEngine:
         act, dact, grad, argmax = worker.buffers
         t = time.perf_counter()
         loss_sum, correct, samples = train_chunk(
-            net.layers, net.slopes, net.params, net.velocity, net.started, net.p_off, net.p_shape, act, dact,
+            net.layers, net.slopes, net.params, net.velocity, net.started, net.p_span, net.p_shape, act, dact,
             grad, argmax, xs, y, order, self.batch, first, count, lrs, self.momentum, 0.0, self.weight_decay,
             self.nesterov)
         worker.kernel_seconds += time.perf_counter() - t

@@ -9,12 +9,23 @@ the next chunk from the shared counter.
 Memory layout
 -------------
 * `params`, `velocity`: one flat array each, shared by every worker (the weights the workers
-  update without a lock). Parameter tensor `j` occupies `params[offset[j]:offset[j] + size[j]]`
+  update without a lock). Parameter tensor `j` occupies `params[p_span[j, 0]:p_span[j, 1]]`
   in the fused layout (convolution weights (R, S, C, K), linear weights (I, O), channels last;
-  `hpcnn.chaos.fused.FusedNetwork.to_fused` converts from PyTorch's).
+  `hpcnn.chaos.fused.FusedNetwork.to_fused` converts from PyTorch's); each tensor starts on a
+  cache line of its own, so one layer's update never invalidates the lines of another layer's
+  weights that other workers are reading.
 * per worker: `act`/`dact` (activations and their gradients, every layer's output for the whole
   mini-batch), `grad` (the parameter gradients of one step, same layout as `params`) and `argmax`
-  (max-pooling switches). Nothing a worker writes in these is seen by another.
+  (max-pooling switches), each on cache lines of its own. Nothing a worker writes in these is seen
+  by another.
+
+What the workers write to shared memory, per mini-batch, is only what changes the weights: plain
+SGD (no momentum, no weight decay) leaves a row of a tensor (its last axis: a linear layer's
+outputs for one input, a convolution's filters for one tap and channel) unwritten when its
+gradient is all zero, as it is for every input that ReLU or max-pooling zeroed (half of a
+LeNet's first linear layer); a row written with its own values would still invalidate its cache
+lines in every other core, which then re-reads them in its next forward step. The `started` flag
+of a momentum buffer is written once.
 
 The layer table (`LAYER_COLUMNS`) holds one row of int64 per layer; a Flatten shares its input's
 slot and needs no row. The layers with a fused op are those whose registry entry names one
@@ -207,8 +218,21 @@ def _pool_backward(dy, dx, arg, is_max, kh, kw, sh, sw, ph, pw):
 
 
 @numba.njit(cache=True, nogil=True)
-def _sgd_update(p, g, v, started, lr, momentum, dampening, weight_decay, nesterov):
-    """PyTorch's SGD on one parameter tensor (flat views); returns True (the momentum buffer exists)."""
+def _sgd_update(p, g, v, started, lr, momentum, dampening, weight_decay, nesterov, row):
+    """PyTorch's SGD on one parameter tensor (flat views of rows of `row` elements). Plain SGD skips the rows
+    whose gradient is all zero: their update is exactly zero, and an unwritten line stays valid in other cores."""
+    if momentum == 0.0 and weight_decay == 0.0:
+        for start in range(0, p.shape[0], row):
+            stop = min(start + row, p.shape[0])
+            moves = False
+            for i in range(start, stop):
+                if g[i] != 0.0:
+                    moves = True
+                    break
+            if moves:
+                for i in range(start, stop):
+                    p[i] -= lr * g[i]
+        return
     for i in range(p.shape[0]):
         d = g[i]
         if weight_decay != 0.0:
@@ -223,11 +247,20 @@ def _sgd_update(p, g, v, started, lr, momentum, dampening, weight_decay, nestero
             else:
                 d = v[i]
         p[i] -= lr * d
-    return True
 
 
 @numba.njit(cache=True, nogil=True)
-def _forward_sample(layers, slopes, params, p_off, p_shape, act, argmax, n, b):
+def _row_length(p_shape, j):
+    """The last axis of parameter tensor j (p_shape rows are padded with zeros)."""
+    row = p_shape[j, 0]
+    for d in range(1, p_shape.shape[1]):
+        if p_shape[j, d] > 0:
+            row = p_shape[j, d]
+    return row
+
+
+@numba.njit(cache=True, nogil=True)
+def _forward_sample(layers, slopes, params, p_span, p_shape, act, argmax, n, b):
     """Forward of sample b of a batch of n through every layer (slots of act hold n samples)."""
     for li in range(layers.shape[0]):
         row = layers[li]
@@ -238,9 +271,9 @@ def _forward_sample(layers, slopes, params, p_off, p_shape, act, argmax, n, b):
         y = act[row[_OUT] + b * out_size: row[_OUT] + (b + 1) * out_size]
         if op == OP_CONV or op == OP_LINEAR:
             wj = row[_WP]
-            w = params[p_off[wj]: p_off[wj + 1]]
+            w = params[p_span[wj, 0]: p_span[wj, 1]]
             bj = row[_BP]
-            bias = params[p_off[bj]: p_off[bj + 1]] if bj >= 0 else params[0:0]
+            bias = params[p_span[bj, 0]: p_span[bj, 1]] if bj >= 0 else params[0:0]
             if op == OP_CONV:
                 _conv_forward(x.reshape((row[_IH], row[_IW], row[_IC])),
                               w.reshape((p_shape[wj, 0], p_shape[wj, 1], p_shape[wj, 2], p_shape[wj, 3])),
@@ -273,7 +306,7 @@ def _forward_sample(layers, slopes, params, p_off, p_shape, act, argmax, n, b):
 
 
 @numba.njit(cache=True, nogil=True)
-def _backward_layer(li, layers, slopes, params, p_off, p_shape, act, dact, grad, argmax, n):
+def _backward_layer(li, layers, slopes, params, p_span, p_shape, act, dact, grad, argmax, n):
     """Backward of layer li over the n samples of the batch: dact of its input, grad of its parameters."""
     row = layers[li]
     op = row[_OP]
@@ -286,11 +319,11 @@ def _backward_layer(li, layers, slopes, params, p_off, p_shape, act, dact, grad,
     gw = grad[0:0]
     gb = grad[0:0]
     if wj >= 0:
-        w = params[p_off[wj]: p_off[wj + 1]]
-        gw = grad[p_off[wj]: p_off[wj + 1]]
+        w = params[p_span[wj, 0]: p_span[wj, 1]]
+        gw = grad[p_span[wj, 0]: p_span[wj, 1]]
         gw[:] = 0.0
     if bj >= 0:
-        gb = grad[p_off[bj]: p_off[bj + 1]]
+        gb = grad[p_span[bj, 0]: p_span[bj, 1]]
         gb[:] = 0.0
     for b in range(n):
         x = act[row[_IN] + b * in_size: row[_IN] + (b + 1) * in_size]
@@ -351,7 +384,7 @@ def _cross_entropy(logits, label, dlogits, scale):
 
 
 @numba.njit(cache=True, nogil=True)
-def train_chunk(layers, slopes, params, velocity, started, p_off, p_shape, act, dact, grad, argmax,
+def train_chunk(layers, slopes, params, velocity, started, p_span, p_shape, act, dact, grad, argmax,
                 x, labels, order, batch, first_batch, n_batches, lrs, momentum, dampening,
                 weight_decay, nesterov):
     """Train on mini-batches first_batch .. first_batch + n_batches - 1 of one epoch.
@@ -381,7 +414,7 @@ def train_chunk(layers, slopes, params, velocity, started, p_off, p_shape, act, 
         for b in range(n):
             idx = order[lo + b]
             act[first_off + b * sample_size: first_off + (b + 1) * sample_size] = xflat[idx]
-            _forward_sample(layers, slopes, params, p_off, p_shape, act, argmax, n, b)
+            _forward_sample(layers, slopes, params, p_span, p_shape, act, argmax, n, b)
             logits = act[logit_off + b * K: logit_off + (b + 1) * K]
             loss, pred = _cross_entropy(logits, labels[idx], dact[logit_off + b * K: logit_off + (b + 1) * K],
                                         scale)
@@ -391,19 +424,20 @@ def train_chunk(layers, slopes, params, velocity, started, p_off, p_shape, act, 
         samples += n
         lr = lrs[step]
         for li in range(layers.shape[0] - 1, -1, -1):
-            _backward_layer(li, layers, slopes, params, p_off, p_shape, act, dact, grad, argmax, n)
+            _backward_layer(li, layers, slopes, params, p_span, p_shape, act, dact, grad, argmax, n)
             # controlled Hogwild: this layer's update goes to the shared weights now, without a lock
             for pj in (layers[li, _WP], layers[li, _BP]):
                 if pj >= 0:
-                    _sgd_update(params[p_off[pj]: p_off[pj + 1]], grad[p_off[pj]: p_off[pj + 1]],
-                                velocity[p_off[pj]: p_off[pj + 1]], started[pj] != 0, lr, momentum,
-                                dampening, weight_decay, nesterov)
-                    started[pj] = 1
+                    lo_p, hi_p = p_span[pj, 0], p_span[pj, 1]
+                    _sgd_update(params[lo_p:hi_p], grad[lo_p:hi_p], velocity[lo_p:hi_p], started[pj] != 0, lr,
+                                momentum, dampening, weight_decay, nesterov, _row_length(p_shape, pj))
+                    if started[pj] == 0:        # a shared line: written once, not once per mini-batch
+                        started[pj] = 1
     return loss_sum, correct, samples
 
 
 @numba.njit(cache=True, nogil=True)
-def predict(layers, slopes, params, p_off, p_shape, act, argmax, x, logits_out):
+def predict(layers, slopes, params, p_span, p_shape, act, argmax, x, logits_out):
     """Forward pass only: logits_out[i] = logits of x[i] (x: (N, H, W, C), logits_out: (N, K))."""
     sample_size = x.shape[1] * x.shape[2] * x.shape[3]
     xflat = x.reshape((x.shape[0], sample_size))
@@ -412,5 +446,5 @@ def predict(layers, slopes, params, p_off, p_shape, act, argmax, x, logits_out):
     first_off = layers[0, _IN]
     for i in range(x.shape[0]):
         act[first_off: first_off + sample_size] = xflat[i]
-        _forward_sample(layers, slopes, params, p_off, p_shape, act, argmax, 1, 0)
+        _forward_sample(layers, slopes, params, p_span, p_shape, act, argmax, 1, 0)
         logits_out[i, :] = act[last[_OUT]: last[_OUT] + K]
