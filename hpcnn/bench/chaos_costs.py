@@ -1,11 +1,82 @@
-"""The measured inputs of the CHAOS time model (perfmodel.chaos) beyond the one-worker runs: the GIL share of a
-layer-by-layer step, and what a second worker costs per sample (shared weights, a busy neighbour core)."""
+"""The measured inputs of the CHAOS time model (perfmodel.chaos), each from a run of its own, apart from the
+benchmark's timed runs that the model predicts: the per-sample cost of one worker, the GIL share of a
+layer-by-layer step, what a second worker costs per sample (shared weights, a busy neighbour core), and
+the start of a worker thread."""
 import statistics
+import threading
 import time
 
 import numpy as np
 
-__all__ = ["layers_gil_fraction", "weight_sharing_contention", "core_sharing_slowdown"]
+__all__ = ["CALIBRATION_SEED", "calibrate", "layers_gil_fraction", "weight_sharing_contention",
+           "core_sharing_slowdown", "thread_start_seconds"]
+
+# weights and sample orders of the calibration runs: no timed run of the benchmark uses them (those use 0, 1, ...)
+CALIBRATION_SEED = 9973
+
+
+def calibrate(options, train, val, args, *, cores, epochs=2):
+    """perfmodel.chaos.ChaosCosts for LeNet with `options` on `train`, measured in calibration runs of their own,
+    with `sources` saying where each input came from; and the step the engine runs ("fused" or "layers").
+
+    c, g, s: a one-worker run of `epochs` epochs (after a warm-up fit that compiles), seed CALIBRATION_SEED,
+    the benchmark's batch, chunk and step; kappa: core_sharing_slowdown + weight_sharing_contention (fused
+    step; the layer-by-layer step is GIL-bound and its g comes from layers_gil_fraction); t_thread:
+    thread_start_seconds.
+    """
+    from .. import chaos, models, nn
+    from perfmodel import chaos as chaos_model
+
+    def engine():
+        return chaos.ChaosEngine(models.build("lenet", seed=CALIBRATION_SEED, **options), nn.CrossEntropyLoss(),
+                                 threads=1, blas_threads=1, batch=args.batch, lr=args.lr, seed=CALIBRATION_SEED,
+                                 step=args.step, chunk=args.chunk)
+
+    warm = engine()
+    warm.fit((train[0][:64], train[1][:64]), epochs=1)
+    one = engine()
+    history = one.fit(train, val, epochs=epochs)
+    step = one.step
+    t_thread = thread_start_seconds()
+    what = f"a one-worker calibration run ({epochs} epochs, seed {CALIBRATION_SEED}, median epoch)"
+    sources = {"sample_seconds": f"busy time per sample of {what}",
+               "serial_seconds": f"epoch time outside the workers in {what}",
+               "thread_seconds": "start + join of 20 idle worker threads (median)"}
+    costs = chaos_model.costs_from_metrics(history, cores=cores, batch=args.batch, thread_seconds=t_thread)
+    if step == "layers":
+        fraction = layers_gil_fraction(models.build("lenet", seed=CALIBRATION_SEED, **options), nn.CrossEntropyLoss(),
+                                       train, args.batch)
+        costs.gil_seconds = fraction * costs.sample_seconds
+        sources["gil_seconds"] = (f"{100 * fraction:.0f}% of c: the share outside numba kernels in a one-worker "
+                                  "layer-by-layer run with timed kernels")
+    else:
+        sources["gil_seconds"] = f"busy time outside the nogil step per sample of {what}"
+    if step == "fused":
+        params = chaos.FusedNetwork.from_model(models.build("lenet", seed=CALIBRATION_SEED, **options),
+                                               nn.CrossEntropyLoss(), train[0].shape[1:], args.batch).params
+        sharing = weight_sharing_contention(params, costs.sample_seconds)
+        corun = core_sharing_slowdown(options, train, args)
+        costs.contention = sharing + corun
+        sources["contention"] = (f"{corun:.3f} from two independent one-worker engines (own weights) run at once "
+                                 f"against one alone, + {sharing:.3f} from two threads sweeping one shared weight "
+                                 "buffer against a private copy each")
+    else:
+        sources["contention"] = "0: not measured for the layer-by-layer step (GIL-bound)"
+    costs.sources = sources
+    return costs, step
+
+
+def thread_start_seconds(threads=20):
+    """Seconds to start and join one worker thread that runs the workers' set-up and returns (median)."""
+    from ..chaos.threads import worker_thread_setup
+    times = []
+    for _ in range(threads):
+        t = time.perf_counter()
+        th = threading.Thread(target=worker_thread_setup)
+        th.start()
+        th.join()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
 
 
 def layers_gil_fraction(model, loss, train, batch, samples=200):
@@ -60,8 +131,6 @@ def weight_sharing_contention(params, sample_seconds, sweeps=400):
     worker's forward and update do to the weights); once on one shared buffer, once on private copies.
     kappa = (shared - private) seconds per sweep / sample_seconds.
     """
-    import threading
-
     import numba
 
     @numba.njit(nogil=True)
@@ -95,14 +164,12 @@ def core_sharing_slowdown(options, train, args, epochs=2):
     on the other core. Cores that share caches, memory bandwidth or a physical core (SMT siblings)
     show it; the weight-sharing sweep above cannot.
     """
-    import threading
-
     from .. import chaos, models, nn
 
     def one_engine():
-        model = models.build("lenet", seed=0, **options)
+        model = models.build("lenet", seed=CALIBRATION_SEED, **options)
         return chaos.ChaosEngine(model, nn.CrossEntropyLoss(), threads=1, blas_threads=1, batch=args.batch,
-                                 seed=0, step="fused", chunk=args.chunk)
+                                 lr=args.lr, seed=CALIBRATION_SEED, step="fused", chunk=args.chunk)
 
     def per_sample(history):
         return statistics.median(m["busy_seconds"] / m["samples"] for m in history)
