@@ -20,12 +20,12 @@ Memory layout
   by another.
 
 What the workers write to shared memory, per mini-batch, is only what changes the weights: plain
-SGD (no momentum, no weight decay) leaves a row of a tensor (its last axis: a linear layer's
-outputs for one input, a convolution's filters for one tap and channel) unwritten when its
-gradient is all zero, as it is for every input that ReLU or max-pooling zeroed (half of a
-LeNet's first linear layer); a row written with its own values would still invalidate its cache
-lines in every other core, which then re-reads them in its next forward step. The `started` flag
-of a momentum buffer is written once.
+SGD (no momentum, no weight decay) leaves the row of a linear layer's weight (I, O) that belongs
+to an input unwritten when that input is zero in every sample of the mini-batch (its gradient row
+is exactly zero), as it is for every input that ReLU or max-pooling zeroed (a quarter to a half of
+a LeNet's first linear layer); a row written with its own values would still invalidate its cache
+lines in every other core, which then re-reads them in its next step. The `started` flag of a
+momentum buffer is written once.
 
 The layer table (`LAYER_COLUMNS`) holds one row of int64 per layer; a Flatten shares its input's
 slot and needs no row. The layers with a fused op are those whose registry entry names one
@@ -218,21 +218,8 @@ def _pool_backward(dy, dx, arg, is_max, kh, kw, sh, sw, ph, pw):
 
 
 @numba.njit(cache=True, nogil=True)
-def _sgd_update(p, g, v, started, lr, momentum, dampening, weight_decay, nesterov, row):
-    """PyTorch's SGD on one parameter tensor (flat views of rows of `row` elements). Plain SGD skips the rows
-    whose gradient is all zero: their update is exactly zero, and an unwritten line stays valid in other cores."""
-    if momentum == 0.0 and weight_decay == 0.0:
-        for start in range(0, p.shape[0], row):
-            stop = min(start + row, p.shape[0])
-            moves = False
-            for i in range(start, stop):
-                if g[i] != 0.0:
-                    moves = True
-                    break
-            if moves:
-                for i in range(start, stop):
-                    p[i] -= lr * g[i]
-        return
+def _sgd_update(p, g, v, started, lr, momentum, dampening, weight_decay, nesterov):
+    """PyTorch's SGD on one parameter tensor (flat views)."""
     for i in range(p.shape[0]):
         d = g[i]
         if weight_decay != 0.0:
@@ -250,13 +237,20 @@ def _sgd_update(p, g, v, started, lr, momentum, dampening, weight_decay, nestero
 
 
 @numba.njit(cache=True, nogil=True)
-def _row_length(p_shape, j):
-    """The last axis of parameter tensor j (p_shape rows are padded with zeros)."""
-    row = p_shape[j, 0]
-    for d in range(1, p_shape.shape[1]):
-        if p_shape[j, d] > 0:
-            row = p_shape[j, d]
-    return row
+def _plain_sgd_live_rows(p, g, lr, x, n, rows, cols):
+    """Plain SGD (no momentum, no weight decay) on a linear layer's weight (rows, cols) = (I, O): only the rows
+    whose input x[b * rows + i] is nonzero in some sample b of the n; the others' gradient is exactly zero."""
+    for i in range(rows):
+        live = False
+        for b in range(n):
+            if x[b * rows + i] != 0.0:
+                live = True
+                break
+        if live:
+            pr = p[i * cols:(i + 1) * cols]
+            gr = g[i * cols:(i + 1) * cols]
+            for o in range(cols):
+                pr[o] -= lr * gr[o]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -426,13 +420,20 @@ def train_chunk(layers, slopes, params, velocity, started, p_span, p_shape, act,
         for li in range(layers.shape[0] - 1, -1, -1):
             _backward_layer(li, layers, slopes, params, p_span, p_shape, act, dact, grad, argmax, n)
             # controlled Hogwild: this layer's update goes to the shared weights now, without a lock
-            for pj in (layers[li, _WP], layers[li, _BP]):
-                if pj >= 0:
-                    lo_p, hi_p = p_span[pj, 0], p_span[pj, 1]
+            row = layers[li]
+            for pj in (row[_WP], row[_BP]):
+                if pj < 0:
+                    continue
+                lo_p, hi_p = p_span[pj, 0], p_span[pj, 1]
+                if pj == row[_WP] and row[_OP] == OP_LINEAR and momentum == 0.0 and weight_decay == 0.0:
+                    _plain_sgd_live_rows(params[lo_p:hi_p], grad[lo_p:hi_p], lr,
+                                         act[row[_IN]: row[_IN] + n * p_shape[pj, 0]], n, p_shape[pj, 0],
+                                         p_shape[pj, 1])
+                else:
                     _sgd_update(params[lo_p:hi_p], grad[lo_p:hi_p], velocity[lo_p:hi_p], started[pj] != 0, lr,
-                                momentum, dampening, weight_decay, nesterov, _row_length(p_shape, pj))
-                    if started[pj] == 0:        # a shared line: written once, not once per mini-batch
-                        started[pj] = 1
+                                momentum, dampening, weight_decay, nesterov)
+                if started[pj] == 0:        # a shared line: written once, not once per mini-batch
+                    started[pj] = 1
     return loss_sum, correct, samples
 
 
