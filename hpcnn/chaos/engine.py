@@ -353,11 +353,11 @@ class ChaosEngine:
 
     def _fused_call(self, worker, xs, y, order, first, count, lrs):
         net = self.net
-        act, dact, grad, argmax = worker.buffers
+        act, dact, grad, argmax, seen = worker.buffers
         t = time.perf_counter()
         loss_sum, correct, samples = train_chunk(
             net.layers, net.slopes, net.params, net.velocity, net.started, net.p_span, net.p_shape, act, dact,
-            grad, argmax, xs, y, order, self.batch, first, count, lrs, self.momentum, 0.0, self.weight_decay,
+            grad, argmax, seen, xs, y, order, self.batch, first, count, lrs, self.momentum, 0.0, self.weight_decay,
             self.nesterov)
         worker.kernel_seconds += time.perf_counter() - t
         worker.loss_sum += loss_sum

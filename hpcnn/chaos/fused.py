@@ -214,7 +214,9 @@ class FusedNetwork:
         return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
 
     def workspace(self):
-        """One worker's private buffers: (act, dact, grad, argmax), each on cache lines of its own."""
+        """One worker's private buffers: (act, dact, grad, argmax, seen), each on cache lines of its own
+        (`hpcnn.chaos.kernels` describes them)."""
         dtype = self.params.dtype
         return (line_aligned_zeros(self.act_size, dtype), line_aligned_zeros(self.act_size, dtype),
-                line_aligned_zeros(self.params.size, dtype), line_aligned_zeros(self.argmax_size, np.int64))
+                line_aligned_zeros(self.params.size, dtype), line_aligned_zeros(self.argmax_size, np.int64),
+                line_aligned_zeros(self.params.size, dtype))

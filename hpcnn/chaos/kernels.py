@@ -15,9 +15,18 @@ Memory layout
   cache line of its own, so one layer's update never invalidates the lines of another layer's
   weights that other workers are reading.
 * per worker: `act`/`dact` (activations and their gradients, every layer's output for the whole
-  mini-batch), `grad` (the parameter gradients of one step, same layout as `params`) and `argmax`
-  (max-pooling switches), each on cache lines of its own. Nothing a worker writes in these is seen
-  by another.
+  mini-batch), `grad` (the parameter gradients of one step, same layout as `params`), `argmax`
+  (max-pooling switches) and `seen` (same layout as `params`: the convolution weights as this
+  worker read them for the current mini-batch), each on cache lines of its own. Nothing a worker
+  writes in these is seen by another.
+
+A convolution reads each weight once per output pixel. Read from the shared array, every update
+that another worker writes meanwhile would invalidate the lines in the middle of that loop and
+send them back and forth between the cores; so a worker reads a convolution's shared weights once,
+into `seen`, at the mini-batch's first forward sample, and its forward and input gradient use that
+copy (one read of the shared weights, as Hogwild reads them; with one worker the copy equals the
+shared weights, since a layer is updated only after its own backward step). Linear layers read
+each weight once per sample and use the shared array directly.
 
 What the workers write to shared memory, per mini-batch, is only what changes the weights: plain
 SGD (no momentum, no weight decay) leaves the row of a linear layer's weight (I, O) that belongs
@@ -39,7 +48,7 @@ import numba
 import numpy as np
 
 __all__ = ["LAYER_COLUMNS", "OP_CONV", "OP_LINEAR", "OP_RELU", "OP_LEAKY_RELU", "OP_MAXPOOL",
-           "OP_AVGPOOL", "OP_GLOBAL_AVGPOOL", "train_chunk", "predict"]
+           "OP_AVGPOOL", "OP_GLOBAL_AVGPOOL", "train_chunk"]
 
 OP_CONV, OP_LINEAR, OP_RELU, OP_LEAKY_RELU, OP_MAXPOOL, OP_AVGPOOL, OP_GLOBAL_AVGPOOL = range(7)
 
@@ -254,8 +263,9 @@ def _plain_sgd_live_rows(p, g, lr, x, n, rows, cols):
 
 
 @numba.njit(cache=True, nogil=True)
-def _forward_sample(layers, slopes, params, p_span, p_shape, act, argmax, n, b):
-    """Forward of sample b of a batch of n through every layer (slots of act hold n samples)."""
+def _forward_sample(layers, slopes, params, p_span, p_shape, act, argmax, seen, n, b):
+    """Forward of sample b of a batch of n through every layer (slots of act hold n samples). A convolution
+    computes from `seen`, the worker's copy of its weights, taken from the shared ones at the batch's first sample."""
     for li in range(layers.shape[0]):
         row = layers[li]
         op = row[_OP]
@@ -265,9 +275,14 @@ def _forward_sample(layers, slopes, params, p_span, p_shape, act, argmax, n, b):
         y = act[row[_OUT] + b * out_size: row[_OUT] + (b + 1) * out_size]
         if op == OP_CONV or op == OP_LINEAR:
             wj = row[_WP]
-            w = params[p_span[wj, 0]: p_span[wj, 1]]
             bj = row[_BP]
-            bias = params[p_span[bj, 0]: p_span[bj, 1]] if bj >= 0 else params[0:0]
+            source = seen if op == OP_CONV else params
+            if op == OP_CONV and b == 0:
+                seen[p_span[wj, 0]: p_span[wj, 1]] = params[p_span[wj, 0]: p_span[wj, 1]]
+                if bj >= 0:
+                    seen[p_span[bj, 0]: p_span[bj, 1]] = params[p_span[bj, 0]: p_span[bj, 1]]
+            w = source[p_span[wj, 0]: p_span[wj, 1]]
+            bias = source[p_span[bj, 0]: p_span[bj, 1]] if bj >= 0 else params[0:0]
             if op == OP_CONV:
                 _conv_forward(x.reshape((row[_IH], row[_IW], row[_IC])),
                               w.reshape((p_shape[wj, 0], p_shape[wj, 1], p_shape[wj, 2], p_shape[wj, 3])),
@@ -300,8 +315,9 @@ def _forward_sample(layers, slopes, params, p_span, p_shape, act, argmax, n, b):
 
 
 @numba.njit(cache=True, nogil=True)
-def _backward_layer(li, layers, slopes, params, p_span, p_shape, act, dact, grad, argmax, n):
-    """Backward of layer li over the n samples of the batch: dact of its input, grad of its parameters."""
+def _backward_layer(li, layers, slopes, params, p_span, p_shape, act, dact, grad, argmax, seen, n):
+    """Backward of layer li over the n samples of the batch: dact of its input, grad of its parameters (a
+    convolution's input gradient from the weights its forward used, `seen`)."""
     row = layers[li]
     op = row[_OP]
     in_size = row[_IC] * row[_IH] * row[_IW]
@@ -313,7 +329,7 @@ def _backward_layer(li, layers, slopes, params, p_span, p_shape, act, dact, grad
     gw = grad[0:0]
     gb = grad[0:0]
     if wj >= 0:
-        w = params[p_span[wj, 0]: p_span[wj, 1]]
+        w = (seen if op == OP_CONV else params)[p_span[wj, 0]: p_span[wj, 1]]
         gw = grad[p_span[wj, 0]: p_span[wj, 1]]
         gw[:] = 0.0
     if bj >= 0:
@@ -378,7 +394,7 @@ def _cross_entropy(logits, label, dlogits, scale):
 
 
 @numba.njit(cache=True, nogil=True)
-def train_chunk(layers, slopes, params, velocity, started, p_span, p_shape, act, dact, grad, argmax,
+def train_chunk(layers, slopes, params, velocity, started, p_span, p_shape, act, dact, grad, argmax, seen,
                 x, labels, order, batch, first_batch, n_batches, lrs, momentum, dampening,
                 weight_decay, nesterov):
     """Train on mini-batches first_batch .. first_batch + n_batches - 1 of one epoch.
@@ -408,7 +424,7 @@ def train_chunk(layers, slopes, params, velocity, started, p_span, p_shape, act,
         for b in range(n):
             idx = order[lo + b]
             act[first_off + b * sample_size: first_off + (b + 1) * sample_size] = xflat[idx]
-            _forward_sample(layers, slopes, params, p_span, p_shape, act, argmax, n, b)
+            _forward_sample(layers, slopes, params, p_span, p_shape, act, argmax, seen, n, b)
             logits = act[logit_off + b * K: logit_off + (b + 1) * K]
             loss, pred = _cross_entropy(logits, labels[idx], dact[logit_off + b * K: logit_off + (b + 1) * K],
                                         scale)
@@ -418,7 +434,7 @@ def train_chunk(layers, slopes, params, velocity, started, p_span, p_shape, act,
         samples += n
         lr = lrs[step]
         for li in range(layers.shape[0] - 1, -1, -1):
-            _backward_layer(li, layers, slopes, params, p_span, p_shape, act, dact, grad, argmax, n)
+            _backward_layer(li, layers, slopes, params, p_span, p_shape, act, dact, grad, argmax, seen, n)
             # controlled Hogwild: this layer's update goes to the shared weights now, without a lock
             row = layers[li]
             for pj in (row[_WP], row[_BP]):
@@ -435,17 +451,3 @@ def train_chunk(layers, slopes, params, velocity, started, p_span, p_shape, act,
                 if started[pj] == 0:        # a shared line: written once, not once per mini-batch
                     started[pj] = 1
     return loss_sum, correct, samples
-
-
-@numba.njit(cache=True, nogil=True)
-def predict(layers, slopes, params, p_span, p_shape, act, argmax, x, logits_out):
-    """Forward pass only: logits_out[i] = logits of x[i] (x: (N, H, W, C), logits_out: (N, K))."""
-    sample_size = x.shape[1] * x.shape[2] * x.shape[3]
-    xflat = x.reshape((x.shape[0], sample_size))
-    last = layers[layers.shape[0] - 1]
-    K = last[_OC] * last[_OH] * last[_OW]
-    first_off = layers[0, _IN]
-    for i in range(x.shape[0]):
-        act[first_off: first_off + sample_size] = xflat[i]
-        _forward_sample(layers, slopes, params, p_span, p_shape, act, argmax, 1, 0)
-        logits_out[i, :] = act[last[_OUT]: last[_OUT] + K]
