@@ -31,9 +31,9 @@ own (`hpcnn.bench.chaos_costs.calibrate`, with weights and sample orders no time
             busy time per sample, g = (busy time - time inside the nogil step) per sample for the
             fused step; for the layer-by-layer step, the share of time outside numba kernels in a
             run with timed kernels (g = that share * c)
-  kappa     two microbenchmarks: the machine's part from two independent one-worker engines (each
-            with its own weights) run at once against one alone; the weights' part from two threads
-            sweeping one shared weight buffer against a private copy each
+  kappa     short calibration runs of the fused step: the machine's part from two independent
+            one-worker engines (each with its own weights) run at once against one alone; the
+            weights' part from one two-worker engine (one shared copy) against those two
   t_thread  starting and joining worker threads that do nothing
 `ChaosCosts.sources` names, per input, the measurement it came from. The bound max(c/T, g)
 ignores the cost of handing the GIL back and forth, so for a GIL-bound step (g close to c) the

@@ -6,10 +6,7 @@ import statistics
 import threading
 import time
 
-import numpy as np
-
-__all__ = ["CALIBRATION_SEED", "calibrate", "layers_gil_fraction", "weight_sharing_contention",
-           "core_sharing_slowdown", "thread_start_seconds"]
+__all__ = ["CALIBRATION_SEED", "calibrate", "layers_gil_fraction", "second_worker_slowdown", "thread_start_seconds"]
 
 # weights and sample orders of the calibration runs: no timed run of the benchmark uses them (those use 0, 1, ...)
 CALIBRATION_SEED = 9973
@@ -20,9 +17,8 @@ def calibrate(options, train, val, args, *, cores, epochs=2):
     with `sources` saying where each input came from; and the step the engine runs ("fused" or "layers").
 
     c, g, s: a one-worker run of `epochs` epochs (after a warm-up fit that compiles), seed CALIBRATION_SEED,
-    the benchmark's batch, chunk and step; kappa: core_sharing_slowdown + weight_sharing_contention (fused
-    step; the layer-by-layer step is GIL-bound and its g comes from layers_gil_fraction); t_thread:
-    thread_start_seconds.
+    the benchmark's batch, chunk and step; kappa: second_worker_slowdown (fused step; the layer-by-layer
+    step is GIL-bound and its g comes from layers_gil_fraction); t_thread: thread_start_seconds.
     """
     from .. import chaos, models, nn
     from perfmodel import chaos as chaos_model
@@ -52,14 +48,11 @@ def calibrate(options, train, val, args, *, cores, epochs=2):
     else:
         sources["gil_seconds"] = f"busy time outside the nogil step per sample of {what}"
     if step == "fused":
-        params = chaos.FusedNetwork.from_model(models.build("lenet", seed=CALIBRATION_SEED, **options),
-                                               nn.CrossEntropyLoss(), train[0].shape[1:], args.batch).params
-        sharing = weight_sharing_contention(params, costs.sample_seconds)
-        corun = core_sharing_slowdown(options, train, args)
-        costs.contention = sharing + corun
-        sources["contention"] = (f"{corun:.3f} from two independent one-worker engines (own weights) run at once "
-                                 f"against one alone, + {sharing:.3f} from two threads sweeping one shared weight "
-                                 "buffer against a private copy each")
+        corun, sharing = second_worker_slowdown(options, train, args, epochs)
+        costs.contention = (1.0 + corun) * (1.0 + sharing) - 1.0
+        sources["contention"] = (f"(1 + {corun:.3f}) (1 + {sharing:.3f}) - 1: two independent one-worker engines "
+                                 f"(own weights) at once against one alone, then one two-worker engine (shared "
+                                 f"weights) against those; calibration runs of {epochs} epochs, seed {CALIBRATION_SEED}")
     else:
         sources["contention"] = "0: not measured for the layer-by-layer step (GIL-bound)"
     costs.sources = sources
@@ -123,61 +116,33 @@ def layers_gil_fraction(model, loss, train, batch, samples=200):
     return min(1.0, max(0.0, 1.0 - inside[0] / metrics["busy_seconds"]))
 
 
-def weight_sharing_contention(params, sample_seconds, sweeps=400):
-    """kappa for perfmodel.chaos: the extra time per sample, relative to `sample_seconds`, that two workers pay
-    when they update one shared copy of the weights instead of a copy each.
+def second_worker_slowdown(options, train, args, epochs=2):
+    """(corun, sharing): how much slower a fused worker's time per sample gets when a second worker runs,
+    from short calibration runs of their own (seed CALIBRATION_SEED, `epochs` epochs each, after a warm-up):
 
-    Two threads each sweep a weight buffer `sweeps` times (read, then write every element: what one
-    worker's forward and update do to the weights); once on one shared buffer, once on private copies.
-    kappa = (shared - private) seconds per sweep / sample_seconds.
-    """
-    import numba
+    corun    two independent one-worker engines (each its own weights) on two threads at once, against
+             one alone: the machine's part (shared caches, memory bandwidth, SMT siblings, the host)
+    sharing  one engine with two workers on one shared copy of the weights, against the two independent
+             engines: the part that sharing the weights costs (cache lines that one worker's updates
+             invalidate in the other's core)
 
-    @numba.njit(nogil=True)
-    def sweep(w, times):
-        for _ in range(times):
-            for i in range(w.shape[0]):
-                w[i] = w[i] * 0.999999 + 1e-7
-
-    def timed(buffers):
-        sweep(buffers[0], 1)    # compile outside the timing
-        threads = [threading.Thread(target=sweep, args=(b, sweeps)) for b in buffers]
-        t = time.perf_counter()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        return time.perf_counter() - t
-
-    shared = np.array(params, copy=True)
-    results = []
-    for _ in range(3):
-        private = timed([shared.copy(), shared.copy()])
-        both = timed([shared, shared])
-        results.append((both - private) / sweeps / sample_seconds)
-    return max(0.0, statistics.median(results))
-
-
-def core_sharing_slowdown(options, train, args, epochs=2):
-    """The part of kappa that comes from the machine, not from the shared weights: how much slower one
-    worker's per-sample time gets while an independent worker (its own model, its own weights) runs
-    on the other core. Cores that share caches, memory bandwidth or a physical core (SMT siblings)
-    show it; the weight-sharing sweep above cannot.
+    kappa for perfmodel.chaos is (1 + corun) * (1 + sharing) - 1.
     """
     from .. import chaos, models, nn
 
-    def one_engine():
+    def engine(threads):
         model = models.build("lenet", seed=CALIBRATION_SEED, **options)
-        return chaos.ChaosEngine(model, nn.CrossEntropyLoss(), threads=1, blas_threads=1, batch=args.batch,
+        return chaos.ChaosEngine(model, nn.CrossEntropyLoss(), threads=threads, blas_threads=1, batch=args.batch,
                                  lr=args.lr, seed=CALIBRATION_SEED, step="fused", chunk=args.chunk)
 
     def per_sample(history):
+        # busy time of every worker over the samples they did: one worker's time per sample
         return statistics.median(m["busy_seconds"] / m["samples"] for m in history)
 
-    solo = one_engine()
+    solo = engine(1)
     solo.fit(train, epochs=1)                      # warm-up: compile, caches
     alone = per_sample(solo.fit(train, epochs=epochs))
-    engines = [one_engine() for _ in range(2)]
+    engines = [engine(1) for _ in range(2)]
     for e in engines:
         e.fit(train, epochs=1)
     results = [None, None]
@@ -191,5 +156,9 @@ def core_sharing_slowdown(options, train, args, epochs=2):
     for th in threads:
         th.join()
     if None in results:
-        raise RuntimeError("core_sharing_slowdown: a co-running engine failed")
-    return max(0.0, statistics.median(results) / alone - 1.0)
+        raise RuntimeError("second_worker_slowdown: a co-running engine failed")
+    corun = statistics.median(results)
+    pair = engine(2)
+    pair.fit(train, epochs=1)
+    shared = per_sample(pair.fit(train, epochs=epochs))
+    return max(0.0, corun / alone - 1.0), max(0.0, shared / corun - 1.0)
