@@ -31,10 +31,10 @@ own (`hpcnn.bench.chaos_costs.calibrate`, with weights and sample orders no time
             busy time per sample, g = (busy time - time inside the nogil step) per sample for the
             fused step; for the layer-by-layer step, the share of time outside numba kernels in a
             run with timed kernels (g = that share * c)
-  kappa     short calibration runs of the fused step: the machine's part from two independent
-            one-worker engines (each with its own weights) run at once against one alone; the
-            weights' part from one two-worker engine (one shared copy) against those two
-  t_thread  starting and joining worker threads that do nothing
+  kappa     short calibration runs of the fused step (medians of three): the machine's part from
+            two independent one-worker engines (each with its own weights) run at once against one
+            alone; the weights' part from one two-worker engine (one shared copy) against those two
+  t_thread  starting and joining a worker thread that does nothing (the least of 20 tries)
 `ChaosCosts.sources` names, per input, the measurement it came from. The bound max(c/T, g)
 ignores the cost of handing the GIL back and forth, so for a GIL-bound step (g close to c) the
 measured speedup falls below it (two workers can be slower than one).

@@ -17,8 +17,9 @@ def calibrate(options, train, val, args, *, cores, epochs=2):
     with `sources` saying where each input came from; and the step the engine runs ("fused" or "layers").
 
     c, g, s: a one-worker run of `epochs` epochs (after a warm-up fit that compiles), seed CALIBRATION_SEED,
-    the benchmark's batch, chunk and step; kappa: second_worker_slowdown (fused step; the layer-by-layer
-    step is GIL-bound and its g comes from layers_gil_fraction); t_thread: thread_start_seconds.
+    the benchmark's batch, chunk and step; kappa: second_worker_slowdown, medians of three (fused step;
+    the layer-by-layer step is GIL-bound and its g comes from layers_gil_fraction); t_thread:
+    thread_start_seconds.
     """
     from .. import chaos, models, nn
     from perfmodel import chaos as chaos_model
@@ -37,7 +38,7 @@ def calibrate(options, train, val, args, *, cores, epochs=2):
     what = f"a one-worker calibration run ({epochs} epochs, seed {CALIBRATION_SEED}, median epoch)"
     sources = {"sample_seconds": f"busy time per sample of {what}",
                "serial_seconds": f"epoch time outside the workers in {what}",
-               "thread_seconds": "start + join of 20 idle worker threads (median)"}
+               "thread_seconds": "start + join of an idle worker thread (the least of 20)"}
     costs = chaos_model.costs_from_metrics(history, cores=cores, batch=args.batch, thread_seconds=t_thread)
     if step == "layers":
         fraction = layers_gil_fraction(models.build("lenet", seed=CALIBRATION_SEED, **options), nn.CrossEntropyLoss(),
@@ -48,11 +49,15 @@ def calibrate(options, train, val, args, *, cores, epochs=2):
     else:
         sources["gil_seconds"] = f"busy time outside the nogil step per sample of {what}"
     if step == "fused":
-        corun, sharing = second_worker_slowdown(options, train, args, epochs)
+        # three short measurements, medians: one window of load from other processes does not decide kappa
+        parts = [second_worker_slowdown(options, train, args, epochs=1) for _ in range(3)]
+        corun = statistics.median(p[0] for p in parts)
+        sharing = statistics.median(p[1] for p in parts)
         costs.contention = (1.0 + corun) * (1.0 + sharing) - 1.0
         sources["contention"] = (f"(1 + {corun:.3f}) (1 + {sharing:.3f}) - 1: two independent one-worker engines "
                                  f"(own weights) at once against one alone, then one two-worker engine (shared "
-                                 f"weights) against those; calibration runs of {epochs} epochs, seed {CALIBRATION_SEED}")
+                                 f"weights) against those; medians of 3 calibration runs of 1 epoch, seed "
+                                 f"{CALIBRATION_SEED}")
     else:
         sources["contention"] = "0: not measured for the layer-by-layer step (GIL-bound)"
     costs.sources = sources
@@ -60,7 +65,8 @@ def calibrate(options, train, val, args, *, cores, epochs=2):
 
 
 def thread_start_seconds(threads=20):
-    """Seconds to start and join one worker thread that runs the workers' set-up and returns (median)."""
+    """Seconds to start and join one worker thread that runs the workers' set-up and returns: the least of
+    `threads` tries (a try that waited for a core busy with another process measures the load, not the start)."""
     from ..chaos.threads import worker_thread_setup
     times = []
     for _ in range(threads):
@@ -69,7 +75,7 @@ def thread_start_seconds(threads=20):
         th.start()
         th.join()
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return min(times)
 
 
 def layers_gil_fraction(model, loss, train, batch, samples=200):
