@@ -25,15 +25,16 @@ speedup(T) = train(1) / train(T). With T > P the cores are shared, so the model 
 
 Where the inputs come from
 --------------------------
-Never from the runs the model predicts: `hpcnn bench chaos` measures them first, in runs of their
-own (`hpcnn.bench.chaos_costs.calibrate`, with weights and sample orders no timed run uses):
-  c, g, s   a short one-worker calibration run (`costs_from_metrics` on its epochs): c = the worker's
-            busy time per sample, g = (busy time - time inside the nogil step) per sample for the
-            fused step; for the layer-by-layer step, the share of time outside numba kernels in a
-            run with timed kernels (g = that share * c)
-  kappa     short calibration runs of the fused step (medians of three): the machine's part from
-            two independent one-worker engines (each with its own weights) run at once against one
-            alone; the weights' part from one two-worker engine (one shared copy) against those two
+Never from the runs the model predicts: `hpcnn bench chaos` measures them in runs of their own
+(`hpcnn.bench.chaos_costs`, with weights and sample orders no timed run uses):
+  c, g, s   a short one-worker calibration run before the timed runs (`costs_from_metrics` on its
+            epochs): c = the worker's busy time per sample, g = (busy time - time inside the nogil
+            step) per sample for the fused step; for the layer-by-layer step, the share of time
+            outside numba kernels in a run with timed kernels (g = that share * c)
+  kappa     short calibration runs of the fused step, one before each timed repeat (medians): the
+            machine's part from two independent one-worker engines (each with its own weights) run
+            at once against one alone; the weights' part from one two-worker engine (one shared
+            copy) against those two
   t_thread  starting and joining a worker thread that does nothing (the least of 20 tries)
 `ChaosCosts.sources` names, per input, the measurement it came from. The bound max(c/T, g)
 ignores the cost of handing the GIL back and forth, so for a GIL-bound step (g close to c) the

@@ -17,10 +17,11 @@ paired with like: a setting of W workers with B BLAS threads each (W*B cores) is
 W*B threads (no ratio where PyTorch did not run on that many).
 
 The time model (perfmodel.chaos) predicts the speedup at every thread count from inputs measured
-before the timed runs, in calibration runs of their own (`chaos_costs.calibrate`: a short
-one-worker run for the per-sample time, the part of it that holds the GIL and the serial part of an
-epoch; microbenchmarks for what a second worker costs); the output says where each came from, and
-the plot shows the prediction beside the measured points.
+apart from the timed runs, in calibration runs of their own with their own weights and sample
+orders (`chaos_costs`: a short one-worker run first for the per-sample time, the part of it that
+holds the GIL and the serial part of an epoch; before each repeat, short runs of two independent
+engines and of one two-worker engine for what a second worker costs); the output says where each
+input came from, and the plot shows the prediction beside the measured points.
 """
 import json
 import math
@@ -28,7 +29,7 @@ import os
 import statistics
 import sys
 
-from .chaos_costs import calibrate
+from .chaos_costs import calibrate, second_worker_slowdown, set_contention
 from .chaos_torch import torch_runs
 from .output import pyplot, write_csv
 
@@ -129,14 +130,14 @@ def _bench_network(name, settings, epochs, repeats, torch_epochs, subset, args):
     n = len(train[1])
     steps = math.ceil(n / args.batch) * epochs
     cores = available_cores()
-    # the model's inputs, measured before and apart from the runs whose speedup it predicts
+    # the model's inputs, measured apart from the runs whose speedup it predicts: c, g, s first; what a second
+    # worker costs in a short calibration before each repeat, so that it sees the windows of load the repeats see
     costs, step = calibrate(options, train, val, args, cores=cores)
-    print(f"  {name}: model inputs c = {1e6 * costs.sample_seconds:.1f} us/sample, g = {1e6 * costs.gil_seconds:.2f} "
-          f"us/sample, kappa = {costs.contention:.3f}, t_thread = {1e6 * costs.thread_seconds:.0f} us", flush=True)
-    for key, where in costs.sources.items():
-        print(f"    {key}: {where}")
     runs = {s: [] for s in settings}
+    parts = []
     for repeat in range(repeats):
+        if step == "fused":
+            parts.append(second_worker_slowdown(options, train, args, epochs=1))
         for workers, blas in settings:
             model = models.build("lenet", seed=repeat, **options)
             engine = chaos.ChaosEngine(model, nn.CrossEntropyLoss(), threads=workers, blas_threads=blas,
@@ -149,6 +150,12 @@ def _bench_network(name, settings, epochs, repeats, torch_epochs, subset, args):
                                           "val_accuracy": history[-1]["val_accuracy"], "step": engine.step})
             print(f"  {name} repeat {repeat}: {workers} worker(s), {blas} BLAS thread(s), {engine.step} step: "
                   f"{ips:8.0f} images/s, val accuracy {history[-1]['val_accuracy']:.4f}", flush=True)
+    if parts:
+        set_contention(costs, parts)
+    print(f"  {name}: model inputs c = {1e6 * costs.sample_seconds:.1f} us/sample, g = {1e6 * costs.gil_seconds:.2f} "
+          f"us/sample, kappa = {costs.contention:.3f}, t_thread = {1e6 * costs.thread_seconds:.0f} us", flush=True)
+    for key, where in costs.sources.items():
+        print(f"    {key}: {where}")
     base = [r["images_per_second"] for r in runs[(1, 1)]] if (1, 1) in runs else None
     seq_accuracy = statistics.median(r["val_accuracy"] for r in runs[(1, 1)]) if (1, 1) in runs else None
     rows = []

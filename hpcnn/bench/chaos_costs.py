@@ -6,7 +6,8 @@ import statistics
 import threading
 import time
 
-__all__ = ["CALIBRATION_SEED", "calibrate", "layers_gil_fraction", "second_worker_slowdown", "thread_start_seconds"]
+__all__ = ["CALIBRATION_SEED", "calibrate", "layers_gil_fraction", "second_worker_slowdown", "set_contention",
+           "thread_start_seconds"]
 
 # weights and sample orders of the calibration runs: no timed run of the benchmark uses them (those use 0, 1, ...)
 CALIBRATION_SEED = 9973
@@ -17,9 +18,9 @@ def calibrate(options, train, val, args, *, cores, epochs=2):
     with `sources` saying where each input came from; and the step the engine runs ("fused" or "layers").
 
     c, g, s: a one-worker run of `epochs` epochs (after a warm-up fit that compiles), seed CALIBRATION_SEED,
-    the benchmark's batch, chunk and step; kappa: second_worker_slowdown, medians of three (fused step;
-    the layer-by-layer step is GIL-bound and its g comes from layers_gil_fraction); t_thread:
-    thread_start_seconds.
+    the benchmark's batch, chunk and step (the layer-by-layer step is GIL-bound and its g comes from
+    layers_gil_fraction); t_thread: thread_start_seconds. kappa (fused step) is set by set_contention
+    from second_worker_slowdown measurements, which the benchmark takes between its repeats.
     """
     from .. import chaos, models, nn
     from perfmodel import chaos as chaos_model
@@ -48,20 +49,21 @@ def calibrate(options, train, val, args, *, cores, epochs=2):
                                   "layer-by-layer run with timed kernels")
     else:
         sources["gil_seconds"] = f"busy time outside the nogil step per sample of {what}"
-    if step == "fused":
-        # three short measurements, medians: one window of load from other processes does not decide kappa
-        parts = [second_worker_slowdown(options, train, args, epochs=1) for _ in range(3)]
-        corun = statistics.median(p[0] for p in parts)
-        sharing = statistics.median(p[1] for p in parts)
-        costs.contention = (1.0 + corun) * (1.0 + sharing) - 1.0
-        sources["contention"] = (f"(1 + {corun:.3f}) (1 + {sharing:.3f}) - 1: two independent one-worker engines "
-                                 f"(own weights) at once against one alone, then one two-worker engine (shared "
-                                 f"weights) against those; medians of 3 calibration runs of 1 epoch, seed "
-                                 f"{CALIBRATION_SEED}")
-    else:
+    if step != "fused":
         sources["contention"] = "0: not measured for the layer-by-layer step (GIL-bound)"
     costs.sources = sources
     return costs, step
+
+
+def set_contention(costs, parts, epochs=1):
+    """kappa of `costs` from second_worker_slowdown results [(corun, sharing)]: the medians of each part."""
+    corun = statistics.median(p[0] for p in parts)
+    sharing = statistics.median(p[1] for p in parts)
+    costs.contention = (1.0 + corun) * (1.0 + sharing) - 1.0
+    costs.sources["contention"] = (
+        f"(1 + {corun:.3f}) (1 + {sharing:.3f}) - 1: two independent one-worker engines (own weights) at once "
+        f"against one alone, then one two-worker engine (shared weights) against those; medians of "
+        f"{len(parts)} calibration runs of {epochs} epoch(s), seed {CALIBRATION_SEED}, one before each repeat")
 
 
 def thread_start_seconds(threads=20):
