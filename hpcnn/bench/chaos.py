@@ -16,9 +16,12 @@ in the same run with 1 and 2 intra-op threads, for `--torch-epochs` epochs (or `
 paired with like: a setting of W workers with B BLAS threads each (W*B cores) is compared with PyTorch on
 W*B threads (no ratio where PyTorch did not run on that many).
 
-The time model (perfmodel.chaos) takes its inputs from the one-worker runs (per-sample time, the
-part of it that holds the GIL, the serial part of an epoch) and predicts the speedup at every
-thread count; the plot shows it beside the measured points.
+The time model (perfmodel.chaos) predicts the speedup at every thread count from inputs measured
+apart from the timed runs, in calibration runs of their own with their own weights and sample
+orders (`chaos_costs`: a short one-worker run first for the per-sample time, the part of it that
+holds the GIL and the serial part of an epoch; before each repeat, short runs of two independent
+engines and of one two-worker engine for what a second worker costs); the output says where each
+input came from, and the plot shows the prediction beside the measured points.
 """
 import json
 import math
@@ -26,12 +29,11 @@ import os
 import statistics
 import sys
 
-from .chaos_costs import core_sharing_slowdown, layers_gil_fraction, weight_sharing_contention
+from .chaos_costs import calibrate, second_worker_slowdown, set_contention
 from .chaos_torch import torch_runs
 from .output import pyplot, write_csv
 
-__all__ = ["add_arguments", "run", "NETWORKS", "layers_gil_fraction", "core_sharing_slowdown",
-           "weight_sharing_contention"]
+__all__ = ["add_arguments", "run", "NETWORKS"]
 
 # name -> (model options, digits upscale factor)
 NETWORKS = {"lenet": ({"input_size": 8}, 1), "lenet32": ({"input_size": 32}, 4)}
@@ -55,7 +57,8 @@ def add_arguments(parser):
     parser.add_argument("--repeats", type=int, default=3, help="runs per setting, medians reported (default 3)")
     parser.add_argument("--lr", type=float, default=0.03, help="initial learning rate, cosine to 0 (default 0.03)")
     parser.add_argument("--batch", type=int, default=1, help="mini-batch per worker step (default 1, as CHAOS)")
-    parser.add_argument("--chunk", type=int, default=16, help="mini-batches a fused worker takes at a time")
+    parser.add_argument("--chunk", type=int, default=64,
+                        help="the most mini-batches a fused worker takes at a time (fewer near an epoch's end)")
     parser.add_argument("--step", default="auto", choices=("auto", "fused", "layers"),
                         help="how a worker runs a step (default auto: fused when the network allows)")
     parser.add_argument("--torch-epochs", type=int, default=3,
@@ -126,8 +129,15 @@ def _bench_network(name, settings, epochs, repeats, torch_epochs, subset, args):
         train = (train[0][:subset], train[1][:subset])
     n = len(train[1])
     steps = math.ceil(n / args.batch) * epochs
+    cores = available_cores()
+    # the model's inputs, measured apart from the runs whose speedup it predicts: c, g, s first; what a second
+    # worker costs in a short calibration before each repeat, so that it sees the windows of load the repeats see
+    costs, step = calibrate(options, train, val, args, cores=cores)
     runs = {s: [] for s in settings}
+    parts = []
     for repeat in range(repeats):
+        if step == "fused":
+            parts.append(second_worker_slowdown(options, train, args, epochs=1))
         for workers, blas in settings:
             model = models.build("lenet", seed=repeat, **options)
             engine = chaos.ChaosEngine(model, nn.CrossEntropyLoss(), threads=workers, blas_threads=blas,
@@ -140,34 +150,20 @@ def _bench_network(name, settings, epochs, repeats, torch_epochs, subset, args):
                                           "val_accuracy": history[-1]["val_accuracy"], "step": engine.step})
             print(f"  {name} repeat {repeat}: {workers} worker(s), {blas} BLAS thread(s), {engine.step} step: "
                   f"{ips:8.0f} images/s, val accuracy {history[-1]['val_accuracy']:.4f}", flush=True)
-    step = runs[settings[0]][0]["step"]
+    if parts:
+        set_contention(costs, parts)
+    print(f"  {name}: model inputs c = {1e6 * costs.sample_seconds:.1f} us/sample, g = {1e6 * costs.gil_seconds:.2f} "
+          f"us/sample, kappa = {costs.contention:.3f}, t_thread = {1e6 * costs.thread_seconds:.0f} us", flush=True)
+    for key, where in costs.sources.items():
+        print(f"    {key}: {where}")
     base = [r["images_per_second"] for r in runs[(1, 1)]] if (1, 1) in runs else None
-    one_worker = [m for r in runs.get((1, 1), []) for m in r["history"]]
-    cores = available_cores()
-    costs = None
-    if one_worker:
-        costs = chaos_model.costs_from_metrics(one_worker, cores=cores, chunk=args.chunk if step == "fused" else 1,
-                                               batch=args.batch)
-        if step == "fused":
-            net_params = chaos.FusedNetwork.from_model(models.build("lenet", seed=0, **options),
-                                                       nn.CrossEntropyLoss(), train[0].shape[1:], args.batch).params
-            sharing = weight_sharing_contention(net_params, costs.sample_seconds)
-            corun = core_sharing_slowdown(options, train, args)
-            costs.contention = sharing + corun
-            print(f"  {name}: a second worker costs kappa = {costs.contention:.3f} per sample "
-                  f"(shared weights {sharing:.3f}, a busy neighbour core {corun:.3f})")
-        if step == "layers":
-            model = models.build("lenet", seed=0, **options)
-            fraction = layers_gil_fraction(model, nn.CrossEntropyLoss(), train, args.batch)
-            print(f"  {name}: the layer-by-layer step holds the GIL {100 * fraction:.0f}% of its time")
-            costs.gil_seconds = fraction * costs.sample_seconds
     seq_accuracy = statistics.median(r["val_accuracy"] for r in runs[(1, 1)]) if (1, 1) in runs else None
     rows = []
     for (workers, blas), rs in runs.items():
         ips = [r["images_per_second"] for r in rs]
         speedups = [a / b for a, b in zip(ips, base)] if base else []
         acc = statistics.median(r["val_accuracy"] for r in rs)
-        predicted = chaos_model.predict(costs, workers)["speedup"] if costs and blas == 1 else None
+        predicted = chaos_model.predict(costs, workers)["speedup"] if blas == 1 else None
         rows.append({"network": name, "workers": workers, "blas_threads": blas, "step": step, "epochs": epochs,
                      "images_per_second": statistics.median(ips), "speedup": statistics.median(speedups)
                      if speedups else None, "predicted_speedup": predicted, "val_accuracy": acc,
@@ -185,10 +181,8 @@ def _bench_network(name, settings, epochs, repeats, torch_epochs, subset, args):
                 row["torch_images_per_second"] = same
                 row["ratio_vs_torch"] = None if same is None else row["images_per_second"] / same
             rows.extend(torch_rows)
-    curve = []
-    if costs:
-        curve = [chaos_model.predict(costs, t) for t in range(1, 2 * cores + 1)]
-    details = {"costs": None if costs is None else costs.as_dict(), "prediction": curve, "samples": n,
+    curve = [chaos_model.predict(costs, t) for t in range(1, 2 * cores + 1)]
+    details = {"costs": costs.as_dict(), "prediction": curve, "samples": n,
                "runs": {f"{w}x{b}": [{"images_per_second": r["images_per_second"], "val_accuracy": r["val_accuracy"],
                                       "history": r["history"]} for r in rs] for (w, b), rs in runs.items()},
                "torch": torch_rows}

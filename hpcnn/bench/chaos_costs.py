@@ -1,11 +1,83 @@
-"""The measured inputs of the CHAOS time model (perfmodel.chaos) beyond the one-worker runs: the GIL share of a
-layer-by-layer step, and what a second worker costs per sample (shared weights, a busy neighbour core)."""
+"""The measured inputs of the CHAOS time model (perfmodel.chaos), each from a run of its own, apart from the
+benchmark's timed runs that the model predicts: the per-sample cost of one worker, the GIL share of a
+layer-by-layer step, what a second worker costs per sample (shared weights, a busy neighbour core), and
+the start of a worker thread."""
 import statistics
+import threading
 import time
 
-import numpy as np
+__all__ = ["CALIBRATION_SEED", "calibrate", "layers_gil_fraction", "second_worker_slowdown", "set_contention",
+           "thread_start_seconds"]
 
-__all__ = ["layers_gil_fraction", "weight_sharing_contention", "core_sharing_slowdown"]
+# weights and sample orders of the calibration runs: no timed run of the benchmark uses them (those use 0, 1, ...)
+CALIBRATION_SEED = 9973
+
+
+def calibrate(options, train, val, args, *, cores, epochs=2):
+    """perfmodel.chaos.ChaosCosts for LeNet with `options` on `train`, measured in calibration runs of their own,
+    with `sources` saying where each input came from; and the step the engine runs ("fused" or "layers").
+
+    c, g, s: a one-worker run of `epochs` epochs (after a warm-up fit that compiles), seed CALIBRATION_SEED,
+    the benchmark's batch, chunk and step (the layer-by-layer step is GIL-bound and its g comes from
+    layers_gil_fraction); t_thread: thread_start_seconds. kappa (fused step) is set by set_contention
+    from second_worker_slowdown measurements, which the benchmark takes between its repeats.
+    """
+    from .. import chaos, models, nn
+    from perfmodel import chaos as chaos_model
+
+    def engine():
+        return chaos.ChaosEngine(models.build("lenet", seed=CALIBRATION_SEED, **options), nn.CrossEntropyLoss(),
+                                 threads=1, blas_threads=1, batch=args.batch, lr=args.lr, seed=CALIBRATION_SEED,
+                                 step=args.step, chunk=args.chunk)
+
+    warm = engine()
+    warm.fit((train[0][:64], train[1][:64]), epochs=1)
+    one = engine()
+    history = one.fit(train, val, epochs=epochs)
+    step = one.step
+    t_thread = thread_start_seconds()
+    what = f"a one-worker calibration run ({epochs} epochs, seed {CALIBRATION_SEED}, median epoch)"
+    sources = {"sample_seconds": f"busy time per sample of {what}",
+               "serial_seconds": f"epoch time outside the workers in {what}",
+               "thread_seconds": "start + join of an idle worker thread (the least of 20)"}
+    costs = chaos_model.costs_from_metrics(history, cores=cores, batch=args.batch, thread_seconds=t_thread)
+    if step == "layers":
+        fraction = layers_gil_fraction(models.build("lenet", seed=CALIBRATION_SEED, **options), nn.CrossEntropyLoss(),
+                                       train, args.batch)
+        costs.gil_seconds = fraction * costs.sample_seconds
+        sources["gil_seconds"] = (f"{100 * fraction:.0f}% of c: the share outside numba kernels in a one-worker "
+                                  "layer-by-layer run with timed kernels")
+    else:
+        sources["gil_seconds"] = f"busy time outside the nogil step per sample of {what}"
+    if step != "fused":
+        sources["contention"] = "0: not measured for the layer-by-layer step (GIL-bound)"
+    costs.sources = sources
+    return costs, step
+
+
+def set_contention(costs, parts, epochs=1):
+    """kappa of `costs` from second_worker_slowdown results [(corun, sharing)]: the medians of each part."""
+    corun = statistics.median(p[0] for p in parts)
+    sharing = statistics.median(p[1] for p in parts)
+    costs.contention = (1.0 + corun) * (1.0 + sharing) - 1.0
+    costs.sources["contention"] = (
+        f"(1 + {corun:.3f}) (1 + {sharing:.3f}) - 1: two independent one-worker engines (own weights) at once "
+        f"against one alone, then one two-worker engine (shared weights) against those; medians of "
+        f"{len(parts)} calibration runs of {epochs} epoch(s), seed {CALIBRATION_SEED}, one before each repeat")
+
+
+def thread_start_seconds(threads=20):
+    """Seconds to start and join one worker thread that runs the workers' set-up and returns: the least of
+    `threads` tries (a try that waited for a core busy with another process measures the load, not the start)."""
+    from ..chaos.threads import worker_thread_setup
+    times = []
+    for _ in range(threads):
+        t = time.perf_counter()
+        th = threading.Thread(target=worker_thread_setup)
+        th.start()
+        th.join()
+        times.append(time.perf_counter() - t)
+    return min(times)
 
 
 def layers_gil_fraction(model, loss, train, batch, samples=200):
@@ -52,65 +124,33 @@ def layers_gil_fraction(model, loss, train, batch, samples=200):
     return min(1.0, max(0.0, 1.0 - inside[0] / metrics["busy_seconds"]))
 
 
-def weight_sharing_contention(params, sample_seconds, sweeps=400):
-    """kappa for perfmodel.chaos: the extra time per sample, relative to `sample_seconds`, that two workers pay
-    when they update one shared copy of the weights instead of a copy each.
+def second_worker_slowdown(options, train, args, epochs=2):
+    """(corun, sharing): how much slower a fused worker's time per sample gets when a second worker runs,
+    from short calibration runs of their own (seed CALIBRATION_SEED, `epochs` epochs each, after a warm-up):
 
-    Two threads each sweep a weight buffer `sweeps` times (read, then write every element: what one
-    worker's forward and update do to the weights); once on one shared buffer, once on private copies.
-    kappa = (shared - private) seconds per sweep / sample_seconds.
+    corun    two independent one-worker engines (each its own weights) on two threads at once, against
+             one alone: the machine's part (shared caches, memory bandwidth, SMT siblings, the host)
+    sharing  one engine with two workers on one shared copy of the weights, against the two independent
+             engines: the part that sharing the weights costs (cache lines that one worker's updates
+             invalidate in the other's core)
+
+    kappa for perfmodel.chaos is (1 + corun) * (1 + sharing) - 1.
     """
-    import threading
-
-    import numba
-
-    @numba.njit(nogil=True)
-    def sweep(w, times):
-        for _ in range(times):
-            for i in range(w.shape[0]):
-                w[i] = w[i] * 0.999999 + 1e-7
-
-    def timed(buffers):
-        sweep(buffers[0], 1)    # compile outside the timing
-        threads = [threading.Thread(target=sweep, args=(b, sweeps)) for b in buffers]
-        t = time.perf_counter()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        return time.perf_counter() - t
-
-    shared = np.array(params, copy=True)
-    results = []
-    for _ in range(3):
-        private = timed([shared.copy(), shared.copy()])
-        both = timed([shared, shared])
-        results.append((both - private) / sweeps / sample_seconds)
-    return max(0.0, statistics.median(results))
-
-
-def core_sharing_slowdown(options, train, args, epochs=2):
-    """The part of kappa that comes from the machine, not from the shared weights: how much slower one
-    worker's per-sample time gets while an independent worker (its own model, its own weights) runs
-    on the other core. Cores that share caches, memory bandwidth or a physical core (SMT siblings)
-    show it; the weight-sharing sweep above cannot.
-    """
-    import threading
-
     from .. import chaos, models, nn
 
-    def one_engine():
-        model = models.build("lenet", seed=0, **options)
-        return chaos.ChaosEngine(model, nn.CrossEntropyLoss(), threads=1, blas_threads=1, batch=args.batch,
-                                 seed=0, step="fused", chunk=args.chunk)
+    def engine(threads):
+        model = models.build("lenet", seed=CALIBRATION_SEED, **options)
+        return chaos.ChaosEngine(model, nn.CrossEntropyLoss(), threads=threads, blas_threads=1, batch=args.batch,
+                                 lr=args.lr, seed=CALIBRATION_SEED, step="fused", chunk=args.chunk)
 
     def per_sample(history):
+        # busy time of every worker over the samples they did: one worker's time per sample
         return statistics.median(m["busy_seconds"] / m["samples"] for m in history)
 
-    solo = one_engine()
+    solo = engine(1)
     solo.fit(train, epochs=1)                      # warm-up: compile, caches
     alone = per_sample(solo.fit(train, epochs=epochs))
-    engines = [one_engine() for _ in range(2)]
+    engines = [engine(1) for _ in range(2)]
     for e in engines:
         e.fit(train, epochs=1)
     results = [None, None]
@@ -124,5 +164,9 @@ def core_sharing_slowdown(options, train, args, epochs=2):
     for th in threads:
         th.join()
     if None in results:
-        raise RuntimeError("core_sharing_slowdown: a co-running engine failed")
-    return max(0.0, statistics.median(results) / alone - 1.0)
+        raise RuntimeError("second_worker_slowdown: a co-running engine failed")
+    corun = statistics.median(results)
+    pair = engine(2)
+    pair.fit(train, epochs=1)
+    shared = per_sample(pair.fit(train, epochs=epochs))
+    return max(0.0, corun / alone - 1.0), max(0.0, shared / corun - 1.0)

@@ -57,7 +57,7 @@ class ChaosEngine:
 
     def __init__(self, model, loss, *, threads=None, batch=1, schedule=None, lr=0.01, momentum=0.0,
                  weight_decay=0.0, nesterov=False, staleness=None, deterministic=False, average_every=None, comm=None, seed=0,
-                 step="auto", chunk=16, blas_threads=1):
+                 step="auto", chunk=64, blas_threads=1):
         if step not in STEPS:
             raise ValueError(f"chaos: step must be one of {', '.join(STEPS)}, received {step!r}")
         if int(batch) != batch or batch < 1:
@@ -353,11 +353,11 @@ class ChaosEngine:
 
     def _fused_call(self, worker, xs, y, order, first, count, lrs):
         net = self.net
-        act, dact, grad, argmax = worker.buffers
+        act, dact, grad, argmax, seen = worker.buffers
         t = time.perf_counter()
         loss_sum, correct, samples = train_chunk(
-            net.layers, net.slopes, net.params, net.velocity, net.started, net.p_off, net.p_shape, act, dact,
-            grad, argmax, xs, y, order, self.batch, first, count, lrs, self.momentum, 0.0, self.weight_decay,
+            net.layers, net.slopes, net.params, net.velocity, net.started, net.p_span, net.p_shape, act, dact,
+            grad, argmax, seen, xs, y, order, self.batch, first, count, lrs, self.momentum, 0.0, self.weight_decay,
             self.nesterov)
         worker.kernel_seconds += time.perf_counter() - t
         worker.loss_sum += loss_sum
@@ -382,7 +382,7 @@ class ChaosEngine:
 
 def fit(model, loss, train, val=None, *, epochs, threads=None, batch=1, schedule=None, lr=0.01, momentum=0.0,
         weight_decay=0.0, nesterov=False, staleness=None, deterministic=False, average_every=None, comm=None, seed=0,
-        on_epoch=None, step="auto", chunk=16, blas_threads=1):
+        on_epoch=None, step="auto", chunk=64, blas_threads=1):
     """Train `model` with CHAOS worker threads; returns a list of per-epoch metrics dicts.
 
     model: hpcnn.nn module (its parameter arrays are trained in place); loss: e.g. nn.CrossEntropyLoss();
@@ -398,8 +398,9 @@ def fit(model, loss, train, val=None, *, epochs, threads=None, batch=1, schedule
       comm, average_every   an mpi4py communicator: average weights every k steps and after each epoch
       seed          the sample orders (epoch_order(n, epoch, seed))
       on_epoch      on_epoch(epoch, metrics), called on the calling thread after each epoch's barrier
-      step          "auto", "fused" or "layers" (see the module docstring); chunk: mini-batches a fused
-                    worker takes at a time; blas_threads: the BLAS cap while training (process-wide)
+      step          "auto", "fused" or "layers" (see the module docstring); chunk: the most mini-batches a
+                    fused worker takes at a time (takes shrink to one towards the end of a segment, see
+                    hpcnn.chaos.workers); blas_threads: the BLAS cap while training (process-wide)
     Metrics per epoch: epoch, train_loss, train_accuracy, samples, train_seconds, images_per_second, lr,
     threads, ranks, step, updates_per_worker, kernel_seconds, busy_seconds, cpu_seconds, max_lead, staleness_waits,
     seconds, and val_loss, val_accuracy when `val` is given.

@@ -15,7 +15,23 @@ from ..nn import registry
 from .kernels import _OC, _OH, _OW, LAYER_COLUMNS
 from .ops import NotFusable, describe
 
-__all__ = ["FusedNetwork", "NotFusable"]
+__all__ = ["FusedNetwork", "NotFusable", "CACHE_LINE", "line_aligned_zeros"]
+
+CACHE_LINE = 64     # bytes: the unit in which cores hand memory to each other (x86-64, arm64)
+
+
+def line_aligned_zeros(n, dtype):
+    """n zeros of `dtype` that start at a cache-line boundary and own every cache line they touch.
+
+    The allocation is padded to whole lines, so no other array (another worker's buffer, another
+    shared array) shares a line with it: a write to it never invalidates a line that another core
+    is reading for something else (false sharing).
+    """
+    dtype = np.dtype(dtype)
+    nbytes = -(-max(int(n), 1) * dtype.itemsize // CACHE_LINE) * CACHE_LINE
+    raw = np.zeros(nbytes + CACHE_LINE, dtype=np.uint8)
+    start = -raw.ctypes.data % CACHE_LINE
+    return raw[start:start + nbytes].view(dtype)[:int(n)]
 
 
 def _is_chain(module):
@@ -39,6 +55,10 @@ class FusedNetwork:
     Built by `FusedNetwork.from_model(model, loss, sample_shape, batch)`; raises `NotFusable` naming
     the first layer it cannot run. `load_from(model)` / `store_to(model)` copy the weights between
     the model's arrays and the shared flat buffer; `workspace()` gives one worker's private buffers.
+
+    Parameter tensor j occupies params[p_span[j, 0]:p_span[j, 1]]; every tensor starts on its own
+    cache line (the gaps hold zeros that nothing reads), so the update of one layer's weights never
+    writes a line holding another layer's, which the other workers may be reading at that moment.
     """
 
     def __init__(self, layers, slopes, names, kinds, shapes, dtype, batch, act_size, argmax_size):
@@ -47,14 +67,18 @@ class FusedNetwork:
         self.names = names                      # dotted parameter names, in table order
         self.kinds = kinds                      # ("conv",), ("linear", input permutation or None), ("bias",)
         self.shapes = shapes                    # in the fused layout
-        sizes = [int(np.prod(s)) for s in shapes]
-        self.p_off = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        per_line = max(1, CACHE_LINE // np.dtype(dtype).itemsize)
+        self.p_span = np.zeros((max(len(shapes), 1), 2), dtype=np.int64)
         self.p_shape = np.zeros((max(len(shapes), 1), 4), dtype=np.int64)
+        end = 0
         for j, s in enumerate(shapes):
+            start = -(-end // per_line) * per_line
+            end = start + int(np.prod(s))
+            self.p_span[j] = start, end
             self.p_shape[j, :len(s)] = s
-        self.params = np.zeros(int(self.p_off[-1]), dtype=dtype)
-        self.velocity = np.zeros_like(self.params)
-        self.started = np.zeros(max(len(shapes), 1), dtype=np.uint8)
+        self.params = line_aligned_zeros(end, dtype)
+        self.velocity = line_aligned_zeros(end, dtype)
+        self.started = line_aligned_zeros(max(len(shapes), 1), np.uint8)
         self.batch = batch
         self.act_size = act_size
         self.argmax_size = argmax_size
@@ -140,8 +164,10 @@ class FusedNetwork:
         row = self.layers[-1]
         return int(row[_OC] * row[_OH] * row[_OW])
 
-    def param_view(self, j):
-        return self.params[self.p_off[j]:self.p_off[j + 1]].reshape(self.shapes[j])
+    def param_view(self, j, flat=None):
+        """Parameter j's slot of `flat` (default: the shared weights; or the velocity, a worker's grad) in its fused shape."""
+        flat = self.params if flat is None else flat
+        return flat[self.p_span[j, 0]:self.p_span[j, 1]].reshape(self.shapes[j])
 
     def to_fused(self, j, array):
         """Parameter j from PyTorch's layout to the fused one."""
@@ -180,7 +206,7 @@ class FusedNetwork:
     def velocity_to(self, name):
         """The shared momentum buffer of one parameter, in PyTorch's layout (a copy)."""
         j = self.names.index(name)
-        return self.from_fused(j, self.velocity[self.p_off[j]:self.p_off[j + 1]].reshape(self.shapes[j])).copy()
+        return self.from_fused(j, self.param_view(j, self.velocity)).copy()
 
     @staticmethod
     def prepare_inputs(x):
@@ -188,6 +214,9 @@ class FusedNetwork:
         return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
 
     def workspace(self):
-        """One worker's private buffers: (act, dact, grad, argmax)."""
-        return (np.zeros(self.act_size, dtype=self.params.dtype), np.zeros(self.act_size, dtype=self.params.dtype),
-                np.zeros_like(self.params), np.zeros(self.argmax_size, dtype=np.int64))
+        """One worker's private buffers: (act, dact, grad, argmax, seen), each on cache lines of its own
+        (`hpcnn.chaos.kernels` describes them)."""
+        dtype = self.params.dtype
+        return (line_aligned_zeros(self.act_size, dtype), line_aligned_zeros(self.act_size, dtype),
+                line_aligned_zeros(self.params.size, dtype), line_aligned_zeros(self.argmax_size, np.int64),
+                line_aligned_zeros(self.params.size, dtype))

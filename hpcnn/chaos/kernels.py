@@ -9,12 +9,32 @@ the next chunk from the shared counter.
 Memory layout
 -------------
 * `params`, `velocity`: one flat array each, shared by every worker (the weights the workers
-  update without a lock). Parameter tensor `j` occupies `params[offset[j]:offset[j] + size[j]]`
+  update without a lock). Parameter tensor `j` occupies `params[p_span[j, 0]:p_span[j, 1]]`
   in the fused layout (convolution weights (R, S, C, K), linear weights (I, O), channels last;
-  `hpcnn.chaos.fused.FusedNetwork.to_fused` converts from PyTorch's).
+  `hpcnn.chaos.fused.FusedNetwork.to_fused` converts from PyTorch's); each tensor starts on a
+  cache line of its own, so one layer's update never invalidates the lines of another layer's
+  weights that other workers are reading.
 * per worker: `act`/`dact` (activations and their gradients, every layer's output for the whole
-  mini-batch), `grad` (the parameter gradients of one step, same layout as `params`) and `argmax`
-  (max-pooling switches). Nothing a worker writes in these is seen by another.
+  mini-batch), `grad` (the parameter gradients of one step, same layout as `params`), `argmax`
+  (max-pooling switches) and `seen` (same layout as `params`: the convolution weights as this
+  worker read them for the current mini-batch), each on cache lines of its own. Nothing a worker
+  writes in these is seen by another.
+
+A convolution reads each weight once per output pixel. Read from the shared array, every update
+that another worker writes meanwhile would invalidate the lines in the middle of that loop and
+send them back and forth between the cores; so a worker reads a convolution's shared weights once,
+into `seen`, at the mini-batch's first forward sample, and its forward and input gradient use that
+copy (one read of the shared weights, as Hogwild reads them; with one worker the copy equals the
+shared weights, since a layer is updated only after its own backward step). Linear layers read
+each weight once per sample and use the shared array directly.
+
+What the workers write to shared memory, per mini-batch, is only what changes the weights: plain
+SGD (no momentum, no weight decay) leaves the row of a linear layer's weight (I, O) that belongs
+to an input unwritten when that input is zero in every sample of the mini-batch (its gradient row
+is exactly zero), as it is for every input that ReLU or max-pooling zeroed (a quarter to a half of
+a LeNet's first linear layer); a row written with its own values would still invalidate its cache
+lines in every other core, which then re-reads them in its next step. The `started` flag of a
+momentum buffer is written once.
 
 The layer table (`LAYER_COLUMNS`) holds one row of int64 per layer; a Flatten shares its input's
 slot and needs no row. The layers with a fused op are those whose registry entry names one
@@ -28,7 +48,7 @@ import numba
 import numpy as np
 
 __all__ = ["LAYER_COLUMNS", "OP_CONV", "OP_LINEAR", "OP_RELU", "OP_LEAKY_RELU", "OP_MAXPOOL",
-           "OP_AVGPOOL", "OP_GLOBAL_AVGPOOL", "train_chunk", "predict"]
+           "OP_AVGPOOL", "OP_GLOBAL_AVGPOOL", "train_chunk"]
 
 OP_CONV, OP_LINEAR, OP_RELU, OP_LEAKY_RELU, OP_MAXPOOL, OP_AVGPOOL, OP_GLOBAL_AVGPOOL = range(7)
 
@@ -208,7 +228,7 @@ def _pool_backward(dy, dx, arg, is_max, kh, kw, sh, sw, ph, pw):
 
 @numba.njit(cache=True, nogil=True)
 def _sgd_update(p, g, v, started, lr, momentum, dampening, weight_decay, nesterov):
-    """PyTorch's SGD on one parameter tensor (flat views); returns True (the momentum buffer exists)."""
+    """PyTorch's SGD on one parameter tensor (flat views)."""
     for i in range(p.shape[0]):
         d = g[i]
         if weight_decay != 0.0:
@@ -223,12 +243,29 @@ def _sgd_update(p, g, v, started, lr, momentum, dampening, weight_decay, nestero
             else:
                 d = v[i]
         p[i] -= lr * d
-    return True
 
 
 @numba.njit(cache=True, nogil=True)
-def _forward_sample(layers, slopes, params, p_off, p_shape, act, argmax, n, b):
-    """Forward of sample b of a batch of n through every layer (slots of act hold n samples)."""
+def _plain_sgd_live_rows(p, g, lr, x, n, rows, cols):
+    """Plain SGD (no momentum, no weight decay) on a linear layer's weight (rows, cols) = (I, O): only the rows
+    whose input x[b * rows + i] is nonzero in some sample b of the n; the others' gradient is exactly zero."""
+    for i in range(rows):
+        live = False
+        for b in range(n):
+            if x[b * rows + i] != 0.0:
+                live = True
+                break
+        if live:
+            pr = p[i * cols:(i + 1) * cols]
+            gr = g[i * cols:(i + 1) * cols]
+            for o in range(cols):
+                pr[o] -= lr * gr[o]
+
+
+@numba.njit(cache=True, nogil=True)
+def _forward_sample(layers, slopes, params, p_span, p_shape, act, argmax, seen, n, b):
+    """Forward of sample b of a batch of n through every layer (slots of act hold n samples). A convolution
+    computes from `seen`, the worker's copy of its weights, taken from the shared ones at the batch's first sample."""
     for li in range(layers.shape[0]):
         row = layers[li]
         op = row[_OP]
@@ -238,9 +275,14 @@ def _forward_sample(layers, slopes, params, p_off, p_shape, act, argmax, n, b):
         y = act[row[_OUT] + b * out_size: row[_OUT] + (b + 1) * out_size]
         if op == OP_CONV or op == OP_LINEAR:
             wj = row[_WP]
-            w = params[p_off[wj]: p_off[wj + 1]]
             bj = row[_BP]
-            bias = params[p_off[bj]: p_off[bj + 1]] if bj >= 0 else params[0:0]
+            source = seen if op == OP_CONV else params
+            if op == OP_CONV and b == 0:
+                seen[p_span[wj, 0]: p_span[wj, 1]] = params[p_span[wj, 0]: p_span[wj, 1]]
+                if bj >= 0:
+                    seen[p_span[bj, 0]: p_span[bj, 1]] = params[p_span[bj, 0]: p_span[bj, 1]]
+            w = source[p_span[wj, 0]: p_span[wj, 1]]
+            bias = source[p_span[bj, 0]: p_span[bj, 1]] if bj >= 0 else params[0:0]
             if op == OP_CONV:
                 _conv_forward(x.reshape((row[_IH], row[_IW], row[_IC])),
                               w.reshape((p_shape[wj, 0], p_shape[wj, 1], p_shape[wj, 2], p_shape[wj, 3])),
@@ -273,8 +315,9 @@ def _forward_sample(layers, slopes, params, p_off, p_shape, act, argmax, n, b):
 
 
 @numba.njit(cache=True, nogil=True)
-def _backward_layer(li, layers, slopes, params, p_off, p_shape, act, dact, grad, argmax, n):
-    """Backward of layer li over the n samples of the batch: dact of its input, grad of its parameters."""
+def _backward_layer(li, layers, slopes, params, p_span, p_shape, act, dact, grad, argmax, seen, n):
+    """Backward of layer li over the n samples of the batch: dact of its input, grad of its parameters (a
+    convolution's input gradient from the weights its forward used, `seen`)."""
     row = layers[li]
     op = row[_OP]
     in_size = row[_IC] * row[_IH] * row[_IW]
@@ -286,11 +329,11 @@ def _backward_layer(li, layers, slopes, params, p_off, p_shape, act, dact, grad,
     gw = grad[0:0]
     gb = grad[0:0]
     if wj >= 0:
-        w = params[p_off[wj]: p_off[wj + 1]]
-        gw = grad[p_off[wj]: p_off[wj + 1]]
+        w = (seen if op == OP_CONV else params)[p_span[wj, 0]: p_span[wj, 1]]
+        gw = grad[p_span[wj, 0]: p_span[wj, 1]]
         gw[:] = 0.0
     if bj >= 0:
-        gb = grad[p_off[bj]: p_off[bj + 1]]
+        gb = grad[p_span[bj, 0]: p_span[bj, 1]]
         gb[:] = 0.0
     for b in range(n):
         x = act[row[_IN] + b * in_size: row[_IN] + (b + 1) * in_size]
@@ -351,7 +394,7 @@ def _cross_entropy(logits, label, dlogits, scale):
 
 
 @numba.njit(cache=True, nogil=True)
-def train_chunk(layers, slopes, params, velocity, started, p_off, p_shape, act, dact, grad, argmax,
+def train_chunk(layers, slopes, params, velocity, started, p_span, p_shape, act, dact, grad, argmax, seen,
                 x, labels, order, batch, first_batch, n_batches, lrs, momentum, dampening,
                 weight_decay, nesterov):
     """Train on mini-batches first_batch .. first_batch + n_batches - 1 of one epoch.
@@ -381,7 +424,7 @@ def train_chunk(layers, slopes, params, velocity, started, p_off, p_shape, act, 
         for b in range(n):
             idx = order[lo + b]
             act[first_off + b * sample_size: first_off + (b + 1) * sample_size] = xflat[idx]
-            _forward_sample(layers, slopes, params, p_off, p_shape, act, argmax, n, b)
+            _forward_sample(layers, slopes, params, p_span, p_shape, act, argmax, seen, n, b)
             logits = act[logit_off + b * K: logit_off + (b + 1) * K]
             loss, pred = _cross_entropy(logits, labels[idx], dact[logit_off + b * K: logit_off + (b + 1) * K],
                                         scale)
@@ -391,26 +434,20 @@ def train_chunk(layers, slopes, params, velocity, started, p_off, p_shape, act, 
         samples += n
         lr = lrs[step]
         for li in range(layers.shape[0] - 1, -1, -1):
-            _backward_layer(li, layers, slopes, params, p_off, p_shape, act, dact, grad, argmax, n)
+            _backward_layer(li, layers, slopes, params, p_span, p_shape, act, dact, grad, argmax, seen, n)
             # controlled Hogwild: this layer's update goes to the shared weights now, without a lock
-            for pj in (layers[li, _WP], layers[li, _BP]):
-                if pj >= 0:
-                    _sgd_update(params[p_off[pj]: p_off[pj + 1]], grad[p_off[pj]: p_off[pj + 1]],
-                                velocity[p_off[pj]: p_off[pj + 1]], started[pj] != 0, lr, momentum,
-                                dampening, weight_decay, nesterov)
+            row = layers[li]
+            for pj in (row[_WP], row[_BP]):
+                if pj < 0:
+                    continue
+                lo_p, hi_p = p_span[pj, 0], p_span[pj, 1]
+                if pj == row[_WP] and row[_OP] == OP_LINEAR and momentum == 0.0 and weight_decay == 0.0:
+                    _plain_sgd_live_rows(params[lo_p:hi_p], grad[lo_p:hi_p], lr,
+                                         act[row[_IN]: row[_IN] + n * p_shape[pj, 0]], n, p_shape[pj, 0],
+                                         p_shape[pj, 1])
+                else:
+                    _sgd_update(params[lo_p:hi_p], grad[lo_p:hi_p], velocity[lo_p:hi_p], started[pj] != 0, lr,
+                                momentum, dampening, weight_decay, nesterov)
+                if started[pj] == 0:        # a shared line: written once, not once per mini-batch
                     started[pj] = 1
     return loss_sum, correct, samples
-
-
-@numba.njit(cache=True, nogil=True)
-def predict(layers, slopes, params, p_off, p_shape, act, argmax, x, logits_out):
-    """Forward pass only: logits_out[i] = logits of x[i] (x: (N, H, W, C), logits_out: (N, K))."""
-    sample_size = x.shape[1] * x.shape[2] * x.shape[3]
-    xflat = x.reshape((x.shape[0], sample_size))
-    last = layers[layers.shape[0] - 1]
-    K = last[_OC] * last[_OH] * last[_OW]
-    first_off = layers[0, _IN]
-    for i in range(x.shape[0]):
-        act[first_off: first_off + sample_size] = xflat[i]
-        _forward_sample(layers, slopes, params, p_off, p_shape, act, argmax, 1, 0)
-        logits_out[i, :] = act[last[_OUT]: last[_OUT] + K]

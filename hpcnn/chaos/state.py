@@ -60,7 +60,7 @@ def apply_pending_momentum(engine):
         net.started[...] = 0
         for j, name in enumerate(net.names):
             if name in buffers:
-                net.velocity[net.p_off[j]:net.p_off[j + 1]] = net.to_fused(j, buffers[name]).ravel()
+                net.param_view(j, net.velocity)[...] = net.to_fused(j, buffers[name])
                 net.started[j] = 1
     else:
         # the workers' optimizers hold this very dict ({name: {"momentum_buffer": array}}): update it in place

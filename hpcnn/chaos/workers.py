@@ -1,5 +1,4 @@
-"""CHAOS worker threads: each takes the next mini-batches from a shared counter and runs them, with no lock."""
-import itertools
+"""CHAOS worker threads: each takes the next mini-batches from a shared counter and runs them; the weights have no lock."""
 import threading
 import time
 
@@ -32,9 +31,30 @@ class Worker:
         self.kernel_seconds = self.busy_seconds = self.cpu_seconds = 0.0
 
 
+class _Takes:
+    """The shared counter over mini-batches [first, last), handed out in order by guided self-scheduling:
+    a take is 1/(2T) of what is left (T workers), at most `largest`, at least 1. Early takes are large
+    (few GIL round trips, each a Python call into the nogil step); the last are single mini-batches,
+    so the workers finish within about one mini-batch of each other at the segment's barrier."""
+
+    def __init__(self, first, last, largest, workers):
+        self.next, self.last = first, last
+        self.largest, self.share = int(largest), 2 * int(workers)
+        self.lock = threading.Lock()
+
+    def take(self):
+        """(j, count): mini-batches [j, j + count) are the caller's; count 0 when none are left."""
+        with self.lock:
+            j = self.next
+            count = max(0, min(self.largest, -(-(self.last - j) // self.share)))
+            self.next = j + count
+        return j, count
+
+
 def run_workers(workers, staleness, per_take, first, last, one, pause=None):
-    """Run `workers` over mini-batches [first, last): each takes `per_take` at a time from a shared counter
-    and calls one(worker, j, count); returns (wall seconds, the StalenessClock, reached).
+    """Run `workers` over mini-batches [first, last): each takes up to `per_take` at a time from a shared
+    counter (fewer as the end nears, see _Takes) and calls one(worker, j, count); returns (wall seconds, the
+    StalenessClock, reached).
 
     `pause`: a callable polled by every worker before it takes more mini-batches; once it returns
     True no worker takes more, each finishes what it took, and the workers end. Mini-batches are
@@ -45,7 +65,7 @@ def run_workers(workers, staleness, per_take, first, last, one, pause=None):
     others; the first error is raised as ChaosWorkerError.
     """
     clock = StalenessClock(len(workers), staleness)
-    counter = itertools.count(first, per_take)      # next() is atomic under the GIL
+    takes = _Takes(first, last, per_take, len(workers))
     stop = threading.Event()
     errors = []
     for w in workers:
@@ -59,10 +79,9 @@ def run_workers(workers, staleness, per_take, first, last, one, pause=None):
             while not stop.is_set():
                 if pause is not None and pause():
                     break
-                j = next(counter)
-                if j >= last:
+                j, count = takes.take()
+                if count == 0:
                     break
-                count = min(per_take, last - j)
                 worker.reached = j + count
                 clock.acquire(worker.index, count)
                 one(worker, j, count)
