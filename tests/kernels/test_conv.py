@@ -230,11 +230,17 @@ def test_conv_scratch_stays_bounded():
     x = rng.standard_normal((1, 4, 1024, 1024)).astype(np.float32)
     w = rng.standard_normal((4, 4, 3, 3)).astype(np.float32)
     dy = rng.standard_normal((1, 4, 1024, 1024)).astype(np.float32)
+    x16 = rng.standard_normal((1, 16, 256, 1024)).astype(np.float32)
+    w16 = rng.standard_normal((64, 16, 3, 3)).astype(np.float32)
+    dy16 = rng.standard_normal((1, 64, 256, 1024)).astype(np.float32)
     limit = 8 << 20   # a full im2col would be 9 * x.nbytes = 144 MiB
     for name, call in [("forward", lambda: K.conv_forward(x, w, None, 1, 1)),
                        ("backward-data", lambda: K.conv_backward_data(dy, w, (1024, 1024), 1, 1)),
                        ("backward-data, stride 2", lambda: K.conv_backward_data(dy[:, :, :512, :512], w, (1024, 1024), 2, 1)),
-                       ("backward-filter", lambda: K.conv_backward_filter(x, dy, (3, 3), 1, 1))]:
+                       ("backward-filter", lambda: K.conv_backward_filter(x, dy, (3, 3), 1, 1)),
+                       # the W taps as shifted GEMMs (16 channels): line columns and 64 output lines
+                       ("forward, shifted taps", lambda: K.conv_forward(x16, w16, None, 1, 1)),
+                       ("backward-filter, shifted taps", lambda: K.conv_backward_filter(x16, dy16, (3, 3), 1, 1))]:
         tracemalloc.start()
         try:
             out = call()

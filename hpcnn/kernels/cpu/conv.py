@@ -254,7 +254,8 @@ def _padded_width(win, out_spatial):
 
 
 def _line_blocking(lines, line_bytes):
-    """(output lines per block, blocks per image): about _BLOCK_BYTES of line columns, balanced within an image."""
+    """(output lines per block, blocks per image): about _BLOCK_BYTES of scratch (line columns and the K
+    output or dy lines beside them, `line_bytes` per line), balanced within an image."""
     per_image = -(-lines // max(1, _BLOCK_BYTES // line_bytes))
     return -(-lines // per_image), per_image
 
@@ -278,7 +279,7 @@ def _correlate(x, w2, win, out_spatial, bias=None):
         rows //= taps
         w3 = np.ascontiguousarray(w2.reshape(k, rows, taps).transpose(2, 0, 1))
         width = _padded_width(win, out_spatial)
-        per_block, per_image = _line_blocking(out_spatial[0] * out_spatial[1], rows * width * x.itemsize)
+        per_block, per_image = _line_blocking(out_spatial[0] * out_spatial[1], (rows + k) * width * x.itemsize)
         per_gemm = _gemm_pixels(k, rows)
 
         def shifted(first, last):
@@ -312,7 +313,7 @@ def _correlate_filter(x, dy, win, out_spatial):
         taps = win.kernel[2]
         rows //= taps
         width = _padded_width(win, out_spatial)
-        per_block, per_image = _line_blocking(out_spatial[0] * out_spatial[1], rows * width * x.itemsize)
+        per_block, per_image = _line_blocking(out_spatial[0] * out_spatial[1], (rows + k) * width * x.itemsize)
 
         def shifted(first, last):
             dw_t = np.zeros((taps, rows, k), x.dtype)
