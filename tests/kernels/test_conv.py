@@ -41,12 +41,15 @@ CASES = [
     ((1, 2, 6, 7, 9), 2, 1, 1, 0, 1, True),
     ((2, 3, 7, 9, 11), 4, 3, 2, ((1, 0), (0, 1), (1, 1)), 1, True),
     ((1, 2, 8, 9, 7), 3, (1, 3, 5), (1, 1, 2), (0, 1, 2), (1, 2, 1), True),
-    # W taps as shifted GEMMs over one copy of each line (C*RD*RH >= 32, lines >= 16 (RW-1) dw long):
+    # W taps as shifted GEMMs over one copy of each line (C*RD*RH >= 32, lines >= 16 (RW-1) dw long;
+    # backward-filter: >= 64 (RW-1) dw):
     ((2, 16, 9, 40), 16, 3, 1, 1, 1, True),
     ((1, 16, 11, 70), 4, 3, (2, 1), (1, 2), (1, 2), True),
     ((1, 4, 6, 40), 16, 3, 1, ((0, 1), (4, 0)), 1, True),  # backward-data only, its W padding reaching past
     ((1, 12, 7, 5, 36), 3, 3, 1, 1, 1, False),
     ((2, 6, 5, 4, 48), 3, (2, 3, 4), (1, 2, 1), (1, 1, 2), (1, 1, 1), True),
+    ((1, 16, 5, 130), 4, 3, 1, 1, 1, True),           # backward-filter too: lines >= 64 (RW-1) dw
+    ((1, 4, 3, 3, 130), 2, 3, 1, 1, 1, False),
 ]
 
 
@@ -99,7 +102,7 @@ def test_conv_matches_torch(case, dtype):
     _check_case(case, dtype)
 
 
-SPLIT_CASES = [CASES[i] for i in (0, 2, 5, 7, 10, 13, 16, 18, 21, 25, 26, 27, 28, 29)]
+SPLIT_CASES = [CASES[i] for i in (0, 2, 5, 7, 10, 13, 16, 18, 21, 25, 26, 27, 28, 29, 30, 31)]
 
 
 @pytest.mark.parametrize("case", SPLIT_CASES, ids=_ids)

@@ -27,7 +27,8 @@ columns its last taps read, and tap rw is a GEMM of inner dimension C*RD*RH on t
 shifted by rw*dw columns (`line_columns`), RW of them accumulating in a small output block that
 is then copied out without its padding positions. RW times less copying: measured on one core
 here, 0.67-0.82 of the time of the full im2col for a 16-channel 3x3 layer at 1024^2 (forward and
-both backwards), 0.85-0.88 for 3x3x3 at 64^3 (forward, backward-data; backward-filter the same).
+both backwards), 0.85-0.88 for 3x3x3 at 64^3 (forward, backward-data; backward-filter takes this
+path only for lines of at least 64 (RW-1)*dw columns, being slower on shorter ones).
 
 2-D data is handled as 3-D with a depth of 1: one implementation for both. One call's blocks
 are split over numba's thread count (`numba.set_num_threads`, at most BLAS's thread count, so
@@ -309,7 +310,9 @@ def _correlate_filter(x, dy, win, out_spatial):
     rows = c * win.size
     if dy.size == 0:
         return np.zeros((k, rows), x.dtype)
-    if _shifts_lines(win, out_spatial, c, k):
+    # Its per-line copy of dy and K-column GEMMs cost more per line than the forward's: measured on one
+    # core here, 0.71 of the im2col path's time at OW = 1024, 0.98 at 128, 1.03-1.05 at 64 (3x3x3).
+    if _shifts_lines(win, out_spatial, c, k) and out_spatial[2] >= 64 * (win.kernel[2] - 1) * win.dilation[2]:
         taps = win.kernel[2]
         rows //= taps
         width = _padded_width(win, out_spatial)
