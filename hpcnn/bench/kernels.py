@@ -2,7 +2,9 @@
 
 Every operation is timed for hpcnn and for PyTorch in the same run, the two interleaved (one call
 of each per round, after a warm-up call of each, a 20 ms pause before each timed call), and the
-median of the rounds is reported. The
+median of the rounds is reported. `--clock cpu` times each call by this process's CPU time
+instead of the wall clock (one thread only): on a machine whose cores other programs share, it
+leaves out the time that the process waited for a core. The
 table gives milliseconds, the ratio hpcnn/PyTorch, GFLOP/s and the share of the float32 matmul
 peak measured here at the same thread count, then the geometric mean of the convolution ratios
 (forward, backward-data and backward-filter each count once) and the worst of them.
@@ -55,6 +57,9 @@ def add_arguments(parser):
     parser.add_argument("--quick", action="store_true", help="small shapes and few rounds: a smoke test")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                         help="cpu (default), or gpu: hpcnn's CuPy kernels against PyTorch on CUDA")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall (default), or cpu: this process's CPU time per call, for a machine whose cores "
+                             "others share (--threads 1 only)")
     parser.add_argument("--json", metavar="FILE", help="write the rows and the summary as JSON")
     parser.add_argument("--csv", metavar="FILE", help="write the rows as CSV")
 
@@ -87,31 +92,31 @@ def _set_threads(threads):
     return used, torch
 
 
-def _timed(call):
+def _timed(call, clock=time.perf_counter):
     # Idle threads of the library timed before (PyTorch's OpenMP team, OpenBLAS's servers) spin for
     # a few ms after a call: a pause first lets them sleep, so that neither library is timed on
     # cores that the other still holds.
     time.sleep(_PAUSE_S)
-    start = time.perf_counter()
+    start = clock()
     call()
-    return time.perf_counter() - start
+    return clock() - start
 
 
-def _timed_pair(hp, ref, repeat):
+def _timed_pair(hp, ref, repeat, clock=time.perf_counter):
     """Median seconds of hp() and ref() (None when ref is None), one call of each per round after a warm-up."""
     hp()
     if ref is not None:
         ref()
     hp_times, ref_times = [], []
     for _ in range(repeat):
-        hp_times.append(_timed(hp))
+        hp_times.append(_timed(hp, clock))
         if ref is not None:
-            ref_times.append(_timed(ref))
+            ref_times.append(_timed(ref, clock))
     return statistics.median(hp_times), (statistics.median(ref_times) if ref_times else None)
 
 
-def matmul_peak(threads, size=2048, rounds=5):
-    """Best float32 GFLOP/s of a size^3 numpy matmul (at the thread limit already set)."""
+def matmul_peak(threads, size=2048, rounds=5, clock=time.perf_counter):
+    """Best float32 GFLOP/s of a size^3 numpy matmul (at the thread limit already set), timed by clock."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size), dtype=np.float32)
     b = rng.standard_normal((size, size), dtype=np.float32)
@@ -119,9 +124,9 @@ def matmul_peak(threads, size=2048, rounds=5):
     np.matmul(a, b, out=c)
     best = math.inf
     for _ in range(rounds):
-        start = time.perf_counter()
+        start = clock()
         np.matmul(a, b, out=c)
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return 2.0 * size ** 3 / best / 1e9
 
 
@@ -275,24 +280,29 @@ def run(args):
     if args.threads < 1:
         print("hpcnn bench kernels: --threads must be at least 1", file=sys.stderr)
         return 2
+    if args.clock == "cpu" and args.threads != 1:
+        print("hpcnn bench kernels: --clock cpu times one thread; use it with --threads 1", file=sys.stderr)
+        return 2
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     repeat = args.repeat or (2 if args.quick else 5)
     threads, torch = _set_threads(args.threads)
     from ..kernels.cpu._blas import BLAS_SOURCE
     print("threads: " + ", ".join(f"{name} {n}" for name, n in threads.items()) + f"; hpcnn BLAS: {BLAS_SOURCE}")
     if torch is None:
         print("PyTorch is not installed: timing hpcnn alone (pip install torch for the comparison)")
-    peak = matmul_peak(args.threads, *((512, 3) if args.quick else (2048, 5)))
-    print(f"float32 matmul peak (numpy, {args.threads} thread{'s' * (args.threads > 1)}): {peak:.1f} GFLOP/s")
+    peak = matmul_peak(args.threads, *((512, 3) if args.quick else (2048, 5)), clock=clock)
+    print(f"float32 matmul peak (numpy, {args.threads} thread{'s' * (args.threads > 1)}): {peak:.1f} GFLOP/s; "
+          f"{args.clock} clock")
     print(_HEADER, flush=True)
     rows = []
     for case in (QUICK_CONV_SUITE if args.quick else CONV_SUITE):
         flops = conv_flops(case)
         for op, (hp, ref) in _conv_operations(case, torch).items():
-            rows.append(_row(op, _describe(case), *_timed_pair(hp, ref, repeat), flops, peak))
+            rows.append(_row(op, _describe(case), *_timed_pair(hp, ref, repeat, clock), flops, peak))
             print(_format_row(rows[-1]), flush=True)
     for (op, shape), (hp, ref) in _pool_and_norm_operations(QUICK_POOL_SHAPE if args.quick else POOL_SHAPE,
                                                              torch).items():
-        rows.append(_row(op, shape, *_timed_pair(hp, ref, repeat), None, peak))
+        rows.append(_row(op, shape, *_timed_pair(hp, ref, repeat, clock), None, peak))
         print(_format_row(rows[-1]), flush=True)
     summary = summarize(rows)
     if summary["conv_geomean_ratio"] is not None:
@@ -300,6 +310,7 @@ def run(args):
         print(f"convolution hpcnn/torch: geometric mean {summary['conv_geomean_ratio']:.3f}, "
               f"worst {worst['ratio']:.2f} ({worst['op']}, {worst['shape']})")
     result = {"device": "cpu", "threads": threads, "blas": BLAS_SOURCE, "repeat": repeat, "quick": args.quick,
+              "clock": args.clock,
               "matmul_peak_gflops": peak, "rows": rows, **summary}
     _write(args, result, rows)
     return 0

@@ -43,3 +43,14 @@ def test_bench_kernels_gpu_without_a_gpu_says_so(capsys, monkeypatch):
     monkeypatch.setattr(backend, "gpu_available", lambda: False)
     assert main(["bench", "kernels", "--device", "gpu"]) == 2
     assert "gpu" in capsys.readouterr().err
+
+
+def test_bench_kernels_cpu_clock(tmp_path, capsys):
+    """--clock cpu times by process CPU time, and only on one thread."""
+    out = tmp_path / "kernels.json"
+    assert main(["bench", "kernels", "--quick", "--clock", "cpu", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["clock"] == "cpu" and all(row["hpcnn_ms"] > 0 for row in result["rows"])
+    assert "cpu clock" in capsys.readouterr().out
+    assert main(["bench", "kernels", "--quick", "--clock", "cpu", "--threads", "2"]) == 2
+    assert "--threads 1" in capsys.readouterr().err

@@ -46,6 +46,15 @@ CASES = [
     ((1, 2, 6, 7, 9), 2, 1, 1, ((0, 0), (0, 2), (0, 1)), 1, True),
     ((2, 4, 40, 3), 3, 3, 1, ((1, 1), (1, 0)), 1, True),    # thin along the last axis (a W halo piece)
     ((1, 3, 9, 33, 4), 2, 3, (1, 2, 1), ((1, 1), (0, 1), (1, 0)), (1, 1, 2), True),
+    # W taps as shifted GEMMs over one copy of each line (C*RD*RH >= 32, lines >= 16 (RW-1) dw long;
+    # backward-filter: >= 64 (RW-1) dw):
+    ((2, 16, 9, 40), 16, 3, 1, 1, 1, True),
+    ((1, 16, 11, 70), 4, 3, (2, 1), (1, 2), (1, 2), True),
+    ((1, 4, 6, 40), 16, 3, 1, ((0, 1), (4, 0)), 1, True),  # backward-data only, its W padding reaching past
+    ((1, 12, 7, 5, 36), 3, 3, 1, 1, 1, False),
+    ((2, 6, 5, 4, 48), 3, (2, 3, 4), (1, 2, 1), (1, 1, 2), (1, 1, 1), True),
+    ((1, 16, 5, 130), 4, 3, 1, 1, 1, True),           # backward-filter too: lines >= 64 (RW-1) dw
+    ((1, 4, 3, 3, 130), 2, 3, 1, 1, 1, False),
 ]
 
 
@@ -98,7 +107,7 @@ def test_conv_matches_torch(case, dtype):
     _check_case(case, dtype)
 
 
-SPLIT_CASES = [CASES[i] for i in (0, 2, 5, 7, 10, 13, 16, 18, 21)]
+SPLIT_CASES = [CASES[i] for i in (0, 2, 5, 7, 10, 13, 16, 18, 21, 25, 26, 27, 28, 29, 30, 31)]
 
 
 @pytest.mark.parametrize("case", SPLIT_CASES, ids=_ids)
@@ -229,11 +238,17 @@ def test_conv_scratch_stays_bounded():
     x = rng.standard_normal((1, 4, 1024, 1024)).astype(np.float32)
     w = rng.standard_normal((4, 4, 3, 3)).astype(np.float32)
     dy = rng.standard_normal((1, 4, 1024, 1024)).astype(np.float32)
+    x16 = rng.standard_normal((1, 16, 256, 1024)).astype(np.float32)
+    w16 = rng.standard_normal((64, 16, 3, 3)).astype(np.float32)
+    dy16 = rng.standard_normal((1, 64, 256, 1024)).astype(np.float32)
     limit = 8 << 20   # a full im2col would be 9 * x.nbytes = 144 MiB
     for name, call in [("forward", lambda: K.conv_forward(x, w, None, 1, 1)),
                        ("backward-data", lambda: K.conv_backward_data(dy, w, (1024, 1024), 1, 1)),
                        ("backward-data, stride 2", lambda: K.conv_backward_data(dy[:, :, :512, :512], w, (1024, 1024), 2, 1)),
-                       ("backward-filter", lambda: K.conv_backward_filter(x, dy, (3, 3), 1, 1))]:
+                       ("backward-filter", lambda: K.conv_backward_filter(x, dy, (3, 3), 1, 1)),
+                       # the W taps as shifted GEMMs (16 channels): line columns and 64 output lines
+                       ("forward, shifted taps", lambda: K.conv_forward(x16, w16, None, 1, 1)),
+                       ("backward-filter, shifted taps", lambda: K.conv_backward_filter(x16, dy16, (3, 3), 1, 1))]:
         tracemalloc.start()
         try:
             out = call()

@@ -4,14 +4,15 @@
 (zeros where a window reads padding), `col2im` is its adjoint (a scatter-add into the input
 gradient); `chunk` cuts the flattened (N, pixels) output grid into blocks inside each image and
 `columns` gives the GEMM operand of one block: x itself for a pointwise window, else its im2col in
-a scratch buffer. Both copies work on flat views with unsigned indices (so that LLVM vectorizes
+a scratch buffer; `line_columns` copies whole output lines once per (c, rd, rh) for GEMMs that
+take the W taps as shifts. Both copies work on flat views with unsigned indices (so that LLVM vectorizes
 them) and split a strided input line into its phases first, so that every tap copies a
 contiguous run. 2-D data is handled as 3-D with a depth of 1.
 """
 import numba
 import numpy as np
 
-__all__ = ["im2col", "col2im", "chunk", "address", "columns"]
+__all__ = ["im2col", "col2im", "chunk", "address", "columns", "line_columns"]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -226,3 +227,18 @@ def columns(x, kernel, stride, dilation, lo, out_spatial, pointwise, n, first, c
     block = scratch[:rows * count].reshape((rows, count))
     im2col(x, kernel, stride, dilation, lo, out_spatial, n * pixels + first, block)
     return block.ctypes.data, count
+
+
+@numba.njit(nogil=True, cache=True)
+def line_columns(x, kernel, stride, dilation, lo, out_spatial, n, line0, n_lines, scratch):
+    """The (C*RD*RH, n_lines*Wp) columns of output lines line0.. of image n with the W taps left out:
+    row (c, rd, rh), column l*Wp + t holds x[n, c, input plane, input row, t - low] (0 in the padding),
+    Wp = OW + (RW-1)*dw. Column l*Wp + ow + rw*dw is then what tap rw of output pixel (l, ow) reads."""
+    rd_, rh_, rw_ = kernel
+    width = out_spatial[2] + (rw_ - 1) * dilation[2]
+    rows = x.shape[1] * rd_ * rh_
+    block = scratch[:rows * n_lines * width].reshape((rows, n_lines * width))
+    lines = out_spatial[0] * out_spatial[1]
+    im2col(x, (rd_, rh_, 1), (stride[0], stride[1], 1), (dilation[0], dilation[1], 1), lo,
+           (out_spatial[0], out_spatial[1], width), (n * lines + line0) * width, block)
+    return block
