@@ -155,6 +155,9 @@ def run(args):
     from ..threads import available_cores
     machine = host_profile(args.machine)
     print(provenance.check(machine)[1])
+    note = provenance.threads_note(machine, 1)          # every rank of these runs has one thread
+    if note:
+        print(note)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     for m in names:
         if m not in HELD_OUT:

@@ -3,7 +3,9 @@
 Run on every rank of a Communicator (`mpiexec -n P hpcnn calibrate -o PROFILE.json`). Kernels are
 timed on rank 0 alone while the others wait (the fit), and, with P > 1, every few shapes with
 every rank running the same kernel at once: the median ratio is the profile's
-`concurrency_slowdown` (cores of one node share memory bandwidth). Each kernel model is fitted by
+`concurrency_slowdown` (cores of one node share memory bandwidth). With P > 1, batch-norm kernels run on every
+rank at once, each followed by a small allreduce: the time ranks wait there for the slowest, as a fraction of
+the kernel time, is the profile's `sync_wait` (`network.sync_wait`). Each kernel model is fitted by
 non-negative least squares on relative error (t = fixed + flops*a + bytes*b [+ lowered*c]
 [+ thin*d] [+ weights*e]) and keeps its samples as a table for the local correction (see `perfmodel.machine`).
 The fit rejects inflated samples (`fit_robust`): on a machine whose cores are shared, a timed
@@ -23,6 +25,7 @@ arrays, every call synchronized before its time is taken, the messages staged as
 the profile's backend is "gpu", its memory the GPU's, and it gains a "staging" section: the
 device-to-host and host-to-device copy latency and bandwidth (`hpcnn.calibrate.staging`).
 """
+import math
 import os
 import platform
 import socket
@@ -35,10 +38,10 @@ from perfmodel.machine import FORMAT, OPERATIONS, VERSION, MachineProfile
 from perfmodel.provenance import measured_on
 
 from ..backend import open_device
-from .kernels import kernel_phase
+from .kernels import kernel_call, kernel_phase
 from .shapes import sample_shapes
 from .layers import GLIBC_MMAP_SOURCE, measure_fresh_memory, measure_layer_calls
-from .network import pingpong as measure_pingpong, sweep
+from .network import pingpong as measure_pingpong, sweep, sync_wait as measure_sync_wait
 from .staging import measure_staging, staging_section
 
 __all__ = ["calibrate", "sample_shapes", "measure_layer_calls", "measure_fresh_memory"]
@@ -82,6 +85,10 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None,
     allreduce = sweep(comm, sizes, "allreduce", device.xp) if size > 1 else []
     alltoall = sweep(comm, [s * size for s in sizes], "alltoall", device.xp) if size > 1 else []
     staged = measure_staging(device, sizes + [1 << 26]) if gpu and rank == 0 else None
+    bn_shapes = [shape for shape in sample_shapes("batchnorm_forward", rng, 60)
+                 if shape["n"] * shape["c"] * math.prod(shape["in_spatial"]) <= 1 << 20][:6 if quick else 12]
+    wait = measure_sync_wait(comm, [kernel_call("batchnorm_forward", shape, rng, device) for shape in bn_shapes],
+                             device.xp)
     if bar is not None:
         bar.update(max(bar.total - bar.n, 0))
         bar.close()
@@ -106,7 +113,7 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None,
                     "median_abs_relative": med},
             "table": {"source": src, "rows": [
                 {"dims": list(f["dims"]), "flops": f["flops"], "bytes": f["bytes"],
-                 **({k: f[k] for k in ("lowered", "thin", "weights") if k in f}), "seconds": t,
+                 **({k: f[k] for k in ("lowered", "thin", "weights", "rows", "runs") if k in f}), "seconds": t,
                  **({"outlier": True} if bad else {})}
                 for (f, t), bad in zip(tables[op], outlier)]},
         }
@@ -150,6 +157,7 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None,
         "ranks_per_node": {"value": per_node, "source": src},
         "memory_per_rank": {"value": float(mem_rank), "source": src},
         "concurrency_slowdown": {"value": slowdown, "source": src},
+        "sync_wait": {"value": wait, "source": src},
         "compute": compute,
         "links": {"intra_node": {"alpha": {"value": alpha, "source": link_src},
                                  "beta": {"value": beta, "source": link_src},

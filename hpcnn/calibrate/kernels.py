@@ -8,10 +8,10 @@ from perfmodel.machine import OPERATIONS, operation_features
 
 from .shapes import sample_shapes
 
-__all__ = ["time_call", "kernel_phase"]
+__all__ = ["kernel_call", "time_call", "kernel_phase"]
 
 
-def _arrays(op, shape, rng, device):
+def kernel_call(op, shape, rng, device):
     """Inputs for one call (drawn on the host, uploaded to `device`) and the callable that runs it."""
     f32 = np.float32
     put, xp = device.put, device.xp
@@ -63,11 +63,16 @@ def _arrays(op, shape, rng, device):
         x = put(rng.standard_normal((shape["n"], shape["c"]) + tuple(shape["in_spatial"]), dtype=f32))
         return lambda: kernels.relu_forward(x)
     if op == "copy":
-        src = xp.ones(shape["nbytes"] // 4, f32)
-        dst = xp.empty_like(src)
+        # the whole block, or a halo slab of it packed into its own buffer (hpcnn.parallel.halo)
+        src = xp.ones(shape["shape"], f32)
+        index = [slice(None)] * src.ndim
+        if shape["axis"] is not None:
+            index[2 + shape["axis"]] = slice(0, shape["rows"])
+        index = tuple(index)
+        dst = xp.empty_like(src[index])
 
         def run():
-            dst[...] = src
+            dst[...] = src[index]
         return run
     if op == "gemm":
         a = put(rng.standard_normal((shape["m"], shape["gemm_k"]), dtype=f32))
@@ -94,7 +99,9 @@ def time_call(run, min_seconds=0.02, max_reps=20, sync=lambda: None):
 def kernel_phase(comm, budget, rng, bar, device):
     """{op: [(features, seconds)]} over sampled shapes on `device` (rank 0 alone), and the concurrency slowdown."""
     rank, size = comm.rank, comm.size
-    weights = {"conv_forward": 1.6, "conv_backward_data": 1.6, "conv_backward_filter": 1.6}
+    # pooling's per-row term needs more samples than its few 3-D draws at the base weight gave
+    weights = {"conv_forward": 1.6, "conv_backward_data": 1.6, "conv_backward_filter": 1.6, "pool_forward": 0.9,
+               "pool_backward": 0.9}
     total_w = sum(weights.get(op, 0.6) for op in OPERATIONS)
     tables, ratios = {}, []
     for op in OPERATIONS:
@@ -107,7 +114,7 @@ def kernel_phase(comm, budget, rng, bar, device):
             go = comm.allreduce_scalar(int(time.perf_counter() - t_op < op_budget or len(rows) < 4), "min")
             if not go:
                 break
-            run = _arrays(op, shape, rng, device)
+            run = kernel_call(op, shape, rng, device)
             comm.barrier()
             alone = time_call(run, sync=device.synchronize) if rank == 0 else 0.0
             comm.barrier()
@@ -117,7 +124,7 @@ def kernel_phase(comm, budget, rng, bar, device):
                     ratios.append(busy / alone)
             alone = comm.allreduce_scalar(alone, "max")
             keys = {k: shape[k] for k in ("n", "c", "k", "in_spatial", "kernel", "out_spatial", "m", "gemm_k",
-                                          "gemm_n", "nbytes") if k in shape}
+                                          "gemm_n", "nbytes", "runs") if k in shape}
             feats = operation_features(op, **keys)
             rows.append((feats, alone))
         if bar is not None:

@@ -1,4 +1,5 @@
-"""Message timings for the calibration: ping-pong between two ranks, allreduce and all-to-all sweeps over sizes.
+"""Message timings for the calibration: ping-pong between two ranks, allreduce and all-to-all sweeps over sizes, and the
+wait for the slowest rank at a statistics allreduce.
 
 Buffers live on the calibrated device (`xp`), so on a GPU the times include the staging a run's messages
 go through (`hpcnn.parallel.staging`)."""
@@ -6,7 +7,7 @@ import time
 
 import numpy as np
 
-__all__ = ["pingpong", "sweep"]
+__all__ = ["pingpong", "sweep", "sync_wait"]
 
 
 def pingpong(comm, sizes, xp=np, reps=20):
@@ -55,3 +56,35 @@ def sweep(comm, sizes, collective, xp=np, reps=10):
             times.append(comm.allreduce_scalar(time.perf_counter() - t0, "max"))
         out.append((max(nbytes, 4), float(np.median(times))))
     return out
+
+
+def sync_wait(comm, calls, xp=np, reps=7):
+    """The profile's "sync_wait": the fraction of a layer's own compute that a rank waits, on average, in the small
+    allreduce that ends it (batch-norm's statistics) for the slowest rank of the group.
+
+    calls: [callable] of kernel calls (each run on every rank at once). Per call and repetition, every rank runs
+    the kernel, then an allreduce of 2C+1 float64-sized values; the time in that allreduce beyond the allreduce
+    alone (the same one after a barrier) is the wait. Returns (sum of the ranks' mean waits) / (sum of their mean
+    kernel times), 0 on one rank."""
+    if comm.size == 1:
+        return 0.0
+    buf = xp.zeros(64, np.float64)
+    waits, kernels = [], []
+    for run in calls:
+        run()
+        for _ in range(reps):
+            comm.barrier()
+            t0 = time.perf_counter()
+            comm.allreduce_(buf)
+            alone = time.perf_counter() - t0
+            comm.barrier()
+            t0 = time.perf_counter()
+            run()
+            t1 = time.perf_counter()
+            comm.allreduce_(buf)
+            t2 = time.perf_counter()
+            waits.append(max(t2 - t1 - alone, 0.0))
+            kernels.append(t1 - t0)
+    wait = comm.allreduce_scalar(float(np.sum(waits)), "sum")
+    work = comm.allreduce_scalar(float(np.sum(kernels)), "sum")
+    return wait / work if work > 0 else 0.0

@@ -14,7 +14,7 @@ whatever models are later evaluated (`hpcnn bench model` evaluates on its own he
 """
 import math
 
-from ..geometry import (WindowGeometry, block_range, halo_pieces, own_rows_suffice, piece_padding,
+from ..geometry import (WindowGeometry, block_range, halo_pieces, own_rows_suffice, piece_padding, slab_runs,
                         window_halo)
 from perfmodel.kernel_models import operation_features
 
@@ -136,6 +136,20 @@ def _small_enough(op, call):
     return 16 <= elements <= _ELEMENTS_MAX
 
 
+def _copy_call(layer, rng):
+    """A copy of a layer's whole block (one contiguous run), or of a halo slab of a few rows along one
+    spatial dimension (a pack: the contiguous last axis as often as the others), as the halo exchange makes:
+    dict(shape (n, c, *S) of the source, axis (None: whole) and rows of the slab, nbytes, runs)."""
+    shape = (layer["n"], layer["c"]) + tuple(layer["spatial"])
+    if rng.random() < 0.3:
+        return dict(shape=shape, axis=None, rows=0, nbytes=4 * math.prod(shape), runs=1)
+    k = int(rng.integers(layer["nd"]))
+    size = shape[2 + k]
+    rows = min(int(_pick(rng, (1, 1, 2, 3, 4, 8, max(size // 2, 1)))), size)
+    return dict(shape=shape, axis=k, rows=rows, nbytes=4 * math.prod(shape) // size * rows,
+                runs=slab_runs(shape, k, rows))
+
+
 def sample_shapes(op, rng, count):
     """`count` kernel calls for `op` from random layers, splits and blocks (see the module docstring)."""
     out = []
@@ -147,9 +161,9 @@ def sample_shapes(op, rng, count):
             continue
         layer = sample_layer(op, rng)
         if op == "copy":
-            nbytes = 4 * layer["n"] * layer["c"] * math.prod(layer["spatial"])
-            if 64 <= nbytes <= 1.2e8:
-                out.append(dict(nbytes=int(nbytes)))
+            call = _copy_call(layer, rng)
+            if 64 <= call["nbytes"] and 4 * math.prod(call["shape"]) <= 1.2e8:
+                out.append(call)
             continue
         pn, parts = _sample_grid(layer, rng)
         coords = (int(rng.integers(pn)),) + tuple(int(rng.integers(p)) for p in parts)
