@@ -1,7 +1,9 @@
 """`hpcnn calibrate`: the microbenchmarks that measure a machine profile: kernels over sampled shapes, ping-pong, allreduce, all-to-all.
 
 Run on every rank of a Communicator (`mpiexec -n P hpcnn calibrate -o PROFILE.json`). Kernels are
-timed on rank 0 alone while the others wait (the fit), and, with P > 1, every few shapes with
+timed on rank 0 alone while the others wait (the fit), in CPU time of the rank's process on the CPU
+(`kernels.kernel_clock`: a dedicated core's time, which other processes sharing the machine do not
+inflate; messages are timed on the wall clock), and, with P > 1, every few shapes with
 every rank running the same kernel at once: the median ratio is the profile's
 `concurrency_slowdown` (cores of one node share memory bandwidth). With P > 1, batch-norm kernels run on every
 rank at once, each followed by a small allreduce: the time ranks wait there for the slowest, as a fraction of
@@ -38,13 +40,16 @@ from perfmodel.machine import FORMAT, OPERATIONS, VERSION, MachineProfile
 from perfmodel.provenance import measured_on
 
 from ..backend import open_device
-from .kernels import kernel_call, kernel_phase
+from .kernels import kernel_call, kernel_clock, kernel_phase
 from .shapes import sample_shapes
 from .layers import GLIBC_MMAP_SOURCE, measure_fresh_memory, measure_layer_calls
 from .network import pingpong as measure_pingpong, sweep, sync_wait as measure_sync_wait
 from .staging import measure_staging, staging_section
 
-__all__ = ["calibrate", "sample_shapes", "measure_layer_calls", "measure_fresh_memory"]
+__all__ = ["calibrate", "sample_shapes", "measure_layer_calls", "measure_fresh_memory", "QUICK_BUDGET"]
+
+# The measurement budget of `--quick` (seconds): with the messages and layer calls, under 2 minutes in all.
+QUICK_BUDGET = 90.0
 
 
 def _rng(seed):
@@ -68,7 +73,7 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None,
     device = device or open_device("cpu")
     gpu = device.name == "gpu"
     if quick:
-        budget = min(budget, 120.0)
+        budget = min(budget, QUICK_BUDGET)
     rank, size = comm.rank, comm.size
     t_start = time.perf_counter()
     when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -88,7 +93,7 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None,
     bn_shapes = [shape for shape in sample_shapes("batchnorm_forward", rng, 60)
                  if shape["n"] * shape["c"] * math.prod(shape["in_spatial"]) <= 1 << 20][:6 if quick else 12]
     wait = measure_sync_wait(comm, [kernel_call("batchnorm_forward", shape, rng, device) for shape in bn_shapes],
-                             device.xp)
+                             device.xp, clock=kernel_clock(device))
     if bar is not None:
         bar.update(max(bar.total - bar.n, 0))
         bar.close()
@@ -99,7 +104,8 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None,
     what = f"{device.label}, " if gpu else ""
     sources = {src: f"measured on {host} ({what}{cpu}, {os.cpu_count()} cores) at {when} by `hpcnn calibrate` "
                     f"with {size} rank(s) on {device.name}, float32, {threads} thread(s) per rank; budget "
-                    f"{budget:.0f} s; 1-minute load average "
+                    f"{budget:.0f} s; kernel and layer times "
+                    f"{'wall' if gpu else 'CPU time of the rank (what a dedicated core takes)'}; 1-minute load average "
                     f"{load:.1f} at the end (a load above the core count means other processes shared the cores "
                     f"and the times are inflated and noisy: rerun on a quiet machine)"}
     compute = {}

@@ -8,7 +8,7 @@ from perfmodel.machine import OPERATIONS, operation_features
 
 from .shapes import sample_shapes
 
-__all__ = ["kernel_call", "time_call", "kernel_phase"]
+__all__ = ["kernel_call", "kernel_clock", "time_call", "kernel_phase"]
 
 
 def kernel_call(op, shape, rng, device):
@@ -81,18 +81,26 @@ def kernel_call(op, shape, rng, device):
     raise ValueError(op)
 
 
-def time_call(run, min_seconds=0.02, max_reps=20, sync=lambda: None):
-    """Median seconds of one call, repeated until `min_seconds` have passed (at least 3 times); `sync` waits
-    for the device after each call (a GPU's kernels run asynchronously)."""
+def kernel_clock(device):
+    """The clock kernel calls are timed with on `device`: on the CPU (and the emulated GPU) the CPU time of this
+    rank's process (user + system, all its threads: `time.process_time`), which is what a dedicated core takes,
+    whatever other processes of a shared machine take from it; on a GPU the wall clock (its kernels run
+    asynchronously, the host thread waits)."""
+    return time.perf_counter if device.name == "gpu" else time.process_time
+
+
+def time_call(run, min_seconds=0.02, max_reps=20, sync=lambda: None, clock=time.perf_counter):
+    """Median seconds of one call on `clock`, repeated until `min_seconds` of wall time have passed (at least 3
+    times); `sync` waits for the device after each call (a GPU's kernels run asynchronously)."""
     run()                                  # warm: numba compilation or NVRTC, first-touch pages
     sync()
     times = []
     start = time.perf_counter()
     while len(times) < 3 or (time.perf_counter() - start < min_seconds and len(times) < max_reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         run()
         sync()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return float(np.median(times))
 
 
@@ -104,6 +112,7 @@ def kernel_phase(comm, budget, rng, bar, device):
                "pool_backward": 0.9}
     total_w = sum(weights.get(op, 0.6) for op in OPERATIONS)
     tables, ratios = {}, []
+    clock = kernel_clock(device)
     for op in OPERATIONS:
         op_budget = budget * weights.get(op, 0.6) / total_w
         shapes = sample_shapes(op, rng, 400)
@@ -116,10 +125,10 @@ def kernel_phase(comm, budget, rng, bar, device):
                 break
             run = kernel_call(op, shape, rng, device)
             comm.barrier()
-            alone = time_call(run, sync=device.synchronize) if rank == 0 else 0.0
+            alone = time_call(run, sync=device.synchronize, clock=clock) if rank == 0 else 0.0
             comm.barrier()
             if size > 1 and i % 3 == 0:
-                busy = comm.allreduce_scalar(time_call(run, sync=device.synchronize), "max")
+                busy = comm.allreduce_scalar(time_call(run, sync=device.synchronize, clock=clock), "max")
                 if rank == 0 and alone > 0:
                     ratios.append(busy / alone)
             alone = comm.allreduce_scalar(alone, "max")

@@ -58,13 +58,14 @@ def sweep(comm, sizes, collective, xp=np, reps=10):
     return out
 
 
-def sync_wait(comm, calls, xp=np, reps=7):
+def sync_wait(comm, calls, xp=np, reps=7, clock=time.perf_counter):
     """The profile's "sync_wait": the fraction of a layer's own compute that a rank waits, on average, in the small
     allreduce that ends it (batch-norm's statistics) for the slowest rank of the group.
 
     calls: [callable] of kernel calls (each run on every rank at once). Per call and repetition, every rank runs
     the kernel, then an allreduce of 2C+1 float64-sized values; the time in that allreduce beyond the allreduce
-    alone (the same one after a barrier) is the wait. Returns (sum of the ranks' mean waits) / (sum of their mean
+    alone (the same one after a barrier) is the wait; `clock` is the kernels' (`kernels.kernel_clock`: MPI waits
+    by polling, so a waiting rank's CPU time runs as its wall time does). Returns (sum of the ranks' mean waits) / (sum of their mean
     kernel times), 0 on one rank."""
     if comm.size == 1:
         return 0.0
@@ -74,15 +75,15 @@ def sync_wait(comm, calls, xp=np, reps=7):
         run()
         for _ in range(reps):
             comm.barrier()
-            t0 = time.perf_counter()
+            t0 = clock()
             comm.allreduce_(buf)
-            alone = time.perf_counter() - t0
+            alone = clock() - t0
             comm.barrier()
-            t0 = time.perf_counter()
+            t0 = clock()
             run()
-            t1 = time.perf_counter()
+            t1 = clock()
             comm.allreduce_(buf)
-            t2 = time.perf_counter()
+            t2 = clock()
             waits.append(max(t2 - t1 - alone, 0.0))
             kernels.append(t1 - t0)
     wait = comm.allreduce_scalar(float(np.sum(waits)), "sum")
