@@ -12,7 +12,8 @@ and pooling, the rows along the contiguous last axis each call walks, and "runs"
 contiguous pieces a halo slab is made of: a split along the last axis makes many short ones). A measured profile
 also keeps its samples ("table": feature dicts with measured seconds); the prediction for an
 unseen shape is then the linear fit times a local correction: the geometric mean of
-measured/fitted ratios of the nearest samples in log(GEMM dimensions) space, damped towards 1
+measured/fitted ratios of the nearest samples in log(GEMM dimensions) space (and, for convolutions
+whose samples record their "rows", log of the row length along the contiguous axis), damped towards 1
 with distance. Near measured shapes this is table interpolation; far from them it is the
 fitted efficiency curve. The ratios of the table use the same features as the prediction (a
 row's "thin" and "weights" terms are rebuilt from its "dims" where the row does not store them), and rows marked
@@ -134,12 +135,21 @@ class KernelModel:
         self._table = None
         table = spec.get("table")
         rows = [row for row in table["rows"] if not row.get("outlier")] if table else []
+        # convolution samples that record their lowered rows are placed by their row length too, so that a thin
+        # piece along W is corrected by its like and not by a piece along H of the same size
+        self._layout = op.startswith("conv_") and bool(rows) and all("rows" in row for row in rows)
         if rows:
-            dims = np.array([np.log(np.maximum(np.asarray(row_features(op, row)["dims"], float), 1.0))
-                             for row in rows])
+            dims = np.array([self._point(row_features(op, row)) for row in rows])
             base = np.array([self._base(row_features(op, row)) for row in rows])
             measured = np.array([float(row["seconds"]) for row in rows])
             self._table = (dims, np.log(np.maximum(measured, 1e-9) / np.maximum(base, 1e-9)))
+
+    def _point(self, features):
+        """The sample's place for the local correction: log of its "dims" (and of its row length)."""
+        dims = [float(v) for v in features["dims"]]
+        if self._layout:
+            dims.append(dims[0] * dims[2] / max(float(features["rows"]), 1.0))   # out_spatial[-1]
+        return np.log(np.maximum(np.asarray(dims), 1.0))
 
     def _base(self, features):
         c = self.coef
@@ -157,7 +167,7 @@ class KernelModel:
         if self._table is None:
             return t
         dims, log_ratio = self._table
-        point = np.log(np.maximum(np.asarray(features["dims"], float), 1.0))
+        point = self._point(features)
         if point.shape[0] != dims.shape[1]:
             return t
         dist = np.sqrt(((dims - point) ** 2).sum(axis=1))

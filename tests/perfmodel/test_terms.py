@@ -88,3 +88,19 @@ def test_kernels_slow_down_when_the_other_ranks_of_the_node_are_busy():
     one, two = layer_cost(spec, (1, 1, 1), busy), layer_cost(spec, (2, 1, 1), busy)
     # two ranks: half the samples each, every kernel 1.3x slower (the per-call terms are zero here)
     assert two.forward == pytest.approx(1.3 * one.forward / 2)
+
+
+def test_a_thin_convolution_along_w_is_corrected_by_its_like():
+    """Two samples of the same GEMM size, a one-column piece along W (many one-element rows) measured 5x slower
+    than a one-row piece along H: each shape's prediction follows its own sample."""
+    def row(out_spatial, seconds):
+        f = operation_features("conv_forward", n=1, c=16, k=16, in_spatial=tuple(o + 2 for o in out_spatial),
+                               kernel=(3, 3), out_spatial=out_spatial)
+        return {**f, "dims": list(f["dims"]), "seconds": seconds}, f
+    (h_row, h), (w_row, w) = row((1, 64), 40e-6), row((64, 1), 200e-6)
+    assert h["dims"] == w["dims"] and w["rows"] == 64 * h["rows"]
+    spec = {"form": "linear", "coef": {"fixed": {"value": 50e-6, "source": "s"}},
+            "table": {"source": "s", "rows": [h_row, w_row]}}
+    model = KernelModel("conv_forward", spec)
+    # each close to its own sample (the other, far along the row-length axis, weighs little)
+    assert model.predict(h) == pytest.approx(40e-6, rel=0.05) and model.predict(w) == pytest.approx(200e-6, rel=0.05)
