@@ -24,7 +24,8 @@ FEATURES = {op: ("fixed", "flops", "bytes", "lowered", "thin", "weights", "rows"
 
 
 def fit_linear(rows, names):
-    """Non-negative coefficients for t = sum coef_i * feature_i minimizing the relative error.
+    """Non-negative coefficients for t = sum coef_i * feature_i minimizing the relative error, then scaled so that
+    the median of log(measured / fitted) is zero.
 
     rows: [(features dict, seconds)]. Returns ({name: coef}, relative RMS error, median |rel. error|).
     """
@@ -35,6 +36,12 @@ def fit_linear(rows, names):
     scale[scale == 0] = 1.0
     coef, _ = nnls((a / scale) / t[:, None], np.ones(len(t)))
     coef = coef / scale
+    # least squares on relative error shrinks the fit (an under-prediction costs at most 1, an over-prediction
+    # without bound): with a scatter of 30% it under-predicts typical samples by about 10%; rescale it so that
+    # it is as often above the measurements as below (median log ratio zero)
+    fitted = a @ coef
+    if (fitted > 0).all():
+        coef = coef * math.exp(float(np.median(np.log(t / fitted))))
     rel = a @ coef / t - 1.0
     return dict(zip(names, coef.tolist())), float(np.sqrt(np.mean(rel ** 2))), float(np.median(np.abs(rel)))
 

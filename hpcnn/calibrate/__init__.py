@@ -49,7 +49,7 @@ from .staging import measure_staging, staging_section
 __all__ = ["calibrate", "sample_shapes", "measure_layer_calls", "measure_fresh_memory", "QUICK_BUDGET"]
 
 # The measurement budget of `--quick` (seconds): with the messages and layer calls, under 2 minutes in all.
-QUICK_BUDGET = 90.0
+QUICK_BUDGET = 75.0
 
 
 def _rng(seed):

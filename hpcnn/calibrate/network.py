@@ -65,12 +65,13 @@ def sync_wait(comm, calls, xp=np, reps=7, clock=time.perf_counter):
     calls: [callable] of kernel calls (each run on every rank at once). Per call and repetition, every rank runs
     the kernel, then an allreduce of 2C+1 float64-sized values; the time in that allreduce beyond the allreduce
     alone (the same one after a barrier) is the wait; `clock` is the kernels' (`kernels.kernel_clock`: MPI waits
-    by polling, so a waiting rank's CPU time runs as its wall time does). Returns (sum of the ranks' mean waits) / (sum of their mean
-    kernel times), 0 on one rank."""
+    by polling, so a waiting rank's CPU time runs as its wall time does). Returns the median over the ranks'
+    calls of wait / kernel time (the median: a partner descheduled by another process of a shared machine makes
+    rare waits of whole time slices, which are not the layer's), 0 on one rank."""
     if comm.size == 1:
         return 0.0
     buf = xp.zeros(64, np.float64)
-    waits, kernels = [], []
+    ratios = []
     for run in calls:
         run()
         for _ in range(reps):
@@ -84,8 +85,6 @@ def sync_wait(comm, calls, xp=np, reps=7, clock=time.perf_counter):
             t1 = clock()
             comm.allreduce_(buf)
             t2 = clock()
-            waits.append(max(t2 - t1 - alone, 0.0))
-            kernels.append(t1 - t0)
-    wait = comm.allreduce_scalar(float(np.sum(waits)), "sum")
-    work = comm.allreduce_scalar(float(np.sum(kernels)), "sum")
-    return wait / work if work > 0 else 0.0
+            ratios.append(max(t2 - t1 - alone, 0.0) / max(t1 - t0, 1e-9))
+    every = [r for mine in comm.allgather_object(ratios) for r in mine]
+    return float(np.median(every))

@@ -24,6 +24,9 @@ _CHANNELS = (1, 2, 3, 4, 8, 12, 16, 18, 24, 32, 48, 64, 96, 128, 192, 256)
 _SIDES_2D = (4, 6, 7, 8, 12, 14, 16, 24, 28, 32, 48, 56, 64, 96, 128, 192, 256, 384, 512, 768)
 _SIDES_3D = (4, 6, 8, 12, 16, 24, 32, 48, 64)
 _ELEMENTS_MAX = 3e7
+# Pooling and normalization calls above this many elements are memory bound (their time per element no longer
+# changes) and take long enough that a budget of minutes buys only a few of them.
+_ELEMENTS_MAX_PASS = 8e6
 
 
 def _pick(rng, values):
@@ -132,8 +135,10 @@ def _small_enough(op, call):
     if op.startswith("conv_"):
         keys = {key: call[key] for key in ("n", "c", "k", "in_spatial", "kernel", "out_spatial")}
         flops = operation_features(op, **keys)["flops"]
-        return 1e4 <= flops <= 4e9 and elements <= _ELEMENTS_MAX
-    return 16 <= elements <= _ELEMENTS_MAX
+        # above ~1e9 flops a call is a large GEMM whose time is linear in its flops; such calls take a second
+        # with their repetitions, and a budget of minutes is better spent on more, smaller ones
+        return 1e4 <= flops <= 1.5e9 and elements <= _ELEMENTS_MAX
+    return 16 <= elements <= (_ELEMENTS_MAX_PASS if op.startswith(("pool_", "batchnorm_")) else _ELEMENTS_MAX)
 
 
 def _copy_call(layer, rng):
