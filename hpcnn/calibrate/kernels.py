@@ -120,7 +120,9 @@ def kernel_phase(comm, budget, rng, bar, device):
         t_op = time.perf_counter()
         for i, shape in enumerate(shapes):
             # rank 0 decides when the op's budget is spent, so that every rank runs the same shapes
-            go = comm.allreduce_scalar(int(time.perf_counter() - t_op < op_budget or len(rows) < 4), "min")
+            # (at least 4 samples, unless a few large calls have taken three times the op's budget already)
+            spent = time.perf_counter() - t_op
+            go = comm.allreduce_scalar(int(spent < op_budget or (len(rows) < 4 and spent < 3 * op_budget)), "min")
             if not go:
                 break
             run = kernel_call(op, shape, rng, device)
