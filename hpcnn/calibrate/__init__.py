@@ -16,7 +16,7 @@ its kernel time; such a sample is marked ``"outlier": true`` in the table and ig
 and the correction. `refit_profile` redoes the fits of a stored profile from its tables. Point-to-point:
 ping-pong between ranks 0 and 1 (alpha = half the small-message round trip, beta from the
 large-message slope); allreduce and all-to-all: sweeps over sizes at P ranks, kept as measured
-tables. With one rank there are no messages to time: the links are then estimated from the
+tables; each message time is the lower quartile of its repetitions (`network._undisturbed`). With one rank there are no messages to time: the links are then estimated from the
 memory-copy bandwidth and say so in their source. Layer calls (`measure_layer_calls`): every
 layer kind's distributed layer is timed on one rank, forward and backward, on a tiny and a large
 shape; what the kernel models do not explain is the per-call term of the profile (see
@@ -196,7 +196,7 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None,
             doc["staging"] = staging_section(staged, src)
     else:
         sources["glibc-mmap-threshold"] = GLIBC_MMAP_SOURCE
-        doc["fresh_memory"] = measure_fresh_memory(src)
-    doc["layer_calls"] = measure_layer_calls(comm, MachineProfile(doc), src, device)
+        doc["fresh_memory"] = measure_fresh_memory(src, reps=3 if quick else 7)
+    doc["layer_calls"] = measure_layer_calls(comm, MachineProfile(doc), src, device, reps=7 if quick else 15)
     doc["calibration_seconds"] = {"value": time.perf_counter() - t_start, "source": src}
     return MachineProfile(doc)
