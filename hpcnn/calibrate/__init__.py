@@ -86,14 +86,19 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None,
 
     max_bytes = 1 << (22 if quick else 25)
     sizes = [8 << (2 * i) for i in range(12) if (8 << (2 * i)) <= max_bytes]
-    pingpong = measure_pingpong(comm, sizes, device.xp) if size > 1 else []
-    allreduce = sweep(comm, sizes, "allreduce", device.xp) if size > 1 else []
-    alltoall = sweep(comm, [s * size for s in sizes], "alltoall", device.xp) if size > 1 else []
+    # every message waits for all its ranks to be on a core: on a loaded machine each repetition costs time
+    # slices, so --quick times every other size (two of them large, for beta) with fewer repetitions
+    if quick:
+        sizes = sizes[1::2]
+    reps = dict(pingpong=8, sweep=4, wait=3) if quick else dict(pingpong=20, sweep=10, wait=7)
+    pingpong = measure_pingpong(comm, sizes, device.xp, reps["pingpong"]) if size > 1 else []
+    allreduce = sweep(comm, sizes, "allreduce", device.xp, reps["sweep"]) if size > 1 else []
+    alltoall = sweep(comm, [s * size for s in sizes], "alltoall", device.xp, reps["sweep"]) if size > 1 else []
     staged = measure_staging(device, sizes + [1 << 26]) if gpu and rank == 0 else None
     bn_shapes = [shape for shape in sample_shapes("batchnorm_forward", rng, 60)
                  if shape["n"] * shape["c"] * math.prod(shape["in_spatial"]) <= 1 << 20][:6 if quick else 12]
     wait = measure_sync_wait(comm, [kernel_call("batchnorm_forward", shape, rng, device) for shape in bn_shapes],
-                             device.xp, clock=kernel_clock(device))
+                             device.xp, reps["wait"], clock=kernel_clock(device))
     if bar is not None:
         bar.update(max(bar.total - bar.n, 0))
         bar.close()
