@@ -19,22 +19,25 @@ block's own per-side padding, so padding appears only at the global edges
 (`AxisHalo.widths`); a negative width means edge rows the block owns are not read (strided
 layers) and are trimmed.
 
-Halo pieces. When one dimension is split and a block reads all of its own rows, a convolution
-can run on the owned block with the halo rows counted as zero padding, and the thin halo rows
-then add their part to the few outputs they reach (`halo_pieces`, `piece_padding`).
+Halo pieces. When every block of the split dimensions reads all of its own rows, a convolution
+can run on the owned block with the halo rows counted as zero padding, and the thin halo boxes
+then add their part to the few outputs they reach (`halo_pieces`, `piece_padding` along one
+dimension; `box_pieces`, `box_padding` over several).
 
 Grids. A grid is (Pn, Ph, Pw) or (Pn, Pd, Ph, Pw): ranks over the batch and each spatial
 dimension, in C order (`factorizations`, `candidate_grids`); the long form (Pn, [Pd,] Ph, Pw, Pc, Pf)
 adds the channel split Pc and the filter split Pf (`grid_parts`, `short_grid`, `GRID_NOTATION`).
 Text writes a grid with `x` between its entries: 4x2x1 (short), 1x2x2x2x1 (long).
 """
+import bisect
 from collections import namedtuple
 
 __all__ = [
     "as_tuple", "normalize_padding", "window_output_size", "WindowGeometry", "transposed_geometry",
     "transposed_output_shape", "bilinear_halo",
     "block_range", "block_ranges", "block_index", "window_input_range", "AxisHalo", "window_halo",
-    "upsample_halo", "halo_reach", "halo_pieces", "piece_padding", "own_rows_suffice", "slab_runs",
+    "upsample_halo", "halo_reach", "halo_pieces", "piece_padding", "box_padding", "box_pieces", "own_rows_suffice",
+    "slab_runs",
     "factorizations", "candidate_grids", "GRID_NOTATION", "GridParts", "grid_parts", "short_grid", "long_grid",
 ]
 
@@ -266,15 +269,19 @@ def bilinear_halo(parts, spatial, scale):
 
 def halo_reach(axis):
     """How many blocks away along one dimension a block reads rows from (0: its own only, 1: neighbours)."""
+    # the owned blocks are consecutive ranges in order (empty ones between), so the blocks a read meets
+    # are found by bisection: O(g log g) for g blocks (the planner asks this for thousands of blocks)
+    filled = [(q, h.own) for q, h in enumerate(axis) if h.own[1] > h.own[0]]
+    los = [lo for _, (lo, _) in filled]
+    his = [hi for _, (_, hi) in filled]
     reach = 0
-    owns = [h.own for h in axis]
     for c, h in enumerate(axis):
         a, b = h.need
         if b <= a:
             continue
-        for q, (lo, hi) in enumerate(owns):
-            if hi > lo and lo < b and a < hi:
-                reach = max(reach, abs(q - c))
+        first, last = bisect.bisect_right(his, a), bisect.bisect_left(los, b) - 1
+        if first <= last:
+            reach = max(reach, abs(filled[first][0] - c), abs(filled[last][0] - c))
     return reach
 
 
@@ -325,6 +332,39 @@ def slab_runs(shape, k, rows):
     for e in shape[:2 + k]:
         runs *= e
     return max(runs, 1)
+
+
+def box_padding(out_box, in_box, spatial, geometry):
+    """`piece_padding` along every dim: the padding that makes the input box `in_box` ((lo, hi) per spatial
+    dim) the only input of the output box `out_box`."""
+    return tuple(piece_padding(o[0], o[1], r[0], r[1], size, *geometry.along(k)[:4])
+                 for k, (o, r, size) in enumerate(zip(out_box, in_box, spatial)))
+
+
+def box_pieces(blocks, dims, spatial, geometry):
+    """A block's convolution with halos along `dims` as a sum of boxes, each convolved alone.
+
+    blocks: the block's AxisHalo per spatial dim; dims: the exchanged dims, each with `own_rows_suffice`
+    on its line. The owned box (`own` along dims, `need` elsewhere) with the halo counted as zero padding
+    gives every output its own part; each piece (out_box, in_box) adds the part of the halo box in_box
+    to the outputs out_box it reaches: along the i-th of dims the rows of `halo_pieces`, spanning `own`
+    along the dims before it and `need` along those after (the corners go with the earliest dim), so
+    the pieces and the owned box partition the extended block.
+    Returns (own box, its padding, [(out_box, in_box, padding)]).
+    """
+    out_all = tuple(h.out for h in blocks)
+    own = tuple(h.own if k in dims else h.need for k, h in enumerate(blocks))
+    pieces = []
+    for i, k in enumerate(dims):
+        frame = list(tuple(h.need for h in blocks))
+        for j in dims[:i]:
+            frame[j] = blocks[j].own
+        kernel, stride, dilation, pad_lo, _ = geometry.along(k)
+        for o_lo, o_hi, r0, r1 in halo_pieces(blocks[k], spatial[k], kernel, stride, dilation, pad_lo):
+            out_box = out_all[:k] + ((o_lo, o_hi),) + out_all[k + 1:]
+            in_box = tuple(frame[:k]) + ((r0, r1),) + tuple(frame[k + 1:])
+            pieces.append((out_box, in_box, box_padding(out_box, in_box, spatial, geometry)))
+    return own, box_padding(out_all, own, spatial, geometry), pieces
 
 
 # --- grids -----------------------------------------------------------------------------------------------------

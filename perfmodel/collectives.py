@@ -1,4 +1,5 @@
-"""Communication models of a machine profile: alpha-beta links, point-to-point messages, allreduce and all-to-all.
+"""Communication models of a machine profile: alpha-beta links, point-to-point messages, allreduce, allgather and
+all-to-all.
 
 Collectives are alpha-beta-gamma models per algorithm (recursive doubling for small messages,
 Rabenseifner's reduce-scatter + allgather for medium, ring for large; Bruck or pairwise for
@@ -87,6 +88,14 @@ class CollectiveModels:
             "rabenseifner": 2 * lg * alpha + 2 * (p - 1) / p * n * beta + (p - 1) / p * n * g,
             "ring": 2 * (p - 1) * alpha + 2 * (p - 1) / p * n * beta + (p - 1) / p * n * g,
         }
+
+    def allgather(self, nbytes, ranks, inter_node=None):
+        """Seconds for an allgather (ring) whose gathered result has `nbytes` (0 for one rank): the allgather half
+        of the ring allreduce, without the reduction."""
+        if ranks <= 1 or nbytes <= 0:
+            return 0.0
+        alpha, beta = self.link(self.spans_nodes(ranks) if inter_node is None else inter_node)
+        return (ranks - 1) * alpha + (ranks - 1) / ranks * nbytes * beta
 
     def alltoall(self, nbytes_per_rank, ranks, inter_node=None, partners=None):
         """Seconds for an all-to-all in which each rank sends `nbytes_per_rank` in total.

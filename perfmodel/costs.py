@@ -21,8 +21,12 @@ Each layer kind's pricing is the function its registry entry names (`hpcnn.nn.re
   (`MachineProfile.layer_call`: fixed + per byte of local input + output + parameters), the work
   of the layer code around its kernels, and, for arrays above the profile's fresh-memory
   threshold, the page faults of its new output (forward) and input gradient (backward);
-- weight gradients: allreduce over all ranks, in buckets, overlapped with backward
-  (`perfmodel.iteration`; per layer the un-overlapped time is reported).
+- weight gradients as hpcnn.parallel.reducer moves them, in buckets, overlapped with backward
+  (`perfmodel.iteration`; per layer the un-overlapped time is reported): an unsplit layer's whole
+  gradient is allreduced over all ranks; a channel- or filter-split layer's (`split_gradient`) only
+  its slice, over the ranks with the same (c, f), then one allgather of the whole over the Pc x Pf
+  ranks (`gradient_reduction_time`). Every rank still holds the whole parameters, gradients and
+  optimizer state, and the reducer one whole-sized buffer (the slices are summed and gathered in it).
 Memory per rank: activations kept for backward (block bytes, extended blocks where halos are
 exchanged, max-pool argmax), the largest transient workspace (a layer's output and input
 gradients during its backward, plus a convolution's lowered columns, which the kernels bound:
@@ -41,7 +45,7 @@ from hpcnn.nn import registry
 __all__ = [
     "LayerCost", "layer_cost", "kernel_cost", "block_extra_cost", "local_numel", "ceil_div", "busy_ranks",
     "window_blocks", "halo_time", "conv_halo_pieces", "OPTIMIZER_STATE", "OPTIMIZER_STATES", "BUCKET_BYTES",
-    "FLOAT64", "parts",
+    "FLOAT64", "parts", "split_gradient", "gradient_reduction_time",
 ]
 
 # Optimizer state per parameter, in parameter-sized arrays, by optimizer (hpcnn.train.optim): SGD with
@@ -67,6 +71,13 @@ class LayerCost:
     activation_bytes: float = 0.0   # kept for backward
     workspace_bytes: float = 0.0    # transient, the largest one counts
     param_bytes: float = 0.0        # parameters only
+    # the parameter gradients as the reducer moves them: this rank's piece (bytes), summed over grad_group ranks,
+    # gathered over grad_gather ranks (1: the piece is the whole), grad_grid: the grid of a split layer (None:
+    # unsplit), which keeps its buckets apart
+    grad_piece_bytes: float = 0.0
+    grad_group: int = 1
+    grad_gather: int = 1
+    grad_grid: tuple = None
     details: dict = field(default_factory=dict)
 
     @property
@@ -248,12 +259,34 @@ def kernel_cost(spec, grid, machine):
     per-call terms; the parameters' bytes and un-overlapped gradient allreduce are filled in."""
     ranks = math.prod(grid)
     cost = LayerCost()
-    cost.param_bytes = spec.params * machine.itemsize
-    if spec.params:
-        cost.gradient_allreduce = machine.allreduce(spec.params * machine.itemsize, ranks, machine.spans_nodes(ranks))
+    cost.param_bytes = cost.grad_piece_bytes = spec.params * machine.itemsize
+    cost.grad_group = ranks
     price = registry.by_name(spec.kind).resolve("cost")
     price(spec, grid, machine, cost)
+    if spec.params:
+        cost.gradient_allreduce = gradient_reduction_time(machine, cost.param_bytes, cost.grad_piece_bytes,
+                                                          cost.grad_group, cost.grad_gather, ranks)
     return cost
+
+
+def split_gradient(cost, grid, piece_params, machine):
+    """A channel- or filter-split layer's gradients (hpcnn.parallel.reducer): the largest rank's piece of
+    `piece_params` parameters, summed over the ranks with the same (c, f), gathered over the Pc x Pf ranks."""
+    p = parts(tuple(grid))
+    q = p.channels * p.filters
+    cost.grad_piece_bytes = piece_params * machine.itemsize
+    cost.grad_group = math.prod(grid) // q
+    cost.grad_gather = q
+    cost.grad_grid = tuple(grid)
+
+
+def gradient_reduction_time(machine, whole_bytes, piece_bytes, group, gather, ranks):
+    """Seconds to sum a piece of `piece_bytes` over `group` ranks (spread over the job's `ranks`: the sample and
+    spatial coordinates vary slowest) and gather the `whole_bytes` over `gather` consecutive ranks."""
+    t = machine.allreduce(piece_bytes, group, machine.spans_nodes(ranks)) if group > 1 else 0.0
+    if gather > 1:
+        t += machine.allgather(whole_bytes, gather, gather > machine.ranks_per_node)
+    return t
 
 
 def _layer_cost(spec, grid, machine):

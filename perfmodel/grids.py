@@ -53,13 +53,15 @@ def channel_grids(ranks, spatial_shape, batch, max_channels):
     return out
 
 
-def planner_grids(chain, ranks):
+def planner_grids(chain, ranks, channel_splits=True):
     """The planner's candidates for `chain` at `ranks` ranks: the short grids with no more sample blocks than
-    samples, then `channel_grids`."""
+    samples, then (unless channel_splits is False) `channel_grids`."""
     first = chain[0]
     nd = len(first.in_shape) - 2
     batch = first.in_shape[0]
     short = [g for g in candidate_grids(ranks, nd) if g[0] <= batch]
+    if not channel_splits:
+        return short
     max_channels = max((max(s.in_shape[1], s.out_shape[1]) for s in iter_layers(chain) if len(s.in_shape) > 2),
                        default=1)
     return short + channel_grids(ranks, first.in_shape[2:], batch, max_channels)

@@ -24,6 +24,8 @@ import math
 
 import numpy as np
 
+from hpcnn.kernels.cpu.layout import lines_layout
+
 from .profile_format import ProfileError, read_quantity
 
 __all__ = ["OPERATIONS", "operation_features", "row_features", "KernelModel"]
@@ -62,12 +64,12 @@ def operation_features(op, *, n=1, c=1, k=1, in_spatial=(), kernel=(), out_spati
         # "thin": GEMMs with a small dimension (few channels, or few filters) run far below peak
         # "weights": the filter bytes each call walks (and backward-filter writes) whatever the batch and
         # block: it dominates calls on small blocks with many channels (halo pieces, late layers)
-        # "rows": the rows the lowering copies, one per (sample, channel, tap, output row along the outer
-        # dims), each of out_spatial[-1] elements: a thin piece along the contiguous W axis is many one-element
-        # rows, so it runs several times slower than a piece of the same size along H (the layout term)
+        # "rows": the rows the lowering copies, one per (sample, channel, tap, output line along the outer
+        # dims), as the CPU kernels lay the block out (hpcnn.kernels.cpu.layout exchanges a thin last axis
+        # with a long one; what stays short along it is many short lines: the layout term)
         return {"flops": flops, "bytes": float(x_b + y_b + w_b), "lowered": lowered,
                 "thin": flops / max(min(k, c * taps), 1), "weights": float(w_b),
-                "rows": float(n * c * taps * math.prod(out_spatial[:-1])),
+                "rows": float(n * c * taps * math.prod(lines_layout(out_spatial)[:-1])),
                 "dims": (n * s_out, k, c * taps, taps)}
     if op.startswith("pool_"):
         # "rows": the kernels loop over output rows of the last (contiguous) axis; each row pays a start-up
@@ -148,7 +150,7 @@ class KernelModel:
         """The sample's place for the local correction: log of its "dims" (and of its row length)."""
         dims = [float(v) for v in features["dims"]]
         if self._layout:
-            dims.append(dims[0] * dims[2] / max(float(features["rows"]), 1.0))   # out_spatial[-1]
+            dims.append(dims[0] * dims[2] / max(float(features["rows"]), 1.0))   # the line length
         return np.log(np.maximum(np.asarray(dims), 1.0))
 
     def _base(self, features):

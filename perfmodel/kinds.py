@@ -22,11 +22,12 @@ Under a long grid (Pc, Pf) every activation layer works on its ceil(C / Pc) chan
 of the Pf replicas); the convolution computes ceil(C / Pc) x ceil(K / Pf) of the weights and adds the
 channel moves of `hpcnn.parallel.channels` (`_channel_moves`); batch-norm's statistics go over the
 ranks with the same channels only; global pooling adds an allgather of the channels over Pc, flatten
-gathers over the channel ranks too.
+gathers over the channel ranks too. A split convolution's and batch-norm's parameter gradients are their
+slices (`perfmodel.costs.split_gradient`).
 """
 import math
 
-from .costs import FLOAT64, busy_ranks, ceil_div, conv_halo_pieces, halo_time, parts, window_blocks
+from .costs import FLOAT64, busy_ranks, ceil_div, conv_halo_pieces, halo_time, parts, split_gradient, window_blocks
 
 __all__ = ["conv", "conv_transpose", "pool", "upsample", "batchnorm", "groupnorm", "dropout", "pointwise", "global_avgpool", "flatten", "linear",
            "residual", "skip", "sequential"]
@@ -119,6 +120,9 @@ def conv(spec, grid, machine, cost):
     cost.workspace_bytes = float(n * c_in * math.prod(g.kernel) * math.prod(out_block) * item)
     if local.pc * local.pf > 1:
         _channel_moves(spec, local, machine, cost, c_out, out_block)
+        # its weight slice W[f-range, c-range], and on c = 0 the bias of its filters
+        split_gradient(cost, grid, c_out * c_in * math.prod(g.kernel) + (c_out if spec.options.get("bias") else 0),
+                       machine)
 
 
 def conv_transpose(spec, grid, machine, cost):
@@ -196,6 +200,9 @@ def batchnorm(spec, grid, machine, cost):
                                                      local.pc * local.pf > machine.ranks_per_node)
     # the output (kept by the next layer) and the input this layer keeps
     cost.activation_bytes = 2 * in_bytes if spec.keeps_output else 0.0
+    if local.pc * local.pf > 1 and spec.params:
+        # gamma and beta of its channels, on f = 0
+        split_gradient(cost, grid, spec.params // spec.in_shape[1] * c, machine)
 
 
 def groupnorm(spec, grid, machine, cost):

@@ -33,11 +33,12 @@ MAX_GRIDS = 64
 LEADING = 8
 
 
-def plan_chain(chain, ranks, machine, memory_limit=None, optimizer="sgd"):
+def plan_chain(chain, ranks, machine, memory_limit=None, optimizer="sgd", channel_splits=True):
     """Plan `chain` (from `perfmodel.layers.walk`) over `ranks` ranks on `machine`.
 
     memory_limit: bytes per rank (default: the profile's memory per rank). optimizer: whose state the
-    memory holds (a key of perfmodel.costs.OPTIMIZER_STATES). Returns a PlanResult.
+    memory holds (a key of perfmodel.costs.OPTIMIZER_STATES). channel_splits=False: short grids only (what
+    channel and filter splits add is the difference). Returns a PlanResult.
     """
     t0 = time.perf_counter()
     if ranks < 1:
@@ -46,7 +47,7 @@ def plan_chain(chain, ranks, machine, memory_limit=None, optimizer="sgd"):
     nd = len(first.in_shape) - 2
     if nd < 1:
         raise PlanError(f"the model's input {first.in_shape} has no spatial dimensions")
-    grids = planner_grids(chain, ranks)
+    grids = planner_grids(chain, ranks, channel_splits)
     if not grids:
         raise PlanError(f"no grid of {ranks} ranks exists for a batch of {first.in_shape[0]}")
     limit = machine.memory_per_rank if memory_limit is None else float(memory_limit)

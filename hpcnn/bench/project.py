@@ -21,6 +21,11 @@ split fits (P0); efficiency = speedup / (P / P0), which for weak scaling is t(P0
 communication share is halo exchanges + collectives + the exposed gradient allreduce + shuffles
 over the iteration; allreduce_share is the exposed gradient allreduce alone.
 
+Channel and filter splits (predicted): cf_layers counts the layers a split runs on a grid that splits
+channels or filters (of `layers`); for the plan, without_cf_s is the iteration of the best plan
+without them (`plan_chain(..., channel_splits=False)`; blank where no such plan exists), so the tables
+and findings show where they pay off.
+
 The largest sample: for P in --memory-ranks and each split, the largest spatial side S (S x S or
 S^3) whose training iteration fits the memory per rank, with one sample per rank for sample
 parallelism (batch = P), batch 1 for spatial and plan, and for hybrid a batch of the smallest
@@ -44,7 +49,10 @@ from collections import Counter
 from fractions import Fraction
 
 from perfmodel.as_built import as_built, measured_gpu_profile, prices
+from perfmodel.planner import PlanError, plan_chain
 from perfmodel.splits import SPLITS, split_plan
+
+from ..geometry import grid_parts
 
 from .output import write_csv
 from .project_cases import CASES, GIB, MODES, STRONG_BATCH, WEAK_PER_RANK, Chains
@@ -58,7 +66,7 @@ __all__ = ["add_arguments", "run", "project", "parse_ranks", "CASES", "STRONG_BA
 MEMORY_RANKS = "1,8,64,512,4096"
 COLUMNS = ("model", "mode", "split", "ranks", "global_batch", "grid", "distinct_grids", "iteration_s",
            "samples_per_s", "speedup", "efficiency", "comm_share", "allreduce_share", "memory_gib", "fits",
-           "reason")
+           "reason", "cf_layers", "layers", "without_cf_s")
 
 
 # --- arguments ---------------------------------------------------------------------------------
@@ -136,7 +144,9 @@ def _row(model, mode, split, ranks, batch, result, reason, machine):
     row.update(model=model, mode=mode, split=split, ranks=ranks, global_batch=batch, fits=False, reason=reason)
     if result is None:
         return row
-    grids = Counter(grid for node, grid, _, _ in result.layers if node is not None and not isinstance(node, Block))
+    leaves = [grid for node, grid, _, _ in result.layers if node is not None and not isinstance(node, Block)]
+    grids = Counter(leaves)
+    row.update(cf_layers=sum(_splits_channels(g) for g in leaves), layers=len(leaves))
     t = result.totals()
     row.update(grid=grid_string(grids.most_common(1)[0][0]), distinct_grids=len(grids), iteration_s=t["iteration"],
                samples_per_s=batch / t["iteration"],
@@ -144,6 +154,26 @@ def _row(model, mode, split, ranks, batch, result, reason, machine):
                allreduce_share=t["gradient_allreduce"] / t["iteration"], memory_gib=t["memory"] / GIB,
                fits=t["memory"] <= machine.memory_per_rank and not reason)
     return row
+
+
+def _splits_channels(grid):
+    p = grid_parts(grid)
+    return p.channels * p.filters > 1
+
+
+def _without_channel_splits(row, chain, ranks, machine):
+    """The plan row's without_cf_s: the iteration of the best plan on short grids (its own when it uses none)."""
+    if row["split"] != "plan" or row["iteration_s"] == "":
+        return
+    if row["cf_layers"] == 0:
+        row["without_cf_s"] = row["iteration_s"]
+        return
+    try:
+        other = plan_chain(chain, ranks, machine, machine.memory_per_rank, channel_splits=False)
+    except PlanError:
+        return
+    if other.memory <= machine.memory_per_rank:
+        row["without_cf_s"] = other.totals()["iteration"]
 
 
 def _add_speedups(rows):
@@ -179,6 +209,7 @@ def project(machine, cases, ranks_list, strong, weak, memory_ranks=(), max_eleme
                 for split in SPLITS:
                     result, reason = split_plan(chain, split, ranks, machine, machine.memory_per_rank)
                     mrows.append(_row(name, mode, split, ranks, batch, result, reason, machine))
+                    _without_channel_splits(mrows[-1], chain, ranks, machine)
             p0[(name, mode)] = _add_speedups(mrows)
             mode_rows[mode] = mrows
             rows += mrows
@@ -214,6 +245,7 @@ def _print_tables(result, cases, machine, batches):
             for p in sorted({r["ranks"] for r in sub}):
                 cells = {r["split"]: _cell(r) for r in sub if r["ranks"] == p}
                 print(f"{p:6d}  " + "".join(f"{cells[s][:27]:28s}" for s in SPLITS))
+            print(f"  {_channel_line(sub)}")
     if result["memory_rows"]:
         print(f"\nlargest sample side that fits {machine.memory_per_rank / GIB:.3g} GiB per rank (predicted on "
               f"{machine.name}; batch: P for sample, 1 for spatial and plan, the smallest Pn for hybrid)")
@@ -230,6 +262,19 @@ def _print_tables(result, cases, machine, batches):
         print(f"\nfindings, {name}:")
         for s in sentences:
             print(f"  - {s}")
+
+
+def _channel_line(rows):
+    """Where the plan puts layers on channel/filter grids and what they gain over the plan without them."""
+    used = [r for r in rows if r["split"] == "plan" and r["fits"] and r["cf_layers"]]
+    if not used:
+        return "channel/filter splits (predicted): the plan uses none at these rank counts"
+    cells = []
+    for r in used:
+        gain = (f"{r['without_cf_s'] / r['iteration_s']:.3g}x faster than without" if r["without_cf_s"] != ""
+                else "no plan without them")
+        cells.append(f"P={r['ranks']} {r['cf_layers']}/{r['layers']} layers, {gain}")
+    return "channel/filter splits in the plan (predicted): " + "; ".join(cells)
 
 
 def _as_built_profile(machine, choice):

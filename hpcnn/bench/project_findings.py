@@ -143,6 +143,26 @@ def _end_story(rows, ranks_list, p0):
     return out
 
 
+def _channel_story(rows):
+    """Where the plan puts layers on channel/filter grids, and what they gain over the best plan without them."""
+    used = [r for r in rows if r["split"] == "plan" and r["fits"] and r["cf_layers"]]
+    if not used:
+        return ["Channel/filter splits (predicted): the plan uses none at these rank counts."]
+    ranks = [r["ranks"] for r in used]
+    most = max(used, key=lambda r: r["cf_layers"])
+    out = (f"Channel/filter splits (predicted): the plan puts layers on them at P = {', '.join(map(str, ranks))} "
+           f"(at most {most['cf_layers']} of {most['layers']} layers, at P = {most['ranks']})")
+    compared = [r for r in used if r["without_cf_s"] != ""]
+    if compared:
+        best = max(compared, key=lambda r: r["without_cf_s"] / r["iteration_s"])
+        out += (f"; they make the iteration up to {best['without_cf_s'] / best['iteration_s']:.3g}x shorter than "
+                f"the best plan without them (at P = {best['ranks']})")
+    alone = [r["ranks"] for r in used if r["without_cf_s"] == ""]
+    if alone:
+        out += f"; at P = {', '.join(map(str, alone))} no plan without them fits"
+    return [out + "."]
+
+
 def _memory_story(model, memory_rows):
     """The largest sample per split and rank count, and the splits for which no sample size works."""
     rows = [r for r in memory_rows if r["model"] == model]
@@ -183,4 +203,5 @@ def findings(name, mode_rows, p0s, ranks_list, machine, batches, memory_rows):
         out += _crossover_story(rows, ranks_list)
         if p0s[mode] is not None:
             out += _end_story(rows, ranks_list, p0s[mode])
+        out += _channel_story(rows)
     return out + _memory_story(name, memory_rows)

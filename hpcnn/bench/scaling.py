@@ -3,11 +3,13 @@ the performance model's prediction for the same point, as CSV and plots.
 
     hpcnn bench scaling --model meshnet --input 18x512x512 --batch 4 --ranks 1,2 --mode strong
     hpcnn bench scaling --model resnet18 --input 3x64x64 --batch 8 --ranks 1,2 --mode weak --grids sample,spatial
+    hpcnn bench scaling --model resnet18 --input 3x64x64 --batch 8 --ranks 1,2 --grids sample,1x1x1x2x1,1x1x1x1x2
 
 A point is (ranks, threads per rank, split). The splits of `--grids`: `sample` (the batch over the
 ranks, grid Px1x1), `spatial` (the best grid with Pn = 1 by the model), `hybrid` (the best grid with
 both Pn > 1 and a spatial split), `plan` (the planner's layer-by-layer plan), or explicit grids such as
-1x2x1 (used at the rank counts whose product they match); `auto` is sample,spatial,plan. Splits that
+1x2x1, or long ones such as 1x1x1x2x1 (channels over 2 ranks) and 1x1x1x1x2 (filters), used at the rank
+counts whose product they match; `auto` is sample,spatial,plan. Splits that
 come to the same configuration at a rank count are measured once. Strong: the global batch is
 --batch at every rank count; weak: it grows with the ranks (--batch at the smallest count).
 
@@ -62,7 +64,7 @@ def add_arguments(p):
     p.add_argument("--mode", choices=("strong", "weak"), default="strong",
                    help="strong: the same global batch at every rank count; weak: the batch grows with the ranks")
     p.add_argument("--grids", default="auto", help="splits: auto (= sample,spatial,plan) or a comma list of "
-                   "sample, spatial, hybrid, plan and grids like 1x2x1")
+                   "sample, spatial, hybrid, plan and grids like 1x2x1 or, splitting channels or filters, 1x1x1x2x1")
     p.add_argument("--threads", default="2", help="thread counts to run on 1 rank beside them (strong mode; "
                    "default 2; '' for none)")
     p.add_argument("--threads-per-rank", type=int, default=1, help="BLAS/OpenMP/numba threads of every rank of the "

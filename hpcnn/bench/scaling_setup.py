@@ -3,6 +3,8 @@ import math
 
 from perfmodel.splits import SPLITS, fastest_grid, split_plan
 
+from ..geometry import grid_parts, short_grid
+
 from .host_profile import host_profile
 
 __all__ = ["AUTO", "ints", "sample_shape", "global_batch", "build_model", "prediction_machine", "chain",
@@ -86,7 +88,7 @@ def resolve_splits(chain, ranks, machine, tokens):
 
     A split of perfmodel.splits.SPLITS is `split_plan` with no memory limit on single grids (the
     fastest grid by time; the plan keeps the profile's memory per rank); an explicit grid such as
-    1x2x1 has one grid everywhere. None with a note when the split is impossible here (more sample
+    1x2x1, or a long one such as 1x1x1x2x1 (channels over 2 ranks), has one grid everywhere. None with a note when the split is impossible here (more sample
     blocks than samples, blocks smaller than halos, no plan within the memory per rank) or an
     explicit grid has another rank count.
     """
@@ -97,9 +99,12 @@ def resolve_splits(chain, ranks, machine, tokens):
         if t in SPLITS:
             result, note = split_plan(chain, t, ranks, machine)
         else:
-            grid = parse_grid(t)
-            if len(grid) != nd + 1:
-                raise SystemExit(f"hpcnn bench scaling: grid {t} needs {nd + 1} entries for a {nd}-D input")
+            try:
+                grid = short_grid(parse_grid(t))
+                grid_parts(grid, nd)
+            except ValueError:
+                raise SystemExit(f"hpcnn bench scaling: grid {t} needs {nd + 1} entries (N, *S) or {nd + 3} "
+                                 f"(N, *S, C, F) for a {nd}-D input") from None
             if math.prod(grid) != ranks:
                 result, note = None, "another rank count"
             else:

@@ -4,9 +4,9 @@ A draw is a layer (2-D or 3-D, 1-256 channels, kernel 1-7, stride 1-2, dilation 
 'same'-like, zero or uneven per side, batch 1-8) and a way of splitting it (none, the batch, one
 spatial dimension in 2-4 blocks — the contiguous W axis as often as the others —, or two at once),
 and one rank's block of it, chosen at random. The calls are the ones that block really makes, from
-the same geometry the distributed layers run (`hpcnn.geometry`): a convolution whose one split
-dimension reads all its own rows calls the kernels on its owned block and on its thin halo
-pieces; any other window layer calls them on its extended block; pointwise layers on the owned
+the same geometry the distributed layers run (`hpcnn.geometry`): a convolution whose split
+dimensions read all their own rows calls the kernels on its owned block and on its thin halo
+pieces (`hpcnn.geometry.box_pieces`); any other window layer calls them on its extended block; pointwise layers on the owned
 block. So the samples cover whole layers, blocks, edge blocks and one-row pieces along every axis,
 whatever models are later evaluated (`hpcnn bench model` evaluates on its own held-out set).
 
@@ -14,8 +14,7 @@ whatever models are later evaluated (`hpcnn bench model` evaluates on its own he
 """
 import math
 
-from ..geometry import (WindowGeometry, block_range, halo_pieces, own_rows_suffice, piece_padding, slab_runs,
-                        window_halo)
+from ..geometry import WindowGeometry, block_range, box_pieces, own_rows_suffice, slab_runs, window_halo
 from perfmodel.kernel_models import operation_features
 
 __all__ = ["sample_shapes", "sample_layer", "block_calls"]
@@ -84,6 +83,10 @@ def _sample_grid(layer, rng):
     return min(pn, layer["n"]), tuple(parts)
 
 
+def _sizes(box):
+    return tuple(hi - lo for lo, hi in box)
+
+
 def _window_call(layer, n, in_sizes, out_sizes, padding):
     g = layer["geometry"]
     call = dict(n=n, c=layer["c"], in_spatial=tuple(in_sizes), kernel=g.kernel, out_spatial=tuple(out_sizes),
@@ -112,20 +115,10 @@ def block_calls(layer, pn, parts, coords):
         return []
     out = tuple(h.out[1] - h.out[0] for h in mine)
     exchanged = [k for k in range(layer["nd"]) if parts[k] > 1 and any(h.own != h.need for h in halo[k])]
-    if layer["kind"] is None and len(exchanged) == 1 and own_rows_suffice(halo[exchanged[0]]):
-        k = exchanged[0]
-        h = mine[k]
-        args = (spatial[k], g.kernel[k], g.stride[k], g.dilation[k], g.padding[k][0])
-        sizes = [m.need[1] - m.need[0] for m in mine]
-        pads = [m.pad for m in mine]
-        sizes[k] = h.own[1] - h.own[0]
-        pads[k] = piece_padding(h.out[0], h.out[1], h.own[0], h.own[1], *args)
-        calls = [_window_call(layer, n, sizes, out, pads)]
-        for o_lo, o_hi, r0, r1 in halo_pieces(h, *args):
-            s, p, o = list(sizes), list(pads), list(out)
-            s[k], o[k] = r1 - r0, o_hi - o_lo
-            p[k] = piece_padding(o_lo, o_hi, r0, r1, *args)
-            calls.append(_window_call(layer, n, s, o, p))
+    if layer["kind"] is None and exchanged and all(own_rows_suffice(halo[k]) for k in exchanged):
+        own, pads, pieces = box_pieces(mine, exchanged, spatial, g)
+        calls = [_window_call(layer, n, _sizes(own), out, pads)]
+        calls += [_window_call(layer, n, _sizes(in_box), _sizes(out_box), p) for out_box, in_box, p in pieces]
         return calls
     return [_window_call(layer, n, [m.need[1] - m.need[0] for m in mine], out, [m.pad for m in mine])]
 

@@ -54,8 +54,14 @@ class VolumeWindow:
 
     @property
     def is_pointwise(self):
-        """A 1x1 window with stride 1 and no padding: the output is a GEMM of x as it is."""
+        """A 1x1 window with stride 1 and no padding before: with no padding after either (see `pointwise_on`),
+        the output is a GEMM of x as it is."""
         return self.size == 1 and self.stride == (1, 1, 1) and self.lo == (0, 0, 0)
+
+    def pointwise_on(self, in_spatial, out_spatial):
+        """True when the output is a GEMM of the input as it is: a pointwise window whose output has the
+        input's shape (padding after the input, which `lo` does not show, makes the output larger)."""
+        return self.is_pointwise and tuple(in_spatial) == tuple(out_spatial)
 
     def output_shape(self, spatial3, padding):
         """The (D, H, W) output shape for a (D, H, W) input with per-side padding ((lo, hi),) * 3."""

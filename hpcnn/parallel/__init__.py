@@ -13,11 +13,11 @@ from .halo import HaloExchange
 from .model import DistModel, distribute
 from .mpi import Communicator
 from ..plan import Plan
-from .reducer import GradientReducer
+from .reducer import GradientReducer, GradientSlice
 from .shuffle import Shuffle, shuffle
 from .tensor import DistTensor, gather, scatter
 
 __all__ = [
     "mpi", "Communicator", "Distribution", "DistTensor", "scatter", "gather", "distribute", "DistModel", "Plan",
-    "Shuffle", "shuffle", "HaloExchange", "GradientReducer",
+    "Shuffle", "shuffle", "HaloExchange", "GradientReducer", "GradientSlice",
 ]

@@ -1,9 +1,10 @@
 """Distributed convolutions (Conv2d, Conv3d) on (N, C, *S) blocks: any stride, dilation, kernel and padding."""
 from .. import kernels
 from ..backend import array_module
-from ..geometry import halo_pieces, own_rows_suffice, piece_padding
+from ..geometry import block_range, box_pieces, own_rows_suffice
 from .channels import ChannelMove, filter_ranges, standard_ranges
 from .module import is_empty
+from .reducer import GradientSlice
 from .streams import Overlap
 from .tensor import DistTensor
 from .windows import WindowLayer
@@ -14,16 +15,18 @@ __all__ = ["DistConv"]
 class DistConv(WindowLayer):
     """Conv2d/Conv3d on (N, C, *S) blocks: any stride, dilation, kernel and per-side padding.
 
-    When one spatial dimension is split and every block of the line reads all of its own rows,
-    the convolution uses its linearity instead of an extended block: the owned block is convolved
-    with the halo rows counted as zero padding while the halos travel, then the thin halo rows add
-    their part to the few output rows they reach; on a GPU the owned block is convolved on a second
-    stream (`hpcnn.parallel.streams.Overlap`), so that the synchronisation before the next message
-    does not wait for it. Backward likewise: the data gradient of the
-    owned rows comes straight from the kernel, the halo rows' part goes back to their owners as
-    thin pieces, and the filter gradient is the owned block's plus the halo pieces'. No copy of
-    the owned block is made, and no activation-sized buffer is added. Otherwise (several split
-    dimensions, trimmed rows, empty blocks) the extended block is assembled and used.
+    When every block of the split lines reads all of its own rows, the convolution uses its linearity
+    instead of an extended block (`hpcnn.geometry.box_pieces`): the owned block is convolved with the
+    halo rows counted as zero padding while the halos travel, then the thin halo boxes (along the
+    first split dim spanning the others' halos, corners included; along a later one only the earlier
+    dims' own rows) add their part to the few outputs they reach; on a GPU the owned block is convolved
+    on a second stream (`hpcnn.parallel.streams.Overlap`), so that the synchronisation before the next
+    message does not wait for it. Backward likewise: the data gradient of the owned block comes
+    straight from the kernel, the halo boxes' part goes back to their owners as thin pieces through
+    the adjoint, and the filter gradient is the owned block's plus the halo pieces'. No copy of the
+    owned block is made, and no activation-sized buffer is added. Otherwise (trimmed rows, empty
+    blocks) the extended block is assembled and used. `path` says which one the last forward took:
+    "pieces", "extended" or "idle" (an empty weight slice).
 
     Channels and filters (a long grid with Pc x Pf > 1): rank (c, f) holds the input channels
     block_range(C, Pc, c) (the same on every f) and computes, with the weight slice
@@ -32,8 +35,26 @@ class DistConv(WindowLayer):
     Pf > 1) gives every rank its output channels block_range(K, Pc, c). Backward: dy's filters
     block come from their owners (the adjoint), the data gradient of the input channels is summed
     over the F line, and the weight and bias gradients are those of the rank's slice (bias on c = 0),
-    zero elsewhere, so the gradient allreduce sums each slice over exactly the ranks that share it.
+    zero elsewhere; `gradient_slices` declares them, so that the gradient reducer sums each slice over
+    only the ranks that share it (`hpcnn.parallel.reducer`).
     """
+
+    def gradient_slices(self):
+        """W[f-range, c-range] and bias[f-range] (on c = 0) of rank (c, f), on a C x F split."""
+        if not self._split:
+            return {}
+        d, layer = self.d, self.layer
+
+        def weight(c, f):
+            return (slice(*block_range(layer.out_channels, d.filters, f)),
+                    slice(*block_range(layer.in_channels, d.channels, c)))
+
+        def bias(c, f):
+            return (slice(*block_range(layer.out_channels, d.filters, f)) if c == 0 else slice(0, 0),)
+        out = {"weight": GradientSlice.channel_filter(d, weight)}
+        if "bias" in layer.params:
+            out["bias"] = GradientSlice.channel_filter(d, bias)
+        return out
 
     def _slices(self):
         """(filter range, input channel range) of this rank's weight slice."""
@@ -69,86 +90,67 @@ class DistConv(WindowLayer):
         g = self.geometry
         return kernels.conv_forward(x, self._w, self._b, g.stride, pads, g.dilation)
 
-    def _rows_dim(self, ex, batch):
-        """The split dimension when the halo-row decomposition applies on the whole line, else None."""
-        if len(ex.comm_dims) != 1 or batch == 0:
+    def _pieces(self, ex, batch):
+        """(own box, its padding, halo pieces) of `hpcnn.geometry.box_pieces` when the decomposition
+        applies on every exchanged line, else None (the extended block is used)."""
+        if not ex.comm_dims or batch == 0 or not all(own_rows_suffice(ex.halo[k]) for k in ex.comm_dims):
             return None
-        k = ex.comm_dims[0]
-        return k if own_rows_suffice(ex.halo[k]) else None
-
-    def _row_pads(self, k, o_lo, o_hi, r0, r1):
-        """Padding along dim k that makes rows [r0, r1) the only input of outputs [o_lo, o_hi)."""
-        g = self.geometry
-        return piece_padding(o_lo, o_hi, r0, r1, self._spatial[k], g.kernel[k], g.stride[k], g.dilation[k],
-                             g.padding[k][0])
-
-    def _halo_pieces(self, k, h):
-        """[(o_lo, o_hi, r0, r1)]: halo rows [r0, r1) on each side and the outputs whose windows reach them."""
-        g = self.geometry
-        return halo_pieces(h, self._spatial[k], g.kernel[k], g.stride[k], g.dilation[k], g.padding[k][0])
+        return box_pieces(ex.mine, ex.comm_dims, self._spatial, self.geometry)
 
     @staticmethod
-    def _rows_index(ndim, k, lo, hi):
-        index = [slice(None)] * ndim
-        index[2 + k] = slice(lo, hi)
-        return tuple(index)
+    def _out_index(out_box, origin):
+        """Index of the outputs out_box in this rank's output block (starting at global `origin`)."""
+        return (slice(None), slice(None)) + tuple(slice(o[0] - s, o[1] - s) for o, s in zip(out_box, origin))
 
-    def _forward_rows(self, x, ex, k):
+    def _forward_pieces(self, x, ex, decomposition):
         geo, w = self.geometry, self._w
-        h = ex.mine[k]
+        _, pads_own, pieces = decomposition
+        origin = [h.out[0] for h in ex.mine]
         overlap = self.context.overlap
         streams = Overlap(x)
         ex.start(x)
         if not overlap:
             ex.wait_halo()
-        pads = list(ex.pads)
-        pads[k] = self._row_pads(k, h.out[0], h.out[1], h.own[0], h.own[1])
         with streams.interior():
-            y = self._kernel(ex.trimmed(x), tuple(pads))
+            y = self._kernel(ex.trimmed(x), pads_own)
         if overlap:
             ex.wait_halo()
         streams.join()
-        for o_lo, o_hi, r0, r1 in self._halo_pieces(k, h):
-            pads[k] = self._row_pads(k, o_lo, o_hi, r0, r1)
-            part = kernels.conv_forward(ex.rows(r0, r1), w, None, geo.stride, tuple(pads), geo.dilation)
-            y[self._rows_index(y.ndim, k, o_lo - h.out[0], o_hi - h.out[0])] += part
+        for out_box, in_box, pads in pieces:
+            part = kernels.conv_forward(ex.box(in_box), w, None, geo.stride, pads, geo.dilation)
+            y[self._out_index(out_box, origin)] += part
         return y
 
-    def _backward_rows(self, dy, ex, k):
+    def _backward_pieces(self, dy, ex, decomposition):
         geo = self.geometry
         w = self._w
-        h = ex.mine[k]
+        _, pads_own, boxes = decomposition
+        origin = [h.out[0] for h in ex.mine]
         overlap = self.context.overlap
         streams = Overlap(dy)
         xp = array_module(dy)
         xt = ex.trimmed(self.x)
-        pads_own = list(ex.pads)
-        pads_own[k] = self._row_pads(k, h.out[0], h.out[1], h.own[0], h.own[1])
-        pads_own = tuple(pads_own)
         # the input's halo travels again (for the filter gradient) while the data gradients are computed
         ex.start(self.x)
         pieces = []
-        for o_lo, o_hi, r0, r1 in self._halo_pieces(k, h):
-            pads = list(ex.pads)
-            pads[k] = self._row_pads(k, o_lo, o_hi, r0, r1)
-            dy_part = xp.ascontiguousarray(dy[self._rows_index(dy.ndim, k, o_lo - h.out[0], o_hi - h.out[0])])
-            spatial = list(xt.shape[2:])
-            spatial[k] = r1 - r0
-            dx_part = kernels.conv_backward_data(dy_part, w, tuple(spatial), geo.stride, tuple(pads), geo.dilation)
-            pieces.append((r0, r1, tuple(pads), dy_part, dx_part))
+        for out_box, in_box, pads in boxes:
+            dy_part = xp.ascontiguousarray(dy[self._out_index(out_box, origin)])
+            dx_part = kernels.conv_backward_data(dy_part, w, tuple(hi - lo for lo, hi in in_box), geo.stride, pads,
+                                                 geo.dilation)
+            pieces.append((in_box, pads, dy_part, dx_part))
         if overlap:
-            # the halo rows' data gradient travels to its owners while the owned block's is computed
-            ex.reverse_pieces_start([(r0, dx_part) for r0, _, _, _, dx_part in pieces], xt.shape[:2], dy)
+            # the halo boxes' data gradient travels to its owners while the owned block's is computed
+            ex.reverse_pieces_start([(box, dx_part) for box, _, _, dx_part in pieces], xt.shape[:2], dy)
         with streams.interior():
             dx_own = kernels.conv_backward_data(dy, w, xt.shape[2:], geo.stride, pads_own, geo.dilation)
             dw = kernels.conv_backward_filter(xt, dy, geo.kernel, geo.stride, pads_own, geo.dilation)
         ex.wait_halo()
         streams.join()
-        for r0, r1, pads, dy_part, _ in pieces:
-            dw += kernels.conv_backward_filter(ex.rows(r0, r1), dy_part, geo.kernel, geo.stride, pads, geo.dilation)
+        for in_box, pads, dy_part, _ in pieces:
+            dw += kernels.conv_backward_filter(ex.box(in_box), dy_part, geo.kernel, geo.stride, pads, geo.dilation)
         self._set_grads(dw, dy)
         if not overlap:
-            ex.reverse_pieces_start([(r0, dx_part) for r0, _, _, _, dx_part in pieces], xt.shape[:2], dy)
+            ex.reverse_pieces_start([(box, dx_part) for box, _, _, dx_part in pieces], xt.shape[:2], dy)
         return ex.reverse_pieces_finish(dx_own)
 
     def _set_grads(self, dw, dy):
@@ -185,14 +187,16 @@ class DistConv(WindowLayer):
         # the ranks of a spatial line share (c, f), hence whether their slice is empty
         self._idle = self._w.size == 0
         if self._idle:
-            self._rows_k = None
+            self._decomposition, self.path = None, "idle"
             y = array_module(t.local).zeros(t.local.shape[:1] + (f1 - f0,) + out_local, t.local.dtype)
         else:
             ex = self._exchange(self._spatial)
-            self._rows_k = self._rows_dim(ex, t.local.shape[0])
-            if self._rows_k is not None:
-                y = self._forward_rows(t.local, ex, self._rows_k)
+            self._decomposition = self._pieces(ex, t.local.shape[0])
+            if self._decomposition is not None:
+                self.path = "pieces"
+                y = self._forward_pieces(t.local, ex, self._decomposition)
             else:
+                self.path = "extended"
                 y = self._compute(t.local, self._spatial, out_local, t.local.shape[:1] + (f1 - f0,),
                                   t.local.dtype)
         if self._split:
@@ -220,8 +224,8 @@ class DistConv(WindowLayer):
             self._set_grads(None, dy)
             return array_module(dy).zeros(self.x.shape, dy.dtype)
         ex = self._exchange(self._spatial)
-        if self._rows_k is not None:
-            return self._backward_rows(dy, ex, self._rows_k)
+        if self._decomposition is not None:
+            return self._backward_pieces(dy, ex, self._decomposition)
         w = self._w
         compute = not is_empty(dy.shape)
         ext = ex.forward(self.x)

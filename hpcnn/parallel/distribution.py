@@ -36,7 +36,8 @@ class Distribution:
     size, coords (this rank's coordinates over `grid`), channels (Pc), filters (Pf). Sub-communicators,
     all sharing comm's clock (`group(axes)` for any set of grid axes): spatial_comm (ranks differing only
     in their spatial coordinates), sample_comm (only in the sample coordinate), channel_comm (only in C),
-    filter_comm (only in F), cf_comm (in C and F: the ranks holding the same samples and spatial block).
+    filter_comm (only in F), cf_comm (in C and F: the ranks holding the same samples and spatial block),
+    slice_comm (in samples and spatial blocks: the ranks with the same channel and filter coordinates).
     """
 
     def __init__(self, comm, grid):
@@ -99,6 +100,14 @@ class Distribution:
     def cf_comm(self):
         """Ranks holding the same samples and spatial block: C order over (C, F)."""
         return self.group(self.cf_axes)
+
+    @property
+    def slice_comm(self):
+        """Ranks with the same channel and filter coordinates (differing only in samples and spatial blocks): the
+        ranks that compute the same slice of a channel- or filter-split layer's weights. Every rank when C = F = 1."""
+        if self.channels * self.filters == 1:
+            return self.comm
+        return self.group((0,) + self.spatial_axes)
 
     @property
     def cf_axes(self):

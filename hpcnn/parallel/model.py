@@ -28,7 +28,8 @@ class _Context:
 class DistModel:
     """A distributed model: forward/backward on DistTensors; parameters() are the wrapped model's.
 
-    After backward every rank holds the full, summed parameter gradients.
+    After backward every rank holds the full, summed parameter gradients (each slice of a channel- or
+    filter-split layer summed over the ranks that share it, then gathered: `hpcnn.parallel.reducer`).
     """
 
     def __init__(self, model, root, context, comm, bucket_bytes, overlap_allreduce):
@@ -36,7 +37,10 @@ class DistModel:
         self.root = root
         self.context = context
         owners = [m for m in model.modules() if m.params]
-        self.reducer = GradientReducer(comm, owners, bucket_bytes=bucket_bytes, overlap=overlap_allreduce)
+        # each layer's distributed form declares which pieces of its parameters this rank computes
+        forms = {id(m.layer): m for m in root.modules()}
+        self.reducer = GradientReducer(comm, owners, bucket_bytes=bucket_bytes, overlap=overlap_allreduce,
+                                       slices=lambda layer: forms[id(layer)].gradient_slices())
         context.reducer = self.reducer
 
     def forward(self, t):

@@ -69,6 +69,11 @@ class DistModule:
             self.context.ready(self.layer)
         return self._leave(dx)
 
+    def gradient_slices(self):
+        """{parameter name: hpcnn.parallel.reducer.GradientSlice} of the parameters this layer computes in pieces
+        over ranks; the others (all, by default) are computed whole on every rank and summed over all of them."""
+        return {}
+
     def modules(self):
         """This module and every distributed descendant, in forward order."""
         yield self

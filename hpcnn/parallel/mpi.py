@@ -4,7 +4,7 @@ Nothing else in hpcnn calls MPI. A `Communicator` wraps an mpi4py communicator (
 process without MPI: `Communicator.local()`, whose collectives return their input) and owns
 
 - the calls: point-to-point (`exchange` for a batch of messages, `isend`, `irecv`, `wait_all`), collectives on arrays (`allreduce_`,
-  `iallreduce_`, `alltoallv`, `allgatherv`) and on small Python objects, sub-communicators, abort;
+  `iallreduce_`, `alltoallv`, `allgatherv`, `iallgatherv_`) and on small Python objects, sub-communicators, abort;
 - dtype mapping through mpi4py's public typecode table (`MPI.Datatype.fromcode`, the predefined
   datatype of a numpy dtype; `mpi4py.util.dtlib.from_numpy_dtype` returns a duplicate datatype,
   which MPI's reductions refuse, and leaks one per call);
@@ -172,15 +172,32 @@ class Communicator:
             return Communicator(None, self.clock)
         return Communicator(self.mpi.Split(color, key), self.clock)
 
+    def _node(self):
+        """The ranks of this communicator on this rank's node (a shared-memory split, made once)."""
+        if getattr(self, "_node_comm", None) is None:
+            self._node_comm = self.mpi.Split_type(_mpi().COMM_TYPE_SHARED, self.rank)
+        return self._node_comm
+
     def node_size(self):
-        """How many ranks of this communicator share this rank's node (a shared-memory split, made once)."""
-        if self.mpi is None:
-            return 1
-        if getattr(self, "_node_size", None) is None:
-            node = self.mpi.Split_type(_mpi().COMM_TYPE_SHARED, self.rank)
-            self._node_size = node.Get_size()
-            node.Free()
-        return self._node_size
+        """How many ranks of this communicator share this rank's node."""
+        return 1 if self.mpi is None else self._node().Get_size()
+
+    def node_first(self, fn):
+        """Call fn() on the first rank of each node, then (after it returned) on the node's other ranks:
+        for work that fills a per-node cache (numba's compiled kernels) that the others then only read.
+        A collective over the node; fn's exceptions propagate (the other ranks then fail at their own call)."""
+        if self.mpi is None or self.node_size() == 1:
+            return fn()
+        node = self._node()
+        first = node.Get_rank() == 0
+        if first:
+            try:
+                result = fn()
+            finally:
+                node.Barrier()
+            return result
+        node.Barrier()
+        return fn()
 
     @property
     def handle(self):
@@ -326,6 +343,17 @@ class Communicator:
                 _staging.finish_send(sbuf)
             _staging.finish_recv(recv, rbuf)
         return recv
+
+    def iallgatherv_(self, recv, counts):
+        """Start an in-place allgather: this rank's block is already in `recv` at its offset (rank order, blocks of
+        `counts` elements); on completion `recv` holds every rank's. Returns a Request (None: nothing to do)."""
+        if self.size == 1 or sum(counts) == 0:
+            return None
+        counts = np.asarray(counts, dtype=np.int64)
+        displs = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        buf = _staging.prepare_inout(_contiguous(recv))
+        request = self.mpi.Iallgatherv(_mpi().IN_PLACE, [buf, (counts, displs), mpi_dtype(recv.dtype)])
+        return Request(request, None if buf is recv else (lambda: _staging.finish_recv(recv, buf)))
 
     # --- collectives on small Python objects ---------------------------------------------------------
     def allgather_object(self, obj):

@@ -11,7 +11,8 @@ On a channel split (a long grid with Pc > 1) each rank normalizes its own channe
 statistics need no reduction over C: 'global' is over the ranks with the same (c, f), 'spatial' over
 the spatial group. The statistics of every channel are gathered over the C line (2C values) so that
 every rank keeps the same running statistics; the affine gradients are the rank's channel slice,
-counted on F coordinate 0 only (the F replicas compute the same).
+counted on F coordinate 0 only (the F replicas compute the same), and summed over the ranks with the
+same (c, f) only (`gradient_slices`, `hpcnn.parallel.reducer`).
 """
 import math
 
@@ -19,7 +20,9 @@ import numpy as np
 
 from .. import kernels
 from ..backend import array_module
+from ..geometry import block_range
 from .module import DistModule
+from .reducer import GradientSlice
 
 __all__ = ["DistBatchNorm", "BN_STATS"]
 
@@ -29,11 +32,21 @@ BN_STATS = ("global", "spatial", "local")
 class DistBatchNorm(DistModule):
     """BatchNorm2d/3d with statistics over the group `context.bn_stats` names (see the module docstring)."""
 
+    def gradient_slices(self):
+        """gamma and beta [c-range] of rank (c, 0) on a C x F split (the F replicas compute none)."""
+        d, layer = self.d, self.layer
+        if d.channels * d.filters == 1 or not layer.affine:
+            return {}
+
+        def piece(c, f):
+            return (slice(*block_range(layer.num_features, d.channels, c)) if f == 0 else slice(0, 0),)
+        s = GradientSlice.channel_filter(d, piece)
+        return {"weight": s, "bias": s}
+
     def _group(self):
         mode = self.context.bn_stats
         if mode == "global":
-            d = self.d
-            return d.comm if d.channel_axis is None else d.group((0,) + d.spatial_axes)
+            return self.d.slice_comm
         if mode == "spatial":
             return self.d.spatial_comm
         return None

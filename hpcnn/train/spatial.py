@@ -45,6 +45,12 @@ class SpatialEngine(Engine):
         grid, plan = dist_cfg["grid"], dist_cfg["plan"]
         trivial = grid in (None, "auto") or all(g == 1 for g in grid)
         comm = trainer.comm
+        if trainer.device.name != "gpu" and comm.node_size() > 1:
+            # one rank per node compiles the model's CPU kernels (or loads them from numba's cache), then
+            # the others load what it wrote, instead of every rank compiling the same kernels at once
+            from ..nn.warmup import warm_up
+            nd = len(trainer.train_set.spatial_shape)
+            comm.node_first(lambda: warm_up(trainer.model, nd, trainer.dtype, trainer.device.put))
         if comm.size == 1 and not plan and trivial:
             return  # one process: the plain model
         try:

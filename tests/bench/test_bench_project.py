@@ -14,7 +14,8 @@ from perfmodel.planner import parse_grid, plan_chain, uniform_plan, uniform_time
 from perfmodel.splits import SPLITS, best_uniform
 
 COLUMNS = ["model", "mode", "split", "ranks", "global_batch", "grid", "distinct_grids", "iteration_s",
-           "samples_per_s", "speedup", "efficiency", "comm_share", "allreduce_share", "memory_gib", "fits", "reason"]
+           "samples_per_s", "speedup", "efficiency", "comm_share", "allreduce_share", "memory_gib", "fits", "reason",
+           "cf_layers", "layers", "without_cf_s"]
 MEMORY_COLUMNS = ["model", "split", "ranks", "batch", "largest_side", "sample_shape", "grid", "memory_gib",
                   "capped", "reason"]
 SHAPE = (18, 2048, 2048)      # meshnet's real input: its chain has 13 layers, so the real shape is fast
@@ -188,3 +189,30 @@ def test_parse_ranks(text, ranks):
 def test_parse_ranks_refuses_bad_text(text):
     with pytest.raises(SystemExit):
         parse_ranks(text)
+
+
+def test_channel_filter_columns_count_the_plans_layers_on_them(run):
+    _, doc = run
+    for r in doc["rows"]:
+        if r["iteration_s"] == "":
+            continue
+        assert 0 <= r["cf_layers"] <= r["layers"]
+        if r["split"] != "plan":
+            assert r["cf_layers"] == 0 and r["without_cf_s"] == ""    # sample, spatial, hybrid: short grids
+        elif r["cf_layers"] == 0:
+            assert r["without_cf_s"] == r["iteration_s"]
+    assert all(any(s.startswith("Channel/filter splits (predicted)") for s in doc["findings"][m]) for m in doc["findings"])
+
+
+def test_channel_filter_splits_pay_off_for_resnet50_at_256_ranks(machine):
+    """ResNet-50 at batch 256 on 256 ranks (one sample per rank): the plan runs most layers on channel/filter grids,
+    predicted faster than the best plan without them, which is what the row records."""
+    from fractions import Fraction
+    from hpcnn.bench.project import project
+    result = project(machine, {"resnet50": (3, 224, 224)}, [256], {"resnet50": 256}, {"resnet50": Fraction(1)})
+    row = next(r for r in result["rows"] if r["mode"] == "strong" and r["split"] == "plan")
+    assert row["fits"] and row["cf_layers"] > row["layers"] // 2
+    _, chain = model_chain("resnet50", (3, 224, 224), 256)
+    without = plan_chain(chain, 256, machine, channel_splits=False)
+    assert row["without_cf_s"] == pytest.approx(without.totals()["iteration"], rel=1e-12)
+    assert row["without_cf_s"] > row["iteration_s"]

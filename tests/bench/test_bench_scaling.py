@@ -137,6 +137,33 @@ def test_weak_run_grows_the_batch_with_the_ranks(tmp_path):
     assert (tmp_path / "scaling_weak.png").read_bytes()[:8] == PNG
 
 
+def test_channel_and_filter_grids_are_measured_beside_their_prediction(tmp_path):
+    """Long grids in --grids: a channel split and a filter split at 2 ranks, each timed and predicted on its grid."""
+    from perfmodel.layers import model_chain
+    from perfmodel.machine import load_profile
+    from perfmodel.planner import uniform_time
+    long = ("1x1x1x2x1", "1x1x1x1x2")
+    assert main(["bench", "scaling", *TINY, "--iterations", "1", "--ranks", "1,2", "--grids", "sample," + ",".join(long),
+                 "--threads", "", "--out", str(tmp_path)]) == 0
+    _, rows = _read(tmp_path / "scaling.csv")
+    by = {(r["ranks"], r["split"]): r for r in rows}
+    assert set(by) == {("1", "sample"), ("2", "sample")} | {("2", g) for g in long}
+    data = json.loads((tmp_path / "scaling.json").read_text())
+    machine = load_profile(data["points"][0]["machine"])
+    _, chain = model_chain("meshnet", (4, 32, 32), 2, widths=[4, 4], dilations=[1, 2])
+    for grid in long:
+        r = by[("2", grid)]
+        assert r["grid"] == grid and float(r["iteration_s"]) > 0
+        point = next(p for p in data["points"] if p["label"] == grid)
+        predicted, _ = uniform_time(chain, tuple(int(v) for v in grid.split("x")), machine)
+        assert point["predicted"]["iteration_s"] == pytest.approx(predicted, rel=1e-9)
+        assert float(r["error"]) == pytest.approx(predicted / float(r["iteration_s"]) - 1, rel=1e-4, abs=1e-6)
+    _, layers = _read(tmp_path / "scaling_layers.csv")
+    # a channel-split convolution sums its partial outputs over the C ranks: measured and predicted collectives
+    conv = next(r for r in layers if r["split"] == "1x1x1x2x1" and r["layer"] == "block2.conv")
+    assert float(conv["collective_s"]) > 0 and float(conv["predicted_collective_s"]) > 0
+
+
 def test_resolve_splits_names_what_is_impossible_and_merges_equal_configurations():
     from perfmodel.layers import model_chain
     from perfmodel.machine import load_profile
@@ -157,6 +184,8 @@ def test_resolve_splits_names_what_is_impossible_and_merges_equal_configurations
 def test_bad_split_and_weak_batch_are_refused():
     with pytest.raises(SystemExit, match="--grids takes"):
         main(["bench", "scaling", *TINY, "--grids", "diagonal", "--list-splits", "2"])
+    with pytest.raises(SystemExit, match=r"grid 1x1x2x1 needs 3 entries \(N, \*S\) or 5 \(N, \*S, C, F\)"):
+        main(["bench", "scaling", *TINY, "--grids", "1x1x2x1", "--list-splits", "2"])
     with pytest.raises(SystemExit, match="weak scaling needs"):
         main(["bench", "scaling", *TINY, "--batch", "3", "--ranks", "2,3", "--mode", "weak", "--list-splits", "3"])
 

@@ -59,9 +59,15 @@ def test_a_split_convolution_samples_the_calls_its_block_makes():
     # split along W (the contiguous axis) as often: the same calls with the axes swapped
     own_w, piece_w = block_calls(dict(layer, spatial=(6, 8)), 1, (1, 2), (0, 0, 1))
     assert own_w["in_spatial"] == (6, 4) and piece_w["in_spatial"] == (6, 1)
-    # two split dimensions: one call on the extended block
-    (ext,) = block_calls(dict(layer, spatial=(8, 8)), 1, (2, 2), (0, 0, 0))
-    assert ext["in_spatial"] == (5, 5) and ext["out_spatial"] == (4, 4) and ext["padding"] == ((1, 0), (1, 0))
+    # two split dimensions: the owned block, the halo row along H spanning W's halo too (the corner), and the
+    # halo column along W spanning only the owned rows
+    own, row, column = block_calls(dict(layer, spatial=(8, 8)), 1, (2, 2), (0, 0, 0))
+    assert own["in_spatial"] == (4, 4) and own["out_spatial"] == (4, 4) and own["padding"] == ((1, 1), (1, 1))
+    assert row["in_spatial"] == (1, 5) and row["out_spatial"] == (1, 4) and row["padding"] == ((2, 0), (1, 0))
+    assert column["in_spatial"] == (4, 1) and column["out_spatial"] == (4, 1) and column["padding"] == ((1, 1), (2, 0))
+    # a strided layer whose blocks skip an own edge row: one call on the extended block
+    (ext,) = block_calls(dict(layer, spatial=(10, 10), geometry=WindowGeometry(2, 1, 2, 0)), 1, (2, 2), (0, 1, 1))
+    assert ext["in_spatial"] == (3, 3) and ext["out_spatial"] == (2, 2)
 
 
 def test_samples_cover_blocks_pieces_and_every_axis():

@@ -8,7 +8,7 @@ import pytest
 from hpcnn import nn, parallel
 from hpcnn.backend import to_host
 from tests.devices import device_params
-from tests.mpi.collective import SIZE, assert_close_all, grid_id, grids_for, world
+from tests.mpi.collective import SIZE, assert_close_all, check_all, grid_id, grids_for, world
 from tests.mpi.compare import run_both
 
 pytestmark = pytest.mark.mpi
@@ -78,6 +78,27 @@ def test_batchnorm_channels(grid, device):
     run_both(layer, _x((3, 5, 6, 5)) * 2 + 1, grid, F64, steps=2, device=device)
     layer.eval()
     run_both(layer, _x((3, 5, 6, 5), seed=4), grid, F64, device=device)
+
+
+@pytest.mark.parametrize("grid", GRIDS + [(SIZE, 1, 1)], ids=grid_id)
+@pytest.mark.parametrize("device", device_params())
+def test_conv_reduces_only_its_slice(grid, device):
+    """Each rank's gradient allreduce carries only its weight slice W[f-range, c-range] (and the bias of its
+    filters on c = 0), over the P / (Pc x Pf) ranks that share it; the allgather brings the rest of the weight."""
+    from hpcnn.geometry import block_range
+    from tests.devices import device as open_device
+    cin, cout, k = 5, 6, 3
+    layer = nn.Conv2d(cin, cout, k, padding=1, rng=np.random.default_rng(2), dtype=F64)
+    d = parallel.Distribution(world(), grid)
+    dm = parallel.distribute(nn.Sequential(layer).to(open_device(device)), d)
+    c0, c1 = block_range(cin, d.channels, d.channel_coord)
+    f0, f1 = block_range(cout, d.filters, d.filter_coord)
+    piece = ((f1 - f0) * (c1 - c0) * k * k + ((f1 - f0) if d.channel_coord == 0 else 0)) * 8
+    whole = (cout * cin * k * k + cout) * 8
+    sharing = SIZE // (d.channels * d.filters)
+    expected = (piece if sharing > 1 else 0, whole - piece if d.channels * d.filters > 1 else 0)
+    got = (dm.reducer.reduce_bytes, dm.reducer.gather_bytes)
+    check_all(got == expected, f"grid {grid}: (reduced, gathered) bytes {got}, expected {expected}")
 
 
 def _network(rng):
@@ -176,7 +197,6 @@ def test_residual_and_skipconcat_channels(case, grid):
 
 def test_kinds_without_channel_splits_are_refused():
     """GroupNorm and ConvTranspose run only on grids with C = F = 1: a channel grid is refused by name."""
-    from tests.mpi.collective import check_all
     if SIZE == 1:
         pytest.skip("one rank has no channel split")
     for layer in (nn.GroupNorm(2, 4), nn.ConvTranspose2d(4, 2, 2, stride=2)):

@@ -76,3 +76,21 @@ def test_probe_parts_add_up_per_layer():
                   - table[name]["forward_s"] - table[name]["backward_s"]) < 1e-9
     check_all(ok, f"per-layer parts do not add up: {local}")
     check_all(local["block2.conv"]["halo_s"] > 0, "a dilated convolution spent no time on halos")
+
+
+def test_node_first_runs_the_first_rank_of_each_node_before_the_others():
+    from hpcnn.parallel.mpi import Communicator
+    comm = Communicator.of(world())
+
+    def record():
+        start = time.monotonic()
+        time.sleep(0.2)
+        return start, time.monotonic()
+
+    start, end = comm.node_first(record)
+    node = comm._node()
+    spans = node.allgather((node.Get_rank(), start, end))
+    first_end = [e for r, s, e in spans if r == 0][0]
+    others = [s for r, s, e in spans if r != 0]
+    check_all(all(s >= first_end for s in others), f"a rank started at {others} before the first ended at {first_end}")
+    check_all(comm.node_first(lambda: 7) == 7, "node_first returns fn's result")

@@ -76,7 +76,7 @@ def test_pack_buffers_are_reused():
     ex = _exchange(d, (12, 5), 3, 1, 1, 1)
     x = np.ones((2, 3) + ex.own_shape)
     ex.forward(x)
-    first = [id(b) for steps in ex._buffers.values() for step in steps for _, _, b in step[2] + step[3]]
+    first = [id(b) for steps in ex._buffers.values() for step in steps for _, _, b in step[1] + step[2]]
     ex.forward(x)
-    again = [id(b) for steps in ex._buffers.values() for step in steps for _, _, b in step[2] + step[3]]
+    again = [id(b) for steps in ex._buffers.values() for step in steps for _, _, b in step[1] + step[2]]
     check_all(first == again and len(ex._buffers) == 1, "pack buffers were reallocated")

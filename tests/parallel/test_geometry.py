@@ -39,3 +39,74 @@ def test_local_windows_reproduce_the_global_one(size, kernel, stride, dilation, 
         if o1 > o0:
             pieces.append(_window_sum_1d(x[a:b], kernel, stride, dilation, plo, phi))
     np.testing.assert_allclose(np.concatenate(pieces), ref, rtol=0, atol=1e-12)
+
+
+def test_halo_reach_agrees_with_checking_every_pair_of_blocks():
+    import random
+
+    from hpcnn.geometry import WindowGeometry, halo_reach, window_halo
+
+    def every_pair(axis):
+        reach = 0
+        for c, h in enumerate(axis):
+            a, b = h.need
+            for q, o in enumerate(axis):
+                lo, hi = o.own
+                if b > a and hi > lo and lo < b and a < hi:
+                    reach = max(reach, abs(q - c))
+        return reach
+
+    rng = random.Random(0)
+    reaches = set()
+    for _ in range(1500):
+        size, g = rng.randint(1, 40), rng.randint(1, 12)
+        geometry = WindowGeometry(1, rng.randint(1, 7), rng.randint(1, 3), ((rng.randint(0, 4), rng.randint(0, 4)),),
+                                  rng.randint(1, 3))
+        axis = window_halo((g,), (size,), geometry)[0]
+        reach = halo_reach(axis)
+        assert reach == every_pair(axis), (size, g, geometry.kernel, geometry.stride, geometry.padding)
+        reaches.add(reach)
+    assert {0, 1, 2} <= reaches   # own rows only, neighbours, and further
+
+
+def _taps(o, size, kernel, stride, dilation, pad_lo):
+    """The in-image input rows output o reads along one dim."""
+    return [i for i in (o * stride - pad_lo + r * dilation for r in range(kernel)) if 0 <= i < size]
+
+
+def _inside(point, box):
+    return all(lo <= p < hi for p, (lo, hi) in zip(point, box))
+
+
+@pytest.mark.parametrize("spatial,parts,kernel,stride,padding,dilation", [
+    ((13, 11), (2, 2), 3, 1, 1, 1), ((12, 9), (2, 2), 5, 1, 2, 1), ((13, 10), (2, 2), 3, 2, 1, 1),
+    ((12, 9), (2, 2), 3, 1, 2, 2), ((9, 8), (3, 2), 3, 1, ((0, 2), (1, 0)), 1),
+    ((5, 6, 7), (1, 2, 2), 3, 1, 1, 1), ((7, 6, 6), (2, 1, 2), 3, 2, 1, 1), ((6, 7, 5), (2, 2, 2), 3, 1, 2, 2)])
+def test_box_pieces_partition_every_window(spatial, parts, kernel, stride, padding, dilation):
+    """Every (output, input) pair a window reads, within the extended block, falls in exactly one box: the owned
+    one or a piece whose outputs hold that output; the boxes stay inside the extended block."""
+    from itertools import product
+
+    from hpcnn.geometry import WindowGeometry, box_pieces, own_rows_suffice, window_halo
+    geo = WindowGeometry(len(spatial), kernel, stride, padding, dilation)
+    halo = window_halo(parts, spatial, geo)
+    dims = [k for k in range(len(spatial)) if parts[k] > 1]
+    assert all(own_rows_suffice(halo[k]) for k in dims)
+    count = 0
+    for coords in product(*(range(p) for p in parts)):
+        blocks = [halo[k][c] for k, c in enumerate(coords)]
+        need = tuple(h.need for h in blocks)
+        own, _, pieces = box_pieces(blocks, dims, spatial, geo)
+        count += len(pieces)
+        assert all(all(n[0] <= b[0] <= b[1] <= n[1] for b, n in zip(box, need)) for _, box, _ in pieces)
+        for out in product(*(range(*h.out) for h in blocks)):
+            taps = [_taps(o, s, *geo.along(k)[:4]) for k, (o, s) in enumerate(zip(out, spatial))]
+            for point in product(*taps):
+                assert _inside(point, need)
+                holders = [box for out_box, box, _ in pieces if _inside(point, box)]
+                if _inside(point, own):
+                    assert not holders
+                else:
+                    assert len(holders) == 1
+                    assert any(_inside(out, ob) for ob, box, _ in pieces if box == holders[0])
+    assert count > 0

@@ -104,3 +104,30 @@ def test_planner_prefers_channel_splits_where_they_win():
                   and all(grid_refusal(s, g) is None for s in chain))
     assert result.path_time < spatial
     assert set(plan_chain(chain, 1, m).grid_of.values()) == {(1, 1, 1)}
+
+
+def test_split_gradients_price_the_slice_over_its_group_and_one_allgather(chain):
+    """A channel/filter-split layer's gradient (hpcnn.parallel.reducer): its weight slice allreduced over the ranks
+    with the same (c, f), then the whole gathered over the Pc x Pf ranks; an unsplit one: the whole over all."""
+    from perfmodel.iteration import iteration_time
+    alpha, beta = 1e-6, 1e-9
+    m = MachineProfile.synthetic(alpha=alpha, beta=beta)
+    conv = next(s for s in iter_layers(chain) if s.kind == "conv" and s.in_shape[1] == 512 and s.in_shape[2] == 14)
+    whole = conv.params * 4
+    c = layer_cost(conv, (4, 1, 1, 2, 2), m)
+    k, cin = conv.out_shape[1], conv.in_shape[1]
+    piece = math.ceil(k / 2) * math.ceil(cin / 2) * math.prod(conv.geometry.kernel) * 4
+    assert (c.param_bytes, c.grad_piece_bytes, c.grad_group, c.grad_gather) == (whole, piece, 4, 4)
+    assert piece * 4 == whole
+    gather = 3 * alpha + 3 / 4 * whole * beta
+    assert c.gradient_allreduce == pytest.approx(m.allreduce(piece, 4) + gather)
+    t, parts = iteration_time([c], 0.0, m, 16)
+    assert parts["gradient_allreduce_total"] == pytest.approx(c.gradient_allreduce)
+    u = layer_cost(conv, (16, 1, 1), m)
+    assert (u.grad_piece_bytes, u.grad_group, u.grad_gather) == (whole, 16, 1)
+    assert u.gradient_allreduce == pytest.approx(m.allreduce(whole, 16))
+    # all of the weights over 16 ranks cost more than a quarter over 4 and a gather over 4
+    assert c.gradient_allreduce < u.gradient_allreduce
+    bn = next(s for s in iter_layers(chain) if s.kind == "batchnorm" and s.in_shape[1] == 512)
+    b = layer_cost(bn, (8, 1, 1, 4, 1), m)
+    assert (b.grad_piece_bytes, b.grad_group, b.grad_gather) == (2 * 128 * 4, 8, 4)

@@ -7,7 +7,7 @@ import pytest
 from hpcnn.geometry import WindowGeometry
 from perfmodel.costs import layer_cost
 from perfmodel.grids import candidate_grids, grid_refusal
-from perfmodel.iteration import gradient_allreduce_time
+from perfmodel.iteration import Reduction, gradient_allreduce_time
 from perfmodel.shuffle import shuffle_bytes, shuffle_time
 from perfmodel.layers import LayerSpec
 from perfmodel.machine import MachineProfile
@@ -108,7 +108,7 @@ def test_shuffle_sample_to_spatial_by_hand(machine):
 def test_gradient_allreduce_overlap():
     m0 = MachineProfile.synthetic(alpha=0.0, beta=1e-9, overlap_gradient=0.0)
     m1 = MachineProfile.synthetic(alpha=0.0, beta=1e-9, overlap_gradient=1.0)
-    grads = [1000.0, 1000.0]
+    grads = [Reduction(1000.0, 1000.0, 2)] * 2
     ready = [1.0, 2.0]          # seconds: long backward steps hide everything but the last bucket
     exposed0, total = gradient_allreduce_time(grads, ready, m0, 2, 2.0)
     exposed1, _ = gradient_allreduce_time(grads, ready, m1, 2, 2.0)

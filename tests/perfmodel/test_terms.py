@@ -90,17 +90,28 @@ def test_kernels_slow_down_when_the_other_ranks_of_the_node_are_busy():
     assert two.forward == pytest.approx(1.3 * one.forward / 2)
 
 
-def test_a_thin_convolution_along_w_is_corrected_by_its_like():
-    """Two samples of the same GEMM size, a one-column piece along W (many one-element rows) measured 5x slower
-    than a one-row piece along H: each shape's prediction follows its own sample."""
+def test_convolution_lines_are_counted_as_the_kernels_lay_the_block_out():
+    """A piece one column wide along W runs with W exchanged for H (hpcnn.kernels.cpu.layout): as many lines as
+    its transpose; a block 16 wide and 40 long is not exchanged and walks 40 lines of 16, its transpose 16 of 40."""
+    def f(out_spatial):
+        return operation_features("conv_forward", n=1, c=16, k=16, in_spatial=tuple(o + 2 for o in out_spatial),
+                                  kernel=(3, 3), out_spatial=out_spatial)
+    assert f((64, 1))["rows"] == f((1, 64))["rows"] == 16 * 9
+    assert f((40, 16))["rows"] == 16 * 9 * 40 and f((16, 40))["rows"] == 16 * 9 * 16
+
+
+def test_short_lines_are_corrected_by_their_like():
+    """Two samples of the same GEMM size, one walking 40 lines of 16 measured twice as slow as its transpose
+    (16 lines of 40): each shape's prediction follows its own sample."""
     def row(out_spatial, seconds):
         f = operation_features("conv_forward", n=1, c=16, k=16, in_spatial=tuple(o + 2 for o in out_spatial),
                                kernel=(3, 3), out_spatial=out_spatial)
         return {**f, "dims": list(f["dims"]), "seconds": seconds}, f
-    (h_row, h), (w_row, w) = row((1, 64), 40e-6), row((64, 1), 200e-6)
-    assert h["dims"] == w["dims"] and w["rows"] == 64 * h["rows"]
-    spec = {"form": "linear", "coef": {"fixed": {"value": 50e-6, "source": "s"}},
-            "table": {"source": "s", "rows": [h_row, w_row]}}
+    (long_row, long_lines), (short_row, short_lines) = row((16, 40), 100e-6), row((40, 16), 200e-6)
+    assert long_lines["dims"] == short_lines["dims"]
+    spec = {"form": "linear", "coef": {"fixed": {"value": 150e-6, "source": "s"}},
+            "table": {"source": "s", "rows": [long_row, short_row]}}
     model = KernelModel("conv_forward", spec)
-    # each close to its own sample (the other, far along the row-length axis, weighs little)
-    assert model.predict(h) == pytest.approx(40e-6, rel=0.05) and model.predict(w) == pytest.approx(200e-6, rel=0.05)
+    # each close to its own sample (the other, apart along the line-length axis, weighs less)
+    assert model.predict(long_lines) == pytest.approx(100e-6, rel=0.1)
+    assert model.predict(short_lines) == pytest.approx(200e-6, rel=0.1)

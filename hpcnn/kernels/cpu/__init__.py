@@ -1,5 +1,6 @@
 """CPU kernels (numpy + numba): see `hpcnn.kernels` for the signatures."""
-from .conv import conv_forward, conv_backward_data, conv_backward_filter, conv_backward_bias
+from .conv import conv_backward_bias
+from .layout import conv_forward, conv_backward_data, conv_backward_filter
 from .pool import maxpool_forward, maxpool_backward, avgpool_forward, avgpool_backward
 from .norm import (channel_sum, channel_centered_sumsq, batchnorm_apply, batchnorm_backward_reduce,
                    batchnorm_backward_apply)

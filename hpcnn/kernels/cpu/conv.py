@@ -170,7 +170,7 @@ def _correlate(x, w2, win, out_spatial, bias=None):
     if y.size == 0:
         return y
     bias = np.zeros(0, x.dtype) if bias is None else bias
-    pointwise = win.is_pointwise
+    pointwise = win.pointwise_on(x.shape[2:], out_spatial)
     per_gemm = _gemm_pixels(k, rows)
     per_block, per_image = _blocking(pixels, rows, x.itemsize, per_gemm)
 
@@ -190,7 +190,7 @@ def _correlate_filter(x, dy, win, out_spatial):
     rows = c * win.size
     if dy.size == 0:
         return np.zeros((k, rows), x.dtype)
-    pointwise = win.is_pointwise
+    pointwise = win.pointwise_on(x.shape[2:], out_spatial)
     per_block, per_image = _blocking(pixels, rows, x.itemsize, _FILTER_GEMM_PIXELS)
 
     def work(first, last):

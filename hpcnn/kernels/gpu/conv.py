@@ -125,7 +125,7 @@ def _correlate(x5, w2, win, out3, bias=None):
     pixels = prod(out3)
     y = xp.empty((n_img, k, pixels), dtype=x5.dtype)
     if n_img and pixels and k:
-        if win.is_pointwise:
+        if win.pointwise_on(x5.shape[2:], out3):
             xp.matmul(w2, x5.reshape(n_img, c, pixels), out=y)
         else:
             rows = c * win.size
@@ -152,7 +152,7 @@ def _correlate_filter(x5, dy3, win, out3):
     dw = xp.zeros((k, rows), dtype=x5.dtype)
     if not (n_img and pixels and k):
         return dw
-    if win.is_pointwise:
+    if win.pointwise_on(x5.shape[2:], out3):
         return xp.matmul(dy3, x5.reshape(n_img, c, pixels).transpose(0, 2, 1)).sum(axis=0)
     for n0, nb, p0, pc in _tiles(n_img, pixels, rows, x5.dtype.itemsize):
         cols = _SCRATCH.take((rows, nb * pc), x5.dtype)

@@ -1,0 +1,68 @@
+"""Compile a model's CPU kernels once, on tiny inputs, before the real work starts.
+
+hpcnn's numba kernels compile on their first call and are cached on disk (`cache=True`, next to
+the sources, or in NUMBA_CACHE_DIR). From a fresh clone every rank of a job compiles the same
+kernels at the same moment; with more ranks than cores on a node that costs the whole compile
+several times over (measured on 2 cores: the quickstart U-Net's first step compiles for most of
+its time, on each of its 4 ranks). `warm_up(model, nd, dtype)` runs every leaf of `model`, each
+on a private copy (so no running statistics, cached activations or gradients of the model
+change), forward and backward on a tiny input with the leaf's own channels and window geometry,
+then the losses: exactly the kernel specializations a training step calls (they depend on
+dtypes, array ranks and code paths such as pointwise or strided windows, not on sizes), and no
+others. A trainer calls it on one rank per node first and on the other ranks afterwards
+(`hpcnn.parallel.Communicator.node_first`), which then only load what the first one compiled.
+A leaf whose tiny input it cannot construct is left to compile on its first real call.
+"""
+import copy
+
+import numpy as np
+
+from .. import kernels
+from ..backend import array_module
+from .linear import Linear
+
+__all__ = ["warm_up"]
+
+
+def _channels(leaf):
+    for name in ("in_channels", "num_features", "num_channels"):
+        value = getattr(leaf, name, None)
+        if value:
+            return int(value)
+    return 2
+
+
+def _tiny_input(leaf, nd, dtype, rng):
+    if isinstance(leaf, Linear):
+        return rng.standard_normal((2, leaf.in_features)).astype(dtype)
+    g = getattr(leaf, "geometry", None)
+    if g is None:
+        spatial = (4,) * nd
+    else:
+        # two outputs along every dim whatever the padding: the window's extent plus one stride
+        spatial = tuple((k - 1) * d + 1 + s for k, s, d in zip(g.kernel, g.stride, g.dilation))
+    return rng.standard_normal((2, _channels(leaf)) + spatial).astype(dtype)
+
+
+def warm_up(model, nd, dtype=np.float32, put=None):
+    """Call each leaf of `model` (arrays of `dtype` with `nd` spatial dims, moved to the model's device by
+    `put`, e.g. `Device.put`) forward and backward once on a copy, then the cross-entropy and
+    squared-error kernels; returns the number of leaves warmed."""
+    dtype = np.dtype(dtype)
+    put = put or (lambda a: a)
+    rng = np.random.default_rng(0)
+    warmed = 0
+    for _, leaf in model.named_leaves():
+        try:
+            x = put(_tiny_input(leaf, nd, dtype, rng))
+            layer = copy.deepcopy(leaf).train()
+            y = layer.forward(x)
+            layer.backward(array_module(y).ones_like(y))
+        except ValueError:
+            continue  # an input this leaf refuses (a fixed size, say): it compiles on its first real call
+        warmed += 1
+    for shape in ((2, 3) + (4,) * nd, (2, 3)):
+        logits = rng.standard_normal(shape).astype(dtype)
+        kernels.softmax_cross_entropy(put(logits), put(rng.integers(0, 3, (shape[0],) + shape[2:])))
+        kernels.squared_error(put(logits), put(logits[::-1].copy()))
+    return warmed
