@@ -4,8 +4,9 @@ Run on every rank of a Communicator (`mpiexec -n P hpcnn calibrate -o PROFILE.js
 timed on rank 0 alone while the others wait (the fit), in CPU time of the rank's process on the CPU
 (`kernels.kernel_clock`: a dedicated core's time, which other processes sharing the machine do not
 inflate; messages are timed on the wall clock), and, with P > 1, every few shapes with
-every rank running the same kernel at once: the median ratio is the profile's
-`concurrency_slowdown` (cores of one node share memory bandwidth). With P > 1, batch-norm kernels run on every
+every rank running the same kernel at once, in wall time, the others asleep while rank 0 runs alone
+(`kernels._concurrency`): the median ratio is the profile's `concurrency_slowdown` (cores of one node
+share memory bandwidth, and a virtual machine's cores may share physical ones). With P > 1, batch-norm kernels run on every
 rank at once, each followed by a small allreduce: the time ranks wait there for the slowest, as a fraction of
 the kernel time, is the profile's `sync_wait` (`network.sync_wait`). Each kernel model is fitted by
 non-negative least squares on relative error (t = fixed + flops*a + bytes*b [+ lowered*c]

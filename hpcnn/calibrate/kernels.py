@@ -104,6 +104,32 @@ def time_call(run, min_seconds=0.02, max_reps=20, sync=lambda: None, clock=time.
     return float(np.median(times))
 
 
+def _concurrency(comm, run, sync, seconds, reps=3):
+    """Wall seconds of `run` on every rank at once over its wall seconds on rank 0 alone (on rank 0; others 0).
+
+    While rank 0 runs alone the others sleep instead of waiting in a barrier: MPI waits by polling, which keeps
+    their cores busy, and on a virtual machine whose cores share physical ones (the hypervisor's steal time)
+    a polling neighbour slows a kernel as much as a computing one. Wall clock, not CPU time: a core taken by
+    the hypervisor or a neighbour shows in the wall time only. `seconds`: the call's time measured before."""
+    def median_wall():
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            run()
+            sync()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+    comm.barrier()
+    if comm.rank == 0:
+        alone = median_wall()
+    else:
+        time.sleep(4 * reps * seconds + 0.02)      # longer than rank 0's calls, even slowed down
+        alone = 0.0
+    comm.barrier()
+    busy = comm.allreduce_scalar(median_wall(), "max")
+    return busy / alone if comm.rank == 0 and alone > 0 else 0.0
+
+
 def kernel_phase(comm, budget, rng, bar, device):
     """{op: [(features, seconds)]} over sampled shapes on `device` (rank 0 alone), and the concurrency slowdown."""
     rank, size = comm.rank, comm.size
@@ -129,11 +155,11 @@ def kernel_phase(comm, budget, rng, bar, device):
             comm.barrier()
             alone = time_call(run, sync=device.synchronize, clock=clock) if rank == 0 else 0.0
             comm.barrier()
-            if size > 1 and i % 3 == 0:
-                busy = comm.allreduce_scalar(time_call(run, sync=device.synchronize, clock=clock), "max")
-                if rank == 0 and alone > 0:
-                    ratios.append(busy / alone)
             alone = comm.allreduce_scalar(alone, "max")
+            if size > 1 and i % 4 == 0:
+                ratio = _concurrency(comm, run, device.synchronize, alone)
+                if rank == 0 and ratio > 0:
+                    ratios.append(ratio)
             keys = {k: shape[k] for k in ("n", "c", "k", "in_spatial", "kernel", "out_spatial", "m", "gemm_k",
                                           "gemm_n", "nbytes", "runs") if k in shape}
             feats = operation_features(op, **keys)
