@@ -113,9 +113,10 @@ def _add_calibrate(sub):
                                    "sweeps on every rank; writes a machine profile for `hpcnn plan --machine`. "
                                    "Run as `mpiexec -n P hpcnn calibrate -o PROFILE.json` (P = ranks per node).")
     p.add_argument("-o", "--out", required=True, help="the profile to write (JSON)")
-    p.add_argument("--quick", action="store_true", help="at most 2 minutes (fewer shapes and sizes)")
-    p.add_argument("--budget", type=float, default=540.0, metavar="SECONDS",
-                   help="time for the measurements (default 540; --quick caps it at 120)")
+    p.add_argument("--quick", action="store_true", help="under 2 minutes (fewer shapes and sizes)")
+    p.add_argument("--budget", type=float, default=220.0, metavar="SECONDS",
+                   help="time for the kernel, message and layer measurements (default 220: under 5 minutes in all on "
+                        "a loaded 2-core machine; --quick caps it at 75)")
     p.add_argument("--name", help="the profile's name (default: HOST-cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of the shape sampling")
     p.add_argument("--threads", type=int, metavar="T", help="BLAS/numba threads per rank (default: the node's cores "

@@ -37,6 +37,7 @@ __all__ = [
     "transposed_output_shape", "bilinear_halo",
     "block_range", "block_ranges", "block_index", "window_input_range", "AxisHalo", "window_halo",
     "upsample_halo", "halo_reach", "halo_pieces", "piece_padding", "box_padding", "box_pieces", "own_rows_suffice",
+    "slab_runs",
     "factorizations", "candidate_grids", "GRID_NOTATION", "GridParts", "grid_parts", "short_grid", "long_grid",
 ]
 
@@ -318,6 +319,19 @@ def halo_pieces(h, size, kernel, stride, dilation, pad_lo):
             if b > max(i1, ra):
                 pieces.append((o_lo, o1, max(i1, ra), b))
     return pieces
+
+
+def slab_runs(shape, k, rows):
+    """Contiguous runs of memory in a slab of `rows` along spatial dimension k of a C-ordered (n, c, *S)
+    array (what packing or unpacking a halo walks): one when the slab is the whole array, else n * c *
+    prod(S[:k]), so a slab along the last, contiguous axis is many short runs and one along the first a few
+    long ones."""
+    if rows >= shape[2 + k]:
+        return 1
+    runs = 1
+    for e in shape[:2 + k]:
+        runs *= e
+    return max(runs, 1)
 
 
 def box_padding(out_box, in_box, spatial, geometry):

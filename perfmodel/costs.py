@@ -12,7 +12,9 @@ synchronization (halo or collective) with the others.
 Each layer kind's pricing is the function its registry entry names (`hpcnn.nn.registry`, field
 `cost`, functions in `perfmodel.kinds`); this module holds what they share:
 - halo forward (`halo_time`): per split dimension in turn, copy the block into the extended
-  buffer, pack, one message per neighbour (alpha + bytes * beta), unpack; backward: the adjoint,
+  buffer, pack, one message per neighbour (alpha + bytes * beta), unpack, each copy priced with its
+  contiguous runs (a split of the last, contiguous axis copies many short rows: the copy model's
+  per-run layout term); backward: the adjoint,
   which sends the halo rows of dx back and adds them (zero, add, pack, message, add);
   `overlap.halo` of the profile is the fraction of the messages hidden behind interior compute;
 - every leaf layer call, forward and backward, also costs the profile's per-call term
@@ -36,8 +38,8 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from hpcnn.geometry import (WindowGeometry, bilinear_halo, grid_parts, halo_pieces, own_rows_suffice, upsample_halo,
-                            window_halo)
+from hpcnn.geometry import (WindowGeometry, bilinear_halo, grid_parts, halo_pieces, own_rows_suffice, slab_runs,
+                            upsample_halo, window_halo)
 from hpcnn.nn import registry
 
 __all__ = [
@@ -191,8 +193,12 @@ def halo_time(machine, grid, n, c, axes, ranks, backward):
         halo = n * c * rows * math.prod(e for j, e in enumerate(extent) if j != k) * itemsize
         inter = _axis_crosses_nodes(grid, 1 + k, machine.ranks_per_node)
 
+        # every copy along k walks the same number of contiguous runs (hpcnn.geometry.slab_runs): few long ones
+        # along the first dimension, many short ones along the last (the layout term of the copy model)
+        runs = slab_runs((n, c, *extent), k, 0)
+
         def copy(b):
-            return machine.kernel_time("copy", busy, nbytes=b) if b > 0 else 0.0
+            return machine.kernel_time("copy", busy, nbytes=b, runs=runs) if b > 0 else 0.0
         t = copy(block) + 2 * copy(halo)                       # extended buffer, pack, unpack
         if backward:
             t += copy(block) + copy(halo)                       # zero fill, accumulate received rows

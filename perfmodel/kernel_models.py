@@ -7,10 +7,13 @@ The model of one operation (OP, one of ``OPERATIONS``), a profile's ``compute.OP
 
 with the features of ``operation_features`` (FLOPs, bytes moved, and for convolutions the
 lowered-matrix bytes, the "thin" term for GEMMs with a small dimension and the filter bytes
-"weights" that every call walks whatever its block size). A measured profile
+"weights" that every call walks whatever its block size; the layout terms: "rows" of convolutions
+and pooling, the rows along the contiguous last axis each call walks, and "runs" of copies, the
+contiguous pieces a halo slab is made of: a split along the last axis makes many short ones). A measured profile
 also keeps its samples ("table": feature dicts with measured seconds); the prediction for an
 unseen shape is then the linear fit times a local correction: the geometric mean of
-measured/fitted ratios of the nearest samples in log(GEMM dimensions) space, damped towards 1
+measured/fitted ratios of the nearest samples in log(GEMM dimensions) space (and, for convolutions
+whose samples record their "rows", log of the row length along the contiguous axis), damped towards 1
 with distance. Near measured shapes this is table interpolation; far from them it is the
 fitted efficiency curve. The ratios of the table use the same features as the prediction (a
 row's "thin" and "weights" terms are rebuilt from its "dims" where the row does not store them), and rows marked
@@ -20,6 +23,8 @@ row's "thin" and "weights" terms are rebuilt from its "dims" where the row does 
 import math
 
 import numpy as np
+
+from hpcnn.kernels.cpu.layout import lines_layout
 
 from .profile_format import ProfileError, read_quantity
 
@@ -31,21 +36,23 @@ OPERATIONS = (
     "pool_forward", "pool_backward",
     "batchnorm_forward", "batchnorm_backward",
     "elementwise",      # relu / leaky relu / residual add / upsample, one pass over the data
-    "copy",             # packing halos and shuffle blocks, concatenation
+    "copy",             # packing halos and shuffle blocks, concatenation (contiguous or in strided runs)
     "gemm",             # linear layers
 )
 
 
 def operation_features(op, *, n=1, c=1, k=1, in_spatial=(), kernel=(), out_spatial=(), itemsize=4,
-                       m=0, gemm_k=0, gemm_n=0, nbytes=0):
+                       m=0, gemm_k=0, gemm_n=0, nbytes=0, runs=1):
     """The features the time models use for one kernel call on local shapes.
 
     conv_*: x (n, c, *in_spatial), w (k, c, *kernel), y (n, k, *out_spatial)
     pool_*: x (n, c, *in_spatial) -> y (n, c, *out_spatial) with window `kernel`
     batchnorm_*, elementwise: x (n, c, *in_spatial)
-    gemm: (m, gemm_k) @ (gemm_k, gemm_n);  copy: `nbytes`
-    Returns a dict with "flops", "bytes", "lowered" (conv only) and the log-size coordinates
-    "dims" used by the local correction.
+    gemm: (m, gemm_k) @ (gemm_k, gemm_n);  copy: `nbytes` in `runs` contiguous pieces (1: one block; a
+    slab of a few rows along the contiguous last axis of (n, c, *S) is n * c * prod(S[:-1]) runs)
+    Returns a dict with "flops", "bytes", "lowered" (conv only), "rows" (conv: rows of the lowered matrix;
+    pooling: output rows along the contiguous axis, each a separate inner loop), "runs" (copy) and the log-size coordinates "dims" used by
+    the local correction.
     """
     s_in = math.prod(in_spatial)
     s_out = math.prod(out_spatial)
@@ -57,11 +64,18 @@ def operation_features(op, *, n=1, c=1, k=1, in_spatial=(), kernel=(), out_spati
         # "thin": GEMMs with a small dimension (few channels, or few filters) run far below peak
         # "weights": the filter bytes each call walks (and backward-filter writes) whatever the batch and
         # block: it dominates calls on small blocks with many channels (halo pieces, late layers)
+        # "rows": the rows the lowering copies, one per (sample, channel, tap, output line along the outer
+        # dims), as the CPU kernels lay the block out (hpcnn.kernels.cpu.layout exchanges a thin last axis
+        # with a long one; what stays short along it is many short lines: the layout term)
         return {"flops": flops, "bytes": float(x_b + y_b + w_b), "lowered": lowered,
                 "thin": flops / max(min(k, c * taps), 1), "weights": float(w_b),
+                "rows": float(n * c * taps * math.prod(lines_layout(out_spatial)[:-1])),
                 "dims": (n * s_out, k, c * taps, taps)}
     if op.startswith("pool_"):
+        # "rows": the kernels loop over output rows of the last (contiguous) axis; each row pays a start-up
+        # (window bounds, loop set-up) that 3-D volumes with short rows feel most
         return {"flops": float(n * c * s_out * taps), "bytes": float(n * c * (s_in + s_out) * itemsize),
+                "rows": float(n * c * math.prod(out_spatial[:-1])),
                 "dims": (n * c * s_out, taps, n * c * s_in)}
     if op.startswith("batchnorm_"):
         e = n * c * s_in
@@ -70,7 +84,10 @@ def operation_features(op, *, n=1, c=1, k=1, in_spatial=(), kernel=(), out_spati
         e = n * c * s_in
         return {"flops": float(e), "bytes": 2.0 * e * itemsize, "dims": (e,)}
     if op == "copy":
-        return {"flops": 0.0, "bytes": float(nbytes), "dims": (max(nbytes, 1),)}
+        # "runs": each contiguous piece costs a start-up (a halo slab along the last axis is many short ones)
+        runs = max(int(runs), 1)
+        return {"flops": 0.0, "bytes": float(nbytes), "runs": float(runs),
+                "dims": (max(nbytes, 1), max(nbytes / runs, 1.0))}
     if op == "gemm":
         flops = 2.0 * m * gemm_k * gemm_n
         return {"flops": flops, "thin": flops / max(min(m, gemm_k, gemm_n), 1),
@@ -82,7 +99,10 @@ def operation_features(op, *, n=1, c=1, k=1, in_spatial=(), kernel=(), out_spati
 def row_features(op, row, itemsize=4):
     """The features of a stored table row (a profile's "table" of measured samples), with the
     "thin" term of convolutions and GEMMs and the "weights" term of convolutions rebuilt from the
-    row's "dims" where the row lacks them."""
+    row's "dims" where the row lacks them, and the rows of profiles older than the layout terms read as
+    what they timed (copies: one contiguous run; pooling: no per-row term)."""
+    if op == "copy" and len(row["dims"]) == 1:
+        return {**row, "runs": 1.0, "dims": [row["dims"][0], row["dims"][0]]}
     if not (op.startswith("conv_") or op == "gemm"):
         return row
     dims = row["dims"]
@@ -117,11 +137,21 @@ class KernelModel:
         self._table = None
         table = spec.get("table")
         rows = [row for row in table["rows"] if not row.get("outlier")] if table else []
+        # convolution samples that record their lowered rows are placed by their row length too, so that a thin
+        # piece along W is corrected by its like and not by a piece along H of the same size
+        self._layout = op.startswith("conv_") and bool(rows) and all("rows" in row for row in rows)
         if rows:
-            dims = np.array([np.log(np.maximum(np.asarray(row["dims"], float), 1.0)) for row in rows])
+            dims = np.array([self._point(row_features(op, row)) for row in rows])
             base = np.array([self._base(row_features(op, row)) for row in rows])
             measured = np.array([float(row["seconds"]) for row in rows])
             self._table = (dims, np.log(np.maximum(measured, 1e-9) / np.maximum(base, 1e-9)))
+
+    def _point(self, features):
+        """The sample's place for the local correction: log of its "dims" (and of its row length)."""
+        dims = [float(v) for v in features["dims"]]
+        if self._layout:
+            dims.append(dims[0] * dims[2] / max(float(features["rows"]), 1.0))   # the line length
+        return np.log(np.maximum(np.asarray(dims), 1.0))
 
     def _base(self, features):
         c = self.coef
@@ -139,7 +169,7 @@ class KernelModel:
         if self._table is None:
             return t
         dims, log_ratio = self._table
-        point = np.log(np.maximum(np.asarray(features["dims"], float), 1.0))
+        point = self._point(features)
         if point.shape[0] != dims.shape[1]:
             return t
         dist = np.sqrt(((dims - point) ** 2).sum(axis=1))

@@ -10,7 +10,8 @@ for a `perfmodel.layers.Block`'s own work. Each mirrors its form in hpcnn.parall
 - conv_transpose (parallel/conv_transpose.py): the adjoint convolution's kernels and halo, reversed;
 - pool, upsample (parallel/windows.py): the halo exchange, then the kernel on the extended block;
 - batchnorm (parallel/norm.py): statistics over every rank, one collective forward (an allgather
-  of 2C+1 float64 per rank) and one allreduce of 2C float64 backward;
+  of 2C+1 float64 per rank) and one allreduce of 2C float64 backward, each with the wait for the slowest
+  rank (the profile's sync_wait times the layer's compute);
 - groupnorm (parallel/groupnorm.py): statistics per (sample, group) over the spatial group: one
   allgather forward, one allreduce backward;
 - global_avgpool, flatten, linear, pointwise (parallel/dense.py): an allreduce of (n, C) float64
@@ -189,6 +190,10 @@ def batchnorm(spec, grid, machine, cost):
     # priced as a collective over the gathered bytes; backward one allreduce of (sum_dy, sum_dy_xhat)
     cost.collective_forward = machine.allreduce((2 * c + 1) * FLOAT64 * group, group, inter_all)
     cost.collective_backward = machine.allreduce(2 * c * FLOAT64, group, inter_all)
+    if group > 1:
+        # ranks finish their blocks at different times: the allreduce waits for the slowest (the profile's sync_wait)
+        cost.collective_forward += machine.sync_wait * cost.forward
+        cost.collective_backward += machine.sync_wait * cost.backward
     if local.pc > 1:
         # every channel's statistics, for the running statistics every rank keeps
         cost.collective_forward += machine.allreduce(2 * spec.in_shape[1] * FLOAT64, local.pc,
@@ -215,6 +220,8 @@ def groupnorm(spec, grid, machine, cost):
         inter = p > machine.ranks_per_node
         cost.collective_forward = machine.allreduce((1 + 2 * n * groups) * FLOAT64 * p, p, inter)
         cost.collective_backward = machine.allreduce(2 * n * groups * FLOAT64, p, inter)
+        cost.collective_forward += machine.sync_wait * cost.forward      # waiting for the slowest rank
+        cost.collective_backward += machine.sync_wait * cost.backward
     in_bytes = n * c * math.prod(local.own_in) * machine.itemsize
     cost.activation_bytes = in_bytes + (in_bytes if spec.keeps_output else 0.0)
 

@@ -49,6 +49,20 @@ in forward and for its input gradient in backward::
 `hpcnn calibrate` measures per_byte as the time to allocate and fill a 48 and a 96 MiB array less
 the time to fill one allocated before (``hpcnn.calibrate.layers.measure_fresh_memory``).
 
+Concurrency (optional "concurrency_slowdown"; absent = 1): how much slower a kernel runs when every rank of
+the node runs one at once (they share the memory bandwidth and caches) than alone; `kernel_time` multiplies
+by it whenever more than one rank of a node is busy. `hpcnn calibrate` measures it as the median ratio of a
+kernel's time on every rank at once to its time alone, over sampled kernels.
+
+Synchronisation wait (optional "sync_wait"; absent = 0): the fraction of a layer's own compute that a rank
+waits, on average, for the slowest rank of its group in the small allreduce that ends a normalization layer's
+statistics (ranks finish the same work at different times). The batch-norm and group-norm pricing adds it to
+their collectives. `hpcnn calibrate` measures it by running batch-norm kernels on every rank, each followed by
+that allreduce (``hpcnn.calibrate.network.sync_wait``).
+
+Threads per rank (in "measured_on"): the BLAS/numba threads each rank ran during the calibration; the kernel
+models hold for that count only (`threads_per_rank`; `perfmodel.provenance.check` says when a run uses another).
+
 Staging (optional "staging", written by `hpcnn calibrate --device gpu`): the device-to-host and
 host-to-device copies a GPU rank's messages go through when MPI is not CUDA-aware, each as
 ``{"alpha": Q, "beta": Q}`` with the measured rows. It is recorded for the model; the model does
@@ -105,6 +119,10 @@ class MachineProfile(CollectiveModels):
                              if fresh else (0.0, float("inf")))
         self.concurrency_slowdown = (read_quantity(doc["concurrency_slowdown"], "concurrency_slowdown")
                                      if "concurrency_slowdown" in doc else 1.0)
+        self.sync_wait = read_quantity(doc["sync_wait"], "sync_wait") if "sync_wait" in doc else 0.0
+        measured = doc.get("measured_on")
+        self.threads_per_rank = (int(read_quantity(measured["threads_per_rank"], "measured_on.threads_per_rank"))
+                                 if measured else None)
 
     # --- JSON ---------------------------------------------------------------------------
     @classmethod

@@ -5,7 +5,8 @@ and the date (each a sourced value, as every number of a profile). `check(profil
 with this machine and gives one line to print: the profile was measured on another machine (its
 predictions price that machine, not this one), or on this one some days ago (a machine's speed
 drifts between days), or it is a published profile of a cluster (its rates are its sources').
-`hpcnn calibrate` is the fix each line suggests.
+`hpcnn calibrate` is the fix each line suggests. `threads_note(profile, threads)` says when a run's threads
+per rank differ from those the profile was measured with (its kernel times hold for those only).
 """
 import os
 import platform
@@ -13,7 +14,7 @@ import socket
 import time
 from datetime import datetime, timezone
 
-__all__ = ["this_machine", "measured_on", "check", "STALE_DAYS"]
+__all__ = ["this_machine", "measured_on", "check", "threads_note", "STALE_DAYS"]
 
 # A profile older than this, measured on this machine, is called stale.
 STALE_DAYS = 2.0
@@ -87,3 +88,14 @@ def check(profile, here=None, now=None):
         return True, (f"{what}, {age:.0f} days ago: a machine's speed drifts between days and loads; for "
                       f"predictions you rely on, {_FIX}")
     return True, what + " (this machine)"
+
+
+def threads_note(profile, threads):
+    """One line when a run with `threads` BLAS/numba threads per rank is priced by a profile measured with another
+    count (its kernel models hold for that count only), else None (also for a profile that does not say)."""
+    measured = profile.threads_per_rank
+    if measured is None or int(threads) == measured:
+        return None
+    return (f"note: this run uses {int(threads)} thread(s) per rank and profile {profile.name!r} was measured with "
+            f"{measured}: its kernel times are those of {measured} thread(s) per rank, so the predictions are off by "
+            f"the threads' speedup; calibrate with `hpcnn calibrate --threads {int(threads)}` for this run")

@@ -13,7 +13,11 @@ planner chooses is measured too, unless it is one of the grids (then it counts o
 with the fastest measured candidate. The in-sample error is the profile's own: each kernel model's
 median relative error on the calibration samples it was fitted to. Reported: median and largest
 |error| and the mean signed error (bias), per iteration and per layer over all layers, each
-distinct configuration once. Writes model_layers.csv, model_iterations.csv, model.json and model.png.
+distinct configuration once, against the wall time and against the ranks' CPU time (`time.process_time`,
+the slowest rank's): calibration times kernels in CPU time, what dedicated cores take, so on a machine whose
+cores other processes share the CPU-time errors are the model's and the wall-time ones include the others'
+share; the share the ranks got (CPU / wall) is reported with them. Writes model_layers.csv,
+model_iterations.csv, model.json and model.png.
 """
 import json
 import os
@@ -73,19 +77,22 @@ def _worker(spec_path, out_path):
         probe = LayerProbe(dm)
         xt = parallel.scatter(x, first)
         momentum = {name: np.zeros_like(p) for name, p, _ in model.parameters()}
-        iters = []
+        iters, cpus = [], []
         for i in range(job["iterations"] + 1):
             if i == 1:
                 probe.clear()
             comm.barrier()
+            c0 = time.process_time()
             t0 = time.perf_counter()
             training_step(dm, xt, momentum)
             t = comm.allreduce_scalar(time.perf_counter() - t0, "max")
+            cpu = comm.allreduce_scalar(time.process_time() - c0, "max")
             if i > 0:
                 iters.append(t)
-        layers = {name: [v["forward_s"], v["backward_s"]] for name, v in probe.summary(comm).items()}
+                cpus.append(cpu)
+        layers = {name: [v["forward_s"], v["backward_s"], v["cpu_s"]] for name, v in probe.summary(comm).items()}
         results.append({**{k: job[k] for k in ("model", "case", "grid", "label")}, "iteration": float(np.median(iters)),
-                        "layers": layers})
+                        "iteration_cpu": float(np.median(cpus)), "layers": layers})
     if comm.rank == 0:
         with open(out_path, "w") as f:
             json.dump(results, f)
@@ -155,6 +162,9 @@ def run(args):
     from ..threads import available_cores
     machine = host_profile(args.machine)
     print(provenance.check(machine)[1])
+    note = provenance.threads_note(machine, 1)          # every rank of these runs has one thread
+    if note:
+        print(note)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     for m in names:
         if m not in HELD_OUT:
@@ -180,11 +190,11 @@ def run(args):
         for res in measured:
             pred_iter, pred_layers = predictions[(res["case"], res["label"])]
             over = ranks > cores
-            rows_iter.append((ranks, res["case"], res["label"], res["iteration"], pred_iter, over))
+            rows_iter.append((ranks, res["case"], res["label"], res["iteration"], pred_iter, over, res["iteration_cpu"]))
             by_case.setdefault(res["case"], {})[res["label"]] = res["iteration"]
-            for lname, (f, b) in res["layers"].items():
+            for lname, (f, b, cpu) in res["layers"].items():
                 rows_layers.append((ranks, res["case"], res["label"], lname, f + b,
-                                    pred_layers.get(lname, float("nan")), over))
+                                    pred_layers.get(lname, float("nan")), over, cpu))
         for case, times in by_case.items():
             fastest = min((label for label in times if label != "plan"), key=times.get)
             same = predictions[(case, "plan")]
@@ -194,24 +204,37 @@ def run(args):
     return 0
 
 
+def cpu_share(rows_iter):
+    """The share of a core the ranks' processes got over the runs (CPU seconds / wall seconds, iterations of
+    every configuration): near 1 on a quiet machine, lower where other processes share its cores."""
+    wall = sum(r[3] for r in rows_iter)
+    return sum(r[6] for r in rows_iter) / wall if wall > 0 else float("nan")
+
+
 def _report(rows_layers, rows_iter, plan_rows, in_sample, out, machine):
     with open(os.path.join(out, "model_layers.csv"), "w") as f:
-        f.write("ranks,model,grid,layer,measured_s,predicted_s,oversubscribed\n")
+        f.write("ranks,model,grid,layer,measured_s,predicted_s,oversubscribed,measured_cpu_s\n")
         for r in rows_layers:
             f.write(",".join(map(str, r)) + "\n")
     with open(os.path.join(out, "model_iterations.csv"), "w") as f:
-        f.write("ranks,model,grid,measured_s,predicted_s,oversubscribed\n")
+        f.write("ranks,model,grid,measured_s,predicted_s,oversubscribed,measured_cpu_s\n")
         for r in rows_iter:
             f.write(",".join(map(str, r)) + "\n")
-    print(f"\n{'ranks':>5s} {'model':10s} {'grid':>10s} {'measured ms':>12s} {'predicted ms':>13s} {'error':>7s}")
-    for ranks, m, label, meas, pred, over in rows_iter:
-        print(f"{ranks:5d} {m:10s} {label:>10s} {meas * 1e3:12.2f} {pred * 1e3:13.2f} {(pred - meas) / meas * 100:6.1f}%"
+    print(f"\n{'ranks':>5s} {'model':10s} {'grid':>10s} {'measured ms':>12s} {'CPU ms':>9s} {'predicted ms':>13s} "
+          f"{'error':>7s} {'vs CPU':>7s}")
+    for ranks, m, label, meas, pred, over, cpu in rows_iter:
+        print(f"{ranks:5d} {m:10s} {label:>10s} {meas * 1e3:12.2f} {cpu * 1e3:9.2f} {pred * 1e3:13.2f} "
+              f"{(pred - meas) / meas * 100:6.1f}% {(pred - cpu) / cpu * 100:6.1f}%"
               + ("  (oversubscribed: left out)" if over else ""))
-    held_iter = errors([(m, p) for *_, m, p, over in rows_iter if not over])
-    held_layer = errors([(m, p) for *_, m, p, over in rows_layers if not over])
+    held_iter = errors([(m, p) for *_, m, p, over, _ in rows_iter if not over])
+    held_layer = errors([(m, p) for *_, m, p, over, _ in rows_layers if not over])
+    cpu_iter = errors([(c, p) for *_, p, over, c in rows_iter if not over])
+    cpu_layer = errors([(c, p) for *_, p, over, c in rows_layers if not over])
+    share = cpu_share([r for r in rows_iter if not r[5]])
     summary = {"held_out": {"models": {k: {"model": v[0], "input": list(v[1]), "batch": v[2], "options": v[3]}
                                        for k, v in HELD_OUT.items()},
-                            "per_iteration": held_iter, "per_layer": held_layer},
+                            "per_iteration": held_iter, "per_layer": held_layer,
+                            "cpu_share": share, "per_iteration_cpu": cpu_iter, "per_layer_cpu": cpu_layer},
                "in_sample": {"kernel_fit_median_abs": in_sample}, "machine": machine.path or machine.name,
                "plans": [{"ranks": r, "model": m, "plan": lbl, "plan_s": t, "fastest": fl, "fastest_s": ft}
                          for r, m, lbl, t, fl, ft in plan_rows]}
@@ -220,7 +243,11 @@ def _report(rows_layers, rows_iter, plan_rows, in_sample, out, machine):
     if in_sample:
         print("\nin sample (each kernel model on the calibration samples it was fitted to): median |error| "
               + ", ".join(f"{op} {v * 100:.0f}%" for op, v in in_sample.items()))
-    for what, e in (("per iteration", held_iter), ("per layer (all layers)", held_layer)):
+    print(f"the ranks got {share * 100:.0f}% of a core on average (CPU time / wall time); the profile's kernel "
+          f"times are CPU times (what dedicated cores take), so on a shared machine the errors against CPU time "
+          f"are the model's, those against wall time include the other processes' share")
+    for what, e in (("per iteration, wall", held_iter), ("per layer (all layers), wall", held_layer),
+                    ("per iteration, CPU time", cpu_iter), ("per layer (all layers), CPU time", cpu_layer)):
         print(f"held out, {what}: median |error| {e['median'] * 100:.1f}%, largest {e['largest'] * 100:.1f}%, "
               f"mean signed error {e['bias'] * 100:+.1f}% ({e['count']} configurations)")
     for ranks, m, label, planned, fastest, t_fastest in plan_rows:

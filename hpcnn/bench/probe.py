@@ -25,9 +25,11 @@ __all__ = ["LayerProbe", "KINDS", "training_step"]
 class LayerProbe:
     """Wraps every leaf of DistModel `dm` to record its calls (by the leaf's dotted name in the model).
 
-    Per call: wall seconds and communication seconds by kind. `summary` gives, per leaf name,
-    forward_s, backward_s (wall, median over the recorded iterations) and halo_s, collective_s,
-    shuffle_s (forward + backward, medians), compute_s (the rest), from the rank slowest at that layer.
+    Per call: wall seconds, communication seconds by kind and CPU seconds of the rank's process. `summary`
+    gives, per leaf name, forward_s, backward_s (wall, median over the recorded iterations) and halo_s,
+    collective_s, shuffle_s (forward + backward, medians), compute_s (the rest), from the rank slowest at that
+    layer, and cpu_s: forward + backward CPU seconds (medians) of the rank with the most (on a machine shared
+    with other processes, the time dedicated cores would take: MPI waits by polling, which counts).
     """
 
     def __init__(self, dm):
@@ -44,11 +46,12 @@ class LayerProbe:
 
             def timed(t, inner=inner, record=calls[direction]):
                 before = clock.snapshot()
+                c0 = time.process_time()
                 t0 = time.perf_counter()
                 out = inner(t)
                 _wait_for_device(out.local)
                 wall = time.perf_counter() - t0
-                record.append((wall, Clock.difference(before, clock.snapshot())))
+                record.append((wall, Clock.difference(before, clock.snapshot()), time.process_time() - c0))
                 return out
             setattr(module, direction, timed)
 
@@ -62,11 +65,13 @@ class LayerProbe:
         out = {}
         for name in self.names:
             c = self.calls[name]
-            fwd = statistics.median(w for w, _ in c["forward"]) if c["forward"] else 0.0
-            bwd = statistics.median(w for w, _ in c["backward"]) if c["backward"] else 0.0
-            entry = {"forward_s": fwd, "backward_s": bwd}
+            fwd = statistics.median(w for w, _, _ in c["forward"]) if c["forward"] else 0.0
+            bwd = statistics.median(w for w, _, _ in c["backward"]) if c["backward"] else 0.0
+            entry = {"forward_s": fwd, "backward_s": bwd,
+                     "cpu_s": sum(statistics.median(u for _, _, u in c[direction])
+                                  for direction in ("forward", "backward") if c[direction])}
             for kind in ("halo", "collective", "shuffle"):
-                entry[f"{kind}_s"] = sum(statistics.median(d[kind] for _, d in c[direction])
+                entry[f"{kind}_s"] = sum(statistics.median(d[kind] for _, d, _ in c[direction])
                                          for direction in ("forward", "backward") if c[direction])
             entry["compute_s"] = max(fwd + bwd - entry["halo_s"] - entry["collective_s"] - entry["shuffle_s"], 0.0)
             out[name] = entry
@@ -79,8 +84,11 @@ class LayerProbe:
         halo or collective time, while the slower rank shows the compute that made it wait; the layer's
         time is the slower rank's, and its parts add up to it."""
         every = comm.allgather_object(self.local_summary())
-        return {name: dict(max((r[name] for r in every), key=lambda e: e["forward_s"] + e["backward_s"]))
-                for name in self.names}
+        out = {name: dict(max((r[name] for r in every), key=lambda e: e["forward_s"] + e["backward_s"]))
+               for name in self.names}
+        for name in self.names:
+            out[name]["cpu_s"] = max(r[name]["cpu_s"] for r in every)
+        return out
 
 
 def _wait_for_device(array):

@@ -131,6 +131,9 @@ def _drive(args):
     print(provenance.check(machine)[1])
     if args.threads_per_rank < 1:
         raise SystemExit(f"hpcnn bench scaling: --threads-per-rank must be at least 1, received {args.threads_per_rank}")
+    note = provenance.threads_note(machine, args.threads_per_rank)
+    if note:
+        print(note)
     if max(ranks_list) * args.threads_per_rank > cores:
         print(f"note: {max(ranks_list)} ranks x {args.threads_per_rank} thread(s) on {cores} cores: those timings are "
               f"oversubscribed (correct runs, meaningless times)")

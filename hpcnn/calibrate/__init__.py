@@ -1,9 +1,14 @@
 """`hpcnn calibrate`: the microbenchmarks that measure a machine profile: kernels over sampled shapes, ping-pong, allreduce, all-to-all.
 
 Run on every rank of a Communicator (`mpiexec -n P hpcnn calibrate -o PROFILE.json`). Kernels are
-timed on rank 0 alone while the others wait (the fit), and, with P > 1, every few shapes with
-every rank running the same kernel at once: the median ratio is the profile's
-`concurrency_slowdown` (cores of one node share memory bandwidth). Each kernel model is fitted by
+timed on rank 0 alone while the others wait (the fit), in CPU time of the rank's process on the CPU
+(`kernels.kernel_clock`: a dedicated core's time, which other processes sharing the machine do not
+inflate; messages are timed on the wall clock), and, with P > 1, every few shapes with
+every rank running the same kernel at once, in wall time, the others asleep while rank 0 runs alone
+(`kernels._concurrency`): the median ratio is the profile's `concurrency_slowdown` (cores of one node
+share memory bandwidth, and a virtual machine's cores may share physical ones). With P > 1, batch-norm kernels run on every
+rank at once, each followed by a small allreduce: the time ranks wait there for the slowest, as a fraction of
+the kernel time, is the profile's `sync_wait` (`network.sync_wait`). Each kernel model is fitted by
 non-negative least squares on relative error (t = fixed + flops*a + bytes*b [+ lowered*c]
 [+ thin*d] [+ weights*e]) and keeps its samples as a table for the local correction (see `perfmodel.machine`).
 The fit rejects inflated samples (`fit_robust`): on a machine whose cores are shared, a timed
@@ -12,7 +17,7 @@ its kernel time; such a sample is marked ``"outlier": true`` in the table and ig
 and the correction. `refit_profile` redoes the fits of a stored profile from its tables. Point-to-point:
 ping-pong between ranks 0 and 1 (alpha = half the small-message round trip, beta from the
 large-message slope); allreduce and all-to-all: sweeps over sizes at P ranks, kept as measured
-tables. With one rank there are no messages to time: the links are then estimated from the
+tables; each message time is the lower quartile of its repetitions (`network._undisturbed`). With one rank there are no messages to time: the links are then estimated from the
 memory-copy bandwidth and say so in their source. Layer calls (`measure_layer_calls`): every
 layer kind's distributed layer is timed on one rank, forward and backward, on a tiny and a large
 shape; what the kernel models do not explain is the per-call term of the profile (see
@@ -23,6 +28,7 @@ arrays, every call synchronized before its time is taken, the messages staged as
 the profile's backend is "gpu", its memory the GPU's, and it gains a "staging" section: the
 device-to-host and host-to-device copy latency and bandwidth (`hpcnn.calibrate.staging`).
 """
+import math
 import os
 import platform
 import socket
@@ -35,13 +41,16 @@ from perfmodel.machine import FORMAT, OPERATIONS, VERSION, MachineProfile
 from perfmodel.provenance import measured_on
 
 from ..backend import open_device
-from .kernels import kernel_phase
+from .kernels import kernel_call, kernel_clock, kernel_phase
 from .shapes import sample_shapes
 from .layers import GLIBC_MMAP_SOURCE, measure_fresh_memory, measure_layer_calls
-from .network import pingpong as measure_pingpong, sweep
+from .network import pingpong as measure_pingpong, sweep, sync_wait as measure_sync_wait
 from .staging import measure_staging, staging_section
 
-__all__ = ["calibrate", "sample_shapes", "measure_layer_calls", "measure_fresh_memory"]
+__all__ = ["calibrate", "sample_shapes", "measure_layer_calls", "measure_fresh_memory", "QUICK_BUDGET"]
+
+# The measurement budget of `--quick` (seconds): with the messages and layer calls, under 2 minutes in all.
+QUICK_BUDGET = 75.0
 
 
 def _rng(seed):
@@ -65,7 +74,7 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None,
     device = device or open_device("cpu")
     gpu = device.name == "gpu"
     if quick:
-        budget = min(budget, 120.0)
+        budget = min(budget, QUICK_BUDGET)
     rank, size = comm.rank, comm.size
     t_start = time.perf_counter()
     when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -78,10 +87,19 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None,
 
     max_bytes = 1 << (22 if quick else 25)
     sizes = [8 << (2 * i) for i in range(12) if (8 << (2 * i)) <= max_bytes]
-    pingpong = measure_pingpong(comm, sizes, device.xp) if size > 1 else []
-    allreduce = sweep(comm, sizes, "allreduce", device.xp) if size > 1 else []
-    alltoall = sweep(comm, [s * size for s in sizes], "alltoall", device.xp) if size > 1 else []
+    # every message waits for all its ranks to be on a core: on a loaded machine each repetition costs time
+    # slices, so --quick times every other size (two of them large, for beta) with fewer repetitions
+    if quick:
+        sizes = sizes[1::2]
+    reps = dict(pingpong=8, sweep=4, wait=3) if quick else dict(pingpong=20, sweep=10, wait=7)
+    pingpong = measure_pingpong(comm, sizes, device.xp, reps["pingpong"]) if size > 1 else []
+    allreduce = sweep(comm, sizes, "allreduce", device.xp, reps["sweep"]) if size > 1 else []
+    alltoall = sweep(comm, [s * size for s in sizes], "alltoall", device.xp, reps["sweep"]) if size > 1 else []
     staged = measure_staging(device, sizes + [1 << 26]) if gpu and rank == 0 else None
+    bn_shapes = [shape for shape in sample_shapes("batchnorm_forward", rng, 60)
+                 if shape["n"] * shape["c"] * math.prod(shape["in_spatial"]) <= 1 << 20][:6 if quick else 12]
+    wait = measure_sync_wait(comm, [kernel_call("batchnorm_forward", shape, rng, device) for shape in bn_shapes],
+                             device.xp, reps["wait"], clock=kernel_clock(device))
     if bar is not None:
         bar.update(max(bar.total - bar.n, 0))
         bar.close()
@@ -92,7 +110,8 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None,
     what = f"{device.label}, " if gpu else ""
     sources = {src: f"measured on {host} ({what}{cpu}, {os.cpu_count()} cores) at {when} by `hpcnn calibrate` "
                     f"with {size} rank(s) on {device.name}, float32, {threads} thread(s) per rank; budget "
-                    f"{budget:.0f} s; 1-minute load average "
+                    f"{budget:.0f} s; kernel and layer times "
+                    f"{'wall' if gpu else 'CPU time of the rank (what a dedicated core takes)'}; 1-minute load average "
                     f"{load:.1f} at the end (a load above the core count means other processes shared the cores "
                     f"and the times are inflated and noisy: rerun on a quiet machine)"}
     compute = {}
@@ -106,7 +125,7 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None,
                     "median_abs_relative": med},
             "table": {"source": src, "rows": [
                 {"dims": list(f["dims"]), "flops": f["flops"], "bytes": f["bytes"],
-                 **({k: f[k] for k in ("lowered", "thin", "weights") if k in f}), "seconds": t,
+                 **({k: f[k] for k in ("lowered", "thin", "weights", "rows", "runs") if k in f}), "seconds": t,
                  **({"outlier": True} if bad else {})}
                 for (f, t), bad in zip(tables[op], outlier)]},
         }
@@ -150,6 +169,7 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None,
         "ranks_per_node": {"value": per_node, "source": src},
         "memory_per_rank": {"value": float(mem_rank), "source": src},
         "concurrency_slowdown": {"value": slowdown, "source": src},
+        "sync_wait": {"value": wait, "source": src},
         "compute": compute,
         "links": {"intra_node": {"alpha": {"value": alpha, "source": link_src},
                                  "beta": {"value": beta, "source": link_src},
@@ -182,7 +202,7 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None,
             doc["staging"] = staging_section(staged, src)
     else:
         sources["glibc-mmap-threshold"] = GLIBC_MMAP_SOURCE
-        doc["fresh_memory"] = measure_fresh_memory(src)
-    doc["layer_calls"] = measure_layer_calls(comm, MachineProfile(doc), src, device)
+        doc["fresh_memory"] = measure_fresh_memory(src, reps=3 if quick else 7)
+    doc["layer_calls"] = measure_layer_calls(comm, MachineProfile(doc), src, device, reps=7 if quick else 15)
     doc["calibration_seconds"] = {"value": time.perf_counter() - t_start, "source": src}
     return MachineProfile(doc)

@@ -8,10 +8,10 @@ from perfmodel.machine import OPERATIONS, operation_features
 
 from .shapes import sample_shapes
 
-__all__ = ["time_call", "kernel_phase"]
+__all__ = ["kernel_call", "kernel_clock", "time_call", "kernel_phase"]
 
 
-def _arrays(op, shape, rng, device):
+def kernel_call(op, shape, rng, device):
     """Inputs for one call (drawn on the host, uploaded to `device`) and the callable that runs it."""
     f32 = np.float32
     put, xp = device.put, device.xp
@@ -63,11 +63,16 @@ def _arrays(op, shape, rng, device):
         x = put(rng.standard_normal((shape["n"], shape["c"]) + tuple(shape["in_spatial"]), dtype=f32))
         return lambda: kernels.relu_forward(x)
     if op == "copy":
-        src = xp.ones(shape["nbytes"] // 4, f32)
-        dst = xp.empty_like(src)
+        # the whole block, or a halo slab of it packed into its own buffer (hpcnn.parallel.halo)
+        src = xp.ones(shape["shape"], f32)
+        index = [slice(None)] * src.ndim
+        if shape["axis"] is not None:
+            index[2 + shape["axis"]] = slice(0, shape["rows"])
+        index = tuple(index)
+        dst = xp.empty_like(src[index])
 
         def run():
-            dst[...] = src
+            dst[...] = src[index]
         return run
     if op == "gemm":
         a = put(rng.standard_normal((shape["m"], shape["gemm_k"]), dtype=f32))
@@ -76,27 +81,64 @@ def _arrays(op, shape, rng, device):
     raise ValueError(op)
 
 
-def time_call(run, min_seconds=0.02, max_reps=20, sync=lambda: None):
-    """Median seconds of one call, repeated until `min_seconds` have passed (at least 3 times); `sync` waits
-    for the device after each call (a GPU's kernels run asynchronously)."""
+def kernel_clock(device):
+    """The clock kernel calls are timed with on `device`: on the CPU (and the emulated GPU) the CPU time of this
+    rank's process (user + system, all its threads: `time.process_time`), which is what a dedicated core takes,
+    whatever other processes of a shared machine take from it; on a GPU the wall clock (its kernels run
+    asynchronously, the host thread waits)."""
+    return time.perf_counter if device.name == "gpu" else time.process_time
+
+
+def time_call(run, min_seconds=0.02, max_reps=20, sync=lambda: None, clock=time.perf_counter):
+    """Median seconds of one call on `clock`, repeated until `min_seconds` of wall time have passed (at least 3
+    times); `sync` waits for the device after each call (a GPU's kernels run asynchronously)."""
     run()                                  # warm: numba compilation or NVRTC, first-touch pages
     sync()
     times = []
     start = time.perf_counter()
     while len(times) < 3 or (time.perf_counter() - start < min_seconds and len(times) < max_reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         run()
         sync()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return float(np.median(times))
+
+
+def _concurrency(comm, run, sync, seconds, reps=3):
+    """Wall seconds of `run` on every rank at once over its wall seconds on rank 0 alone (on rank 0; others 0).
+
+    While rank 0 runs alone the others sleep instead of waiting in a barrier: MPI waits by polling, which keeps
+    their cores busy, and on a virtual machine whose cores share physical ones (the hypervisor's steal time)
+    a polling neighbour slows a kernel as much as a computing one. Wall clock, not CPU time: a core taken by
+    the hypervisor or a neighbour shows in the wall time only. `seconds`: the call's time measured before."""
+    def median_wall():
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            run()
+            sync()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+    comm.barrier()
+    if comm.rank == 0:
+        alone = median_wall()
+    else:
+        time.sleep(4 * reps * seconds + 0.02)      # longer than rank 0's calls, even slowed down
+        alone = 0.0
+    comm.barrier()
+    busy = comm.allreduce_scalar(median_wall(), "max")
+    return busy / alone if comm.rank == 0 and alone > 0 else 0.0
 
 
 def kernel_phase(comm, budget, rng, bar, device):
     """{op: [(features, seconds)]} over sampled shapes on `device` (rank 0 alone), and the concurrency slowdown."""
     rank, size = comm.rank, comm.size
-    weights = {"conv_forward": 1.6, "conv_backward_data": 1.6, "conv_backward_filter": 1.6}
+    # pooling's per-row term needs more samples than its few 3-D draws at the base weight gave
+    weights = {"conv_forward": 1.6, "conv_backward_data": 1.6, "conv_backward_filter": 1.6, "pool_forward": 0.9,
+               "pool_backward": 0.9}
     total_w = sum(weights.get(op, 0.6) for op in OPERATIONS)
     tables, ratios = {}, []
+    clock = kernel_clock(device)
     for op in OPERATIONS:
         op_budget = budget * weights.get(op, 0.6) / total_w
         shapes = sample_shapes(op, rng, 400)
@@ -104,20 +146,22 @@ def kernel_phase(comm, budget, rng, bar, device):
         t_op = time.perf_counter()
         for i, shape in enumerate(shapes):
             # rank 0 decides when the op's budget is spent, so that every rank runs the same shapes
-            go = comm.allreduce_scalar(int(time.perf_counter() - t_op < op_budget or len(rows) < 4), "min")
+            # (at least 4 samples, unless a few large calls have taken three times the op's budget already)
+            spent = time.perf_counter() - t_op
+            go = comm.allreduce_scalar(int(spent < op_budget or (len(rows) < 4 and spent < 3 * op_budget)), "min")
             if not go:
                 break
-            run = _arrays(op, shape, rng, device)
+            run = kernel_call(op, shape, rng, device)
             comm.barrier()
-            alone = time_call(run, sync=device.synchronize) if rank == 0 else 0.0
+            alone = time_call(run, sync=device.synchronize, clock=clock) if rank == 0 else 0.0
             comm.barrier()
-            if size > 1 and i % 3 == 0:
-                busy = comm.allreduce_scalar(time_call(run, sync=device.synchronize), "max")
-                if rank == 0 and alone > 0:
-                    ratios.append(busy / alone)
             alone = comm.allreduce_scalar(alone, "max")
+            if size > 1 and i % 4 == 0:
+                ratio = _concurrency(comm, run, device.synchronize, alone)
+                if rank == 0 and ratio > 0:
+                    ratios.append(ratio)
             keys = {k: shape[k] for k in ("n", "c", "k", "in_spatial", "kernel", "out_spatial", "m", "gemm_k",
-                                          "gemm_n", "nbytes") if k in shape}
+                                          "gemm_n", "nbytes", "runs") if k in shape}
             feats = operation_features(op, **keys)
             rows.append((feats, alone))
         if bar is not None:

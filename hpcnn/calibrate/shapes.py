@@ -14,7 +14,7 @@ whatever models are later evaluated (`hpcnn bench model` evaluates on its own he
 """
 import math
 
-from ..geometry import WindowGeometry, block_range, box_pieces, own_rows_suffice, window_halo
+from ..geometry import WindowGeometry, block_range, box_pieces, own_rows_suffice, slab_runs, window_halo
 from perfmodel.kernel_models import operation_features
 
 __all__ = ["sample_shapes", "sample_layer", "block_calls"]
@@ -23,6 +23,9 @@ _CHANNELS = (1, 2, 3, 4, 8, 12, 16, 18, 24, 32, 48, 64, 96, 128, 192, 256)
 _SIDES_2D = (4, 6, 7, 8, 12, 14, 16, 24, 28, 32, 48, 56, 64, 96, 128, 192, 256, 384, 512, 768)
 _SIDES_3D = (4, 6, 8, 12, 16, 24, 32, 48, 64)
 _ELEMENTS_MAX = 3e7
+# Pooling and normalization calls above this many elements are memory bound (their time per element no longer
+# changes) and take long enough that a budget of minutes buys only a few of them.
+_ELEMENTS_MAX_PASS = 8e6
 
 
 def _pick(rng, values):
@@ -125,8 +128,24 @@ def _small_enough(op, call):
     if op.startswith("conv_"):
         keys = {key: call[key] for key in ("n", "c", "k", "in_spatial", "kernel", "out_spatial")}
         flops = operation_features(op, **keys)["flops"]
-        return 1e4 <= flops <= 4e9 and elements <= _ELEMENTS_MAX
-    return 16 <= elements <= _ELEMENTS_MAX
+        # above ~1e9 flops a call is a large GEMM whose time is linear in its flops; such calls take a second
+        # with their repetitions, and a budget of minutes is better spent on more, smaller ones
+        return 1e4 <= flops <= 1.5e9 and elements <= _ELEMENTS_MAX
+    return 16 <= elements <= (_ELEMENTS_MAX_PASS if op.startswith(("pool_", "batchnorm_")) else _ELEMENTS_MAX)
+
+
+def _copy_call(layer, rng):
+    """A copy of a layer's whole block (one contiguous run), or of a halo slab of a few rows along one
+    spatial dimension (a pack: the contiguous last axis as often as the others), as the halo exchange makes:
+    dict(shape (n, c, *S) of the source, axis (None: whole) and rows of the slab, nbytes, runs)."""
+    shape = (layer["n"], layer["c"]) + tuple(layer["spatial"])
+    if rng.random() < 0.3:
+        return dict(shape=shape, axis=None, rows=0, nbytes=4 * math.prod(shape), runs=1)
+    k = int(rng.integers(layer["nd"]))
+    size = shape[2 + k]
+    rows = min(int(_pick(rng, (1, 1, 2, 3, 4, 8, max(size // 2, 1)))), size)
+    return dict(shape=shape, axis=k, rows=rows, nbytes=4 * math.prod(shape) // size * rows,
+                runs=slab_runs(shape, k, rows))
 
 
 def sample_shapes(op, rng, count):
@@ -140,9 +159,9 @@ def sample_shapes(op, rng, count):
             continue
         layer = sample_layer(op, rng)
         if op == "copy":
-            nbytes = 4 * layer["n"] * layer["c"] * math.prod(layer["spatial"])
-            if 64 <= nbytes <= 1.2e8:
-                out.append(dict(nbytes=int(nbytes)))
+            call = _copy_call(layer, rng)
+            if 64 <= call["nbytes"] and 4 * math.prod(call["shape"]) <= 1.2e8:
+                out.append(call)
             continue
         pn, parts = _sample_grid(layer, rng)
         coords = (int(rng.integers(pn)),) + tuple(int(rng.integers(p)) for p in parts)

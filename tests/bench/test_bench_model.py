@@ -45,3 +45,13 @@ def test_one_model_on_one_rank_writes_consistent_files(tmp_path):
     assert doc["held_out"]["per_iteration"]["median"] == pytest.approx(float(np.median(np.abs(rel))))
     assert doc["held_out"]["per_iteration"]["bias"] == pytest.approx(float(np.mean(rel)))
     assert set(doc["in_sample"]["kernel_fit_median_abs"]) >= {"conv_forward", "gemm"}
+    cpu = [float(r["measured_cpu_s"]) for r in rows]
+    rel_cpu = [(float(r["predicted_s"]) - c) / c for r, c in zip(rows, cpu)]
+    assert doc["held_out"]["per_iteration_cpu"]["median"] == pytest.approx(float(np.median(np.abs(rel_cpu))))
+    wall = sum(float(r["measured_s"]) for r in rows)
+    assert doc["held_out"]["cpu_share"] == pytest.approx(sum(cpu) / wall)
+
+
+def test_the_cpu_share_is_cpu_over_wall_of_the_iterations():
+    rows = [(1, "m", "1x1x1", 2.0, 1.0, False, 1.0), (1, "m", "2x1x1", 2.0, 1.0, False, 2.0)]
+    assert bench_model.cpu_share(rows) == pytest.approx(0.75)

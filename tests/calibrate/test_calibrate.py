@@ -31,6 +31,7 @@ def test_calibrate_smoke_two_ranks(tmp_path_factory):
         profile.save(path)
         again = MachineProfile.load(path)
         ok = (str(comm.size) in again.doc["collectives"]["allreduce"]["measured"]["ranks"]
+              and "sync_wait" in again.doc and "runs" in again.kernels["copy"].coef
               and again.link(False)[0] > 0 and again.kernel_time("elementwise", n=1, c=4, in_spatial=(8, 8)) > 0)
     assert comm.all_true(ok)
 
@@ -89,3 +90,29 @@ def test_staging_bandwidth_is_measured_each_way_with_sources():
     section = staging_section(rows, "measured")
     check_provenance(section, "staging", None, {"measured": "here"})
     assert section["device_to_host"]["beta"]["value"] > 0 and section["host_to_device"]["alpha"]["value"] > 0
+
+
+def test_copies_are_sampled_whole_and_as_halo_slabs_along_every_axis():
+    shapes = sample_shapes("copy", np.random.default_rng(3), 200)
+    slabs = [s for s in shapes if s["axis"] is not None and s["rows"] < s["shape"][2 + s["axis"]]]
+    assert any(s["axis"] is None and s["runs"] == 1 for s in shapes)
+    last = [s for s in slabs if s["axis"] == len(s["shape"]) - 3]
+    first = [s for s in slabs if s["axis"] == 0]
+    assert last and first
+    # a slab along the contiguous axis walks a run per row of the outer dimensions
+    s = last[0]
+    assert s["runs"] == int(np.prod(s["shape"][:-1])) and s["nbytes"] == 4 * s["runs"] * s["rows"]
+
+
+def test_the_kernel_calls_copy_what_their_features_say():
+    from hpcnn.backend import open_device
+    from hpcnn.calibrate.kernels import kernel_call
+    call = dict(shape=(2, 3, 5, 7), axis=1, rows=2, nbytes=4 * 2 * 3 * 5 * 2, runs=30)
+    kernel_call("copy", call, np.random.default_rng(0), open_device("cpu"))()     # runs without shape errors
+
+
+def test_one_rank_waits_for_nobody():
+    from types import SimpleNamespace
+
+    from hpcnn.calibrate.network import sync_wait
+    assert sync_wait(SimpleNamespace(size=1), [lambda: None]) == 0.0

@@ -42,3 +42,17 @@ def test_robust_fit_keeps_fast_samples_that_fit_badly():
     rows[5] = (rows[5][0], 4 * rows[5][1] + 5e-5)
     *_, outlier = fit_robust(rows, ("fixed", "flops"))
     assert not any(outlier)
+
+
+def test_fit_to_scattered_data_is_as_often_above_as_below():
+    """Least squares on relative error alone under-predicts scattered data; the fit is rescaled to a median
+    log ratio of zero, so its scale is that of the measurements."""
+    rng = np.random.default_rng(4)
+    rows = []
+    for _ in range(201):
+        f = {"flops": float(rng.uniform(1e6, 1e9))}
+        rows.append((f, 3e-11 * f["flops"] * float(np.exp(rng.normal(0.0, 0.4)))))
+    coef, _, _ = fit_linear(rows, ("flops",))
+    ratios = [t / (coef["flops"] * f["flops"]) for f, t in rows]
+    assert float(np.median(np.log(ratios))) == pytest.approx(0.0, abs=1e-9)
+    assert coef["flops"] == pytest.approx(3e-11, rel=0.1)

@@ -64,3 +64,12 @@ def test_hpcnn_as_built_keeps_the_cluster_and_takes_the_measured_kernels():
     shape = dict(n=1, c=64, k=64, in_spatial=(56, 56), kernel=(3, 3), out_spatial=(56, 56))
     assert built.kernel_time("conv_forward", **shape) == measured.kernel_time("conv_forward", **shape)
     assert "measured by hpcnn calibrate" in prices(built)
+
+
+def test_a_run_with_other_threads_per_rank_is_said_and_the_same_count_is_not():
+    profile = _profile()                     # measured with 4 threads per rank
+    assert profile.threads_per_rank == 4
+    assert provenance.threads_note(profile, 4) is None
+    line = provenance.threads_note(profile, 1)
+    assert "1 thread(s) per rank" in line and "measured with 4" in line and "--threads 1" in line
+    assert provenance.threads_note(MachineProfile.synthetic(), 1) is None     # a stated profile does not say

@@ -16,7 +16,7 @@ import numpy as np
 from ...geometry import as_tuple, normalize_padding
 from . import conv as _conv
 
-__all__ = ["conv_forward", "conv_backward_data", "conv_backward_filter", "THIN"]
+__all__ = ["conv_forward", "conv_backward_data", "conv_backward_filter", "THIN", "lines_layout"]
 
 THIN = 32  # an output at most this long along the last axis (and 4 times longer along another) is thin
 
@@ -28,6 +28,13 @@ def _swap(out_spatial):
         return None
     k = int(np.argmax(out_spatial[:-1]))
     return k if out_spatial[k] >= 4 * out_spatial[-1] else None
+
+
+def lines_layout(out_spatial):
+    """The output's spatial extents in the order the kernels walk them (the last one along each line): with the
+    last axis exchanged where the output is thin along it (what the performance model counts lines of)."""
+    k = _swap(out_spatial)
+    return tuple(out_spatial) if k is None else _permuted(out_spatial, k)
 
 
 def _geometry(nd, kernel, stride, padding, dilation):
