@@ -18,7 +18,7 @@ Format (version 1), one JSON object:
     }
 
 Leaf layer names are those of `model.named_leaves()` (the prefixes of the
-parameter names, e.g. "layer1.0.residual.body.conv1"). A grid (`hpcnn.geometry.GRID_NOTATION`) is
+parameter names, e.g. "layer1.0.residual.body.conv1"). A grid (`hpcnn.grids.GRID_NOTATION`) is
 (N, [D,] H, W): one entry for the batch and one per spatial dimension, or the long form
 (N, [D,] H, W, C, F) that adds the ranks splitting channels (C) and a convolution's filters (F); it
 multiplies to `ranks`. Short and long grids mix in one plan when they have the same spatial
@@ -29,7 +29,7 @@ import json
 import os
 import tempfile
 
-from .geometry import GRID_NOTATION, grid_parts, short_grid
+from .grids import GRID_NOTATION, grid_parts, short_grid
 
 __all__ = ["Plan", "PLAN_FORMAT", "PLAN_VERSION"]
 

@@ -38,8 +38,9 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from hpcnn.geometry import (WindowGeometry, bilinear_halo, grid_parts, halo_pieces, own_rows_suffice, slab_runs,
-                            upsample_halo, window_halo)
+from hpcnn.geometry import (WindowGeometry, bilinear_halo, halo_pieces, own_rows_suffice, slab_runs, upsample_halo,
+                            window_halo)
+from hpcnn.grids import grid_parts
 from hpcnn.nn import registry
 
 __all__ = [
@@ -109,7 +110,7 @@ def busy_ranks(machine, ranks):
 
 @lru_cache(maxsize=None)
 def parts(grid):
-    """hpcnn.geometry.GridParts of a short or long grid (cached)."""
+    """hpcnn.grids.GridParts of a short or long grid (cached)."""
     return grid_parts(grid)
 
 

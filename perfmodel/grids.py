@@ -1,7 +1,8 @@
 """Which grids the planner considers for a layer: every factorization of P over the batch and the spatial
 dimensions (hpcnn.geometry), channel and filter splits beside them (`channel_grids`), less those a layer
 refuses."""
-from hpcnn.geometry import WindowGeometry, candidate_grids, halo_reach, window_halo
+from hpcnn.geometry import WindowGeometry, halo_reach, window_halo
+from hpcnn.grids import candidate_grids
 from hpcnn.nn import registry
 
 from .costs import parts

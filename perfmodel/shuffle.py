@@ -9,7 +9,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from hpcnn.geometry import block_index, block_range, long_grid
+from hpcnn.geometry import block_index, block_range
+from hpcnn.grids import long_grid
 
 from .costs import busy_ranks
 

@@ -52,7 +52,7 @@ from perfmodel.as_built import as_built, measured_gpu_profile, prices
 from perfmodel.planner import PlanError, plan_chain
 from perfmodel.splits import SPLITS, split_plan
 
-from ..geometry import grid_parts
+from ..grids import grid_parts
 
 from .output import write_csv
 from .project_cases import CASES, GIB, MODES, STRONG_BATCH, WEAK_PER_RANK, Chains

@@ -3,7 +3,7 @@ import math
 
 from perfmodel.splits import SPLITS, fastest_grid, split_plan
 
-from ..geometry import grid_parts, short_grid
+from ..grids import grid_parts, short_grid
 
 from .host_profile import host_profile
 

@@ -45,7 +45,9 @@ layer's parameters right after that layer's backward step, as `hpcnn.train.optim
 does for the layer-by-layer engine; `tests/chaos` checks that the two agree.
 """
 import numba
-import numpy as np
+
+from .layer_kernels import (conv_backward, conv_forward, cross_entropy, linear_backward, linear_forward,
+                            plain_sgd_live_rows, pool_backward, pool_forward, sgd_update)
 
 __all__ = ["LAYER_COLUMNS", "OP_CONV", "OP_LINEAR", "OP_RELU", "OP_LEAKY_RELU", "OP_MAXPOOL",
            "OP_AVGPOOL", "OP_GLOBAL_AVGPOOL", "train_chunk"]
@@ -62,204 +64,6 @@ LAYER_COLUMNS = (
 )
 (_OP, _IN, _OUT, _IC, _IH, _IW, _OC, _OH, _OW, _WP, _BP,
  _KH, _KW, _SH, _SW, _PH, _PW, _DH, _DW, _AUX, _NEED_DX) = range(len(LAYER_COLUMNS))
-
-
-# fastmath without 'nnan'/'ninf': reductions over channels may be reordered (and so vectorized), while
-# max-pooling still sees -inf correctly.
-_FAST = {"reassoc", "contract", "nsz", "arcp"}
-
-
-@numba.njit(cache=True, nogil=True, fastmath=_FAST)
-def _conv_forward(x, w, b, y, sh, sw, ph, pw, dh, dw):
-    # x: (H, W, C), w: (R, S, C, K), b: (K,) or empty, y: (OH, OW, K); channels last so that the
-    # innermost loop runs over K contiguous output channels.
-    R, S, C, K = w.shape
-    H, W = x.shape[0], x.shape[1]
-    OH, OW = y.shape[0], y.shape[1]
-    for oh in range(OH):
-        for ow in range(OW):
-            yv = y[oh, ow]
-            if b.shape[0] > 0:
-                yv[:] = b
-            else:
-                yv[:] = 0.0
-            for r in range(R):
-                ih = oh * sh - ph + r * dh
-                if ih < 0 or ih >= H:
-                    continue
-                for s in range(S):
-                    iw = ow * sw - pw + s * dw
-                    if iw < 0 or iw >= W:
-                        continue
-                    for c in range(C):
-                        xv = x[ih, iw, c]
-                        if xv == 0.0:      # after ReLU about half the inputs are zero
-                            continue
-                        wv = w[r, s, c]
-                        for k in range(K):
-                            yv[k] += xv * wv[k]
-
-
-@numba.njit(cache=True, nogil=True, fastmath=_FAST)
-def _conv_backward(x, w, dy, dx, gw, gb, need_dx, sh, sw, ph, pw, dh, dw):
-    # accumulates gw: (R, S, C, K) and gb: (K,); writes dx: (H, W, C) when need_dx
-    R, S, C, K = w.shape
-    H, W = x.shape[0], x.shape[1]
-    OH, OW = dy.shape[0], dy.shape[1]
-    if need_dx:
-        dx[...] = 0.0
-    for oh in range(OH):
-        for ow in range(OW):
-            g = dy[oh, ow]
-            if gb.shape[0] > 0:
-                gb += g
-            for r in range(R):
-                ih = oh * sh - ph + r * dh
-                if ih < 0 or ih >= H:
-                    continue
-                for s in range(S):
-                    iw = ow * sw - pw + s * dw
-                    if iw < 0 or iw >= W:
-                        continue
-                    for c in range(C):
-                        xv = x[ih, iw, c]
-                        wv = w[r, s, c]
-                        gv = gw[r, s, c]
-                        if xv != 0.0:
-                            for k in range(K):
-                                gv[k] += xv * g[k]
-                        if need_dx:
-                            acc = 0.0
-                            for k in range(K):
-                                acc += wv[k] * g[k]
-                            dx[ih, iw, c] += acc
-
-
-@numba.njit(cache=True, nogil=True, fastmath=_FAST)
-def _linear_forward(x, w, b, y):
-    # x: (I,), w: (I, O) (the transpose of PyTorch's), b: (O,) or empty, y: (O,)
-    if b.shape[0] > 0:
-        y[:] = b
-    else:
-        y[:] = 0.0
-    for i in range(w.shape[0]):
-        xv = x[i]
-        if xv != 0.0:
-            wv = w[i]
-            for o in range(w.shape[1]):
-                y[o] += xv * wv[o]
-
-
-@numba.njit(cache=True, nogil=True, fastmath=_FAST)
-def _linear_backward(x, w, dy, dx, gw, gb, need_dx):
-    if gb.shape[0] > 0:
-        gb += dy
-    for i in range(w.shape[0]):
-        xv = x[i]
-        if xv != 0.0:
-            gv = gw[i]
-            for o in range(w.shape[1]):
-                gv[o] += xv * dy[o]
-        if need_dx:
-            wv = w[i]
-            acc = 0.0
-            for o in range(w.shape[1]):
-                acc += wv[o] * dy[o]
-            dx[i] = acc
-
-
-@numba.njit(cache=True, nogil=True)
-def _pool_forward(x, y, arg, is_max, kh, kw, sh, sw, ph, pw):
-    # x: (H, W, C), y: (OH, OW, C), arg: (OH, OW, C) flat input index of the max (max pooling)
-    H, W, C = x.shape
-    OH, OW = y.shape[0], y.shape[1]
-    inv = 1.0 / (kh * kw)
-    for oh in range(OH):
-        for ow in range(OW):
-            for c in range(C):
-                y[oh, ow, c] = -np.inf if is_max else 0.0
-                arg[oh, ow, c] = -1
-            for r in range(kh):
-                ih = oh * sh - ph + r
-                if ih < 0 or ih >= H:
-                    continue
-                for s in range(kw):
-                    iw = ow * sw - pw + s
-                    if iw < 0 or iw >= W:
-                        continue
-                    for c in range(C):
-                        v = x[ih, iw, c]
-                        if is_max:
-                            if v > y[oh, ow, c]:
-                                y[oh, ow, c] = v
-                                arg[oh, ow, c] = (ih * W + iw) * C + c
-                        else:
-                            y[oh, ow, c] += v
-            if not is_max:
-                for c in range(C):
-                    y[oh, ow, c] *= inv
-
-
-@numba.njit(cache=True, nogil=True)
-def _pool_backward(dy, dx, arg, is_max, kh, kw, sh, sw, ph, pw):
-    H, W, C = dx.shape
-    OH, OW = dy.shape[0], dy.shape[1]
-    dx[...] = 0.0
-    flat = dx.reshape(H * W * C)
-    inv = 1.0 / (kh * kw)
-    for oh in range(OH):
-        for ow in range(OW):
-            if is_max:
-                for c in range(C):
-                    where = arg[oh, ow, c]
-                    if where >= 0:
-                        flat[where] += dy[oh, ow, c]
-                continue
-            for r in range(kh):
-                ih = oh * sh - ph + r
-                if ih < 0 or ih >= H:
-                    continue
-                for s in range(kw):
-                    iw = ow * sw - pw + s
-                    if 0 <= iw < W:
-                        for c in range(C):
-                            dx[ih, iw, c] += dy[oh, ow, c] * inv
-
-
-@numba.njit(cache=True, nogil=True)
-def _sgd_update(p, g, v, started, lr, momentum, dampening, weight_decay, nesterov):
-    """PyTorch's SGD on one parameter tensor (flat views)."""
-    for i in range(p.shape[0]):
-        d = g[i]
-        if weight_decay != 0.0:
-            d += weight_decay * p[i]
-        if momentum != 0.0:
-            if started:
-                v[i] = momentum * v[i] + (1.0 - dampening) * d
-            else:
-                v[i] = d
-            if nesterov:
-                d = d + momentum * v[i]
-            else:
-                d = v[i]
-        p[i] -= lr * d
-
-
-@numba.njit(cache=True, nogil=True)
-def _plain_sgd_live_rows(p, g, lr, x, n, rows, cols):
-    """Plain SGD (no momentum, no weight decay) on a linear layer's weight (rows, cols) = (I, O): only the rows
-    whose input x[b * rows + i] is nonzero in some sample b of the n; the others' gradient is exactly zero."""
-    for i in range(rows):
-        live = False
-        for b in range(n):
-            if x[b * rows + i] != 0.0:
-                live = True
-                break
-        if live:
-            pr = p[i * cols:(i + 1) * cols]
-            gr = g[i * cols:(i + 1) * cols]
-            for o in range(cols):
-                pr[o] -= lr * gr[o]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -284,12 +88,12 @@ def _forward_sample(layers, slopes, params, p_span, p_shape, act, argmax, seen, 
             w = source[p_span[wj, 0]: p_span[wj, 1]]
             bias = source[p_span[bj, 0]: p_span[bj, 1]] if bj >= 0 else params[0:0]
             if op == OP_CONV:
-                _conv_forward(x.reshape((row[_IH], row[_IW], row[_IC])),
+                conv_forward(x.reshape((row[_IH], row[_IW], row[_IC])),
                               w.reshape((p_shape[wj, 0], p_shape[wj, 1], p_shape[wj, 2], p_shape[wj, 3])),
                               bias, y.reshape((row[_OH], row[_OW], row[_OC])),
                               row[_SH], row[_SW], row[_PH], row[_PW], row[_DH], row[_DW])
             else:
-                _linear_forward(x, w.reshape((p_shape[wj, 0], p_shape[wj, 1])), bias, y)
+                linear_forward(x, w.reshape((p_shape[wj, 0], p_shape[wj, 1])), bias, y)
         elif op == OP_RELU:
             for i in range(in_size):
                 y[i] = x[i] if x[i] > 0 else 0.0
@@ -299,7 +103,7 @@ def _forward_sample(layers, slopes, params, p_span, p_shape, act, argmax, seen, 
                 y[i] = x[i] if x[i] > 0 else x[i] * slope
         elif op == OP_MAXPOOL or op == OP_AVGPOOL:
             arg = argmax[row[_AUX] + b * out_size: row[_AUX] + (b + 1) * out_size]
-            _pool_forward(x.reshape((row[_IH], row[_IW], row[_IC])),
+            pool_forward(x.reshape((row[_IH], row[_IW], row[_IC])),
                           y.reshape((row[_OH], row[_OW], row[_OC])),
                           arg.reshape((row[_OH], row[_OW], row[_OC])), op == OP_MAXPOOL,
                           row[_KH], row[_KW], row[_SH], row[_SW], row[_PH], row[_PW])
@@ -341,14 +145,14 @@ def _backward_layer(li, layers, slopes, params, p_span, p_shape, act, dact, grad
         dx = dact[row[_IN] + b * in_size: row[_IN] + (b + 1) * in_size]
         dy = dact[row[_OUT] + b * out_size: row[_OUT] + (b + 1) * out_size]
         if op == OP_CONV:
-            _conv_backward(x.reshape((row[_IH], row[_IW], row[_IC])),
+            conv_backward(x.reshape((row[_IH], row[_IW], row[_IC])),
                            w.reshape((p_shape[wj, 0], p_shape[wj, 1], p_shape[wj, 2], p_shape[wj, 3])),
                            dy.reshape((row[_OH], row[_OW], row[_OC])),
                            dx.reshape((row[_IH], row[_IW], row[_IC])),
                            gw.reshape((p_shape[wj, 0], p_shape[wj, 1], p_shape[wj, 2], p_shape[wj, 3])),
                            gb, need_dx, row[_SH], row[_SW], row[_PH], row[_PW], row[_DH], row[_DW])
         elif op == OP_LINEAR:
-            _linear_backward(x, w.reshape((p_shape[wj, 0], p_shape[wj, 1])), dy, dx,
+            linear_backward(x, w.reshape((p_shape[wj, 0], p_shape[wj, 1])), dy, dx,
                              gw.reshape((p_shape[wj, 0], p_shape[wj, 1])), gb, need_dx)
         elif not need_dx:
             continue
@@ -361,7 +165,7 @@ def _backward_layer(li, layers, slopes, params, p_span, p_shape, act, dact, grad
                 dx[i] = dy[i] if x[i] > 0 else dy[i] * slope
         elif op == OP_MAXPOOL or op == OP_AVGPOOL:
             arg = argmax[row[_AUX] + b * out_size: row[_AUX] + (b + 1) * out_size]
-            _pool_backward(dy.reshape((row[_OH], row[_OW], row[_OC])),
+            pool_backward(dy.reshape((row[_OH], row[_OW], row[_OC])),
                            dx.reshape((row[_IH], row[_IW], row[_IC])),
                            arg.reshape((row[_OH], row[_OW], row[_OC])), op == OP_MAXPOOL,
                            row[_KH], row[_KW], row[_SH], row[_SW], row[_PH], row[_PW])
@@ -371,26 +175,6 @@ def _backward_layer(li, layers, slopes, params, p_span, p_shape, act, dact, grad
             for i in range(spatial):
                 for c in range(C):
                     dx[i * C + c] = dy[c] / spatial
-
-
-@numba.njit(cache=True, nogil=True)
-def _cross_entropy(logits, label, dlogits, scale):
-    """Loss of one sample; dlogits = scale * (softmax - onehot). Returns (loss, predicted class)."""
-    K = logits.shape[0]
-    m = logits[0]
-    best = 0
-    for k in range(1, K):
-        if logits[k] > m:
-            m = logits[k]
-            best = k
-    total = 0.0
-    for k in range(K):
-        total += np.exp(logits[k] - m)
-    log_total = np.log(total)
-    for k in range(K):
-        p = np.exp(logits[k] - m - log_total)
-        dlogits[k] = scale * (p - 1.0) if k == label else scale * p
-    return -(logits[label] - m - log_total), best
 
 
 @numba.njit(cache=True, nogil=True)
@@ -426,7 +210,7 @@ def train_chunk(layers, slopes, params, velocity, started, p_span, p_shape, act,
             act[first_off + b * sample_size: first_off + (b + 1) * sample_size] = xflat[idx]
             _forward_sample(layers, slopes, params, p_span, p_shape, act, argmax, seen, n, b)
             logits = act[logit_off + b * K: logit_off + (b + 1) * K]
-            loss, pred = _cross_entropy(logits, labels[idx], dact[logit_off + b * K: logit_off + (b + 1) * K],
+            loss, pred = cross_entropy(logits, labels[idx], dact[logit_off + b * K: logit_off + (b + 1) * K],
                                         scale)
             loss_sum += loss
             if pred == labels[idx]:
@@ -442,11 +226,11 @@ def train_chunk(layers, slopes, params, velocity, started, p_span, p_shape, act,
                     continue
                 lo_p, hi_p = p_span[pj, 0], p_span[pj, 1]
                 if pj == row[_WP] and row[_OP] == OP_LINEAR and momentum == 0.0 and weight_decay == 0.0:
-                    _plain_sgd_live_rows(params[lo_p:hi_p], grad[lo_p:hi_p], lr,
+                    plain_sgd_live_rows(params[lo_p:hi_p], grad[lo_p:hi_p], lr,
                                          act[row[_IN]: row[_IN] + n * p_shape[pj, 0]], n, p_shape[pj, 0],
                                          p_shape[pj, 1])
                 else:
-                    _sgd_update(params[lo_p:hi_p], grad[lo_p:hi_p], velocity[lo_p:hi_p], started[pj] != 0, lr,
+                    sgd_update(params[lo_p:hi_p], grad[lo_p:hi_p], velocity[lo_p:hi_p], started[pj] != 0, lr,
                                 momentum, dampening, weight_decay, nesterov)
                 if started[pj] == 0:        # a shared line: written once, not once per mini-batch
                     started[pj] = 1

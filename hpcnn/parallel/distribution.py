@@ -1,7 +1,7 @@
 """Process grids over samples, spatial dimensions, channels and filters; the uneven block rule, neighbours and
 sub-communicators.
 
-A `Distribution` places the ranks of a communicator on a grid (`hpcnn.geometry.GRID_NOTATION`):
+A `Distribution` places the ranks of a communicator on a grid (`hpcnn.grids.GRID_NOTATION`):
 (N, [D,] H, W) splits the batch and the spatial dimensions; the long form (N, [D,] H, W, C, F) adds
 C, the ranks that split a tensor's channels, and F, the ranks that split a convolution's filters (its
 output channels; see `hpcnn.parallel.conv`). Every tensor is block-distributed over *its own* global
@@ -18,7 +18,8 @@ over the long grid, F fastest; a short grid has the rank order of its long form 
 """
 import numpy as np
 
-from ..geometry import block_range, grid_parts, short_grid
+from ..geometry import block_range
+from ..grids import grid_parts, short_grid
 from .mpi import Communicator
 
 __all__ = ["Distribution"]

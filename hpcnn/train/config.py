@@ -26,7 +26,7 @@ import os
 import tomllib
 
 from ..backend import DEVICES
-from ..geometry import GRID_NOTATION
+from ..grids import GRID_NOTATION
 from .paths import resolve_outputs
 
 __all__ = ["JobError", "Job", "SCHEMA", "load_job", "parse_job", "apply_overrides", "parse_options", "dataset_options", "ENGINES", "OPTIMIZERS"]

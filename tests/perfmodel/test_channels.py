@@ -4,7 +4,7 @@ import math
 import pytest
 
 from hpcnn import nn
-from hpcnn.geometry import grid_parts, long_grid, short_grid
+from hpcnn.grids import grid_parts, long_grid, short_grid
 from perfmodel.costs import layer_cost, local_numel
 from perfmodel.grids import channel_grids, grid_refusal, planner_grids
 from perfmodel.layers import iter_layers, model_chain, walk
