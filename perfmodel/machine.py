@@ -52,7 +52,9 @@ the time to fill one allocated before (``hpcnn.calibrate.layers.measure_fresh_me
 Concurrency (optional "concurrency_slowdown"; absent = 1): how much slower a kernel runs when every rank of
 the node runs one at once (they share the memory bandwidth and caches) than alone; `kernel_time` multiplies
 by it whenever more than one rank of a node is busy. `hpcnn calibrate` measures it as the median ratio of a
-kernel's time on every rank at once to its time alone, over sampled kernels.
+kernel's time on every rank at once to its time alone, over sampled kernels; the optional
+"concurrency_slowdown_by_op" ({op: quantity}) is that median per operation, which `kernel_time` uses where
+present (compute-bound convolutions slow down less than memory-bound copies).
 
 Synchronisation wait (optional "sync_wait"; absent = 0): the fraction of a layer's own compute that a rank
 waits, on average, for the slowest rank of its group in the small allreduce that ends a normalization layer's
@@ -119,6 +121,8 @@ class MachineProfile(CollectiveModels):
                              if fresh else (0.0, float("inf")))
         self.concurrency_slowdown = (read_quantity(doc["concurrency_slowdown"], "concurrency_slowdown")
                                      if "concurrency_slowdown" in doc else 1.0)
+        self.concurrency_by_op = {op: read_quantity(q, f"concurrency_slowdown_by_op.{op}")
+                                  for op, q in doc.get("concurrency_slowdown_by_op", {}).items()}
         self.sync_wait = read_quantity(doc["sync_wait"], "sync_wait") if "sync_wait" in doc else 0.0
         measured = doc.get("measured_on")
         self.threads_per_rank = (int(read_quantity(measured["threads_per_rank"], "measured_on.threads_per_rank"))
@@ -236,7 +240,7 @@ class MachineProfile(CollectiveModels):
         """Seconds for one kernel call on local shapes (keywords of `operation_features`)."""
         t = self.kernels[op].predict(operation_features(op, itemsize=self.itemsize, **shape))
         if busy_ranks_per_node > 1:
-            t *= self.concurrency_slowdown
+            t *= self.concurrency_by_op.get(op, self.concurrency_slowdown)
         return t
 
     def layer_call(self, kind, direction, nbytes):

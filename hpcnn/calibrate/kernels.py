@@ -131,7 +131,8 @@ def _concurrency(comm, run, sync, seconds, reps=3):
 
 
 def kernel_phase(comm, budget, rng, bar, device):
-    """{op: [(features, seconds)]} over sampled shapes on `device` (rank 0 alone), and the concurrency slowdown."""
+    """{op: [(features, seconds)]} over sampled shapes on `device` (rank 0 alone), and the concurrency slowdown:
+    {"all": the median ratio over every sampled kernel, "by_op": {op: its kernels' median ratio}}."""
     rank, size = comm.rank, comm.size
     # pooling's per-row term needs more samples than its few 3-D draws at the base weight gave
     weights = {"conv_forward": 1.6, "conv_backward_data": 1.6, "conv_backward_filter": 1.6, "pool_forward": 0.9,
@@ -159,7 +160,7 @@ def kernel_phase(comm, budget, rng, bar, device):
             if size > 1 and i % 4 == 0:
                 ratio = _concurrency(comm, run, device.synchronize, alone)
                 if rank == 0 and ratio > 0:
-                    ratios.append(ratio)
+                    ratios.append((op, ratio))
             keys = {k: shape[k] for k in ("n", "c", "k", "in_spatial", "kernel", "out_spatial", "m", "gemm_k",
                                           "gemm_n", "nbytes", "runs") if k in shape}
             feats = operation_features(op, **keys)
@@ -167,5 +168,8 @@ def kernel_phase(comm, budget, rng, bar, device):
         if bar is not None:
             bar.update(min(round(time.perf_counter() - t_op, 1), bar.total * 0.95 - bar.n))
         tables[op] = rows
-    slowdown = float(np.median(ratios)) if ratios else 1.0
+    # per operation: compute-bound convolutions and GEMMs barely slow down when every core of a node is busy,
+    # copies and pooling (memory-bound) do; one median over all would price a convolution stack as a copy
+    by_op = {op: float(np.median([r for o, r in ratios if o == op])) for op in dict(ratios)}
+    slowdown = {"all": float(np.median([r for _, r in ratios])) if ratios else 1.0, "by_op": by_op}
     return tables, slowdown

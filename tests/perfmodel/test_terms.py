@@ -90,6 +90,17 @@ def test_kernels_slow_down_when_the_other_ranks_of_the_node_are_busy():
     assert two.forward == pytest.approx(1.3 * one.forward / 2)
 
 
+def test_each_operation_slows_down_by_its_own_measured_ratio_where_the_profile_has_one():
+    doc = _with(concurrency_slowdown=1.5).doc
+    doc["concurrency_slowdown_by_op"] = {"elementwise": {"value": 1.9, "source": "stated"}}
+    busy = MachineProfile(doc)
+    shape = dict(n=2, c=4, in_spatial=(16, 16))
+    assert busy.kernel_time("elementwise", 2, **shape) == pytest.approx(1.9 * busy.kernel_time("elementwise", 1,
+                                                                                                **shape))
+    gemm = dict(m=64, gemm_k=64, gemm_n=64)
+    assert busy.kernel_time("gemm", 2, **gemm) == pytest.approx(1.5 * busy.kernel_time("gemm", 1, **gemm))
+
+
 def test_convolution_lines_are_counted_as_the_kernels_lay_the_block_out():
     """A piece one column wide along W runs with W exchanged for H (hpcnn.kernels.cpu.layout): as many lines as
     its transpose; a block 16 wide and 40 long is not exchanged and walks 40 lines of 16, its transpose 16 of 40."""
