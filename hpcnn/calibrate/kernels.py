@@ -82,11 +82,16 @@ def kernel_call(op, shape, rng, device):
 
 
 def kernel_clock(device):
-    """The clock kernel calls are timed with on `device`: on the CPU (and the emulated GPU) the CPU time of this
-    rank's process (user + system, all its threads: `time.process_time`), which is what a dedicated core takes,
-    whatever other processes of a shared machine take from it; on a GPU the wall clock (its kernels run
+    """The clock kernel calls are timed with on `device`: on the CPU (and the emulated GPU), when the rank
+    computes on one thread, the CPU time of its process (`time.process_time`), which is what a dedicated core
+    takes, whatever other processes of a shared machine take from it; with more threads per rank (the counts
+    `hpcnn.threads.apply_threads` set, read back from numba) that time sums every thread and would read as
+    several times a call's duration, so the wall clock; on a GPU the wall clock (its kernels run
     asynchronously, the host thread waits)."""
-    return time.perf_counter if device.name == "gpu" else time.process_time
+    if device.name == "gpu":
+        return time.perf_counter
+    import numba
+    return time.process_time if numba.get_num_threads() == 1 else time.perf_counter
 
 
 def time_call(run, min_seconds=0.02, max_reps=20, sync=lambda: None, clock=time.perf_counter):
