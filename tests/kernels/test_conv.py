@@ -55,6 +55,10 @@ CASES = [
     ((2, 6, 5, 4, 48), 3, (2, 3, 4), (1, 2, 1), (1, 1, 2), (1, 1, 1), True),
     ((1, 16, 5, 130), 4, 3, 1, 1, 1, True),           # backward-filter too: lines >= 64 (RW-1) dw
     ((1, 4, 3, 3, 130), 2, 3, 1, 1, 1, False),
+    # deep layers: a few output pixels per image, whole images per GEMM; 256 filters: dW accumulated as itself
+    ((5, 24, 2, 2), 256, 3, 1, 1, 1, True),
+    ((3, 16, 4, 3), 20, 3, 2, 1, 1, False),
+    ((4, 6, 3, 2, 3), 5, 3, 1, 1, 1, True),
 ]
 
 
@@ -120,11 +124,25 @@ def test_conv_matches_torch_in_small_chunks(case, dtype, monkeypatch):
     _check_case(case, dtype)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_conv_matches_torch_whole_images_per_gemm(case, threads, monkeypatch):
+    """Every case with more than one image through the whole-images blocks (each image's output taken
+    as small), split over threads or not, dW accumulated as itself (as for 256 filters on)."""
+    monkeypatch.setattr(cpu_workers, "thread_count", lambda: threads)
+    monkeypatch.setattr(cpu_conv, "thread_count", lambda: threads)
+    monkeypatch.setattr(cpu_workers, "_PARALLEL_FLOPS", 0)
+    monkeypatch.setattr(cpu_conv, "_GEMM_PIXELS", 1 << 20)
+    monkeypatch.setattr(cpu_conv, "_K_MAJOR_FILTERS", 1)
+    _check_case(case, np.float64)
+
+
 @pytest.mark.parametrize("case", SPLIT_CASES, ids=_ids)
 def test_conv_matches_torch_split_over_threads(case, monkeypatch):
     """One call's blocks split over 3 threads (whole images each for the stride > 1 scatter), several
     GEMMs per block."""
-    monkeypatch.setattr(cpu_workers, "_threads", lambda: 3)
+    monkeypatch.setattr(cpu_workers, "thread_count", lambda: 3)
+    monkeypatch.setattr(cpu_conv, "thread_count", lambda: 3)
     monkeypatch.setattr(cpu_workers, "_PARALLEL_FLOPS", 0)
     monkeypatch.setattr(cpu_conv, "_SMALL_GEMM", 0)
     monkeypatch.setattr(cpu_conv, "_GEMM_PIXELS", 16)
@@ -144,7 +162,8 @@ def test_conv_backward_data_strided_one_image_over_threads(shape, kernel, stride
                                                            monkeypatch):
     """Stride > 1 backward-data of one image split over threads: bands of blocks in two rounds, each
     round's bands writing disjoint input lines."""
-    monkeypatch.setattr(cpu_workers, "_threads", lambda: 3)
+    monkeypatch.setattr(cpu_workers, "thread_count", lambda: 3)
+    monkeypatch.setattr(cpu_conv, "thread_count", lambda: 3)
     monkeypatch.setattr(cpu_workers, "_PARALLEL_FLOPS", 0)
     monkeypatch.setattr(cpu_conv, "_GEMM_PIXELS", 16)
     monkeypatch.setattr(cpu_conv, "_SMALL_GEMM", 0)
@@ -279,7 +298,7 @@ def _forward_in_child(queue):
 def test_conv_threads_after_fork(monkeypatch):
     """A child forked after the kernels started their worker threads still runs split calls."""
     import multiprocessing
-    monkeypatch.setattr(cpu_workers, "_threads", lambda: 2)
+    monkeypatch.setattr(cpu_workers, "thread_count", lambda: 2)
     monkeypatch.setattr(cpu_workers, "_PARALLEL_FLOPS", 0)
     x = seeded(8).standard_normal((2, 3, 9, 9))
     w = seeded(9).standard_normal((2, 3, 3, 3))
@@ -348,7 +367,7 @@ def test_serial_blas_restores_the_thread_count_when_the_last_context_closes():
         x = seeded(12).standard_normal((4, 3, 17, 19))
         w = seeded(13).standard_normal((5, 3, 3, 3))
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(cpu_workers, "_threads", lambda: 2)
+            mp.setattr(cpu_workers, "thread_count", lambda: 2)
             mp.setattr(cpu_workers, "_PARALLEL_FLOPS", 0)
             K.conv_forward(x, w, None, 1, 1)
         assert blas_threads() == 2

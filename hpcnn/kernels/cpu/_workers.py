@@ -1,6 +1,6 @@
 """Worker threads of the CPU convolution: per-thread scratch, and one call's chunks split over a thread pool.
 
-`in_parallel` cuts a call's chunks into up to `_threads()` parts (numba's thread count, at most
+`in_parallel` cuts a call's chunks into up to `thread_count()` parts (numba's thread count, at most
 BLAS's, so that OMP_NUM_THREADS=1 or a threadpoolctl limit keeps a call serial), each worth at
 least `_PARALLEL_FLOPS`, and runs them on a shared pool with BLAS single-threaded meanwhile
 (`_blas.serial_blas`); parts whose outputs may overlap run in two rounds. A forked child starts a
@@ -15,7 +15,7 @@ import numpy as np
 
 from ._blas import blas_threads, serial_blas
 
-__all__ = ["thread_scratch", "in_parallel"]
+__all__ = ["thread_scratch", "thread_count", "in_parallel"]
 
 # Least work (flops) worth handing to another thread.
 _PARALLEL_FLOPS = 20e6
@@ -45,21 +45,21 @@ def _forget_pool():
 os.register_at_fork(after_in_child=_forget_pool)
 
 
-def _threads():
+def thread_count():
     """How many threads one kernel call splits its blocks over: numba's thread count for this thread,
     at most BLAS's (so that OMP_NUM_THREADS=1 under MPI, or a threadpoolctl limit, keeps it serial)."""
     return min(numba.get_num_threads(), blas_threads() or numba.get_num_threads())
 
 
 def in_parallel(work, chunks, flops, footprint=None):
-    """[work(first, last) for each part]: the chunks [0, chunks) cut into up to _threads() parts, each
+    """[work(first, last) for each part]: the chunks [0, chunks) cut into up to thread_count() parts, each
     worth at least _PARALLEL_FLOPS, run on as many worker threads.
 
     `footprint(first, last)` -> (lo, hi), when given, bounds the outputs that chunks first..last-1
     write (they may overlap between neighbours): then 2*parts ranges run in two rounds, even ranges
     then odd ones, if same-round ranges never overlap; else the chunks run in one part.
     """
-    parts = min(_threads(), chunks, int(flops // _PARALLEL_FLOPS) if _PARALLEL_FLOPS else chunks)
+    parts = min(thread_count(), chunks, int(flops // _PARALLEL_FLOPS) if _PARALLEL_FLOPS else chunks)
     ranges = parts if footprint is None else 2 * parts
     if parts <= 1 or ranges > chunks:
         return [work(0, chunks)]

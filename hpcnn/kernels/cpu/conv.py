@@ -49,8 +49,10 @@ from ..checks import (VolumeWindow, check_batch, check_bias, check_filter, check
                       spatial_dims)
 from ._blas import BLAS_INT, GEMM, NO_TRANS, ROW_MAJOR, TRANS
 from ._im2col import address, chunk, col2im, columns
+from ._images import images_data, images_filter, images_forward
 from ._shifted import line_blocking, padded_width, shifted_filter_chunks, shifted_forward_chunks, shifts_lines
-from ._workers import in_parallel, thread_scratch
+from ._transpose import flipped_filter
+from ._workers import in_parallel, thread_count, thread_scratch
 
 __all__ = ["conv_forward", "conv_backward_data", "conv_backward_filter", "conv_backward_bias", "SCRATCH_BYTES"]
 
@@ -92,22 +94,30 @@ def _forward_chunks(gemm, x, w2, bias, y, kernel, stride, dilation, lo, out_spat
 
 
 @numba.njit(nogil=True, cache=True)
-def _filter_chunks(gemm, x, dy, dw_t, kernel, stride, dilation, lo, out_spatial, pointwise,
+def _filter_chunks(gemm, x, dy, dw, k_major, kernel, stride, dilation, lo, out_spatial, pointwise,
                    per_block, per_gemm, first, last, scratch, one):
-    """dw_t += cols(block) @ dy[n, :, block]^T for blocks first..last-1, one GEMM per per_gemm pixels.
+    """dw += the filter gradient of blocks first..last-1 (dy[n, :, block] x cols(block)), one GEMM per
+    per_gemm pixels.
 
-    x: (N, C, D, H, W), dy: (N, K, pixels), dw_t: (C*R, K), the transpose of dW: with K as the
-    short side of the GEMM's output OpenBLAS runs 1.2-2x faster than on dW itself when K is small.
+    x: (N, C, D, H, W), dy: (N, K, pixels); dw: (K, C*R) when k_major, else its transpose (C*R, K): with
+    K as the short side of the GEMM's output OpenBLAS runs 1.2-2x faster than on dW itself when K is small.
     """
-    rows, k_out = dw_t.shape
+    k_out = dy.shape[1]
+    rows = x.shape[1] * kernel[0] * kernel[1] * kernel[2]
     pixels = dy.shape[2]
     for index in range(first, last):
         n, q0, count = chunk(index, pixels, per_block)
         cols, ld_cols = columns(x, kernel, stride, dilation, lo, out_spatial, pointwise, n, q0, count, scratch)
         for s in range(0, count, per_gemm):
-            gemm(_ROW_MAJOR, _NO_TRANS, _TRANS, BLAS_INT(rows), BLAS_INT(k_out), BLAS_INT(min(per_gemm, count - s)),
-                 one, cols + numba.uintp(s * x.itemsize), BLAS_INT(ld_cols),
-                 address(dy, (n * k_out) * pixels + q0 + s), BLAS_INT(pixels), one, dw_t.ctypes.data, BLAS_INT(k_out))
+            m = BLAS_INT(min(per_gemm, count - s))
+            grad = address(dy, (n * k_out) * pixels + q0 + s)
+            if k_major:
+                gemm(_ROW_MAJOR, _NO_TRANS, _TRANS, BLAS_INT(k_out), BLAS_INT(rows), m, one, grad, BLAS_INT(pixels),
+                     cols + numba.uintp(s * x.itemsize), BLAS_INT(ld_cols), one, dw.ctypes.data, BLAS_INT(rows))
+            else:
+                gemm(_ROW_MAJOR, _NO_TRANS, _TRANS, BLAS_INT(rows), BLAS_INT(k_out), m, one,
+                     cols + numba.uintp(s * x.itemsize), BLAS_INT(ld_cols), grad, BLAS_INT(pixels), one,
+                     dw.ctypes.data, BLAS_INT(k_out))
 
 
 @numba.njit(nogil=True, cache=True)
@@ -167,6 +177,29 @@ def _blocking(pixels, rows, itemsize, per_gemm):
     return -(-pixels // per_image), per_image
 
 
+def _images_per_block(n_img, pixels, rows, itemsize):
+    """Whole images per GEMM where each image has too few output pixels for a GEMM of its own (see
+    `_images`), enough for about _GEMM_PIXELS columns and still one block per thread; 0 otherwise."""
+    if n_img < 2 or not 0 < 2 * pixels <= _GEMM_PIXELS:
+        return 0
+    fit = max(1, 4 * _BLOCK_BYTES // (rows * pixels * itemsize))
+    per_block = min(-(-_GEMM_PIXELS // pixels), -(-n_img // thread_count()), fit)
+    return per_block if per_block > 1 else 0
+
+
+def _summed(parts):
+    """The sum of the per-thread partial gradients, added in place into the first."""
+    total = parts[0]
+    for part in parts[1:]:
+        total += part
+    return total
+
+
+# The filter gradient is accumulated as dW (K, C*R) itself from this many filters on: transposing
+# dW^T afterwards costs more there than the GEMMs gain (5 ms for 512 filters of 512x3x3 on one core).
+_K_MAJOR_FILTERS = 256
+
+
 def _geometry(win, out_spatial):
     return win.kernel, win.stride, win.dilation, win.lo, out_spatial
 
@@ -196,6 +229,14 @@ def _correlate(x, w2, win, out_spatial, bias=None):
                                     per_gemm, first, last, scratch, x.dtype.type(1))
 
         in_parallel(shifted, n_img * per_image, flops)
+        return y
+    images = _images_per_block(n_img, pixels, rows + k, x.itemsize)
+    if images:
+        def whole(first, last):
+            images_forward(GEMM[x.dtype], x, w2, bias, y, *_geometry(win, out_spatial), images, first, last,
+                           thread_scratch((rows + k) * images * pixels, x.dtype), x.dtype.type(1))
+
+        in_parallel(whole, -(-n_img // images), flops)
         return y
     pointwise = win.pointwise_on(x.shape[2:], out_spatial)
     per_gemm = _gemm_pixels(k, rows)
@@ -234,19 +275,33 @@ def _correlate_filter(x, dy, win, out_spatial):
             return dw_t
 
         parts = in_parallel(shifted, n_img * per_image, 2.0 * dy.size * rows * taps)
-        return np.ascontiguousarray(sum(parts).transpose(2, 1, 0)).reshape(k, rows * taps)
-    pointwise = win.pointwise_on(x.shape[2:], out_spatial)
-    per_block, per_image = _blocking(pixels, rows, x.itemsize, _FILTER_GEMM_PIXELS)
+        return np.ascontiguousarray(_summed(parts).transpose(2, 1, 0)).reshape(k, rows * taps)
+    k_major = k >= _K_MAJOR_FILTERS
+    shape = (k, rows) if k_major else (rows, k)
+    flops = 2.0 * dy.size * rows
+    images = _images_per_block(n_img, pixels, rows + k, x.itemsize)
+    if images:
+        def whole(first, last):
+            dw = np.zeros(shape, x.dtype)
+            images_filter(GEMM[x.dtype], x, dy, dw, k_major, *_geometry(win, out_spatial), images, first, last,
+                          thread_scratch((rows + k) * images * pixels, x.dtype), x.dtype.type(1))
+            return dw
 
-    def work(first, last):
-        dw_t = np.zeros((rows, k), x.dtype)
-        scratch = thread_scratch(0 if pointwise else rows * per_block, x.dtype)
-        _filter_chunks(GEMM[x.dtype], x, dy, dw_t, *_geometry(win, out_spatial), pointwise,
-                       per_block, _FILTER_GEMM_PIXELS, first, last, scratch, x.dtype.type(1))
-        return dw_t
+        parts = in_parallel(whole, -(-n_img // images), flops)
+    else:
+        pointwise = win.pointwise_on(x.shape[2:], out_spatial)
+        per_block, per_image = _blocking(pixels, rows, x.itemsize, _FILTER_GEMM_PIXELS)
 
-    parts = in_parallel(work, n_img * per_image, 2.0 * dy.size * rows)
-    return np.ascontiguousarray(sum(parts).T)
+        def work(first, last):
+            dw = np.zeros(shape, x.dtype)
+            scratch = thread_scratch(0 if pointwise else rows * per_block, x.dtype)
+            _filter_chunks(GEMM[x.dtype], x, dy, dw, k_major, *_geometry(win, out_spatial), pointwise,
+                           per_block, _FILTER_GEMM_PIXELS, first, last, scratch, x.dtype.type(1))
+            return dw
+
+        parts = in_parallel(work, n_img * per_image, flops)
+    total = _summed(parts)
+    return total if k_major else np.ascontiguousarray(total.T)
 
 
 def _scatter_data(dy, w2, win, out_spatial, x_shape):
@@ -255,6 +310,14 @@ def _scatter_data(dy, w2, win, out_spatial, x_shape):
     rows = w2.shape[1]
     dx = np.zeros(x_shape, dy.dtype)
     if dy.size == 0:
+        return dx
+    images = _images_per_block(n_img, pixels, rows + k, dy.itemsize)
+    if images:
+        def whole(first, last):
+            images_data(GEMM[dy.dtype], dy, w2, dx, *_geometry(win, out_spatial), images, first, last,
+                        thread_scratch((rows + k) * images * pixels, dy.dtype), dy.dtype.type(1))
+
+        in_parallel(whole, -(-n_img // images), 2.0 * dy.size * rows)  # whole images: disjoint outputs
         return dx
     per_gemm = _gemm_pixels(rows, k)
     per_block, per_image = _blocking(pixels, rows, dy.itemsize, per_gemm)
@@ -311,10 +374,12 @@ def conv_backward_data(dy, w, x_spatial, stride=1, padding=0, dilation=1):
     n_img, k, c = dy.shape[0], w.shape[0], w.shape[1]
     dy3 = _as_3d(dy, nd).reshape(n_img, k, prod(out3))
     w3 = w.reshape((k, c) + win.kernel)
-    if win.stride == (1, 1, 1):
+    # Few output pixels per image (GEMMs over whole images, or one short GEMM each): the scatter needs no
+    # flipped filter, which costs more than such GEMMs (see `_transpose`).
+    if win.stride == (1, 1, 1) and 2 * prod(out3) > _GEMM_PIXELS:
         # The correlation of dy with the flipped filter, channels swapped, reading dy at
         # index i - (d*(R-1) - lo) + r*d.
-        flipped = np.ascontiguousarray(w3[:, :, ::-1, ::-1, ::-1].transpose(1, 0, 2, 3, 4)).reshape(c, k * win.size)
+        flipped = flipped_filter(w3)
         lo = tuple(d * (r - 1) - p for d, r, p in zip(win.dilation, win.kernel, win.lo))
         transposed = VolumeWindow(win.kernel, win.stride, win.dilation, lo)
         dx = _correlate(dy3.reshape((n_img, k) + out3), flipped, transposed, spatial3)
