@@ -27,6 +27,17 @@ def _images(index, n_img, per_block):
 
 
 @numba.njit(nogil=True, cache=True)
+def _image_columns(x, kernel, stride, dilation, lo, out_spatial, pixels, index, per_block, scratch):
+    """(first image, image count, columns) of block `index`: the im2col (C*R, count*pixels) of its images
+    at the start of scratch."""
+    n0, count = _images(index, x.shape[0], per_block)
+    rows = x.shape[1] * kernel[0] * kernel[1] * kernel[2]
+    block = scratch[:rows * count * pixels].reshape((rows, count * pixels))
+    im2col(x, kernel, stride, dilation, lo, out_spatial, n0 * pixels, block)
+    return n0, count, block
+
+
+@numba.njit(nogil=True, cache=True)
 def _gather(dy, n0, count, out):
     """out[k, i*P + q] = dy[n0 + i, k, q] for the `count` images from n0: out (K, count*P)."""
     pixels = dy.shape[2]
@@ -49,10 +60,9 @@ def images_forward(gemm, x, w2, bias, y, kernel, stride, dilation, lo, out_spati
     k_out, rows = w2.shape
     pixels = y.shape[2]
     for index in range(first, last):
-        n0, count = _images(index, x.shape[0], per_block)
+        n0, count, block = _image_columns(x, kernel, stride, dilation, lo, out_spatial, pixels, index, per_block,
+                                          scratch)
         ld = count * pixels
-        block = scratch[:rows * ld].reshape((rows, ld))
-        im2col(x, kernel, stride, dilation, lo, out_spatial, n0 * pixels, block)
         out = scratch[rows * ld:(rows + k_out) * ld].reshape((k_out, ld))
         gemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, BLAS_INT(k_out), BLAS_INT(ld), BLAS_INT(rows), one, w2.ctypes.data,
              BLAS_INT(rows), block.ctypes.data, BLAS_INT(ld), one - one, out.ctypes.data, BLAS_INT(ld))
@@ -77,10 +87,9 @@ def images_filter(gemm, x, dy, dw, k_major, kernel, stride, dilation, lo, out_sp
     rows = x.shape[1] * kernel[0] * kernel[1] * kernel[2]
     pixels = dy.shape[2]
     for index in range(first, last):
-        n0, count = _images(index, x.shape[0], per_block)
+        n0, count, block = _image_columns(x, kernel, stride, dilation, lo, out_spatial, pixels, index, per_block,
+                                          scratch)
         ld = count * pixels
-        block = scratch[:rows * ld].reshape((rows, ld))
-        im2col(x, kernel, stride, dilation, lo, out_spatial, n0 * pixels, block)
         grad = scratch[rows * ld:(rows + k_out) * ld].reshape((k_out, ld))
         _gather(dy, n0, count, grad)
         if k_major:
