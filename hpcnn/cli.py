@@ -129,7 +129,8 @@ def _add_calibrate(sub):
 def _run_calibrate(args):
     from .backend import DeviceUnavailable, open_device
     from .calibrate import calibrate
-    from .parallel.mpi import Communicator, install_abort_on_error
+    from .parallel.abort import install_abort_on_error
+    from .parallel.mpi import Communicator
     from .threads import apply_threads, choose_threads
     install_abort_on_error()
     comm = Communicator.world()
@@ -179,6 +180,9 @@ def _add_plan(sub):
     p.add_argument("--machine", required=True, help="a machine profile: a JSON file or a shipped name "
                    "(perfmodel/profiles/, e.g. v100-nvlink-edr)")
     p.add_argument("--memory-per-rank", type=float, metavar="GiB", help="memory limit per rank (default: the profile's)")
+    p.add_argument("--threads", type=int, default=None, metavar="T",
+                   help="BLAS/numba threads per rank of the run priced (default: the profile's calibration count; "
+                        "another is priced through the profile's measured thread speedup)")
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "adamw", "adam-amsgrad", "adamw-amsgrad"),
                    help="the optimizer whose state the memory holds (training.optimizer; default sgd: one momentum "
                         "buffer per parameter; Adam/AdamW two moments, with amsgrad three)")
@@ -224,6 +228,10 @@ def _run_plan(args):
         if args.batch < 1 or args.ranks < 1:
             raise ValueError("--batch and --ranks must be positive")
         machine = load_profile(args.machine)
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError("--threads must be positive")
+            machine = machine.for_threads(args.threads)
         label, shape, fixed, chain = _plan_model(args, options, args.batch)
         limit = None if args.memory_per_rank is None else args.memory_per_rank * 2**30
         result = plan_chain(chain, args.ranks, machine, memory_limit=limit, optimizer=args.optimizer)
@@ -235,6 +243,10 @@ def _run_plan(args):
           f"'{machine.name}' ({machine.backend}, {machine.ranks_per_node} ranks per node); planned in "
           f"{result.planning_seconds:.2f} s")
     print(provenance.check(machine)[1])
+    for line in (provenance.threads_note(machine, args.threads) if args.threads is not None else None,
+                 provenance.held_out_line(machine)):
+        if line:
+            print(line)
     print(report.plan_table(result))
     print(report.speedups(result))
     for text in explanations:

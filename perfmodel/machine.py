@@ -63,13 +63,17 @@ their collectives. `hpcnn calibrate` measures it by running batch-norm kernels o
 that allreduce (``hpcnn.calibrate.network.sync_wait``).
 
 Threads per rank (in "measured_on"): the BLAS/numba threads each rank ran during the calibration; the kernel
-models hold for that count only (`threads_per_rank`; `perfmodel.provenance.check` says when a run uses another).
+models hold for that count (`threads_per_rank`). The optional "thread_speedup" ({"threads": Q, "by_op": {op: Q}},
+written by `hpcnn calibrate` on a node of several cores) is how much faster each operation's sampled calls ran on
+that many threads than on one; `for_threads(t)` prices a run of t threads per rank through it, and without it
+`perfmodel.provenance.threads_note` says the predictions hold for the calibration's count only.
 
 Staging (optional "staging", written by `hpcnn calibrate --device gpu`): the device-to-host and
 host-to-device copies a GPU rank's messages go through when MPI is not CUDA-aware, each as
 ``{"alpha": Q, "beta": Q}`` with the measured rows. It is recorded for the model; the model does
 not price it yet (its links are the ping-pong measured with device buffers, staging included).
 """
+import copy
 import json
 import os
 
@@ -127,6 +131,35 @@ class MachineProfile(CollectiveModels):
         measured = doc.get("measured_on")
         self.threads_per_rank = (int(read_quantity(measured["threads_per_rank"], "measured_on.threads_per_rank"))
                                  if measured else None)
+        scaling = doc.get("thread_speedup")
+        self.thread_speedup = ((int(read_quantity(scaling["threads"], "thread_speedup.threads")),
+                                {op: read_quantity(q, f"thread_speedup.by_op.{op}") for op, q in scaling["by_op"].items()})
+                               if scaling else None)
+        self.run_threads = self.threads_per_rank
+
+    def for_threads(self, threads):
+        """This profile pricing a run of `threads` BLAS/numba threads per rank: where that differs from the
+        calibration's count and the profile measured its thread speedup ("thread_speedup": the speedup s of T
+        threads over 1 per operation), each kernel time is scaled by a(t0) / a(t), Amdahl's a(t) = 1 / ((1 - p) +
+        p / t) through (T, s); without that measurement the profile is returned as it is (`prices_threads` False)."""
+        out = copy.copy(self)
+        out.run_threads = int(threads)
+        return out
+
+    def prices_threads(self, threads):
+        """Whether kernel times are right for `threads` per rank: the calibration's count, or a measured speedup."""
+        return int(threads) == self.threads_per_rank or self.thread_speedup is not None
+
+    def _thread_factor(self, op):
+        t, t0 = self.run_threads, self.threads_per_rank
+        if t is None or t0 is None or t == t0 or self.thread_speedup is None:
+            return 1.0
+        most, by_op = self.thread_speedup
+        s = by_op.get(op)
+        if s is None or most < 2:
+            return 1.0
+        p = min(max((1.0 - 1.0 / s) / (1.0 - 1.0 / most), 0.0), 1.0)
+        return ((1.0 - p) + p / t) / ((1.0 - p) + p / t0)
 
     # --- JSON ---------------------------------------------------------------------------
     @classmethod
@@ -238,7 +271,7 @@ class MachineProfile(CollectiveModels):
     # --- compute ------------------------------------------------------------------------
     def kernel_time(self, op, busy_ranks_per_node=1, **shape):
         """Seconds for one kernel call on local shapes (keywords of `operation_features`)."""
-        t = self.kernels[op].predict(operation_features(op, itemsize=self.itemsize, **shape))
+        t = self.kernels[op].predict(operation_features(op, itemsize=self.itemsize, **shape)) * self._thread_factor(op)
         if busy_ranks_per_node > 1:
             t *= self.concurrency_by_op.get(op, self.concurrency_slowdown)
         return t

@@ -6,7 +6,8 @@ with this machine and gives one line to print: the profile was measured on anoth
 predictions price that machine, not this one), or on this one some days ago (a machine's speed
 drifts between days), or it is a published profile of a cluster (its rates are its sources').
 `hpcnn calibrate` is the fix each line suggests. `threads_note(profile, threads)` says when a run's threads
-per rank differ from those the profile was measured with (its kernel times hold for those only).
+per rank differ from those the profile was measured with: priced through the profile's measured thread speedup,
+or, without one, not priced (its kernel times hold for the calibration's count only).
 """
 import os
 import platform
@@ -14,7 +15,7 @@ import socket
 import time
 from datetime import datetime, timezone
 
-__all__ = ["this_machine", "measured_on", "check", "threads_note", "STALE_DAYS"]
+__all__ = ["this_machine", "measured_on", "check", "threads_note", "held_out_section", "held_out_line", "STALE_DAYS"]
 
 # A profile older than this, measured on this machine, is called stale.
 STALE_DAYS = 2.0
@@ -96,6 +97,45 @@ def threads_note(profile, threads):
     measured = profile.threads_per_rank
     if measured is None or int(threads) == measured:
         return None
+    if profile.thread_speedup is not None:
+        most, by_op = profile.thread_speedup
+        conv = by_op.get("conv_forward")
+        return (f"note: this run uses {int(threads)} thread(s) per rank and profile {profile.name!r} was measured with "
+                f"{measured}: kernel times are scaled by its measured thread speedup ({most} threads"
+                + (f": convolution forward {conv:.2f}x" if conv else "") + ")")
     return (f"note: this run uses {int(threads)} thread(s) per rank and profile {profile.name!r} was measured with "
             f"{measured}: its kernel times are those of {measured} thread(s) per rank, so the predictions are off by "
             f"the threads' speedup; calibrate with `hpcnn calibrate --threads {int(threads)}` for this run")
+
+
+def held_out_section(per_iteration, per_layer, models, command, source_text, when=None):
+    """The "held_out_error" section `hpcnn bench model --record` writes into a profile: the model's errors on
+    networks and sizes its calibration did not see ({median, largest, bias, count} per iteration and per layer),
+    with the models, the command and the date."""
+    when = when or time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+    def q(e):
+        return {key: {"value": float(e[key]), "source": "held-out"} for key in ("median", "largest", "bias")} | {
+            "count": {"value": int(e["count"]), "source": "held-out"}}
+    return {"source": "held-out", "date": when, "command": command, "models": list(models),
+            "per_iteration": q(per_iteration), "per_layer": q(per_layer)}, source_text
+
+
+def held_out_line(profile):
+    """One line on the model's held-out error for `profile` (quoted where `hpcnn bench model --record` measured it),
+    or what to run to measure it."""
+    section = profile.doc.get("held_out_error")
+    if section is None:
+        if "measured_on" not in profile.doc:
+            return (f"profile {profile.name!r}: no held-out error (a published description: hpcnn has not been "
+                    f"measured on that machine)")
+        return (f"profile {profile.name!r}: its held-out error is not measured; `hpcnn bench model --machine "
+                f"{profile.path or profile.name} --record` measures it and records it in the profile")
+    it, layer = section["per_iteration"], section["per_layer"]
+
+    def pct(e, key):
+        return 100.0 * float(e[key]["value"])
+    return (f"model error, held out ({', '.join(section['models'])}; `{section['command']}`, {section['date'][:10]}): "
+            f"per iteration median {pct(it, 'median'):.1f}%, largest {pct(it, 'largest'):.1f}%, mean signed "
+            f"{pct(it, 'bias'):+.1f}% over {int(it['count']['value'])} configurations; per layer median "
+            f"{pct(layer, 'median'):.1f}%")

@@ -154,7 +154,8 @@ def measure_allreduce(iterations=6, comm=None):
 
 
 def run(args):
-    from ..parallel.mpi import Communicator, install_abort_on_error
+    from ..parallel.abort import install_abort_on_error
+    from ..parallel.mpi import Communicator
     from ..threads import apply_threads, choose_threads
     install_abort_on_error()
     world = Communicator.world()

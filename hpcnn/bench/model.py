@@ -50,12 +50,15 @@ def add_arguments(p):
     p.add_argument("--iterations", type=int, default=5, help="timed iterations per configuration, median (default 5)")
     p.add_argument("--out", default="bench-out", help="folder for the CSV files and the PNG plot")
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed per mpiexec run")
+    p.add_argument("--record", action="store_true", help="write the held-out errors into the profile file (its "
+                   "\"held_out_error\" section, which `hpcnn plan` quotes); only for a profile measured on this machine")
 
 
 # --- the worker (runs under mpiexec) --------------------------------------------------------------
 def _worker(spec_path, out_path):
     from .. import models, parallel
-    from ..parallel.mpi import Communicator, install_abort_on_error
+    from ..parallel.abort import install_abort_on_error
+    from ..parallel.mpi import Communicator
     from ..plan import Plan
     from .probe import LayerProbe, training_step
     install_abort_on_error()
@@ -200,8 +203,29 @@ def run(args):
             same = predictions[(case, "plan")]
             planned_label = same[1] if same[0] == "same" else "plan"
             plan_rows.append((ranks, case, planned_label, times[planned_label], fastest, times[fastest]))
-    _report(rows_layers, rows_iter, plan_rows, _in_sample(machine), args.out, machine)
+    summary = _report(rows_layers, rows_iter, plan_rows, _in_sample(machine), args.out, machine)
+    if args.record:
+        _record(machine, summary, names, ranks_list)
     return 0
+
+
+def _record(machine, summary, names, ranks_list):
+    """Write the held-out errors into the profile's file (see `perfmodel.provenance.held_out_section`)."""
+    from perfmodel import provenance
+    if machine.path is None or not provenance.check(machine)[0] or "measured_on" not in machine.doc:
+        raise SystemExit(f"hpcnn bench model --record: profile {machine.name!r} was not measured on this machine "
+                         f"(or has no file): its held-out error here would not be its own")
+    held = summary["held_out"]
+    command = f"hpcnn bench model --machine {machine.path} --models {','.join(names)} --record"
+    text = (f"measured by `{command}` on {' and '.join(map(str, ranks_list))} rank(s): relative errors (predicted - "
+            f"measured) / measured of whole iterations and of every layer of the held-out networks {', '.join(names)} "
+            f"(`HELD_OUT` in hpcnn/bench/model.py, which calibration does not sample), wall time, each configuration "
+            f"once; the ranks got {held['cpu_share'] * 100:.0f}% of a core")
+    section, source = provenance.held_out_section(held["per_iteration"], held["per_layer"], names, command, text)
+    machine.doc["held_out_error"] = section
+    machine.doc["sources"]["held-out"] = source
+    machine.save(machine.path)
+    print(f"recorded the held-out errors in {machine.path}")
 
 
 def cpu_share(rows_iter):
@@ -254,6 +278,7 @@ def _report(rows_layers, rows_iter, plan_rows, in_sample, out, machine):
         print(f"{ranks} rank(s) {m}: the plan ({label}) measures {planned * 1e3:.2f} ms, the fastest candidate "
               f"({fastest}) {t_fastest * 1e3:.2f} ms: {(planned / t_fastest - 1) * 100:+.1f}%")
     _plot(rows_layers, rows_iter, out)
+    return summary
 
 
 def _plot(rows_layers, rows_iter, out):

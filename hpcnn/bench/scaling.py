@@ -129,6 +129,7 @@ def _drive(args):
     print(f"hpcnn bench scaling: {args.model} input {'x'.join(map(str, sample_shape(args)))}, {args.mode} scaling, "
           f"ranks {ranks_list}, splits {', '.join(tokens)}; predictions from {machine.path or machine.name}")
     print(provenance.check(machine)[1])
+    print(provenance.held_out_line(machine))
     if args.threads_per_rank < 1:
         raise SystemExit(f"hpcnn bench scaling: --threads-per-rank must be at least 1, received {args.threads_per_rank}")
     note = provenance.threads_note(machine, args.threads_per_rank)

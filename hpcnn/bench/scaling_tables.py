@@ -51,7 +51,9 @@ def table_rows(points):
             cores = p["ranks"] * p["threads"]
             sweep = p["role"] == "sweep"
             rate = p["batch"] / p["iteration_s"]
-            pred_t = p["predicted"]["iteration_s"] if sweep else float("nan")
+            # a point on other threads per rank than the sweep's is predicted where the profile prices them
+            priced = sweep or p["predicted"].get("threads_priced", False)
+            pred_t = p["predicted"]["iteration_s"] if priced else float("nan")
             pred_rate = p["batch"] / pred_t
             # speedup over the reference configuration counted as r0 (ideal: the ranks); efficiency per core
             # of the sweep's threads per rank
@@ -74,7 +76,7 @@ def table_rows(points):
                     "predicted_speedup": _sig(pred_speedup),
                     "predicted_efficiency": _sig(pred_speedup * per_core),
                     "predicted_comm_share": _sig(p["predicted"]["comm_s"] / p["predicted"]["iteration_s"])
-                    if sweep else float("nan"),
+                    if priced else float("nan"),
                     "predicted_memory_mib": _sig(p["predicted"]["memory_bytes"] / 2**20),
                     "error": _sig(pred_t / p["iteration_s"] - 1),
                     "oversubscribed": cores > (p.get("cpu_count") or cores),

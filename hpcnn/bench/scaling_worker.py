@@ -90,7 +90,8 @@ def _measure(args, label, result, splits, machine):
         "comm_s": {k: max(r["comm"][k] for r in every) for k in every[0]["comm"]},
         "comm_total_s": max(r["comm_total"] for r in every),
         "peak_rss_bytes": max(r["rss"] for r in every), "peak_arrays_bytes": max(r["traced"] for r in every),
-        "layers": layers, "predicted": {**predicted, "comm_s": p_comm}, "machine": machine.path or machine.name,
+        "layers": layers, "predicted": {**predicted, "comm_s": p_comm, "threads": machine.run_threads,
+                                        "threads_priced": machine.prices_threads(threads)}, "machine": machine.path or machine.name,
         "host": socket.gethostname(), "cpu_count": os.cpu_count(),
         "command": "hpcnn bench scaling " + " ".join(sys.argv[sys.argv.index("scaling") + 1:])
         if "scaling" in sys.argv else "",
@@ -100,11 +101,13 @@ def _measure(args, label, result, splits, machine):
 def here(args):
     """`--here`: measure every distinct split (or --only one) on the ranks this process was started with and
     write OUT/points/MODE-ROLE-rRANKS-tTHREADS-SPLIT.json."""
-    from ..parallel.mpi import Communicator, install_abort_on_error
+    from ..parallel.abort import install_abort_on_error
+    from ..parallel.mpi import Communicator
     install_abort_on_error()
     world = Communicator.world()
     ranks = world.size
-    machine = prediction_machine(args)
+    # the predictions price this run's threads per rank (through the profile's measured thread speedup)
+    machine = prediction_machine(args).for_threads(int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
     resolved = resolve_splits(chain(args, ranks), ranks, machine, split_tokens(args))
     groups = distinct_splits(resolved)
     by_label = {label: result for label, result, _ in resolved}
@@ -125,8 +128,9 @@ def here(args):
             path = os.path.join(folder, f"{args.mode}-{args.role}-r{ranks}-t{threads}-{label}.json")
             with open(path, "w") as f:
                 json.dump(point, f, indent=1)
-            predicted = (f"predicted {point['predicted']['iteration_s']:.3f} s" if args.role == "sweep" else
-                         "(the model predicts the profile's threads per rank)")
+            predicted = (f"predicted {point['predicted']['iteration_s']:.3f} s"
+                         if args.role == "sweep" or point["predicted"]["threads_priced"] else
+                         "(not predicted: the profile measured no thread speedup)")
             print(f"  {ranks} rank(s) x {threads} thread(s), {label} ({point['grid']}): "
                   f"{point['iteration_s']:.3f} s per iteration, {predicted}", flush=True)
     return 0

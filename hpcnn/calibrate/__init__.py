@@ -8,7 +8,9 @@ every rank running the same kernel at once, in wall time, the others asleep whil
 (`kernels._concurrency`): the median ratio is the profile's `concurrency_slowdown` (cores of one node
 share memory bandwidth, and a virtual machine's cores may share physical ones). With P > 1, batch-norm kernels run on every
 rank at once, each followed by a small allreduce: the time ranks wait there for the slowest, as a fraction of
-the kernel time, is the profile's `sync_wait` (`network.sync_wait`). Each kernel model is fitted by
+the kernel time, is the profile's `sync_wait` (`network.sync_wait`). On a node of several cores, rank 0 alone
+times sampled calls of each operation on one thread and on every core, the others asleep: the profile's
+`thread_speedup`, which prices runs with more threads per rank (`thread_scaling`). Each kernel model is fitted by
 non-negative least squares on relative error (t = fixed + flops*a + bytes*b [+ lowered*c]
 [+ thin*d] [+ weights*e]) and keeps its samples as a table for the local correction (see `perfmodel.machine`).
 The fit rejects inflated samples (`fit_robust`): on a machine whose cores are shared, a timed
@@ -41,11 +43,13 @@ from perfmodel.machine import FORMAT, OPERATIONS, VERSION, MachineProfile
 from perfmodel.provenance import measured_on
 
 from ..backend import open_device
+from ..threads import available_cores
 from .kernels import kernel_call, kernel_clock, kernel_phase
 from .shapes import sample_shapes
 from .layers import GLIBC_MMAP_SOURCE, measure_fresh_memory, measure_layer_calls
 from .network import pingpong as measure_pingpong, sweep, sync_wait as measure_sync_wait
 from .staging import measure_staging, staging_section
+from .thread_scaling import measure_thread_speedup
 
 __all__ = ["calibrate", "sample_shapes", "measure_layer_calls", "measure_fresh_memory", "QUICK_BUDGET"]
 
@@ -84,6 +88,8 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None,
     bar = _progress(round(budget), progress and rank == 0, "hpcnn calibrate")
     kernel_budget = budget * (0.8 if size > 1 else 0.95)
     tables, slowdown = kernel_phase(comm, kernel_budget, rng, bar, device)
+    node_cores = comm.bcast_object(available_cores())
+    speedup = measure_thread_speedup(comm, _rng(seed + 5), device, node_cores, calls=3 if quick else 6)
 
     max_bytes = 1 << (22 if quick else 25)
     sizes = [8 << (2 * i) for i in range(12) if (8 << (2 * i)) <= max_bytes]
@@ -198,6 +204,9 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None,
     sources["gpu-overlap"] = ("assumption of hpcnn calibrate, which does not measure overlap: none is counted (the "
                               "interior stream of a GPU convolution hides some of its halo exchange)")
     doc["measured_on"] = measured_on(size, threads, src, when)
+    if speedup:
+        doc["thread_speedup"] = {"threads": {"value": node_cores, "source": src},
+                                 "by_op": {op: {"value": v, "source": src} for op, v in speedup.items()}}
     if gpu:
         if staged is not None:
             doc["staging"] = staging_section(staged, src)

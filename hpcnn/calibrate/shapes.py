@@ -1,6 +1,6 @@
 """The kernel calls calibration times: drawn from a seeded generator of layers and splits, never from a model zoo.
 
-A draw is a layer (2-D or 3-D, 1-256 channels, kernel 1-7, stride 1-2, dilation 1-4, padding
+A draw is a layer (2-D or 3-D, 1-512 channels, kernel 1-7, stride 1-2, dilation 1-4, padding
 'same'-like, zero or uneven per side, batch 1-8) and a way of splitting it (none, the batch, one
 spatial dimension in 2-4 blocks — the contiguous W axis as often as the others —, or two at once),
 and one rank's block of it, chosen at random. The calls are the ones that block really makes, from
@@ -19,7 +19,7 @@ from perfmodel.kernel_models import operation_features
 
 __all__ = ["sample_shapes", "sample_layer", "block_calls"]
 
-_CHANNELS = (1, 2, 3, 4, 8, 12, 16, 18, 24, 32, 48, 64, 96, 128, 192, 256)
+_CHANNELS = (1, 2, 3, 4, 8, 12, 16, 18, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 _SIDES_2D = (4, 6, 7, 8, 12, 14, 16, 24, 28, 32, 48, 56, 64, 96, 128, 192, 256, 384, 512, 768)
 _SIDES_3D = (4, 6, 8, 12, 16, 24, 32, 48, 64)
 _ELEMENTS_MAX = 3e7

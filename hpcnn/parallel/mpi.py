@@ -23,17 +23,15 @@ initializes MPI.
     world.allreduce_(grads)                 # in place, sum over every rank
     with world.clock.counting("halo"): ...
 """
-import os
 import sys
 import time
-import traceback
 from contextlib import contextmanager
 
 import numpy as np
 
 from . import staging as _staging
 
-__all__ = ["KINDS", "SUM", "MAX", "MIN", "Clock", "Request", "Communicator", "install_abort_on_error", "mpi_dtype"]
+__all__ = ["KINDS", "SUM", "MAX", "MIN", "Clock", "Request", "Communicator", "mpi_dtype"]
 
 # The kinds of communication the clock tells apart: "halo" (HaloExchange calls), "collective"
 # (blocking allreduce and allgather inside layers: batch-norm statistics, pooling, flatten,
@@ -374,6 +372,15 @@ class Communicator:
         if self.mpi is not None:
             self.mpi.Barrier()
 
+    def idle_barrier(self, poll=0.005):
+        """A barrier whose waiting ranks sleep between polls instead of spinning: MPI waits by polling, which
+        keeps a core busy, and a rank timing something alone on a shared node needs the others' cores idle."""
+        if self.mpi is None:
+            return
+        request = self.mpi.Ibarrier()
+        while not request.Test():
+            time.sleep(poll)
+
     # --- time and failure ----------------------------------------------------------------------------
     def wall_time(self):
         return time.perf_counter() if self.mpi is None else _mpi().Wtime()
@@ -385,33 +392,3 @@ class Communicator:
         sys.stderr.write(f"[hpcnn rank {_mpi().COMM_WORLD.Get_rank()}] {message}\n")
         sys.stderr.flush()
         self.mpi.Abort(code)
-
-
-_installed = False
-
-
-def install_abort_on_error():
-    """Make an uncaught exception on any rank abort every rank (no hang), printing its traceback.
-
-    Entry points call this once; it is what `python -m mpi4py` does. Single-rank runs keep the
-    normal behaviour. HPCNN_NO_ABORT=1 keeps the normal behaviour too (for debugging).
-    """
-    global _installed
-    MPI = _mpi()
-    if _installed or MPI.COMM_WORLD.Get_size() == 1:
-        return
-    previous = sys.excepthook
-
-    def hook(kind, value, tb):
-        try:
-            text = "".join(traceback.format_exception(kind, value, tb))
-            sys.stderr.write(f"[hpcnn rank {MPI.COMM_WORLD.Get_rank()}] uncaught exception, aborting the job:\n{text}")
-            sys.stderr.flush()
-        finally:
-            if os.environ.get("HPCNN_NO_ABORT"):
-                previous(kind, value, tb)
-            else:
-                MPI.COMM_WORLD.Abort(1)
-
-    sys.excepthook = hook
-    _installed = True

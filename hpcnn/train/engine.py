@@ -76,7 +76,8 @@ def launched_ranks():
 def job_communicator(comm=None):
     """The ranks of a job: `comm` (an mpi4py communicator or a Communicator), else every rank when an MPI
     launcher started this process, else this process alone without MPI."""
-    from ..parallel.mpi import Communicator, install_abort_on_error
+    from ..parallel.abort import install_abort_on_error
+    from ..parallel.mpi import Communicator
     if comm is not None:
         return Communicator.of(comm)
     if launched_ranks():

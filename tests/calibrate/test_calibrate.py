@@ -116,3 +116,28 @@ def test_one_rank_waits_for_nobody():
 
     from hpcnn.calibrate.network import sync_wait
     assert sync_wait(SimpleNamespace(size=1), [lambda: None]) == 0.0
+
+
+def test_thread_speedup_is_measured_per_operation_on_two_threads():
+    """On 2 threads (numba allowed 2: a child process without the test's thread variables), every operation's
+    sampled calls get a speedup; a profile built with it prices 2 threads per rank."""
+    import json
+    import os
+    import subprocess
+    import sys
+    code = ("import json, numpy as np\n"
+            "from hpcnn.backend import open_device\n"
+            "from hpcnn.calibrate.thread_scaling import measure_thread_speedup\n"
+            "from hpcnn.parallel.mpi import Communicator\n"
+            "print(json.dumps(measure_thread_speedup(Communicator.local(), np.random.default_rng(1), "
+            "open_device('cpu'), 2, calls=1)))\n")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    env["NUMBA_NUM_THREADS"] = "2"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    speedup = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(speedup) == set(OPERATIONS) and all(v > 0 for v in speedup.values())
+    from hpcnn.calibrate.thread_scaling import measure_thread_speedup
+    from hpcnn.backend import open_device
+    from hpcnn.parallel.mpi import Communicator
+    assert measure_thread_speedup(Communicator.local(), np.random.default_rng(1), open_device("cpu"), 1) == {}

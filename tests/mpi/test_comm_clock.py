@@ -94,3 +94,19 @@ def test_node_first_runs_the_first_rank_of_each_node_before_the_others():
     others = [s for r, s, e in spans if r != 0]
     check_all(all(s >= first_end for s in others), f"a rank started at {others} before the first ended at {first_end}")
     check_all(comm.node_first(lambda: 7) == 7, "node_first returns fn's result")
+
+
+def test_idle_barrier_waits_for_every_rank_without_spinning():
+    """The ranks that reach it first sleep until the last arrives: little CPU time while they wait."""
+    from hpcnn.parallel.mpi import Communicator
+    comm = Communicator.of(world())
+    comm.barrier()
+    if comm.rank == 0:
+        time.sleep(0.3)
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    comm.idle_barrier()
+    cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+    waited = comm.allgather_object((comm.rank, wall, cpu))
+    late = [w for r, w, _ in waited if r != 0]
+    check_all(all(w >= 0.25 for w in late), f"a rank left the barrier before rank 0 arrived: {waited}")
+    check_all(all(c < 0.5 * w for r, w, c in waited if r != 0), f"a waiting rank spun: {waited}")

@@ -61,7 +61,7 @@ def test_failing_rank_ends_the_job_quickly():
     w = world()
     ok, message = True, ""
     if w.Get_rank() == 0:
-        code = ("from hpcnn.parallel.mpi import install_abort_on_error; install_abort_on_error(); "
+        code = ("from hpcnn.parallel.abort import install_abort_on_error; install_abort_on_error(); "
                 "from mpi4py import MPI; import time\n"
                 "if MPI.COMM_WORLD.Get_rank() == 1: raise RuntimeError('rank 1 fails')\n"
                 "MPI.COMM_WORLD.Barrier()")

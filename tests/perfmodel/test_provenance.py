@@ -73,3 +73,41 @@ def test_a_run_with_other_threads_per_rank_is_said_and_the_same_count_is_not():
     line = provenance.threads_note(profile, 1)
     assert "1 thread(s) per rank" in line and "measured with 4" in line and "--threads 1" in line
     assert provenance.threads_note(MachineProfile.synthetic(), 1) is None     # a stated profile does not say
+
+
+def _with_thread_speedup(profile, most=2, conv=1.8):
+    doc = profile.doc
+    doc["measured_on"]["threads_per_rank"]["value"] = 1
+    doc["thread_speedup"] = {"threads": {"value": most, "source": "m"},
+                             "by_op": {"conv_forward": {"value": conv, "source": "m"},
+                                       "copy": {"value": 1.0, "source": "m"}}}
+    return MachineProfile(doc)
+
+
+def test_a_measured_thread_speedup_prices_other_threads_per_rank():
+    profile = _with_thread_speedup(_profile())
+    shape = dict(n=2, c=32, k=32, in_spatial=(64, 64), kernel=(3, 3), out_spatial=(64, 64))
+    one = profile.kernel_time("conv_forward", **shape)
+    assert profile.for_threads(1).kernel_time("conv_forward", **shape) == one
+    assert abs(profile.for_threads(2).kernel_time("conv_forward", **shape) - one / 1.8) < 1e-12 * one
+    # Amdahl through (2 threads, 1.8x): p = (1 - 1/1.8) / (1 - 1/2) = 8/9; 4 threads: (1/9 + 2/9) of the time
+    assert abs(profile.for_threads(4).kernel_time("conv_forward", **shape) - one / 3) < 1e-9 * one
+    copy = dict(nbytes=1 << 20, runs=1)
+    assert profile.for_threads(2).kernel_time("copy", **copy) == profile.kernel_time("copy", **copy)
+    assert profile.prices_threads(2) and not _profile().prices_threads(2)
+    assert "scaled by its measured thread speedup" in provenance.threads_note(profile, 2)
+
+
+def test_held_out_errors_recorded_in_a_profile_are_quoted():
+    profile = _profile()
+    assert "not measured" in provenance.held_out_line(profile) and "--record" in provenance.held_out_line(profile)
+    e = {"median": 0.061, "largest": 0.19, "bias": -0.012, "count": 17}
+    section, text = provenance.held_out_section(e, dict(e, median=0.18), ["unet2d", "meshnet"], "hpcnn bench model",
+                                                "measured by a test")
+    doc = profile.doc
+    doc["held_out_error"] = section
+    doc["sources"]["held-out"] = text
+    line = provenance.held_out_line(MachineProfile(doc))      # validates: every number has a source
+    assert "per iteration median 6.1%, largest 19.0%, mean signed -1.2% over 17 configurations" in line
+    assert "unet2d, meshnet" in line and "per layer median 18.0%" in line
+    assert "published" in provenance.held_out_line(load_profile("v100-nvlink-edr"))
