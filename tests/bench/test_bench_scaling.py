@@ -197,9 +197,21 @@ def test_list_splits_prints_the_distinct_splits(capsys):
     assert capsys.readouterr().out.split() == ["sample", "spatial"]
 
 
+def _profile_without_thread_speedup(tmp_path):
+    """The shipped profile, measured on one thread per rank, without any measured thread speedup."""
+    from perfmodel.machine import shipped_profiles
+    with open(shipped_profiles()["vm-cpu"]) as f:
+        data = json.load(f)
+    data.pop("thread_speedup", None)
+    path = tmp_path / "one-thread.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
 def test_threads_per_rank_sets_the_sweep_and_the_threads_rows_compare_with_it(tmp_path):
+    profile = _profile_without_thread_speedup(tmp_path)
     assert main(["bench", "scaling", *TINY, "--iterations", "1", "--ranks", "1", "--grids", "sample",
-                 "--threads-per-rank", "2", "--threads", "1", "--out", str(tmp_path)]) == 0
+                 "--threads-per-rank", "2", "--threads", "1", "--machine", profile, "--out", str(tmp_path)]) == 0
     _, rows = _read(tmp_path / "scaling.csv")
     by = {r["role"]: r for r in rows}
     assert set(by) == {"sweep", "threads"}
@@ -207,6 +219,19 @@ def test_threads_per_rank_sets_the_sweep_and_the_threads_rows_compare_with_it(tm
     assert float(by["sweep"]["speedup"]) == 1.0 and by["sweep"]["error"] != "nan"
     # one thread against the 2-thread reference: efficiency per core is the speedup times 2
     assert float(by["threads"]["efficiency"]) == pytest.approx(2 * float(by["threads"]["speedup"]), rel=1e-4)
-    assert by["threads"]["predicted_iteration_s"] == "nan"
+    # the 1-thread row runs the profile's own thread count, so it is priced as calibrated
+    assert float(by["threads"]["predicted_iteration_s"]) > 0
     names = sorted(p.name for p in (tmp_path / "points").iterdir())
     assert names == ["strong-sweep-r1-t2-sample.json", "strong-threads-r1-t1-sample.json"]
+
+
+def test_threads_rows_the_profile_cannot_price_are_not_predicted(tmp_path):
+    """A profile measured on 1 thread with no thread speedup does not price a 2-thread row: nan, not a guess."""
+    profile = _profile_without_thread_speedup(tmp_path)
+    assert main(["bench", "scaling", *TINY, "--iterations", "1", "--ranks", "1", "--grids", "sample",
+                 "--threads-per-rank", "1", "--threads", "2", "--machine", profile, "--out", str(tmp_path)]) == 0
+    _, rows = _read(tmp_path / "scaling.csv")
+    by = {r["role"]: r for r in rows}
+    assert (by["sweep"]["threads"], by["threads"]["threads"]) == ("1", "2")
+    assert float(by["sweep"]["predicted_iteration_s"]) > 0
+    assert by["threads"]["predicted_iteration_s"] == "nan"
