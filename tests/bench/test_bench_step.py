@@ -43,7 +43,8 @@ def test_the_command_writes_consistent_rows(tmp_path):
     doc = json.loads((out / "step.json").read_text())
     for t in ("1", "2"):
         ratios = [float(r["ratio"]) for r in rows if r["threads"] == t]
-        assert doc["summary"][t]["geomean_ratio"] == pytest.approx(math.exp(np.mean(np.log(ratios))), rel=1e-6)
+        # the CSV holds the ratios rounded; the summary is computed from the unrounded ones
+        assert doc["summary"][t]["geomean_ratio"] == pytest.approx(math.exp(np.mean(np.log(ratios))), rel=1e-5)
     layers = list(csv.DictReader(open(out / "step_layers.csv")))
     assert len(layers) == 2 * len(rows)
     names = {n for n, _ in step._Pair("meshnet", *step.QUICK_CASES["meshnet"], torch).model.named_leaves()}
