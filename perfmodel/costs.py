@@ -46,7 +46,7 @@ from hpcnn.nn import registry
 __all__ = [
     "LayerCost", "layer_cost", "kernel_cost", "block_extra_cost", "local_numel", "ceil_div", "busy_ranks",
     "window_blocks", "halo_time", "conv_halo_pieces", "OPTIMIZER_STATE", "OPTIMIZER_STATES", "BUCKET_BYTES",
-    "FLOAT64", "parts", "split_gradient", "gradient_reduction_time",
+    "FLOAT64", "parts", "split_gradient", "gradient_reduction_time", "layer_point",
 ]
 
 # Optimizer state per parameter, in parameter-sized arrays, by optimizer (hpcnn.train.optim): SGD with
@@ -91,6 +91,11 @@ class LayerCost:
         """Forward + backward + their communication (what the planner minimizes per vertex)."""
         return self.forward + self.backward + self.communication
 
+    def directions(self):
+        """(forward, backward) seconds, each with its halo and collectives."""
+        return (self.forward + self.halo_forward + self.collective_forward,
+                self.backward + self.halo_backward + self.collective_backward)
+
     def add(self, other):
         for name in ("forward", "backward", "halo_forward", "halo_backward", "collective_forward",
                      "collective_backward", "gradient_allreduce", "activation_bytes", "param_bytes"):
@@ -122,6 +127,26 @@ def local_numel(shape, grid):
         return n * shape[1]
     p = parts(tuple(grid))
     return n * ceil_div(shape[1], p.channels) * math.prod(ceil_div(s, g) for s, g in zip(shape[2:], p.spatial))
+
+
+def layer_point(spec, grid):
+    """A leaf's place among layers under `grid`: log of its local input and output elements, channels in and out,
+    window taps and dilation, twice the log of its stride and twice its spatial dimensions (a 3-D layer is
+    far from a 2-D one), three times the log of the grid's ranks and of its ranks that split the block (one
+    rank is far from two, and a sample split from a spatial one)."""
+    p = parts(tuple(grid))
+    g = spec.geometry
+    c_in = spec.in_shape[1] if len(spec.in_shape) == 2 else ceil_div(spec.in_shape[1], p.channels)
+    c_out = spec.out_shape[1]
+    if len(spec.out_shape) > 2:
+        c_out = ceil_div(c_out, p.channels * (p.filters if spec.kind in ("conv", "conv_transpose") else 1))
+    taps, stride, dilation = ((math.prod(g.kernel), math.prod(g.stride), math.prod(g.dilation)) if g is not None
+                              else (1, 1, 1))
+    ranks = math.prod(grid)
+    return (math.log(max(local_numel(spec.in_shape, grid), 1)), math.log(max(local_numel(spec.out_shape, grid), 1)),
+            math.log(max(c_in, 1)), math.log(max(c_out, 1)), math.log(taps), math.log(dilation),
+            2.0 * math.log(stride), 2.0 * max(len(spec.in_shape) - 2, 0),
+            3.0 * math.log(ranks), 3.0 * math.log(ranks // max(grid[0], 1)))
 
 
 # --- windows and halos -------------------------------------------------------------------------------------------
@@ -298,11 +323,19 @@ def _layer_cost(spec, grid, machine):
     # at once), plus the kernels' bounded scratch
     cost.workspace_bytes = min(cost.workspace_bytes, _scratch_budget(machine)) + in_bytes + out_bytes
     nbytes = in_bytes + out_bytes + spec.params * machine.itemsize
-    cost.forward += machine.layer_call(spec.kind, "forward", nbytes)
-    cost.backward += machine.layer_call(spec.kind, "backward", nbytes)
     # a fresh output in forward and a fresh input gradient in backward (page faults of large arrays)
     cost.forward += machine.fresh_memory_time(out_bytes)
     cost.backward += machine.fresh_memory_time(in_bytes)
+    cost.forward += machine.layer_call(spec.kind, "forward", nbytes)
+    cost.backward += machine.layer_call(spec.kind, "backward", nbytes)
+    # the layers of random networks measured near this one (perfmodel.context), messages and waits included
+    forward, backward = machine.context.factors(spec.kind, layer_point(spec, grid), cost.directions())
+    cost.forward *= forward
+    cost.halo_forward *= forward
+    cost.collective_forward *= forward
+    cost.backward *= backward
+    cost.halo_backward *= backward
+    cost.collective_backward *= backward
     return cost
 
 

@@ -18,6 +18,7 @@ The profile is a JSON document (``MachineProfile.load`` / ``save`` / ``validate`
       "overlap": {"gradient_allreduce": Q, "halo": Q},
       "layer_calls": {"source": "KEY", "kinds": {KIND: {"forward": {"fixed": Q, "per_byte": Q},
                                                         "backward": {"fixed": Q, "per_byte": Q}}}},
+      "layers_in_context": {"source": "KEY", "kinds": {KIND: {"source": "KEY", "rows": [[...], ...]}}},
       "fresh_memory": {"per_byte": Q, "threshold_bytes": Q}
     }
 
@@ -34,9 +35,13 @@ the halo bookkeeping, allocating its outputs, data not in cache)::
 
     t_call(kind, direction) = fixed + per_byte * (local input + output + parameter bytes)
 
-per layer kind (``perfmodel.layers.KINDS``) and direction. `hpcnn calibrate` measures it by timing
-each kind's distributed layer on one rank on a tiny and a large shape and subtracting the kernel
-models' prediction for the same shapes (``hpcnn.calibrate.layers.measure_layer_calls``).
+per layer kind (``perfmodel.layers.KINDS``) and direction. `hpcnn calibrate` fits both terms to the
+leaves of random networks trained on one rank (``hpcnn.calibrate.context``): what a layer in a network
+takes beyond its kernels' models; kinds too rare in those networks keep the terms of their distributed
+layer timed alone on a tiny and a large shape (``hpcnn.calibrate.layers.measure_layer_calls``).
+
+Layers in context (optional "layers_in_context"; absent = no correction): the local correction of a
+layer's predicted time by the measured layers of random networks near it (``perfmodel.context``).
 
 Fresh memory (optional "fresh_memory"; absent = zero, as on GPUs, whose allocations come from
 a pool): an array at least `threshold_bytes` large is mapped from the operating system on every
@@ -80,6 +85,7 @@ import os
 import numpy as np
 
 from .collectives import LINK_CLASSES, CollectiveModels
+from .context import ContextCorrection
 from .kernel_models import OPERATIONS, KernelModel, operation_features, row_features
 from .profile_format import FORMAT, VERSION, ProfileError, check_provenance, read_fields, read_quantity
 
@@ -119,6 +125,7 @@ class MachineProfile(CollectiveModels):
                                                 read_quantity(terms["per_byte"],
                                                               f"layer_calls.{kind}.{direction}.per_byte"))
                             for kind, spec in calls.items() for direction, terms in spec.items()}
+        self.context = ContextCorrection(doc.get("layers_in_context"))
         fresh = doc.get("fresh_memory")
         self.fresh_memory = ((read_quantity(fresh["per_byte"], "fresh_memory.per_byte"),
                               read_quantity(fresh["threshold_bytes"], "fresh_memory.threshold_bytes"))

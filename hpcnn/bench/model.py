@@ -1,8 +1,9 @@
 """Performance model against measurement, on a held-out set: per layer and per iteration, every grid, 1..cores ranks.
 
 The models and sizes evaluated (`HELD_OUT`) are not what calibration fits: `hpcnn calibrate` times
-kernel calls of random layers, splits and blocks (hpcnn.calibrate.shapes) and never builds these
-networks; they also differ from the README's scaling runs. For each model and rank count (default:
+kernel calls of random layers, splits and blocks (hpcnn.calibrate.shapes) and trains seeded random
+networks (hpcnn.calibrate.context), and never builds these networks; they also differ from the README's
+scaling runs. For each model and rank count (default:
 1 up to this machine's cores, so no run is oversubscribed), every candidate grid (every
 factorization of P over N and the spatial dims that the planner accepts) runs training iterations
 under `mpiexec -n P` (one thread per rank); forward and backward of every leaf layer are timed on
@@ -60,7 +61,7 @@ def _worker(spec_path, out_path):
     from ..parallel.abort import install_abort_on_error
     from ..parallel.mpi import Communicator
     from ..plan import Plan
-    from .probe import LayerProbe, training_step
+    from ..calibrate.probe import LayerProbe, training_step
     install_abort_on_error()
     comm = Communicator.world()
     with open(spec_path) as f:

@@ -25,7 +25,7 @@ def _measure(args, label, result, splits, machine):
     from .. import parallel
     from ..backend import open_device
     from ..parallel.mpi import Clock, Communicator
-    from .probe import LayerProbe, training_step
+    from ..calibrate.probe import LayerProbe, training_step
 
     world = Communicator.world()
     device = open_device(args.device)

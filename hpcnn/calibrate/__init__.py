@@ -23,7 +23,11 @@ tables; each message time is the lower quartile of its repetitions (`network._un
 memory-copy bandwidth and say so in their source. Layer calls (`measure_layer_calls`): every
 layer kind's distributed layer is timed on one rank, forward and backward, on a tiny and a large
 shape; what the kernel models do not explain is the per-call term of the profile (see
-`perfmodel.machine`).
+`perfmodel.machine`). Then seeded random networks train (`context`): on rank 0 alone, whose layers refit
+the per-call terms of the kinds they hold enough of; on every rank at once, each its own copy, whose
+slowest rank gives the concurrency slowdown per operation in place of the kernel phase's; and split
+over every rank. What the profile then still misses, layer by layer, on one rank and on several, is
+its "layers_in_context" correction (`perfmodel.context`).
 
 On a GPU (`device` = open_device("gpu"), `hpcnn calibrate --device gpu`) the same phases run on device
 arrays, every call synchronized before its time is taken, the messages staged as a run stages them;
@@ -46,6 +50,7 @@ from ..backend import open_device
 from ..threads import available_cores
 from .kernels import kernel_call, kernel_clock, kernel_phase
 from .shapes import sample_shapes
+from .context import concurrency_in_context, context_section, fit_layer_calls, measure_layers_in_context
 from .layers import GLIBC_MMAP_SOURCE, measure_fresh_memory, measure_layer_calls
 from .network import pingpong as measure_pingpong, sweep, sync_wait as measure_sync_wait
 from .staging import measure_staging, staging_section
@@ -55,6 +60,9 @@ __all__ = ["calibrate", "sample_shapes", "measure_layer_calls", "measure_fresh_m
 
 # The measurement budget of `--quick` (seconds): with the messages and layer calls, under 2 minutes in all.
 QUICK_BUDGET = 75.0
+# The random networks trained for the layer calls in context (`context`): this share of the budget, at most
+# CONTEXT_SECONDS (22 s with --quick, 60 s in a full calibration)
+CONTEXT_SHARE, CONTEXT_SECONDS = 0.3, 60.0
 
 
 def _rng(seed):
@@ -86,7 +94,7 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None,
     hosts = comm.allgather_object(host)
     rng = _rng(seed + 0)
     bar = _progress(round(budget), progress and rank == 0, "hpcnn calibrate")
-    kernel_budget = budget * (0.8 if size > 1 else 0.95)
+    kernel_budget = budget * (0.6 if size > 1 else 0.7)
     tables, slowdown = kernel_phase(comm, kernel_budget, rng, bar, device)
     node_cores = comm.bcast_object(available_cores())
     speedup = measure_thread_speedup(comm, _rng(seed + 5), device, node_cores, calls=3 if quick else 6)
@@ -214,5 +222,13 @@ def calibrate(comm, budget=600.0, quick=False, progress=True, seed=0, name=None,
         sources["glibc-mmap-threshold"] = GLIBC_MMAP_SOURCE
         doc["fresh_memory"] = measure_fresh_memory(src, reps=3 if quick else 7)
     doc["layer_calls"] = measure_layer_calls(comm, MachineProfile(doc), src, device, reps=7 if quick else 15)
+    in_context = measure_layers_in_context(comm, MachineProfile(doc), device, _rng(seed + 7),
+                                           budget=min(budget * CONTEXT_SHARE, CONTEXT_SECONDS))
+    doc["layer_calls"]["kinds"].update(fit_layer_calls(in_context, src))
+    if rank == 0:
+        # the layers' slowdown with every rank busy: hundreds of layers in context, not a few kernels alone
+        for op, r in concurrency_in_context(in_context).items():
+            doc["concurrency_slowdown_by_op"][op] = {"value": r, "source": src}
+        doc["layers_in_context"] = context_section(in_context, MachineProfile(doc), src)
     doc["calibration_seconds"] = {"value": time.perf_counter() - t_start, "source": src}
     return MachineProfile(doc)

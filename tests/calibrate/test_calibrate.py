@@ -32,7 +32,11 @@ def test_calibrate_smoke_two_ranks(tmp_path_factory):
         again = MachineProfile.load(path)
         ok = (str(comm.size) in again.doc["collectives"]["allreduce"]["measured"]["ranks"]
               and "sync_wait" in again.doc and "runs" in again.kernels["copy"].coef
-              and again.link(False)[0] > 0 and again.kernel_time("elementwise", n=1, c=4, in_spatial=(8, 8)) > 0)
+              and again.link(False)[0] > 0 and again.kernel_time("elementwise", n=1, c=4, in_spatial=(8, 8)) > 0
+              and "layers_in_context" in again.doc)
+        # the random networks ran on one rank and split over all of them
+        rows = [r for kind in again.doc["layers_in_context"]["kinds"].values() for r in kind["rows"]]
+        ok = ok and {r[8] > 0 for r in rows} == {True, False}
     assert comm.all_true(ok)
 
 

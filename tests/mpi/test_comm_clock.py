@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hpcnn import models, parallel
-from hpcnn.bench.probe import KINDS, LayerProbe, training_step
+from hpcnn.calibrate.probe import KINDS, LayerProbe, training_step
 from hpcnn.parallel.mpi import Clock
 from tests.mpi.collective import check_all, world
 

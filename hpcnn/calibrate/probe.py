@@ -25,21 +25,25 @@ __all__ = ["LayerProbe", "KINDS", "training_step"]
 class LayerProbe:
     """Wraps every leaf of DistModel `dm` to record its calls (by the leaf's dotted name in the model).
 
-    Per call: wall seconds, communication seconds by kind and CPU seconds of the rank's process. `summary`
+    Per call: wall seconds, communication seconds by kind, CPU seconds of the rank's process and seconds on
+    `clock` (default the CPU time; the calibration passes its kernels' clock). `summary`
     gives, per leaf name, forward_s, backward_s (wall, median over the recorded iterations) and halo_s,
     collective_s, shuffle_s (forward + backward, medians), compute_s (the rest), from the rank slowest at that
     layer, and cpu_s: forward + backward CPU seconds (medians) of the rank with the most (on a machine shared
-    with other processes, the time dedicated cores would take: MPI waits by polling, which counts).
+    with other processes, the time dedicated cores would take: MPI waits by polling, which counts);
+    `local_summary` adds forward_clock_s and backward_clock_s, this rank's medians on `clock`.
     """
 
-    def __init__(self, dm):
+    def __init__(self, dm, clock=time.process_time):
         leaves = dm.root.leaves()
         self.names = [m.name for m in leaves]
         self.calls = {}
+        self.clock = clock
         for module in leaves:
             self._wrap(module, module.name, module.d.comm.clock)
 
     def _wrap(self, module, name, clock):
+        own = self.clock
         calls = self.calls.setdefault(name, {"forward": [], "backward": []})
         for direction in ("forward", "backward"):
             inner = getattr(module, direction)
@@ -47,11 +51,13 @@ class LayerProbe:
             def timed(t, inner=inner, record=calls[direction]):
                 before = clock.snapshot()
                 c0 = time.process_time()
+                k0 = own()
                 t0 = time.perf_counter()
                 out = inner(t)
                 _wait_for_device(out.local)
                 wall = time.perf_counter() - t0
-                record.append((wall, Clock.difference(before, clock.snapshot()), time.process_time() - c0))
+                record.append((wall, Clock.difference(before, clock.snapshot()), time.process_time() - c0,
+                               own() - k0))
                 return out
             setattr(module, direction, timed)
 
@@ -65,14 +71,17 @@ class LayerProbe:
         out = {}
         for name in self.names:
             c = self.calls[name]
-            fwd = statistics.median(w for w, _, _ in c["forward"]) if c["forward"] else 0.0
-            bwd = statistics.median(w for w, _, _ in c["backward"]) if c["backward"] else 0.0
+            fwd = statistics.median(w for w, _, _, _ in c["forward"]) if c["forward"] else 0.0
+            bwd = statistics.median(w for w, _, _, _ in c["backward"]) if c["backward"] else 0.0
             entry = {"forward_s": fwd, "backward_s": bwd,
-                     "cpu_s": sum(statistics.median(u for _, _, u in c[direction])
+                     "cpu_s": sum(statistics.median(u for _, _, u, _ in c[direction])
                                   for direction in ("forward", "backward") if c[direction])}
             for kind in ("halo", "collective", "shuffle"):
-                entry[f"{kind}_s"] = sum(statistics.median(d[kind] for _, d, _ in c[direction])
+                entry[f"{kind}_s"] = sum(statistics.median(d[kind] for _, d, _, _ in c[direction])
                                          for direction in ("forward", "backward") if c[direction])
+            for direction in ("forward", "backward"):
+                entry[f"{direction}_clock_s"] = (statistics.median(k for _, _, _, k in c[direction])
+                                                 if c[direction] else 0.0)
             entry["compute_s"] = max(fwd + bwd - entry["halo_s"] - entry["collective_s"] - entry["shuffle_s"], 0.0)
             out[name] = entry
         return out
