@@ -9,7 +9,7 @@ models and layer-call terms) and the log of the predicted times::
                           "rows": [[point..., log_ratio_fwd, log_ratio_bwd, log_pred_fwd, log_pred_bwd], ...]}}}
 
 A layer's predicted time is then corrected by terms of its kind and grid (`ContextCorrection`: a factor from
-the one-rank layers, extra seconds per call from the layers under grids like its own), refined by the
+the one-rank layers, extra seconds per call from the layers under grids of as many ranks), refined by the
 distance-weighted geometric mean of its nearest measured layers' deviations from those terms, damped with
 distance (as the kernel models' local correction, `perfmodel.kernel_models`): near the random networks'
 layers the prediction is their measurement, far from them the kernel models' with the typical correction of
@@ -25,24 +25,26 @@ from .profile_format import ProfileError
 
 __all__ = ["ContextCorrection", "POINT_SIZE", "ROW_SIZE"]
 
-# The coordinates of a layer's place (`perfmodel.costs.layer_point`); the last two place its grid.
+# The coordinates of a layer's place (`perfmodel.costs.layer_point`); the last but one is its grid's rank count.
 POINT_SIZE = 10
-_GRID = slice(POINT_SIZE - 2, POINT_SIZE)
+_RANKS = slice(POINT_SIZE - 2, POINT_SIZE - 1)
 ROW_SIZE = POINT_SIZE + 4
 
 
 class ContextCorrection:
     """The "layers_in_context" section of a profile (absent: no correction).
 
-    Per kind, the rows fall into groups by their grid (its ranks, and its ranks that split the block). The
-    one-rank group's median log ratio is a factor on every layer's predicted time: what the kernel models miss
-    of a kind in a network. A group of several ranks adds, to that, its median extra seconds per call (measured
-    less the one-rank-corrected prediction): waiting for the slowest rank at every synchronising layer, the
-    messages' and the distributed layer's own per-call costs, which a small layer feels and a large one does
-    not (a factor per group, tried first, over-predicted the held-out networks' large layers at 2 ranks by up to
-    50%). A grid the calibration did not run, or too rarely (fewer than GROUP_MIN rows), takes the nearest
-    group's terms (the same rank count first: a 4-rank grid takes the 2-rank one's). The nearest rows' own
-    deviations from their group's terms refine the result near them, damped with distance.
+    Per kind, the rows fall into groups by their grid's rank count. The one-rank group's median log ratio is a
+    factor on every layer's predicted time: what the kernel models miss of a kind in a network. A group of
+    several ranks adds, to that, its median extra seconds per call (measured less the one-rank-corrected
+    prediction): waiting for the slowest rank at every synchronising layer, the messages' and the distributed
+    layer's own per-call costs, which a small layer feels and a large one does not (a factor per group, tried
+    first, over-predicted the held-out networks' large layers at 2 ranks by up to 50%). The group is the rank
+    count's, not the split's: per kind of split (samples, the block) the medians come from a few networks
+    each, and their noise made the planner alternate grids layer by layer to collect differences that do not
+    exist. A rank count the calibration did not run, or too rarely (fewer than GROUP_MIN rows), takes the
+    nearest group's terms (a 4-rank grid the 2-rank one's). The nearest rows' own deviations from their group's
+    terms refine the result near them, damped with distance (the split is a coordinate of the distance).
 
     Rows: the layer's place (`perfmodel.costs.layer_point`), the log of measured over predicted seconds and the
     log of the predicted seconds, forward and backward."""
@@ -62,11 +64,11 @@ class ContextCorrection:
                 continue
             points = rows[:, :POINT_SIZE]
             log_ratio, predicted = rows[:, POINT_SIZE:POINT_SIZE + 2], np.exp(rows[:, POINT_SIZE + 2:])
-            keys = [tuple(k) for k in np.round(points[:, _GRID], 6)]
-            alone = [k == (0.0, 0.0) for k in keys]
+            keys = [tuple(k) for k in np.round(points[:, _RANKS], 6)]
+            alone = [k == (0.0,) for k in keys]
             one = np.median(log_ratio[alone], axis=0) if sum(alone) >= self.GROUP_MIN else np.zeros(2)
-            groups = {(0.0, 0.0): np.zeros(2)}
-            for key in set(keys) - {(0.0, 0.0)}:
+            groups = {(0.0,): np.zeros(2)}
+            for key in set(keys) - {(0.0,)}:
                 mine = np.array([k == key for k in keys])
                 if mine.sum() >= self.GROUP_MIN:
                     groups[key] = np.median(predicted[mine] * (np.exp(log_ratio[mine]) - np.exp(one)), axis=0)
@@ -86,9 +88,9 @@ class ContextCorrection:
             return 1.0, 1.0
         points, residual, one, groups = entry
         point = np.asarray(point, dtype=float)
-        where = point[_GRID]
-        # the nearest group: the same number of ranks first, then the same split of the block
-        extra = groups[min(groups, key=lambda k: 4.0 * (k[0] - where[0]) ** 2 + (k[1] - where[1]) ** 2)]
+        where = point[_RANKS]
+        # the nearest group in rank count
+        extra = groups[min(groups, key=lambda k: (k[0] - where[0]) ** 2)]
         model = self._modelled(one, extra, np.asarray(predicted, dtype=float))
         dist = np.sqrt(((points - point) ** 2).sum(axis=1))
         nearest = np.argsort(dist)[: self.NEIGHBOURS]
