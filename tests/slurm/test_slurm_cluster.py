@@ -232,6 +232,9 @@ def test_the_scaling_sweep_measures_every_rank_count_and_merges_one_csv(cluster)
     lines = (results / "scaling.csv").read_text().splitlines()
     header = lines[0].split(",")
     rows = [dict(zip(header, line.split(","))) for line in lines[1:]]
-    assert {(r["ranks"], r["split"], r["grid"]) for r in rows if r["split"] == r["measured_as"]} == {
+    measured = {(r["ranks"], r["split"], r["grid"]) for r in rows if r["split"] == r["measured_as"]}
+    # and the 2-rank plan, where the profile's planner picks neither uniform split
+    assert {m for m in measured if m[1] != "plan"} == {
         ("1", "sample", "1x1x1"), ("2", "sample", "2x1x1"), ("2", "spatial", "1x2x1")}, lines
+    assert all(m[0] == "2" for m in measured if m[1] == "plan"), lines
     assert (results / "scaling_strong.png").is_file() and (results / "breakdown_strong.png").is_file()
