@@ -262,7 +262,7 @@ _COST_CACHE = {}
 
 
 def _layer_cost_cached(signature, spec, grid, machine):
-    key = (signature, grid, id(machine))
+    key = (signature, grid, machine.cache_key)
     hit = _COST_CACHE.get(key)
     if hit is None:
         if len(_COST_CACHE) > 200000:

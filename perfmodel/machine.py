@@ -79,6 +79,7 @@ host-to-device copies a GPU rank's messages go through when MPI is not CUDA-awar
 not price it yet (its links are the ping-pong measured with device buffers, staging included).
 """
 import copy
+import itertools
 import json
 import os
 
@@ -95,6 +96,9 @@ __all__ = [
 ]
 
 
+_CACHE_KEYS = itertools.count()
+
+
 class MachineProfile(CollectiveModels):
     """A validated machine profile; see the module docstring for the JSON layout.
 
@@ -105,6 +109,9 @@ class MachineProfile(CollectiveModels):
     def __init__(self, doc, path=None):
         self.doc = doc
         self.path = path
+        # what per-profile caches key on (`perfmodel.costs`): unique for the process's life, where id() is
+        # reused once a profile is freed
+        self.cache_key = next(_CACHE_KEYS)
         read_fields(doc, self._read)
 
     def _read(self, doc):
@@ -151,6 +158,7 @@ class MachineProfile(CollectiveModels):
         p / t) through (T, s); without that measurement the profile is returned as it is (`prices_threads` False)."""
         out = copy.copy(self)
         out.run_threads = int(threads)
+        out.cache_key = next(_CACHE_KEYS)
         return out
 
     def prices_threads(self, threads):

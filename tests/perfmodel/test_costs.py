@@ -194,3 +194,21 @@ def test_bilinear_upsample_exchanges_a_halo_and_costs_more_than_nearest():
     grid = (1, 2, 1)
     assert layer_cost(lin, grid, machine).halo_forward > layer_cost(near, grid, machine).halo_forward
     assert layer_cost(lin, grid, machine).forward > layer_cost(near, grid, machine).forward
+
+
+def test_the_cost_cache_never_mixes_profiles_up():
+    """Costs are cached per profile: a profile created after another was freed (CPython may give it the same
+    id) and a thread-count copy of a profile each get their own prices."""
+    import gc
+    spec = conv_spec()
+    for _ in range(20):
+        slow = MachineProfile.synthetic(per_flop=1e-6, per_byte=1e-9, alpha=A, beta=B)
+        t_slow = layer_cost(spec, (1, 1, 1), slow).forward
+        del slow
+        gc.collect()
+        fast = MachineProfile.synthetic(per_flop=1e-12, per_byte=1e-12, alpha=A, beta=B)
+        assert layer_cost(spec, (1, 1, 1), fast).forward < t_slow / 100
+        del fast
+        gc.collect()
+    m = MachineProfile.synthetic(per_flop=F, per_byte=1e-9, alpha=A, beta=B)
+    assert m.for_threads(2).cache_key != m.cache_key
