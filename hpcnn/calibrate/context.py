@@ -36,7 +36,7 @@ __all__ = ["synthetic_network", "LayerSample", "measure_layers_in_context", "fit
 
 # A kind needs this many timed layers in context for its own fit; fewer keep the standalone terms.
 MIN_SAMPLES = 6
-_WIDTHS = (4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+_WIDTHS = (4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 
 def _pick(rng, values):
