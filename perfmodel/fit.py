@@ -14,7 +14,7 @@ import numpy as np
 
 from .machine import OPERATIONS, row_features
 
-__all__ = ["FEATURES", "fit_linear", "fit_robust", "refit_profile"]
+__all__ = ["FEATURES", "fit_linear", "fit_robust", "refit_profile", "OUTLIER_FLOOR", "OUTLIER_SECONDS"]
 
 # The features each operation's model is fitted on.
 FEATURES = {op: ("fixed", "flops", "bytes", "lowered", "thin", "weights", "rows") if op.startswith("conv_") else
@@ -48,10 +48,10 @@ def fit_linear(rows, names):
 
 # A sample slower than the fit by more than this (in natural-log units) beyond the typical scatter
 # is taken as inflated: 2.5x at least, whatever the scatter ...
-_OUTLIER_FLOOR = math.log(2.5)
+OUTLIER_FLOOR = math.log(2.5)
 # ... and by at least this many seconds: a descheduled process loses a good part of a scheduler time
 # slice (4 ms at 250 Hz), so a fast kernel that is merely badly fitted is not rejected.
-_OUTLIER_SECONDS = 1e-3
+OUTLIER_SECONDS = 1e-3
 
 
 def fit_robust(rows, names, rounds=10):
@@ -73,7 +73,7 @@ def fit_robust(rows, names, rounds=10):
         r = np.log(np.maximum(t, 1e-12) / np.maximum(fitted, 1e-12))
         centre = float(np.median(r[keep]))
         spread = 1.4826 * float(np.median(np.abs(r[keep] - centre)))
-        new = (r <= centre + max(3.0 * spread, _OUTLIER_FLOOR)) | (t - fitted < _OUTLIER_SECONDS)
+        new = (r <= centre + max(3.0 * spread, OUTLIER_FLOOR)) | (t - fitted < OUTLIER_SECONDS)
         if (new == keep).all() or new.sum() < len(names) + 2:
             break
         keep = new

@@ -29,6 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from perfmodel.costs import kernel_cost, layer_cost, layer_point, local_numel
+from perfmodel.fit import OUTLIER_FLOOR, OUTLIER_SECONDS
 from perfmodel.layers import iter_layers, walk
 
 __all__ = ["synthetic_network", "LayerSample", "measure_layers_in_context", "fit_layer_calls", "context_section",
@@ -178,6 +179,7 @@ def _samples(chain, grid, machine, times, alone=None, together=None):
 
 
 def _directions(summary, clock=False):
+    """{leaf name: (forward, backward)} of a probe summary, wall seconds or (clock) the probe's clock's."""
     key = "_clock_s" if clock else "_s"
     return {name: (e["forward" + key], e["backward" + key]) for name, e in summary.items()}
 
@@ -185,9 +187,8 @@ def _directions(summary, clock=False):
 def measure_layers_in_context(comm, machine, device, rng, budget, reps=2, targets=(0.02, 0.8)):
     """[LayerSample] of every leaf of random networks trained until `budget` seconds have passed (rank 0 decides
     when, every rank takes part): each network on rank 0 alone (the others asleep), then, on several ranks, on
-    every rank at once, each its own copy, and on all of them together under a random grid the network accepts
-    (samples or spatial dimensions split). The medians of
-    `reps` timed iterations after a warm-up. Each network's predicted iteration on one rank is at most a
+    every rank at once, each its own copy, and on all of them together under a grid the network accepts, in
+    rotation (`_split`). The medians of `reps` timed iterations after a warm-up. Each network's predicted iteration on one rank is at most a
     log-uniform draw from `targets` (seconds), so that small and large layers are both measured."""
     from .kernels import kernel_clock
     alone = comm.split(comm.rank, 0)
@@ -219,8 +220,7 @@ def measure_layers_in_context(comm, machine, device, rng, budget, reps=2, target
             split = True
             summary = _train(model, shape, comm, grid, device, clock, reps).summary(comm)
             if comm.rank == 0:
-                samples += _samples(chain, grid, machine, {name: (e["forward_s"], e["backward_s"])
-                                                           for name, e in summary.items()})
+                samples += _samples(chain, grid, machine, _directions(summary))
             comm.barrier()
     return samples
 
@@ -252,10 +252,6 @@ def concurrency_in_context(samples):
                 sums[op] = (a + sum(s.alone[j] for s in mine),
                             t + np.array([sum(s.together[r][j] for s in mine) for r in range(ranks)]))
     return {op: float(t.max()) / a for op, (a, t) in sums.items() if a > 0}
-
-
-# A layer this much slower than the fit, and by this many seconds, was descheduled (as `perfmodel.fit`'s rule).
-_OUTLIER_RATIO, _OUTLIER_SECONDS = 2.5, 1e-3
 
 
 def _fit_residual(kernel, nbytes, measured):
@@ -292,7 +288,8 @@ def fit_layer_calls(samples, source):
             for _ in range(4):
                 fixed, per_byte, med = _fit_residual(kernel[keep], nbytes[keep], measured[keep])
                 fitted = kernel + fixed + per_byte * nbytes
-                slow = (measured > _OUTLIER_RATIO * fitted) & (measured - fitted > _OUTLIER_SECONDS)
+                # slower by `perfmodel.fit`'s margins of a descheduled call
+                slow = (measured > math.exp(OUTLIER_FLOOR) * fitted) & (measured - fitted > OUTLIER_SECONDS)
                 if (ok & ~slow).sum() < MIN_SAMPLES or ((ok & ~slow) == keep).all():
                     break
                 keep = ok & ~slow
