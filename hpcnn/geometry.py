@@ -22,7 +22,8 @@ layers) and are trimmed.
 Halo pieces. When every block of the split dimensions reads all of its own rows, a convolution
 can run on the owned block with the halo rows counted as zero padding, and the thin halo boxes
 then add their part to the few outputs they reach (`halo_pieces`, `piece_padding` along one
-dimension; `box_pieces`, `box_padding` over several).
+dimension; `box_pieces`, `box_padding` over several), through only the kernel taps that reach
+their rows (`piece_taps`).
 
 Grids (how ranks are arranged over the batch, spatial dimensions, channels and filters) are
 `hpcnn.grids`.
@@ -34,7 +35,8 @@ __all__ = [
     "as_tuple", "normalize_padding", "window_output_size", "WindowGeometry", "transposed_geometry",
     "transposed_output_shape", "bilinear_halo",
     "block_range", "block_ranges", "block_index", "window_input_range", "AxisHalo", "window_halo",
-    "upsample_halo", "halo_reach", "halo_pieces", "piece_padding", "box_padding", "box_pieces", "own_rows_suffice",
+    "upsample_halo", "halo_reach", "halo_pieces", "piece_padding", "piece_taps", "box_padding", "box_pieces",
+    "own_rows_suffice",
     "slab_runs",
 ]
 
@@ -293,6 +295,27 @@ def piece_padding(o_lo, o_hi, r0, r1, size, kernel, stride, dilation, pad_lo):
     return plo + r0 - ra, phi + rb - r1
 
 
+def piece_taps(rows, outputs, kernel, stride, dilation, pad):
+    """The kernel taps [t0, t1) along one dimension through which `outputs` outputs read any of `rows` input
+    rows under padding pad = (lo, hi), and the padding that gives the same outputs from those taps alone.
+
+    A halo piece is a few rows that the window reaches only at its edge (one tap of a 3-wide kernel): the
+    taps that read padding only add zeros, so the piece is convolved with the kernel cut to [t0, t1), a
+    fraction of the work. Returns ((t0, t1), (lo, hi)); the whole kernel and `pad` when cutting it would
+    need negative padding (a tap range that skips rows of the box).
+    """
+    lo, hi = pad
+    hit = [t for t in range(kernel)
+           if any(0 <= o * stride + t * dilation - lo < rows for o in range(outputs))]
+    if not hit:
+        return (0, kernel), (lo, hi)
+    t0, t1 = hit[0], hit[-1] + 1
+    cut = (lo - t0 * dilation, hi - (kernel - t1) * dilation)
+    if min(cut) < 0:
+        return (0, kernel), (lo, hi)
+    return (t0, t1), cut
+
+
 def halo_pieces(h, size, kernel, stride, dilation, pad_lo):
     """[(o_lo, o_hi, r0, r1)]: a block's halo rows [r0, r1) on each side and the outputs whose windows reach them.
 
@@ -347,7 +370,9 @@ def box_pieces(blocks, dims, spatial, geometry):
     to the outputs out_box it reaches: along the i-th of dims the rows of `halo_pieces`, spanning `own`
     along the dims before it and `need` along those after (the corners go with the earliest dim), so
     the pieces and the owned box partition the extended block.
-    Returns (own box, its padding, [(out_box, in_box, padding)]).
+    Each piece is convolved with the kernel cut to the taps that reach its rows along its dim (`piece_taps`;
+    the whole kernel along the others), and its padding is the cut kernel's.
+    Returns (own box, its padding, [(out_box, in_box, padding, taps)]), taps a (t0, t1) per spatial dim.
     """
     out_all = tuple(h.out for h in blocks)
     own = tuple(h.own if k in dims else h.need for k, h in enumerate(blocks))
@@ -360,5 +385,8 @@ def box_pieces(blocks, dims, spatial, geometry):
         for o_lo, o_hi, r0, r1 in halo_pieces(blocks[k], spatial[k], kernel, stride, dilation, pad_lo):
             out_box = out_all[:k] + ((o_lo, o_hi),) + out_all[k + 1:]
             in_box = tuple(frame[:k]) + ((r0, r1),) + tuple(frame[k + 1:])
-            pieces.append((out_box, in_box, box_padding(out_box, in_box, spatial, geometry)))
+            pads = list(box_padding(out_box, in_box, spatial, geometry))
+            taps = [(0, e) for e in geometry.kernel]
+            taps[k], pads[k] = piece_taps(r1 - r0, o_hi - o_lo, kernel, stride, dilation, pads[k])
+            pieces.append((out_box, in_box, tuple(pads), tuple(taps)))
     return own, box_padding(out_all, own, spatial, geometry), pieces

@@ -38,8 +38,8 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from hpcnn.geometry import (WindowGeometry, bilinear_halo, halo_pieces, own_rows_suffice, slab_runs, upsample_halo,
-                            window_halo)
+from hpcnn.geometry import (WindowGeometry, bilinear_halo, halo_pieces, own_rows_suffice, piece_padding, piece_taps,
+                            slab_runs, upsample_halo, window_halo)
 from hpcnn.grids import grid_parts
 from hpcnn.nn import registry
 
@@ -151,11 +151,19 @@ def layer_point(spec, grid):
 
 # --- windows and halos -------------------------------------------------------------------------------------------
 
+def _piece_rows(o_lo, o_hi, r0, r1, size, kernel, stride, dilation, pad_lo):
+    """(input rows, output rows, kernel taps) of one halo piece: DistConv cuts the kernel to the taps that reach
+    the piece's rows (hpcnn.geometry.piece_taps)."""
+    pads = piece_padding(o_lo, o_hi, r0, r1, size, kernel, stride, dilation, pad_lo)
+    (t0, t1), _ = piece_taps(r1 - r0, o_hi - o_lo, kernel, stride, dilation, pads)
+    return r1 - r0, o_hi - o_lo, t1 - t0
+
+
 @lru_cache(maxsize=65536)
 def _window_axis(size, parts, kernel, stride, dilation, pad_lo, pad_hi, upsample=0, linear=False):
     """Along one dimension split in `parts` (from hpcnn.geometry's blocks): (largest output block, largest
     extended input, largest owned input, the largest halo rows received (sum of both sides), sides, the
-    halo pieces [(input rows, output rows)] of that block when a convolution's halo-piece path applies)."""
+    halo pieces [(input rows, output rows, kernel taps)] of that block when a convolution's halo-piece path applies)."""
     if upsample:
         axis = (bilinear_halo if linear else upsample_halo)((parts,), (size,), (upsample,))[0]
     else:
@@ -173,8 +181,8 @@ def _window_axis(size, parts, kernel, stride, dilation, pad_lo, pad_hi, upsample
             recv_max = lo + hi
             sides = max(sides, (lo > 0) + (hi > 0)) if parts > 1 else 0
             if rows_path and parts > 1:
-                pieces = tuple((r1 - r0, o_hi - o_lo) for o_lo, o_hi, r0, r1
-                               in halo_pieces(h, size, kernel, stride, dilation, pad_lo))
+                pieces = tuple(_piece_rows(o_lo, o_hi, r0, r1, size, kernel, stride, dilation, pad_lo)
+                               for o_lo, o_hi, r0, r1 in halo_pieces(h, size, kernel, stride, dilation, pad_lo))
     return out_max, ext_max, own_max, (recv_max if parts > 1 else 0), sides, pieces
 
 
@@ -234,20 +242,22 @@ def halo_time(machine, grid, n, c, axes, ranks, backward):
     return total
 
 
-def conv_halo_pieces(grid, axes):
+def conv_halo_pieces(grid, axes, kernel):
     """The thin halo-piece convolutions of hpcnn.parallel.conv.DistConv's one-split-dimension path, from
-    hpcnn.geometry.halo_pieces: [(in_spatial, out_spatial)] of the slowest rank's pieces (empty on the
-    extended-block path: several exchanged dimensions, none, or blocks that do not read all their rows)."""
+    hpcnn.geometry.halo_pieces: [(in_spatial, out_spatial, kernel)] of the slowest rank's pieces, the kernel
+    cut to the taps that reach the piece (empty on the extended-block path: several exchanged dimensions,
+    none, or blocks that do not read all their rows)."""
     exchanged = [k for k, a in enumerate(axes) if grid[1 + k] > 1 and a[3] > 0]
     if len(exchanged) != 1:
         return []
     k = exchanged[0]
     out = []
-    for rows_in, rows_out in axes[k][5]:
+    for rows_in, rows_out, taps in axes[k][5]:
         in_sp = [a[2] for a in axes]
         out_sp = [a[0] for a in axes]
-        in_sp[k], out_sp[k] = rows_in, rows_out
-        out.append((tuple(in_sp), tuple(out_sp)))
+        cut = list(kernel)
+        in_sp[k], out_sp[k], cut[k] = rows_in, rows_out, taps
+        out.append((tuple(in_sp), tuple(out_sp), tuple(cut)))
     return out
 
 

@@ -107,13 +107,12 @@ def conv(spec, grid, machine, cost):
     shape = dict(n=n, c=c_in, k=c_out, in_spatial=ext, kernel=g.kernel, out_spatial=out_block)
     cost.forward = kt("conv_forward", busy, **shape)
     cost.backward = kt("conv_backward_data", busy, **shape) + kt("conv_backward_filter", busy, **shape)
-    w_bytes = c_out * c_in * math.prod(g.kernel) * item
-    for p_in, p_out in conv_halo_pieces(grid, axes):
-        piece = dict(n=n, c=c_in, k=c_out, in_spatial=p_in, kernel=g.kernel, out_spatial=p_out)
+    for p_in, p_out, p_kernel in conv_halo_pieces(grid, axes, g.kernel):
+        piece = dict(n=n, c=c_in, k=c_out, in_spatial=p_in, kernel=p_kernel, out_spatial=p_out)
         cost.forward += kt("conv_forward", busy, **piece)
         # the piece's data gradient, its filter gradient, and adding that into dw
         cost.backward += (kt("conv_backward_data", busy, **piece) + kt("conv_backward_filter", busy, **piece)
-                          + kt("elementwise", busy, n=1, c=1, in_spatial=(w_bytes // item,)))
+                          + kt("elementwise", busy, n=1, c=1, in_spatial=(c_out * c_in * math.prod(p_kernel),)))
     if spec.options.get("bias"):
         cost.forward += kt("elementwise", busy, n=n, c=c_out, in_spatial=out_block)
         cost.backward += kt("elementwise", busy, n=n, c=c_out, in_spatial=out_block)

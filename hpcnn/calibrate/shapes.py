@@ -87,9 +87,11 @@ def _sizes(box):
     return tuple(hi - lo for lo, hi in box)
 
 
-def _window_call(layer, n, in_sizes, out_sizes, padding):
+def _window_call(layer, n, in_sizes, out_sizes, padding, kernel=None):
+    """One window-kernel call; `kernel` the cut kernel of a halo piece (`hpcnn.geometry.piece_taps`)."""
     g = layer["geometry"]
-    call = dict(n=n, c=layer["c"], in_spatial=tuple(in_sizes), kernel=g.kernel, out_spatial=tuple(out_sizes),
+    call = dict(n=n, c=layer["c"], in_spatial=tuple(in_sizes), kernel=kernel or g.kernel,
+                out_spatial=tuple(out_sizes),
                 stride=g.stride, padding=tuple(padding))
     if layer["kind"] is None:
         call.update(k=layer["k"], dilation=g.dilation)
@@ -118,7 +120,8 @@ def block_calls(layer, pn, parts, coords):
     if layer["kind"] is None and exchanged and all(own_rows_suffice(halo[k]) for k in exchanged):
         own, pads, pieces = box_pieces(mine, exchanged, spatial, g)
         calls = [_window_call(layer, n, _sizes(own), out, pads)]
-        calls += [_window_call(layer, n, _sizes(in_box), _sizes(out_box), p) for out_box, in_box, p in pieces]
+        calls += [_window_call(layer, n, _sizes(in_box), _sizes(out_box), p, tuple(t1 - t0 for t0, t1 in taps))
+                  for out_box, in_box, p, taps in pieces]
         return calls
     return [_window_call(layer, n, [m.need[1] - m.need[0] for m in mine], out, [m.pad for m in mine])]
 

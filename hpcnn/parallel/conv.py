@@ -19,7 +19,8 @@ class DistConv(WindowLayer):
     instead of an extended block (`hpcnn.geometry.box_pieces`): the owned block is convolved with the
     halo rows counted as zero padding while the halos travel, then the thin halo boxes (along the
     first split dim spanning the others' halos, corners included; along a later one only the earlier
-    dims' own rows) add their part to the few outputs they reach; on a GPU the owned block is convolved
+    dims' own rows) add their part to the few outputs they reach, each through only the kernel taps that
+    reach its rows (one of a 3-wide kernel's three: `hpcnn.geometry.piece_taps`); on a GPU the owned block is convolved
     on a second stream (`hpcnn.parallel.streams.Overlap`), so that the synchronisation before the next
     message does not wait for it. Backward likewise: the data gradient of the owned block comes
     straight from the kernel, the halo boxes' part goes back to their owners as thin pieces through
@@ -97,13 +98,26 @@ class DistConv(WindowLayer):
             return None
         return box_pieces(ex.mine, ex.comm_dims, self._spatial, self.geometry)
 
+    def _cut(self, taps):
+        """The weight slice cut to `taps` ((t0, t1) per spatial dim), the index of that cut, and its kernel
+        size: a halo piece convolves only with the taps that reach its rows (`hpcnn.geometry.piece_taps`).
+        Cut once per pass (the weights do not change between forward and backward)."""
+        index = (slice(None), slice(None)) + tuple(slice(t0, t1) for t0, t1 in taps)
+        kernel = tuple(t1 - t0 for t0, t1 in taps)
+        if kernel == tuple(self._w.shape[2:]):
+            return self._w, index, kernel
+        cuts = self._cuts
+        if taps not in cuts:
+            cuts[taps] = array_module(self._w).ascontiguousarray(self._w[index])
+        return cuts[taps], index, kernel
+
     @staticmethod
     def _out_index(out_box, origin):
         """Index of the outputs out_box in this rank's output block (starting at global `origin`)."""
         return (slice(None), slice(None)) + tuple(slice(o[0] - s, o[1] - s) for o, s in zip(out_box, origin))
 
     def _forward_pieces(self, x, ex, decomposition):
-        geo, w = self.geometry, self._w
+        geo = self.geometry
         _, pads_own, pieces = decomposition
         origin = [h.out[0] for h in ex.mine]
         overlap = self.context.overlap
@@ -116,8 +130,8 @@ class DistConv(WindowLayer):
         if overlap:
             ex.wait_halo()
         streams.join()
-        for out_box, in_box, pads in pieces:
-            part = kernels.conv_forward(ex.box(in_box), w, None, geo.stride, pads, geo.dilation)
+        for out_box, in_box, pads, taps in pieces:
+            part = kernels.conv_forward(ex.box(in_box), self._cut(taps)[0], None, geo.stride, pads, geo.dilation)
             y[self._out_index(out_box, origin)] += part
         return y
 
@@ -133,24 +147,25 @@ class DistConv(WindowLayer):
         # the input's halo travels again (for the filter gradient) while the data gradients are computed
         ex.start(self.x)
         pieces = []
-        for out_box, in_box, pads in boxes:
+        for out_box, in_box, pads, taps in boxes:
             dy_part = xp.ascontiguousarray(dy[self._out_index(out_box, origin)])
-            dx_part = kernels.conv_backward_data(dy_part, w, tuple(hi - lo for lo, hi in in_box), geo.stride, pads,
-                                                 geo.dilation)
-            pieces.append((in_box, pads, dy_part, dx_part))
+            dx_part = kernels.conv_backward_data(dy_part, self._cut(taps)[0], tuple(hi - lo for lo, hi in in_box),
+                                                 geo.stride, pads, geo.dilation)
+            pieces.append((in_box, pads, taps, dy_part, dx_part))
         if overlap:
             # the halo boxes' data gradient travels to its owners while the owned block's is computed
-            ex.reverse_pieces_start([(box, dx_part) for box, _, _, dx_part in pieces], xt.shape[:2], dy)
+            ex.reverse_pieces_start([(box, dx_part) for box, _, _, _, dx_part in pieces], xt.shape[:2], dy)
         with streams.interior():
             dx_own = kernels.conv_backward_data(dy, w, xt.shape[2:], geo.stride, pads_own, geo.dilation)
             dw = kernels.conv_backward_filter(xt, dy, geo.kernel, geo.stride, pads_own, geo.dilation)
         ex.wait_halo()
         streams.join()
-        for in_box, pads, dy_part, _ in pieces:
-            dw += kernels.conv_backward_filter(ex.box(in_box), dy_part, geo.kernel, geo.stride, pads, geo.dilation)
+        for in_box, pads, taps, dy_part, _ in pieces:
+            _, index, kernel = self._cut(taps)
+            dw[index] += kernels.conv_backward_filter(ex.box(in_box), dy_part, kernel, geo.stride, pads, geo.dilation)
         self._set_grads(dw, dy)
         if not overlap:
-            ex.reverse_pieces_start([(box, dx_part) for box, _, _, dx_part in pieces], xt.shape[:2], dy)
+            ex.reverse_pieces_start([(box, dx_part) for box, _, _, _, dx_part in pieces], xt.shape[:2], dy)
         return ex.reverse_pieces_finish(dx_own)
 
     def _set_grads(self, dw, dy):
@@ -181,6 +196,7 @@ class DistConv(WindowLayer):
             raise ValueError(f"{layer.describe()}: expects {layer.in_channels} channels, received global "
                              f"shape {t.global_shape}")
         self._take_weights()
+        self._cuts = {}
         self._spatial = t.global_shape[2:]
         out_global = self._global_out(t, layer.out_channels)
         out_local = d.local_shape(out_global)[2:]

@@ -60,6 +60,8 @@ def test_a_split_convolution_samples_the_calls_its_block_makes():
     own, piece = block_calls(layer, 1, (2, 1), (0, 0, 0))
     assert own["in_spatial"] == (4, 6) and own["out_spatial"] == (4, 6) and own["padding"] == ((1, 1), (1, 1))
     assert piece["in_spatial"] == (1, 6) and piece["out_spatial"] == (1, 6)
+    # the piece is convolved with the one kernel row that reaches it (hpcnn.geometry.piece_taps)
+    assert piece["kernel"] == (1, 3) and piece["padding"] == ((0, 0), (1, 1))
     # split along W (the contiguous axis) as often: the same calls with the axes swapped
     own_w, piece_w = block_calls(dict(layer, spatial=(6, 8)), 1, (1, 2), (0, 0, 1))
     assert own_w["in_spatial"] == (6, 4) and piece_w["in_spatial"] == (6, 1)
@@ -67,8 +69,9 @@ def test_a_split_convolution_samples_the_calls_its_block_makes():
     # halo column along W spanning only the owned rows
     own, row, column = block_calls(dict(layer, spatial=(8, 8)), 1, (2, 2), (0, 0, 0))
     assert own["in_spatial"] == (4, 4) and own["out_spatial"] == (4, 4) and own["padding"] == ((1, 1), (1, 1))
-    assert row["in_spatial"] == (1, 5) and row["out_spatial"] == (1, 4) and row["padding"] == ((2, 0), (1, 0))
-    assert column["in_spatial"] == (4, 1) and column["out_spatial"] == (4, 1) and column["padding"] == ((1, 1), (2, 0))
+    assert row["in_spatial"] == (1, 5) and row["out_spatial"] == (1, 4) and row["padding"] == ((0, 0), (1, 0))
+    assert column["in_spatial"] == (4, 1) and column["out_spatial"] == (4, 1) and column["padding"] == ((1, 1), (0, 0))
+    assert row["kernel"] == (1, 3) and column["kernel"] == (3, 1)
     # a strided layer whose blocks skip an own edge row: one call on the extended block
     (ext,) = block_calls(dict(layer, spatial=(10, 10), geometry=WindowGeometry(2, 1, 2, 0)), 1, (2, 2), (0, 1, 1))
     assert ext["in_spatial"] == (3, 3) and ext["out_spatial"] == (2, 2)

@@ -98,15 +98,49 @@ def test_box_pieces_partition_every_window(spatial, parts, kernel, stride, paddi
         need = tuple(h.need for h in blocks)
         own, _, pieces = box_pieces(blocks, dims, spatial, geo)
         count += len(pieces)
-        assert all(all(n[0] <= b[0] <= b[1] <= n[1] for b, n in zip(box, need)) for _, box, _ in pieces)
+        assert all(all(n[0] <= b[0] <= b[1] <= n[1] for b, n in zip(box, need)) for _, box, _, _ in pieces)
         for out in product(*(range(*h.out) for h in blocks)):
             taps = [_taps(o, s, *geo.along(k)[:4]) for k, (o, s) in enumerate(zip(out, spatial))]
             for point in product(*taps):
                 assert _inside(point, need)
-                holders = [box for out_box, box, _ in pieces if _inside(point, box)]
+                holders = [box for out_box, box, _, _ in pieces if _inside(point, box)]
                 if _inside(point, own):
                     assert not holders
                 else:
                     assert len(holders) == 1
-                    assert any(_inside(out, ob) for ob, box, _ in pieces if box == holders[0])
+                    assert any(_inside(out, ob) for ob, box, _, _ in pieces if box == holders[0])
     assert count > 0
+
+
+def _correlate(x, w, stride, dilation, pad, outputs):
+    """1-D cross-correlation with per-side zero padding, written out: the reference for `piece_taps`."""
+    padded = [0.0] * pad[0] + list(x) + [0.0] * pad[1]
+    return [sum(w[t] * padded[o * stride + t * dilation] for t in range(len(w))) for o in range(outputs)]
+
+
+def test_piece_taps_give_the_same_outputs_from_fewer_taps():
+    """A box convolved with the kernel cut to `piece_taps` gives what the whole kernel gives, on random rows,
+    kernels, strides, dilations and paddings; a halo row at a 3-wide kernel's edge takes one tap of three."""
+    import random
+
+    from hpcnn.geometry import piece_taps, window_output_size
+    assert piece_taps(1, 1, 3, 1, 1, (0, 2)) == ((0, 1), (0, 0))
+    assert piece_taps(1, 1, 3, 1, 1, (2, 0)) == ((2, 3), (0, 0))
+    rng = random.Random(5)
+    cut = 0
+    for _ in range(3000):
+        kernel, stride, dilation = rng.randint(1, 7), rng.randint(1, 3), rng.randint(1, 3)
+        rows = rng.randint(1, 6)
+        pad = (rng.randint(0, 8), rng.randint(0, 8))
+        outputs = window_output_size(rows, kernel, stride, dilation, *pad)
+        if outputs < 1:
+            continue
+        (t0, t1), new_pad = piece_taps(rows, outputs, kernel, stride, dilation, pad)
+        assert 0 <= t0 < t1 <= kernel and min(new_pad) >= 0
+        assert window_output_size(rows, t1 - t0, stride, dilation, *new_pad) == outputs
+        x = [rng.uniform(-1, 1) for _ in range(rows)]
+        w = [rng.uniform(-1, 1) for _ in range(kernel)]
+        assert _correlate(x, w[t0:t1], stride, dilation, new_pad, outputs) == pytest.approx(
+            _correlate(x, w, stride, dilation, pad, outputs), abs=1e-12)
+        cut += t1 - t0 < kernel
+    assert cut > 500

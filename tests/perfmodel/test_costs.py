@@ -53,9 +53,10 @@ def test_conv_h_split_halo_by_hand(machine):
     flops = 2 * 2 * 8 * 4 * 9 * (4 * 8)
     nbytes = 4 * (2 * 4 * 5 * 8 + 2 * 8 * 4 * 8 + 8 * 4 * 9)
     # one split dimension: hpcnn.parallel.conv.DistConv's halo-row path adds a thin piece (the halo row in,
-    # the one output row it reaches out, full 3x3 window), and in backward adds its dw into dw
-    piece = 2 * 2 * 8 * 4 * 9 * (1 * 8) * F + 4 * (2 * 4 * 1 * 8 + 2 * 8 * 1 * 8 + 8 * 4 * 9) * 1e-9
-    add_dw = 288 * F + 2 * 288 * 4 * 1e-9
+    # the one output row it reaches out, through the one kernel row that reaches it: a 1x3 window), and in
+    # backward adds its dw into that row of dw
+    piece = 2 * 2 * 8 * 4 * 3 * (1 * 8) * F + 4 * (2 * 4 * 1 * 8 + 2 * 8 * 1 * 8 + 8 * 4 * 3) * 1e-9
+    add_dw = 96 * F + 2 * 96 * 4 * 1e-9
     assert c.forward == pytest.approx(flops * F + nbytes * 1e-9 + piece)
     assert c.backward == pytest.approx(2 * (flops * F + nbytes * 1e-9 + piece) + add_dw)
     block = 2 * 4 * 5 * 8 * 4                 # extended buffer
