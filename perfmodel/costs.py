@@ -73,8 +73,9 @@ class LayerCost:
     workspace_bytes: float = 0.0    # transient, the largest one counts
     param_bytes: float = 0.0        # parameters only
     # the parameter gradients as the reducer moves them: this rank's piece (bytes), summed over grad_group ranks,
-    # gathered over grad_gather ranks (1: the piece is the whole), grad_grid: the grid of a split layer (None:
-    # unsplit), which keeps its buckets apart
+    # gathered over grad_gather ranks (1: the piece is the whole), grad_grid: the grid of a split layer (with
+    # "samples" after it for a replicated Linear, summed over the sample line; None: unsplit), which keeps its
+    # buckets apart
     grad_piece_bytes: float = 0.0
     grad_group: int = 1
     grad_gather: int = 1

@@ -286,6 +286,11 @@ def linear(spec, grid, machine, cost):
     cost.backward = (kt("gemm", local.busy, m=n, gemm_k=f_out, gemm_n=f_in)
                      + kt("gemm", local.busy, m=f_out, gemm_k=n, gemm_n=f_in))
     cost.activation_bytes = n * f_out * machine.itemsize if spec.keeps_output else 0.0
+    if math.prod(grid) > grid[0]:
+        # replicated rows: the gradient is summed over the sample line only (DistLinear.gradient_slices), in
+        # buckets of its own
+        cost.grad_group = grid[0]
+        cost.grad_grid = tuple(grid) + ("samples",)
 
 
 # --- containers: a Block's own work ---------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Pointwise layers run on the local block as they are (on a channel split too: each rank's channels).
 Global pooling and flatten turn blocks into (N, F) rows replicated over every grid axis but the
-sample axis (spatial, C and F); Linear computes on those rows on every replica.
+sample axis (spatial, C and F); Linear computes on those rows on every replica, and its gradient is summed
+over the sample line only.
 """
 import math
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from ..backend import array_module
 from .module import DistModule
+from .reducer import GradientSlice
 from .tensor import DistTensor
 
 __all__ = ["DistElementwise", "DistDropout", "DistGlobalAvgPool", "DistFlatten", "DistLinear"]
@@ -136,7 +138,15 @@ def _gather_channels(d, y, channels):
 
 
 class DistLinear(DistModule):
-    """Linear on (N, F) rows; with replicated rows only spatial rank 0 contributes the weight gradient."""
+    """Linear on (N, F) rows. Rows are replicated over every axis but the sample axis, so every replica of a
+    sample block computes the same weight gradient: it is summed over the sample line only (`gradient_slices`),
+    the replicas' allreduces carrying identical inputs to identical sums."""
+
+    def gradient_slices(self):
+        """The whole weight and bias, summed over the ranks holding other samples (`Distribution.sample_comm`)."""
+        if not self.d.is_replicated(2):
+            return {}
+        return {name: GradientSlice.whole(p.ndim, self.d.sample_comm) for name, p in self.layer.params.items()}
 
     def _forward(self, t):
         if t.ndim != 2:
@@ -146,7 +156,4 @@ class DistLinear(DistModule):
 
     def _backward(self, g):
         dx = self.layer.backward(g.local)
-        if not self.d.is_lead_replica(2):
-            for key in self.layer.grads:
-                self.layer.grads[key][...] = 0
         return DistTensor(array_module(dx).ascontiguousarray(dx), self.d, (g.global_shape[0], self.layer.in_features))

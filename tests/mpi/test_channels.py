@@ -101,6 +101,23 @@ def test_conv_reduces_only_its_slice(grid, device):
     check_all(got == expected, f"grid {grid}: (reduced, gathered) bytes {got}, expected {expected}")
 
 
+@pytest.mark.parametrize("grid", GRIDS + grids_for(SIZE, 2), ids=grid_id)
+@pytest.mark.parametrize("device", device_params())
+def test_linear_reduces_over_the_sample_line(grid, device):
+    """A Linear head on rows replicated over the spatial, C and F axes: every replica computes the same whole
+    gradient, summed over only the ranks of other samples (none when the samples are not split): exact over two
+    steps, and its bytes sent only where the sample line has several ranks."""
+    rng = np.random.default_rng(11)
+    head = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, rng=rng, dtype=F64), nn.GlobalAvgPool(), nn.Flatten(),
+                         nn.Linear(3, 4, rng=rng, dtype=F64))
+    dm = run_both(head, _x((4, 2, 6, 5)), grid, F64, steps=2, device=device)
+    entries = [(b, e) for b in dm.reducer.buckets for e in b.entries]
+    groups = {e[2].group.size for _, e in entries if e[0] is head[3]}
+    check_all(groups == {grid[0]}, f"grid {grid}: Linear summed over {groups} ranks, expected {grid[0]}")
+    linear = sum(e[4] * 8 for b, e in entries if e[0] is head[3] and b.group.size > 1)
+    check_all(linear == ((3 * 4 + 4) * 8 if grid[0] > 1 else 0), f"grid {grid}: Linear reduced {linear} B")
+
+
 def _network(rng):
     """conv, batch-norm (after a conv without bias: its bias gradient would be zero), ReLU, a residual block with a projection, pooling and a linear head."""
     body = nn.Sequential(nn.Conv2d(3, 5, 3, stride=2, padding=1, bias=False, rng=rng, dtype=F64),

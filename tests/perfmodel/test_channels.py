@@ -131,3 +131,16 @@ def test_split_gradients_price_the_slice_over_its_group_and_one_allgather(chain)
     bn = next(s for s in iter_layers(chain) if s.kind == "batchnorm" and s.in_shape[1] == 512)
     b = layer_cost(bn, (8, 1, 1, 4, 1), m)
     assert (b.grad_piece_bytes, b.grad_group, b.grad_gather) == (2 * 128 * 4, 8, 4)
+
+
+def test_a_replicated_linear_is_summed_over_the_sample_line(chain):
+    """DistLinear's rows are replicated over every axis but the samples: its gradient is priced as the whole
+    summed over grid[0] ranks (nothing at all when the samples are not split), in buckets of its own."""
+    m = MachineProfile.synthetic(alpha=1e-6, beta=1e-9)
+    fc = next(s for s in iter_layers(chain) if s.kind == "linear")
+    whole = fc.params * 4
+    for grid, group in (((4, 2, 2), 4), ((1, 4, 4), 1), ((2, 1, 1, 4, 2), 2), ((16, 1, 1), 16)):
+        c = layer_cost(fc, grid, m)
+        assert (c.grad_piece_bytes, c.grad_group, c.grad_gather) == (whole, group, 1)
+        assert c.gradient_allreduce == pytest.approx(m.allreduce(whole, group) if group > 1 else 0.0)
+    assert layer_cost(fc, (4, 2, 2), m).grad_grid != layer_cost(fc, (16, 1, 1), m).grad_grid
