@@ -4,7 +4,9 @@ Graph. Every leaf layer of the chain (see `perfmodel.layers`) is a layer of vert
 candidate grid: the factorizations of P over (N, H, W) or (N, D, H, W) that the layer can run
 under (`grids.grid_refusal`: no more sample blocks than samples, no block smaller than its halo,
 no empty output block). A vertex costs the layer's forward + backward time with its halo and
-collectives under that grid; an edge between consecutive layers costs the shuffle of the tensor
+collectives under that grid, plus the part of its gradient reduction that the profile says backward
+does not hide (`overlap.gradient_allreduce`; the grids differ in it where a channel or filter split
+sums a weight slice over fewer ranks, or where a Linear's rows are replicated); an edge between consecutive layers costs the shuffle of the tensor
 between them from one grid to the other, forward and its adjoint backward. The input is read
 straight into any grid (the readers read a rank's block), so the first layer has no entry edge.
 
@@ -103,6 +105,7 @@ class Solver:
         w = np.zeros(self.G)
         costs = [None] * self.G
         reasons = {}
+        exposed = 1.0 - self.machine.overlap["gradient_allreduce"]
         for i, g in enumerate(self.grids):
             why = grid_refusal(spec, g)
             if why:
@@ -115,7 +118,7 @@ class Solver:
                               f"with the parameters' state, over the limit of {gib_text(self.memory_limit)}")
                 continue
             costs[i] = c
-            t[i] = c.time
+            t[i] = c.time + exposed * c.gradient_allreduce
             m[i] = c.activation_bytes
             w[i] = c.workspace_bytes
         if not np.isfinite(t).any():

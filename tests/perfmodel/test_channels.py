@@ -144,3 +144,20 @@ def test_a_replicated_linear_is_summed_over_the_sample_line(chain):
         assert (c.grad_piece_bytes, c.grad_group, c.grad_gather) == (whole, group, 1)
         assert c.gradient_allreduce == pytest.approx(m.allreduce(whole, group) if group > 1 else 0.0)
     assert layer_cost(fc, (4, 2, 2), m).grad_grid != layer_cost(fc, (16, 1, 1), m).grad_grid
+
+
+def test_the_planner_weighs_the_gradient_reduction_backward_does_not_hide():
+    """A wide layer on a batch the samples can split: sample and spatial grids sum every weight over all 4 ranks, a
+    channel or filter split sums a slice over fewer. Messages dear and nothing overlapped: the vertex weighs its
+    gradient reduction and the plan splits channels or filters; with the reduction hidden the sample split wins."""
+    from perfmodel.solver import Solver
+    net = nn.Sequential(nn.Conv2d(256, 256, 3, padding=1))
+    chain = walk(net, (4, 256, 8, 8))
+    grids = planner_grids(chain, 4)
+    for overlap in (0.0, 1.0):
+        m = MachineProfile.synthetic(per_flop=1e-12, per_byte=1e-12, alpha=1e-6, beta=1e-8, overlap_gradient=overlap)
+        t = Solver(chain, grids, m, None)._leaf_costs(chain[0])[0]
+        costs = [layer_cost(chain[0], g, m) for g in grids]
+        assert list(t) == pytest.approx([c.time + (1 - overlap) * c.gradient_allreduce for c in costs])
+        (grid,) = set(plan_chain(chain, 4, m).grid_of.values())
+        assert (len(grid) == 5 and grid[3] * grid[4] > 1) == (overlap == 0.0), (overlap, grid)
