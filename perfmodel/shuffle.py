@@ -9,7 +9,6 @@ from functools import lru_cache
 
 import numpy as np
 
-from hpcnn.geometry import block_index, block_range
 from hpcnn.grids import long_grid
 
 from .costs import busy_ranks
@@ -19,15 +18,20 @@ __all__ = ["shuffle_parts", "shuffle_bytes", "shuffle_matrix", "shuffle_time"]
 
 @lru_cache(maxsize=65536)
 def _axis_meets(size, a, b):
-    """Along one axis split in `a` blocks (old) and `b` blocks (new): the most new blocks an old block meets."""
+    """Along one axis split in `a` blocks (old) and `b` blocks (new): the most new blocks an old block meets
+    (hpcnn.geometry's block_range and block_index over every non-empty old block at once)."""
     if a == b:
         return 1
-    meets = 1
-    for i in range(a):
-        lo, hi = block_range(size, a, i)
-        if hi > lo:
-            meets = max(meets, block_index(size, b, hi - 1) - block_index(size, b, lo) + 1)
-    return meets
+    base, extra = divmod(size, a)
+    i = np.arange(min(a, size))
+    lo = i * base + np.minimum(i, extra)
+    hi = lo + base + (i < extra)
+    b_base, b_extra = divmod(size, b)
+    big = b_extra * (b_base + 1)
+
+    def index(x):
+        return np.where(x < big, x // (b_base + 1), b_extra + (x - big) // max(b_base, 1))
+    return max(1, int((index(hi - 1) - index(lo)).max(initial=0)) + 1)
 
 
 def _split_dims(shape):

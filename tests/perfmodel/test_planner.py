@@ -216,3 +216,24 @@ def test_optimizer_state_in_the_memory():
     plan = build_parser()._subparsers._group_actions[0].choices["plan"]
     choices = next(a.choices for a in plan._actions if a.dest == "optimizer")
     assert set(choices) == set(OPTIMIZER_STATES)
+
+
+def test_axis_meets_counts_the_new_blocks_an_old_one_meets():
+    """The vectorized count (shuffle pricing) against the block-by-block walk of hpcnn.geometry's blocks,
+    uneven splits and more blocks than items included."""
+    import random
+
+    from hpcnn.geometry import block_index, block_range
+    from perfmodel.shuffle import _axis_meets
+
+    def walk(size, a, b):
+        meets = 1
+        for i in range(a):
+            lo, hi = block_range(size, a, i)
+            if hi > lo:
+                meets = max(meets, block_index(size, b, hi - 1) - block_index(size, b, lo) + 1)
+        return meets
+    rng = random.Random(3)
+    for _ in range(3000):
+        size, a, b = rng.randint(1, 200), rng.randint(1, 300), rng.randint(1, 300)
+        assert _axis_meets(size, a, b) == walk(size, a, b), (size, a, b)
