@@ -80,6 +80,7 @@ class Solver:
         self.G = len(grids)
         self._shuffle = {}
         self._leaf = {}
+        self._by_signature = {}
         self._blocks = {}
         self.refusals = {}
         self._prepare(chain)
@@ -100,6 +101,11 @@ class Solver:
         key = id(spec)
         if key in self._leaf:
             return self._leaf[key]
+        # the repeated layers of a deep network (a ResNet's blocks) share one pricing over every grid
+        same = self._by_signature.get(spec.signature())
+        if same is not None:
+            self._leaf[key], self.refusals[spec.name] = same
+            return same[0]
         t = np.full(self.G, _INF)
         m = np.zeros(self.G)
         w = np.zeros(self.G)
@@ -133,6 +139,7 @@ class Solver:
                             f"({spec.kind}, input {spec.in_shape}): {detail}")
         self._leaf[key] = (t, m, w, costs)
         self.refusals[spec.name] = reasons
+        self._by_signature[spec.signature()] = (self._leaf[key], reasons)
         return self._leaf[key]
 
     def leading_grids(self, k):
