@@ -19,6 +19,12 @@ the slowest rank's): calibration times kernels in CPU time, what dedicated cores
 cores other processes share the CPU-time errors are the model's and the wall-time ones include the others'
 share; the share the ranks got (CPU / wall) is reported with them. Writes model_layers.csv,
 model_iterations.csv, model.json and model.png.
+
+Two sets. `HELD_OUT` (the default) is the one the form of the model's layer correction was chosen on:
+for those choices it served as a validation set, and `--record` writes its errors into the profile.
+`FRESH` (`--set fresh`) was added after those choices and has taken part in none: other networks and sizes
+(resnet18 at 40², a 3-level U-Net, a two-layer meshnet of 3 input channels, a 2-block cosmoflow 16 wide),
+the honest test set.
 """
 import json
 import os
@@ -32,7 +38,7 @@ from .host_profile import host_profile
 from .launch import run_ranks
 from .output import pyplot
 
-__all__ = ["add_arguments", "run", "HELD_OUT", "errors"]
+__all__ = ["add_arguments", "run", "HELD_OUT", "FRESH", "SETS", "errors"]
 
 # The held-out set: name -> (zoo model, input shape (C, *S), batch, build options)
 HELD_OUT = {
@@ -41,10 +47,23 @@ HELD_OUT = {
     "resnet34": ("resnet34", (3, 48, 48), 4, {"small_input": True, "width": 16}),
     "cosmoflow": ("cosmoflow", (2, 48, 48, 48), 2, {"width": 8, "kernel_size": 3, "num_blocks": 3}),
 }
+# A second held-out set (`--set fresh`), added after every choice of the model's form was made on the first: no
+# fit, correction or design choice has seen its networks or sizes, so its errors are the honest test set's.
+FRESH = {
+    "resnet18": ("resnet18", (3, 40, 40), 4, {"small_input": True, "width": 24}),
+    "unet2d-deep": ("unet2d", (1, 128, 128), 1, {"width": 8, "depth": 3}),
+    "meshnet-thin": ("meshnet", (3, 256, 256), 2, {"widths": (16, 16), "dilations": (1, 4)}),
+    "cosmoflow-wide": ("cosmoflow", (4, 32, 32, 32), 2, {"width": 16, "kernel_size": 3, "num_blocks": 2}),
+}
+SETS = {"held-out": HELD_OUT, "fresh": FRESH}
 
 
 def add_arguments(p):
-    p.add_argument("--models", default=",".join(HELD_OUT), help="comma-separated, from: " + ", ".join(HELD_OUT))
+    p.add_argument("--set", default="held-out", choices=sorted(SETS), dest="network_set",
+                   help="held-out: the set the model's form was chosen on (a validation set; --record writes its "
+                   "errors); fresh: a second set no choice has seen (the test set)")
+    p.add_argument("--models", default=None, help="comma-separated, from the set's: " + "; ".join(
+        f"{k}: {', '.join(v)}" for k, v in SETS.items()) + " (default: all of the set)")
     p.add_argument("--ranks", default=None, help="comma-separated rank counts (default 1 up to this machine's cores)")
     p.add_argument("--machine", default=None, help="machine profile (default: the shipped profile of this host, "
                    "else the newest CPU profile in perfmodel/profiles)")
@@ -124,8 +143,9 @@ def errors(pairs):
             "count": int(rel.size)}
 
 
-def _jobs(names, ranks, machine, iterations):
-    """(mpiexec jobs, {(model, label): prediction}) of one rank count: every accepted grid and the plan."""
+def _jobs(networks, names, ranks, machine, iterations):
+    """(mpiexec jobs, {(model, label): prediction}) of one rank count: every accepted grid and the plan, for the
+    networks `names` of the set `networks` (name -> (zoo model, input, batch, options))."""
     from perfmodel.grids import candidate_grids, grid_refusal
     from perfmodel.layers import iter_layers, model_chain
     from perfmodel.planner import grid_string, plan_chain
@@ -134,7 +154,7 @@ def _jobs(names, ranks, machine, iterations):
     from ..nn.models import input_options
     jobs, predictions = [], {}
     for name in names:
-        model, shape, batch, options = HELD_OUT[name]
+        model, shape, batch, options = networks[name]
         _, chain = model_chain(model, shape, batch, **options)
         common = {"model": model, "case": name, "options": {**options, **input_options(model, shape)},
                   "input": (batch,) + tuple(shape), "iterations": iterations}
@@ -169,17 +189,23 @@ def run(args):
     note = provenance.threads_note(machine, 1)          # every rank of these runs has one thread
     if note:
         print(note)
-    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    set_name = getattr(args, "network_set", "held-out")
+    networks = SETS[set_name]
+    if args.record and set_name != "held-out":
+        raise SystemExit("hpcnn bench model: --record writes the held-out set's errors (the ones `hpcnn plan` "
+                         "quotes); run --set fresh without it")
+    names = [m.strip() for m in (args.models or ",".join(networks)).split(",") if m.strip()]
     for m in names:
-        if m not in HELD_OUT:
-            raise SystemExit(f"hpcnn bench model: unknown model {m!r}; expected some of {', '.join(HELD_OUT)}")
+        if m not in networks:
+            raise SystemExit(f"hpcnn bench model: unknown model {m!r} in the {set_name} set; expected some of "
+                             f"{', '.join(networks)}")
     cores = available_cores()
     ranks_list = ([int(r) for r in args.ranks.split(",")] if args.ranks else list(range(1, cores + 1)))
     os.makedirs(args.out, exist_ok=True)
-    print(f"machine profile: {machine.path or machine.name}; held-out set: {', '.join(names)}")
+    print(f"machine profile: {machine.path or machine.name}; {set_name} set: {', '.join(names)}")
     rows_layers, rows_iter, plan_rows = [], [], []
     for ranks in ranks_list:
-        jobs, predictions = _jobs(names, ranks, machine, args.iterations)
+        jobs, predictions = _jobs(networks, names, ranks, machine, args.iterations)
         with tempfile.TemporaryDirectory() as tmp:
             spec_path = os.path.join(tmp, "spec.json")
             out_path = os.path.join(tmp, "out.json")
@@ -204,7 +230,8 @@ def run(args):
             same = predictions[(case, "plan")]
             planned_label = same[1] if same[0] == "same" else "plan"
             plan_rows.append((ranks, case, planned_label, times[planned_label], fastest, times[fastest]))
-    summary = _report(rows_layers, rows_iter, plan_rows, _in_sample(machine), args.out, machine)
+    summary = _report(rows_layers, rows_iter, plan_rows, _in_sample(machine), args.out, machine,
+                      {k: networks[k] for k in names}, set_name)
     if args.record:
         _record(machine, summary, names, ranks_list)
     return 0
@@ -236,7 +263,7 @@ def cpu_share(rows_iter):
     return sum(r[6] for r in rows_iter) / wall if wall > 0 else float("nan")
 
 
-def _report(rows_layers, rows_iter, plan_rows, in_sample, out, machine):
+def _report(rows_layers, rows_iter, plan_rows, in_sample, out, machine, networks, set_name):
     with open(os.path.join(out, "model_layers.csv"), "w") as f:
         f.write("ranks,model,grid,layer,measured_s,predicted_s,oversubscribed,measured_cpu_s\n")
         for r in rows_layers:
@@ -256,8 +283,9 @@ def _report(rows_layers, rows_iter, plan_rows, in_sample, out, machine):
     cpu_iter = errors([(c, p) for *_, p, over, c in rows_iter if not over])
     cpu_layer = errors([(c, p) for *_, p, over, c in rows_layers if not over])
     share = cpu_share([r for r in rows_iter if not r[5]])
-    summary = {"held_out": {"models": {k: {"model": v[0], "input": list(v[1]), "batch": v[2], "options": v[3]}
-                                       for k, v in HELD_OUT.items()},
+    summary = {"set": set_name,
+               "held_out": {"models": {k: {"model": v[0], "input": list(v[1]), "batch": v[2], "options": v[3]}
+                                       for k, v in networks.items()},
                             "per_iteration": held_iter, "per_layer": held_layer,
                             "cpu_share": share, "per_iteration_cpu": cpu_iter, "per_layer_cpu": cpu_layer},
                "in_sample": {"kernel_fit_median_abs": in_sample}, "machine": machine.path or machine.name,
@@ -273,7 +301,7 @@ def _report(rows_layers, rows_iter, plan_rows, in_sample, out, machine):
           f"are the model's, those against wall time include the other processes' share")
     for what, e in (("per iteration, wall", held_iter), ("per layer (all layers), wall", held_layer),
                     ("per iteration, CPU time", cpu_iter), ("per layer (all layers), CPU time", cpu_layer)):
-        print(f"held out, {what}: median |error| {e['median'] * 100:.1f}%, largest {e['largest'] * 100:.1f}%, "
+        print(f"{set_name} set, {what}: median |error| {e['median'] * 100:.1f}%, largest {e['largest'] * 100:.1f}%, "
               f"mean signed error {e['bias'] * 100:+.1f}% ({e['count']} configurations)")
     for ranks, m, label, planned, fastest, t_fastest in plan_rows:
         print(f"{ranks} rank(s) {m}: the plan ({label}) measures {planned * 1e3:.2f} ms, the fastest candidate "

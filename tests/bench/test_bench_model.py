@@ -19,7 +19,7 @@ def test_errors_are_relative_to_the_measurement_with_their_sign():
 
 def test_a_plan_that_is_one_grid_is_measured_once(tmp_path):
     machine = MachineProfile.synthetic(ranks_per_node=2)
-    jobs, predictions = bench_model._jobs(["meshnet"], 2, machine, 1)
+    jobs, predictions = bench_model._jobs(bench_model.HELD_OUT, ["meshnet"], 2, machine, 1)
     labels = [j["label"] for j in jobs]
     assert len(labels) == len(set(labels))
     kind, value = predictions[("meshnet", "plan")][0], predictions[("meshnet", "plan")][1]
@@ -32,6 +32,25 @@ def test_a_plan_that_is_one_grid_is_measured_once(tmp_path):
 def test_the_held_out_models_are_not_the_readme_scaling_cases():
     readme = {("meshnet", (18, 1024, 1024)), ("resnet18", (3, 64, 64)), ("cosmoflow", (4, 64, 64, 64))}
     assert not {(m, s) for m, s, _, _ in bench_model.HELD_OUT.values()} & readme
+    # the fresh set shares no network and size with either
+    fresh = {(m, s) for m, s, _, _ in bench_model.FRESH.values()}
+    assert not fresh & readme and not fresh & {(m, s) for m, s, _, _ in bench_model.HELD_OUT.values()}
+
+
+def test_the_fresh_set_runs_and_refuses_to_record(tmp_path):
+    """`--set fresh` measures its own networks (one here, one rank) and says so in model.json; --record with it
+    is refused (the profile records the held-out set's errors)."""
+    out = tmp_path / "fresh"
+    assert main(["bench", "model", "--set", "fresh", "--models", "meshnet-thin", "--ranks", "1", "--iterations", "1",
+                 "--machine", "vm-cpu", "--out", str(out)]) == 0
+    doc = json.loads((out / "model.json").read_text())
+    assert doc["set"] == "fresh" and set(doc["held_out"]["models"]) == {"meshnet-thin"}
+    rows = list(csv.DictReader(open(out / "model_iterations.csv")))
+    assert rows and {r["model"] for r in rows} == {"meshnet-thin"}
+    with pytest.raises(SystemExit, match="--record"):
+        main(["bench", "model", "--set", "fresh", "--record", "--machine", "vm-cpu", "--out", str(out)])
+    with pytest.raises(SystemExit, match="unknown model"):
+        main(["bench", "model", "--set", "fresh", "--models", "unet2d", "--machine", "vm-cpu", "--out", str(out)])
 
 
 def test_one_model_on_one_rank_writes_consistent_files(tmp_path):
