@@ -102,7 +102,8 @@ class Solver:
         if key in self._leaf:
             return self._leaf[key]
         # the repeated layers of a deep network (a ResNet's blocks) share one pricing over every grid
-        same = self._by_signature.get(spec.signature())
+        signature = spec.signature()
+        same = self._by_signature.get(signature)
         if same is not None:
             self._leaf[key], self.refusals[spec.name] = same
             return same[0]
@@ -139,7 +140,7 @@ class Solver:
                             f"({spec.kind}, input {spec.in_shape}): {detail}")
         self._leaf[key] = (t, m, w, costs)
         self.refusals[spec.name] = reasons
-        self._by_signature[spec.signature()] = (self._leaf[key], reasons)
+        self._by_signature[signature] = (self._leaf[key], reasons)
         return self._leaf[key]
 
     def leading_grids(self, k):

@@ -189,7 +189,7 @@ def run(args):
     note = provenance.threads_note(machine, 1)          # every rank of these runs has one thread
     if note:
         print(note)
-    set_name = getattr(args, "network_set", "held-out")
+    set_name = args.network_set
     networks = SETS[set_name]
     if args.record and set_name != "held-out":
         raise SystemExit("hpcnn bench model: --record writes the held-out set's errors (the ones `hpcnn plan` "

@@ -4,10 +4,11 @@ What is communicated, and why. Each parameter's gradient is declared by the dist
 computes it as a `GradientSlice`: the piece of the parameter this rank computes, the `group` of ranks
 that compute the same piece (on other samples or spatial blocks), and, where the parameter is split,
 the `gather` communicator whose ranks' pieces tile it. A layer without a split computes the whole
-parameter on every rank (group: every rank); Linear, on rows replicated over every axis but the samples,
-computes the same whole gradient on every replica of a sample block (group: the sample line). A convolution on a C x F split computes W[f-range, c-range] (and
-the bias of its f-range on c = 0): its group is the ranks with the same (c, f) coordinates, its gather
-the C x F ranks of its samples and spatial block (`Distribution.slice_comm`, `.cf_comm`); batch-norm
+parameter on every rank (group: every rank); Linear, on rows replicated over every axis but the
+samples, computes the same whole gradient on every replica of a sample block (group: the sample
+line). A convolution on a C x F split computes W[f-range, c-range] (and the bias of its f-range on
+c = 0): its group is the ranks with the same (c, f) coordinates, its gather the C x F ranks of its
+samples and spatial block (`Distribution.slice_comm`, `.cf_comm`); batch-norm
 on a channel split computes its c-range on f = 0 likewise. So
 
 1. every rank sums only its own piece, over only its group: a non-blocking allreduce of one flat
