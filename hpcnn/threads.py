@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 
 __all__ = ["THREAD_VARIABLES", "ThreadChoice", "available_cores", "choose_threads", "apply_threads",
-           "thread_environment"]
+           "thread_environment", "blas_kernels", "blas_family"]
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
@@ -87,6 +87,19 @@ def apply_threads(threads):
     numba_threads = min(threads, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(numba_threads)
     return {"blas": threads, "numba": numba_threads}
+
+
+def blas_kernels():
+    """Which BLAS kernels hpcnn's CPU convolutions run, in words ("SkylakeX kernels (...)"; see
+    `hpcnn.kernels.cpu._blas`: a machine that pins numpy's OpenBLAS to an older family)."""
+    from .kernels.cpu._blas import BLAS_KERNELS
+    return BLAS_KERNELS
+
+
+def blas_family():
+    """The BLAS kernel family hpcnn's CPU convolutions run ("SkylakeX", "Haswell", ..., or "unknown")."""
+    from .kernels.cpu._blas import BLAS_FAMILY
+    return BLAS_FAMILY
 
 
 def thread_environment(threads, environ=None):

@@ -41,15 +41,17 @@ def _cores():
 
 
 def this_machine():
-    """{host, cpu, cores} of the machine this process runs on (cores: its affinity mask)."""
-    return {"host": socket.gethostname(), "cpu": _cpu_model(), "cores": _cores()}
+    """{host, cpu, cores, blas} of the machine this process runs on (cores: its affinity mask; blas: the kernel
+    family hpcnn's CPU convolutions run, `hpcnn.threads.blas_family`)."""
+    from hpcnn.threads import blas_family
+    return {"host": socket.gethostname(), "cpu": _cpu_model(), "cores": _cores(), "blas": blas_family()}
 
 
 def measured_on(ranks, threads_per_rank, source, when=None):
     """The "measured_on" section `hpcnn calibrate` writes: this machine, the ranks and threads, the date."""
     here = this_machine()
     when = when or time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    return {"source": source, "host": here["host"], "cpu": here["cpu"], "date": when,
+    return {"source": source, "host": here["host"], "cpu": here["cpu"], "blas": here["blas"], "date": when,
             "cores": {"value": here["cores"], "source": source},
             "ranks": {"value": int(ranks), "source": source},
             "threads_per_rank": {"value": int(threads_per_rank), "source": source}}
@@ -84,6 +86,9 @@ def check(profile, here=None, now=None):
     if differs:
         return False, (f"{what}; this machine differs ({', '.join(differs)}: {here['host']}, {here['cpu']}, "
                        f"{here['cores']} cores), so the predictions price that machine: {_FIX}")
+    if m.get("blas") and here.get("blas") and m["blas"] != here["blas"]:
+        return False, (f"{what} with {m['blas']} BLAS kernels; hpcnn runs {here['blas']} kernels here, so the "
+                       f"convolution rates are those of other kernels: {_FIX}")
     age = _age_days(m["date"], now)
     if age is not None and age > STALE_DAYS:
         return True, (f"{what}, {age:.0f} days ago: a machine's speed drifts between days and loads; for "

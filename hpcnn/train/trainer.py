@@ -34,7 +34,7 @@ from .metrics import MetricsLog, Progress, format_duration
 from .optim import build_optimizer
 from .paths import outputs
 from .schedule import build_schedule
-from ..threads import apply_threads, choose_threads
+from ..threads import apply_threads, blas_kernels, choose_threads
 from .setup import agree, build_model, model_label, open_data
 
 __all__ = ["Trainer", "TrainingDiverged", "train", "command"]
@@ -265,6 +265,7 @@ class Trainer:
         self.progress.say(f"hpcnn train {job.path}: {self.model_label} ({n_params:,} parameters) on "
                           f"{self.train_set.describe()}; engine {self.engine_name} {where}; "
                           f"{self.total_steps} steps of batch {self.batch}; {self.threads.describe()}"
+                          + ("" if self.device.name == "gpu" else f"; BLAS: {blas_kernels()}")
                           + (f"; resumed at step {self.step} from {self.resumed_from}" if self.resume else "")
                           + (f"; initial weights from {self.init_from}" if getattr(self, "init_from", None) else ""))
         self.progress.say("writes " + ", ".join(f"{what} to {path}" for what, path in outputs(job))

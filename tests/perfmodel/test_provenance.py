@@ -29,6 +29,15 @@ def test_another_machine_is_said_with_what_differs_and_the_fix():
     assert not ok and "CPU, cores" in line and "hpcnn calibrate" in line
 
 
+def test_a_profile_measured_with_other_blas_kernels_is_said():
+    profile = _profile()
+    profile.doc["measured_on"]["blas"] = "Haswell"
+    ok, line = provenance.check(profile, dict(HERE, blas="SkylakeX"), NOW)
+    assert not ok and "Haswell BLAS kernels" in line and "SkylakeX" in line and "hpcnn calibrate" in line
+    ok, _ = provenance.check(profile, dict(HERE, blas="Haswell"), NOW)
+    assert ok
+
+
 def test_an_old_profile_of_this_machine_is_called_stale():
     ok, line = provenance.check(_profile(), HERE, NOW + timedelta(days=5))
     assert ok and "days ago" in line and "hpcnn calibrate" in line

@@ -10,17 +10,28 @@ found (ILP64 `scipy_cblas_sgemm64_` in numpy's wheels): its small-matrix kernels
 GEMMs of a convolution chunk (16..256 rows, a few hundred columns) at up to 1.5x the speed of the
 older OpenBLAS in scipy's wheels. Then scipy's, then any BLAS that threadpoolctl sees loaded.
 Both 64-bit (ILP64) and 32-bit integer interfaces work.
+
+Kernel family. An OpenBLAS built for many CPUs picks its kernels when it loads, and
+OPENBLAS_CORETYPE overrides the choice for the whole process: a machine image that pins it to an
+older family (OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU, seen here) halves the speed of every
+GEMM (numpy's float32 matmul: about 105 GFLOP/s on one core against 150-200 with the AVX-512
+kernels). numpy's copy keeps what the environment says; hpcnn's kernels load a private copy of
+the same library (a file copy in hpcnn's cache, so that it loads as a second instance) with the
+newest family the CPU supports, when that is newer than the one numpy's copy runs.
+$HPCNN_BLAS_CORETYPE chooses instead: "numpy" (share numpy's copy and its kernels) or an OpenBLAS
+core name (SKYLAKEX, HASWELL, ...). `BLAS_SOURCE` says which library and kernels are in use.
 """
 import ctypes
 import glob
 import os
+import shutil
 import threading
 
 import numba.experimental.function_type  # noqa: F401  (lets numba take first-class function arguments)
 import numpy as np
 from numba.core import types
 
-__all__ = ["gemm", "GEMM", "BLAS_INT", "BLAS_SOURCE", "ROW_MAJOR", "NO_TRANS", "TRANS", "serial_blas", "blas_threads"]
+__all__ = ["gemm", "GEMM", "BLAS_INT", "BLAS_SOURCE", "BLAS_KERNELS", "BLAS_FAMILY", "best_family", "ROW_MAJOR", "NO_TRANS", "TRANS", "serial_blas", "blas_threads"]
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
@@ -59,9 +70,104 @@ def _find_cblas():
                       "(pip wheels of numpy and scipy bring one; HPCNN_BLAS may name another library)")
 
 
-_LIB, _SGEMM, _DGEMM, _WIDTH, _PATH = _find_cblas()
+# CPU flags -> the OpenBLAS core family their kernels need, newest first.
+_FAMILIES = [("SKYLAKEX", {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}),
+             ("HASWELL", {"avx2", "fma"})]
+_RANK = {"skylakex": 2, "cooperlake": 2, "sapphirerapids": 2, "haswell": 1, "zen": 1}
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def best_family(flags=None):
+    """The newest OpenBLAS core family whose instructions the CPU has ("SKYLAKEX", "HASWELL"), or None."""
+    flags = _cpu_flags() if flags is None else flags
+    return next((name for name, needs in _FAMILIES if needs <= flags), None)
+
+
+def _symbol(lib, names):
+    for name in names:
+        if hasattr(lib, name):
+            return getattr(lib, name)
+    return None
+
+
+def _corename(lib):
+    """The kernel family an OpenBLAS library runs ("Haswell", "SkylakeX", ...), or None when it does not say."""
+    f = _symbol(lib, ("scipy_openblas_get_corename64_", "openblas_get_corename64_", "scipy_openblas_get_corename",
+                      "openblas_get_corename"))
+    if f is None:
+        return None
+    f.argtypes, f.restype = [], ctypes.c_char_p
+    return f().decode(errors="replace").strip()
+
+
+def _cache_dir():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "hpcnn", "blas")
+
+
+def _private_copy(path, family):
+    """A second instance of the library at `path`, loaded with OPENBLAS_CORETYPE=family (a file copy in
+    hpcnn's cache: the same file would load as the same instance), or None when that fails."""
+    try:
+        st = os.stat(path)
+        # the library's own name (threadpoolctl knows OpenBLAS by it), in a folder per source file
+        target = os.path.join(_cache_dir(), f"{st.st_size}-{int(st.st_mtime)}", os.path.basename(path))
+        if not os.path.exists(target):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            partial = f"{target}.{os.getpid()}.part"
+            shutil.copyfile(path, partial)
+            os.replace(partial, target)  # atomic: ranks copying at once each see a whole file
+    except OSError:
+        return None
+    saved = os.environ.get("OPENBLAS_CORETYPE")
+    os.environ["OPENBLAS_CORETYPE"] = family  # read by the library's constructor, while it loads
+    try:
+        return ctypes.CDLL(target)
+    except OSError:
+        return None
+    finally:
+        if saved is None:
+            del os.environ["OPENBLAS_CORETYPE"]
+        else:
+            os.environ["OPENBLAS_CORETYPE"] = saved
+
+
+def _choose_library():
+    """(numpy's library, the library used, sgemm, dgemm, integer width, path, words): numpy's OpenBLAS or a
+    private copy of it with newer kernels (see the module docstring)."""
+    lib, sgemm, dgemm, width, path = _find_cblas()
+    shared = _corename(lib)
+    wanted = os.environ.get("HPCNN_BLAS_CORETYPE", "").strip()
+    if wanted.lower() == "numpy" or shared is None or os.environ.get("HPCNN_BLAS"):
+        return lib, lib, sgemm, dgemm, width, path, f"{shared or 'its own'} kernels"
+    family = wanted.upper() or best_family()
+    why = "HPCNN_BLAS_CORETYPE" if wanted else "the newest this CPU runs"
+    if family is None or family.lower() == shared.lower() or (
+            not wanted and _RANK.get(shared.lower(), 0) >= _RANK.get(family.lower(), 0)):
+        return lib, lib, sgemm, dgemm, width, path, f"{shared} kernels"
+    copy = _private_copy(path, family)
+    core = _corename(copy) if copy is not None else None
+    if core is None or core.lower() == shared.lower() or not hasattr(copy, sgemm.__name__):
+        return lib, lib, sgemm, dgemm, width, path, f"{shared} kernels ({family} could not be loaded)"
+    return (lib, copy, getattr(copy, sgemm.__name__), getattr(copy, dgemm.__name__), width, copy._name,
+            f"{core} kernels ({why}; numpy's copy runs {shared})")
+
+
+_SHARED, _LIB, _SGEMM, _DGEMM, _WIDTH, _PATH, _KERNELS = _choose_library()
 BLAS_INT = np.int64 if _WIDTH == 64 else np.int32
-BLAS_SOURCE = f"{os.path.basename(_PATH)} ({_WIDTH}-bit integers)"
+BLAS_KERNELS = _KERNELS
+BLAS_FAMILY = _corename(_LIB) or "unknown"
+BLAS_SOURCE = f"{os.path.basename(_PATH)} ({_WIDTH}-bit integers, {_KERNELS})"
 
 
 class _Routine:
@@ -92,22 +198,26 @@ for _function, _real in ((_SGEMM, ctypes.c_float), (_DGEMM, ctypes.c_double)):
 _PY_GEMM = {np.dtype(np.float32): _SGEMM, np.dtype(np.float64): _DGEMM}
 
 
-def _thread_routines():
+def _thread_routines(lib):
     """(get, set) of the library's thread count, or (None, None)."""
     for get, set_ in (("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
                       ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
                       ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
                       ("openblas_get_num_threads", "openblas_set_num_threads"),
                       ("MKL_Get_Max_Threads", "MKL_Set_Num_Threads")):
-        if hasattr(_LIB, get) and hasattr(_LIB, set_):
-            get, set_ = getattr(_LIB, get), getattr(_LIB, set_)
+        if hasattr(lib, get) and hasattr(lib, set_):
+            get, set_ = getattr(lib, get), getattr(lib, set_)
             get.argtypes, get.restype = [], ctypes.c_int
             set_.argtypes, set_.restype = [ctypes.c_int], None
             return get, set_
     return None, None
 
 
-_get_threads, _set_threads = _thread_routines()
+_get_threads, _set_threads = _thread_routines(_LIB)
+if _LIB is not _SHARED and _set_threads is not None:
+    _shared_get = _thread_routines(_SHARED)[0]
+    if _shared_get is not None:  # the private copy starts with the thread count numpy's copy has now
+        _set_threads(_shared_get())
 
 
 def blas_threads():
