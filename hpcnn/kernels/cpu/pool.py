@@ -1,8 +1,13 @@
-"""Max and average pooling over 2-D and 3-D data (numpy + numba), with PyTorch's semantics."""
+"""Max and average pooling over 2-D and 3-D data (numpy + numba), with PyTorch's semantics.
+
+The volumes (samples x channels) of one call are split over the convolution's worker threads
+(`_workers.in_parallel`), each part a compiled loop that releases the GIL.
+"""
 import numba
 import numpy as np
 
 from ..checks import check_argmax, check_dy_shape, pool_backward_spatial, pool_geometry, spatial_dims
+from ._workers import in_parallel
 
 __all__ = ["maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward"]
 
@@ -55,6 +60,19 @@ def _window_bounds(geom, spatial, out_spatial):
     begin, end = _taps(o, s, k, st, d, lo)
     bounds.extend((st, d, lo, np.where(begin < end, begin, -1), k))
     return tuple(bounds)
+
+
+# What in_parallel counts as the work of one element a pooling loop touches: about a nanosecond, what
+# 100 flops of a GEMM take (so that a part is worth a thread from about 200 000 elements on).
+_FLOPS_PER_ELEMENT = 100
+
+
+def _by_volumes(kernel, sliced, rest, elements):
+    """[kernel(*(a[first:last] for a in sliced), *rest)] with the volumes [0, B) of `sliced` (arrays with B
+    leading) cut over the worker threads; `elements`: the elements the whole call touches."""
+    def work(first, last):
+        return kernel(*(a[first:last] for a in sliced), *rest)
+    return in_parallel(work, sliced[0].shape[0], _FLOPS_PER_ELEMENT * elements)
 
 
 # --- max pooling -----------------------------------------------------------------------------
@@ -130,7 +148,8 @@ def maxpool_forward(x, kernel, stride=None, padding=0, dilation=1):
     xv = _as_volume(x, spatial)
     y = np.empty((xv.shape[0],) + (1,) * (3 - nd) + out_spatial, dtype=x.dtype)
     argmax = np.empty(y.shape, dtype=np.int64)
-    _maxpool_forward_volume(xv, y, argmax, *_window_bounds(geom, spatial, out_spatial))
+    _by_volumes(_maxpool_forward_volume, (xv, y, argmax), _window_bounds(geom, spatial, out_spatial),
+                xv.size + y.size * int(np.prod(geom.kernel)))
     shape = x.shape[:2] + out_spatial
     return y.reshape(shape), argmax.reshape(shape)
 
@@ -144,8 +163,9 @@ def maxpool_backward(dy, argmax, x_spatial):
     check_argmax(argmax, dy, "maxpool_backward")
     N, C = dy.shape[:2]
     dx = np.zeros((N * C, int(np.prod(x_spatial))), dtype=dy.dtype)
-    bad = _maxpool_backward_volume(np.ascontiguousarray(dy).reshape(N * C, -1),
-                                   np.ascontiguousarray(argmax, dtype=np.int64).reshape(N * C, -1), dx)
+    bad = sum(_by_volumes(_maxpool_backward_volume, (np.ascontiguousarray(dy).reshape(N * C, -1),
+                                                     np.ascontiguousarray(argmax, dtype=np.int64).reshape(N * C, -1),
+                                                     dx), (), dx.size + 2 * dy.size))
     if bad:
         raise ValueError(f"maxpool_backward: {bad} argmax entries lie outside the input's spatial block "
                          f"{x_spatial}")
@@ -222,8 +242,9 @@ def avgpool_forward(x, kernel, stride=None, padding=0):
     out_spatial = geom.output_shape(spatial)
     xv = _as_volume(x, spatial)
     y = np.empty((xv.shape[0],) + (1,) * (3 - nd) + out_spatial, dtype=x.dtype)
-    _avgpool_forward_volume(xv, y, *_window_bounds(geom, spatial, out_spatial),
-                            1.0 / float(np.prod(geom.kernel)))
+    _by_volumes(_avgpool_forward_volume, (xv, y),
+                _window_bounds(geom, spatial, out_spatial) + (1.0 / float(np.prod(geom.kernel)),),
+                xv.size + y.size * int(np.prod(geom.kernel)))
     return y.reshape(x.shape[:2] + out_spatial)
 
 
@@ -235,6 +256,7 @@ def avgpool_backward(dy, x_spatial, kernel, stride=None, padding=0):
     check_dy_shape(dy, out_spatial, "avgpool_backward")
     dyv = _as_volume(dy, out_spatial)
     dx = np.zeros((dyv.shape[0],) + (1,) * (3 - nd) + x_spatial, dtype=dy.dtype)
-    _avgpool_backward_volume(dyv, dx, *_window_bounds(geom, x_spatial, out_spatial),
-                             1.0 / float(np.prod(geom.kernel)))
+    _by_volumes(_avgpool_backward_volume, (dyv, dx),
+                _window_bounds(geom, x_spatial, out_spatial) + (1.0 / float(np.prod(geom.kernel)),),
+                dx.size + dyv.size * int(np.prod(geom.kernel)))
     return dx.reshape(dy.shape[:2] + x_spatial)
