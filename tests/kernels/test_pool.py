@@ -189,29 +189,19 @@ def test_kernels_run_concurrently_from_threads():
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 9, 11), (1, 5, 4, 6, 7)])
-def test_volumes_split_over_threads_equal_one_call(shape, monkeypatch):
+def test_volumes_split_over_threads_equal_one_call(shape, three_threads):
     """One call's volumes cut over 3 worker threads (odd B, uneven parts) give what one loop over all gives."""
-    from hpcnn.kernels.cpu import _workers, pool
+    from hpcnn.kernels.cpu import _workers
     x = seeded(40).standard_normal(shape)
-    expect_max = K.maxpool_forward(x, 3, 2, 1)
-    dy = seeded(41).standard_normal(expect_max[0].shape)
-    expect_dx = K.maxpool_backward(dy, expect_max[1], shape[2:])
-    expect_avg = K.avgpool_forward(x, 2, 1, 1)
-    expect_avg_dx = K.avgpool_backward(seeded(42).standard_normal(expect_avg.shape), shape[2:], 2, 1, 1)
-    calls = []
-    real = _workers.in_parallel
 
-    def counted(work, chunks, flops, footprint=None):
-        calls.append(chunks)
-        return real(work, chunks, flops, footprint)
-    monkeypatch.setattr(_workers, "thread_count", lambda: 3)
-    monkeypatch.setattr(_workers, "_PARALLEL_FLOPS", 1)
-    monkeypatch.setattr(pool, "in_parallel", counted)
-    y, a = K.maxpool_forward(x, 3, 2, 1)
-    np.testing.assert_array_equal(y, expect_max[0])
-    np.testing.assert_array_equal(a, expect_max[1])
-    np.testing.assert_array_equal(K.maxpool_backward(dy, a, shape[2:]), expect_dx)
-    np.testing.assert_array_equal(K.avgpool_forward(x, 2, 1, 1), expect_avg)
-    np.testing.assert_array_equal(K.avgpool_backward(seeded(42).standard_normal(expect_avg.shape), shape[2:], 2, 1, 1),
-                                  expect_avg_dx)
-    assert calls == [shape[0] * shape[1]] * 4
+    def results():
+        y, a = K.maxpool_forward(x, 3, 2, 1)
+        dy = seeded(41).standard_normal(y.shape)
+        avg = K.avgpool_forward(x, 2, 1, 1)
+        return [y, a, K.maxpool_backward(dy, a, shape[2:]), avg,
+                K.avgpool_backward(seeded(42).standard_normal(avg.shape), shape[2:], 2, 1, 1)]
+    split = results()
+    assert three_threads == [shape[0] * shape[1]] * 4
+    _workers.thread_count = lambda: 1   # restored by the fixture's monkeypatch
+    for got, expect in zip(split, results()):
+        np.testing.assert_array_equal(got, expect)

@@ -1,9 +1,13 @@
-"""Element-wise activations and their gradients (numba), with PyTorch's semantics at zero and NaN."""
+"""Element-wise activations and their gradients (numba), with PyTorch's semantics at zero and NaN.
+
+A call's elements are cut into runs of _RUN, split over the worker threads (`_workers.in_elements`).
+"""
 import numba
 import numpy as np
 
 from ...backend import check_float_array
 from ..checks import check_same_shape
+from ._workers import in_elements
 
 __all__ = ["relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward"]
 
@@ -45,7 +49,7 @@ def relu_forward(x):
     """y = max(x, 0). x: any shape, float32/float64 -> y: same shape and dtype."""
     xf = _flat(x, "relu_forward")
     y = np.empty_like(xf)
-    _relu_forward(xf, y)
+    in_elements(lambda a, b: _relu_forward(xf[a:b], y[a:b]), xf.size, 2)
     return y.reshape(x.shape)
 
 
@@ -55,7 +59,8 @@ def relu_backward(dy, y):
     check_same_shape(dy, "dy", y, "y", where)
     dyf = _flat(dy, where)
     dx = np.empty_like(dyf)
-    _relu_backward(dyf, _flat(y, where), dx)
+    yf = _flat(y, where)
+    in_elements(lambda a, b: _relu_backward(dyf[a:b], yf[a:b], dx[a:b]), dyf.size, 3)
     return dx.reshape(dy.shape)
 
 
@@ -63,7 +68,8 @@ def leaky_relu_forward(x, slope):
     """y = x where x > 0, else slope * x. x: any shape -> y: same shape and dtype."""
     xf = _flat(x, "leaky_relu_forward")
     y = np.empty_like(xf)
-    _leaky_relu_forward(xf, xf.dtype.type(slope), y)
+    slope = xf.dtype.type(slope)
+    in_elements(lambda a, b: _leaky_relu_forward(xf[a:b], slope, y[a:b]), xf.size, 2)
     return y.reshape(x.shape)
 
 
@@ -73,5 +79,6 @@ def leaky_relu_backward(dy, x, slope):
     check_same_shape(dy, "dy", x, "x", where)
     dyf = _flat(dy, where)
     dx = np.empty_like(dyf)
-    _leaky_relu_backward(dyf, _flat(x, where), dyf.dtype.type(slope), dx)
+    xf, slope = _flat(x, where), dyf.dtype.type(slope)
+    in_elements(lambda a, b: _leaky_relu_backward(dyf[a:b], xf[a:b], slope, dx[a:b]), dyf.size, 3)
     return dx.reshape(dy.shape)

@@ -7,7 +7,7 @@ import numba
 import numpy as np
 
 from ..checks import check_argmax, check_dy_shape, pool_backward_spatial, pool_geometry, spatial_dims
-from ._workers import in_parallel
+from ._workers import FLOPS_PER_ELEMENT, in_parallel
 
 __all__ = ["maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward"]
 
@@ -62,17 +62,12 @@ def _window_bounds(geom, spatial, out_spatial):
     return tuple(bounds)
 
 
-# What in_parallel counts as the work of one element a pooling loop touches: about a nanosecond, what
-# 100 flops of a GEMM take (so that a part is worth a thread from about 200 000 elements on).
-_FLOPS_PER_ELEMENT = 100
-
-
 def _by_volumes(kernel, sliced, rest, elements):
     """[kernel(*(a[first:last] for a in sliced), *rest)] with the volumes [0, B) of `sliced` (arrays with B
     leading) cut over the worker threads; `elements`: the elements the whole call touches."""
     def work(first, last):
         return kernel(*(a[first:last] for a in sliced), *rest)
-    return in_parallel(work, sliced[0].shape[0], _FLOPS_PER_ELEMENT * elements)
+    return in_parallel(work, sliced[0].shape[0], FLOPS_PER_ELEMENT * elements)
 
 
 # --- max pooling -----------------------------------------------------------------------------

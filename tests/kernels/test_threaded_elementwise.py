@@ -1,0 +1,37 @@
+"""Element-wise and batch-norm kernels with a call's work cut over several worker threads equal one loop."""
+import numpy as np
+import pytest
+
+from hpcnn import kernels as K
+from hpcnn.kernels.cpu import _workers
+from tests.oracle import seeded
+
+
+def _serial_results(x, dy, mean, invstd, gamma, beta):
+    return {"relu": K.relu_forward(x), "relu_bwd": K.relu_backward(dy, K.relu_forward(x)),
+            "leaky": K.leaky_relu_forward(x, 0.1), "leaky_bwd": K.leaky_relu_backward(dy, x, 0.1),
+            "sum": K.channel_sum(x), "sumsq": K.channel_centered_sumsq(x, mean),
+            "apply": K.batchnorm_apply(x, mean, invstd, gamma, beta),
+            "reduce": np.stack(K.batchnorm_backward_reduce(dy, x, mean, invstd)),
+            "bwd_apply": K.batchnorm_backward_apply(dy, x, mean, invstd, gamma, *K.batchnorm_backward_reduce(
+                dy, x, mean, invstd), x.size // x.shape[1])}
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 17, 13), (1, 3, 7, 9, 11)])
+def test_split_over_threads_equals_one_loop(shape, three_threads):
+    rng = seeded(50)
+    x, dy = rng.standard_normal(shape), rng.standard_normal(shape)
+    c = shape[1]
+    mean, invstd = rng.standard_normal(c), 1 + rng.random(c)
+    gamma, beta = rng.standard_normal(c), rng.standard_normal(c)
+    split = _serial_results(x, dy, mean, invstd, gamma, beta)
+    assert len(three_threads) >= 9 and all(n > 1 for n in three_threads)
+    three_threads.clear()
+    _workers.thread_count = lambda: 1   # restored by monkeypatch with the rest
+    serial = _serial_results(x, dy, mean, invstd, gamma, beta)
+    for key in serial:
+        # element-wise results are bit-identical; the sums add per-part partial sums (a different order)
+        if key in ("sum", "sumsq", "reduce", "bwd_apply"):
+            np.testing.assert_allclose(split[key], serial[key], rtol=1e-12, atol=1e-12, err_msg=key)
+        else:
+            np.testing.assert_array_equal(split[key], serial[key], err_msg=key)
