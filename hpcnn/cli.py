@@ -131,7 +131,7 @@ def _run_calibrate(args):
     from .calibrate import calibrate
     from .parallel.abort import install_abort_on_error
     from .parallel.mpi import Communicator
-    from .threads import apply_threads, choose_threads
+    from .threads import apply_threads, blas_kernels, choose_threads
     install_abort_on_error()
     comm = Communicator.world()
     threads = choose_threads(comm.node_size(), args.threads)
@@ -143,7 +143,8 @@ def _run_calibrate(args):
             sys.stderr.write(f"hpcnn calibrate: error: {e}\n")
         return 2
     if comm.rank == 0:
-        print(f"hpcnn calibrate on {comm.size} rank(s), {args.device}; {threads.describe()}")
+        print(f"hpcnn calibrate on {comm.size} rank(s), {args.device}; {threads.describe()}"
+              + ("" if args.device == "gpu" else f"; BLAS: {blas_kernels()}"))
     profile = calibrate(comm, budget=args.budget, quick=args.quick, progress=True, seed=args.seed, name=args.name,
                         threads=threads.threads, device=device)
     if comm.rank == 0:
