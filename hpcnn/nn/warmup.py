@@ -7,7 +7,8 @@ several times over (measured on 2 cores: the quickstart U-Net's first step compi
 its time, on each of its 4 ranks). `warm_up(model, nd, dtype)` runs every leaf of `model`, each
 on a private copy (so no running statistics, cached activations or gradients of the model
 change), forward and backward on a tiny input with the leaf's own channels and window geometry
-and, for a windowed leaf, again on one with long lines (the code paths of large blocks), then the
+and, for a windowed leaf, again on one tiny sample (a halo piece's path) and on one with long lines
+(the code paths of large blocks), then the
 losses: the kernel specializations a training step calls (they depend on dtypes, array ranks and
 code paths such as pointwise, strided or few-pixel windows, not on sizes). A trainer calls it on one rank per node first and on the other ranks afterwards
 (`hpcnn.parallel.Communicator.node_first`), which then only load what the first one compiled.
@@ -68,7 +69,9 @@ def warm_up(model, nd, dtype=np.float32, put=None):
     warmed = 0
     for _, leaf in model.named_leaves():
         try:
-            for x in (_tiny_input(leaf, nd, dtype, rng), _line_input(leaf, nd, dtype, rng)):
+            tiny = _tiny_input(leaf, nd, dtype, rng)
+            # one tiny sample too: a halo piece's few pixels of one image take their own code path
+            for x in (tiny, tiny[:1] if getattr(leaf, "geometry", None) else None, _line_input(leaf, nd, dtype, rng)):
                 if x is not None:
                     layer = copy.deepcopy(leaf).train()
                     y = layer.forward(put(x))
