@@ -5,9 +5,8 @@ process without MPI: `Communicator.local()`, whose collectives return their inpu
 
 - the calls: point-to-point (`exchange` for a batch of messages, `isend`, `irecv`, `wait_all`), collectives on arrays (`allreduce_`,
   `iallreduce_`, `alltoallv`, `allgatherv`, `iallgatherv_`) and on small Python objects, sub-communicators, abort;
-- dtype mapping through mpi4py's public typecode table (`MPI.Datatype.fromcode`, the predefined
-  datatype of a numpy dtype; `mpi4py.util.dtlib.from_numpy_dtype` returns a duplicate datatype,
-  which MPI's reductions refuse, and leaks one per call);
+- dtype mapping through `MPI.Datatype.fromcode` (the predefined datatype; `dtlib.from_numpy_dtype`
+  returns a duplicate, which reductions refuse, and leaks one per call);
 - the staging of device buffers (`hpcnn.parallel.staging`: one stream synchronisation per batch of
   messages, and copies through pinned host memory when MPI is not CUDA-aware or the array is on
   the emulated GPU); a non-blocking call's staged buffer is copied back when `wait_all` completes
@@ -39,6 +38,8 @@ __all__ = ["KINDS", "SUM", "MAX", "MIN", "Clock", "Request", "Communicator", "mp
 # (the wait for the gradient buckets after backward).
 KINDS = ("halo", "collective", "shuffle", "gradient_allreduce")
 SUM, MAX, MIN = "sum", "max", "min"
+
+_YIELD_S = 5e-5   # seconds a yielding wait sleeps between tests of its request
 
 
 def _mpi():
@@ -132,6 +133,8 @@ class Communicator:
     """
 
     _wrapped = {}   # mpi4py communicator handle -> its Communicator, so that one communicator has one clock
+    # Whether waits for messages and collectives sleep between polls (`yield_when_idle`); class-wide.
+    yielding = False
 
     def __init__(self, comm=None, clock=None):
         self.mpi = comm
@@ -184,22 +187,17 @@ class Communicator:
         """Call fn() on the first rank of each node, then (after it returned) on the node's other ranks:
         for work that fills a per-node cache (numba's compiled kernels) that the others then only read.
         A collective over the node; fn's exceptions propagate (the other ranks then fail at their own call).
-        The other ranks wait asleep (a non-blocking barrier tested every 20 ms): a blocking one polls, and
-        with more ranks than cores its polling takes the first rank's core (measured: the quickstart's
-        kernel compile at 4 ranks on 2 cores)."""
+        The others wait asleep (`idle_barrier`): polling, with more ranks than cores, takes the first one's core."""
         if self.mpi is None or self.node_size() == 1:
             return fn()
-        node = self._node()
-        first = node.Get_rank() == 0
-        if first:
+        node = Communicator(self._node())
+        if node.rank == 0:
             try:
                 result = fn()
             finally:
-                node.Ibarrier().Wait()
+                node.idle_barrier()
             return result
-        request = node.Ibarrier()
-        while not request.Test():
-            time.sleep(0.02)
+        node.idle_barrier(poll=0.02)
         return fn()
 
     @property
@@ -245,12 +243,33 @@ class Communicator:
         """Start receiving into `array` from rank `source`; returns a Request."""
         return self.exchange([], [(array, source, tag)])[0]
 
+    @classmethod
+    def yield_when_idle(cls, flag):
+        """With more ranks than cores a rank polling in MPI keeps a core from the rank it waits for (2 cores: a
+        small U-Net 11x slower at 4 ranks). With `flag`, every Communicator's waits (messages, collectives on
+        arrays, barriers) test and sleep 50 us between tests; the trainer sets it on an oversubscribed node."""
+        cls.yielding = bool(flag)
+
+    @staticmethod
+    def _finish(requests):
+        """Wait for mpi4py requests: MPI's own wait, or test-and-sleep when yielding."""
+        while Communicator.yielding and not _mpi().Request.Testall(requests):
+            time.sleep(_YIELD_S)
+        _mpi().Request.Waitall(requests)
+
+    def _collective(self, name, *args, **kwargs):
+        """The blocking MPI collective `name`, or, when yielding, its non-blocking form and a sleeping wait."""
+        if Communicator.yielding:
+            self._finish([getattr(self.mpi, "I" + name.lower())(*args, **kwargs)])
+        else:
+            getattr(self.mpi, name)(*args, **kwargs)
+
     @staticmethod
     def wait_all(requests):
         """Complete every Request in the list (None entries are skipped) and empty the list."""
         live = [r for r in requests if r is not None]
         if live:
-            _mpi().Request.Waitall([r.mpi for r in live])
+            Communicator._finish([r.mpi for r in live])
             for r in live:
                 r._complete()
         requests.clear()
@@ -283,7 +302,7 @@ class Communicator:
         if self.size > 1 and array.size:
             with self.clock.counting("collective"):
                 buf = _staging.prepare_inout(_contiguous(array))
-                self.mpi.Allreduce(_mpi().IN_PLACE, _spec(buf), op=self._op(op))
+                self._collective("Allreduce", _mpi().IN_PLACE, _spec(buf), op=self._op(op))
                 _staging.finish_recv(array, buf)
         return array
 
@@ -321,7 +340,7 @@ class Communicator:
         t = mpi_dtype(send.dtype)
         sbuf, = _staging.prepare_sends([_contiguous(send)])
         rbuf, = _staging.prepare_recvs([_contiguous(recv)])
-        self.mpi.Alltoallv([sbuf, (send_counts, send_displs), t], [rbuf, (recv_counts, recv_displs), t])
+        self._collective("Alltoallv", [sbuf, (send_counts, send_displs), t], [rbuf, (recv_counts, recv_displs), t])
         if sbuf is not send:
             _staging.finish_send(sbuf)
         _staging.finish_recv(recv, rbuf)
@@ -341,7 +360,7 @@ class Communicator:
         with self.clock.counting("collective"):
             sbuf, = _staging.prepare_sends([_contiguous(send)])
             rbuf, = _staging.prepare_recvs([_contiguous(recv)])
-            self.mpi.Allgatherv([sbuf, t], [rbuf, (counts, displs), t])
+            self._collective("Allgatherv", [sbuf, t], [rbuf, (counts, displs), t])
             if sbuf is not send:
                 _staging.finish_send(sbuf)
             _staging.finish_recv(recv, rbuf)
@@ -374,16 +393,16 @@ class Communicator:
         return obj if self.mpi is None else self.mpi.bcast(obj, root=root)
 
     def barrier(self):
-        if self.mpi is not None:
+        if self.mpi is not None and Communicator.yielding:
+            self.idle_barrier(_YIELD_S)
+        elif self.mpi is not None:
             self.mpi.Barrier()
 
     def idle_barrier(self, poll=0.005):
         """A barrier whose waiting ranks sleep between polls instead of spinning: MPI waits by polling, which
         keeps a core busy, and a rank timing something alone on a shared node needs the others' cores idle."""
-        if self.mpi is None:
-            return
-        request = self.mpi.Ibarrier()
-        while not request.Test():
+        request = None if self.mpi is None else self.mpi.Ibarrier()
+        while request is not None and not request.Test():
             time.sleep(poll)
 
     # --- time and failure ----------------------------------------------------------------------------

@@ -88,6 +88,8 @@ class Trainer:
         except ValueError as e:
             raise JobError(f"job file {job.path}: {e}") from None
         apply_threads(self.threads.threads)
+        # more ranks than cores: a rank waiting in MPI sleeps between polls instead of taking a busy core
+        type(self.comm).yield_when_idle(self.threads.oversubscribed)
         self.model_label = model_label(job)
         self.model = build_model(job, self.train_set, self.dtype)
         if job["model"]["init"] and not self.resume:  # a resumed run continues from its checkpoint instead
@@ -265,6 +267,7 @@ class Trainer:
         self.progress.say(f"hpcnn train {job.path}: {self.model_label} ({n_params:,} parameters) on "
                           f"{self.train_set.describe()}; engine {self.engine_name} {where}; "
                           f"{self.total_steps} steps of batch {self.batch}; {self.threads.describe()}"
+                          + ("; MPI waits sleep between polls" if self.threads.oversubscribed else "")
                           + ("" if self.device.name == "gpu" else f"; BLAS: {blas_kernels()}")
                           + (f"; resumed at step {self.step} from {self.resumed_from}" if self.resume else "")
                           + (f"; initial weights from {self.init_from}" if getattr(self, "init_from", None) else ""))

@@ -110,3 +110,40 @@ def test_idle_barrier_waits_for_every_rank_without_spinning():
     late = [w for r, w, _ in waited if r != 0]
     check_all(all(w >= 0.25 for w in late), f"a rank left the barrier before rank 0 arrived: {waited}")
     check_all(all(c < 0.5 * w for r, w, c in waited if r != 0), f"a waiting rank spun: {waited}")
+
+
+def test_yielding_waits_give_what_blocking_ones_give_and_sleep():
+    """With yield_when_idle (oversubscribed nodes) every collective on arrays, message wait and barrier
+    completes with the same values, and a rank waiting for a late one sleeps instead of spinning."""
+    from hpcnn.parallel.mpi import Communicator
+    comm = Communicator.of(world())
+    p, r = comm.size, comm.rank
+
+    def run():
+        a = np.arange(6, dtype=np.float64) * (r + 1)
+        comm.allreduce_(a)
+        send = np.concatenate([np.full(q + 1, 10.0 * r + q) for q in range(p)])
+        recv = np.empty(p * (r + 1))
+        comm.alltoallv(send, [q + 1 for q in range(p)], recv, [r + 1] * p)
+        gathered = np.empty(sum(q + 1 for q in range(p)))
+        comm.allgatherv(np.full(r + 1, float(r)), gathered, [q + 1 for q in range(p)])
+        ring = np.empty(3)
+        requests = [comm.irecv(ring, (r - 1) % p, tag=5), comm.isend(np.full(3, float(r)), (r + 1) % p, tag=5)]
+        comm.wait_all(requests)
+        comm.barrier()
+        return np.concatenate([a, recv, gathered, ring])
+
+    blocking = run()
+    Communicator.yield_when_idle(True)
+    try:
+        yielded = run()
+        comm.barrier()
+        if r == 0:
+            time.sleep(0.3)
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        comm.allreduce_(np.ones(4))
+        cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+    finally:
+        Communicator.yield_when_idle(False)
+    check_all(np.array_equal(blocking, yielded), f"yielding waits changed the results: {blocking} != {yielded}")
+    check_all(r == 0 or p == 1 or (wall >= 0.25 and cpu < 0.5 * wall), f"a waiting rank spun: {wall} s, {cpu} s CPU")
