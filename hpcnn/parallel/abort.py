@@ -1,6 +1,7 @@
 """An uncaught exception on one rank aborts every rank of the job, as `python -m mpi4py` does, so none hangs."""
 import os
 import sys
+import time
 import traceback
 
 from .mpi import _mpi
@@ -8,6 +9,7 @@ from .mpi import _mpi
 __all__ = ["install_abort_on_error"]
 
 _installed = False
+_FORWARD_S = 0.5   # seconds a failing rank waits between printing its traceback and aborting the job
 
 
 def install_abort_on_error():
@@ -31,6 +33,9 @@ def install_abort_on_error():
             if os.environ.get("HPCNN_NO_ABORT"):
                 previous(kind, value, tb)
             else:
+                # the launcher forwards a rank's output asynchronously and stops forwarding when the job is
+                # killed: give it the traceback before the abort (without this pause it was lost now and then)
+                time.sleep(_FORWARD_S)
                 MPI.COMM_WORLD.Abort(1)
 
     sys.excepthook = hook

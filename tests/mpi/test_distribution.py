@@ -74,7 +74,7 @@ def test_failing_rank_ends_the_job_quickly():
                                capture_output=True, text=True, timeout=60)
             elapsed = time.perf_counter() - t0
             ok = p.returncode != 0 and elapsed < 30 and "rank 1 fails" in p.stderr
-            message = f"rc={p.returncode} after {elapsed:.1f}s: {p.stderr[-500:]}"
+            message = f"rc={p.returncode} after {elapsed:.1f}s: {p.stderr[-500:]} / stdout: {p.stdout[-500:]}"
         except subprocess.TimeoutExpired:
             ok, message = False, "the job hung"
     check_all(ok, message)
