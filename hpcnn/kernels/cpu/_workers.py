@@ -15,7 +15,7 @@ import numpy as np
 
 from ._blas import blas_threads, serial_blas
 
-__all__ = ["thread_scratch", "thread_count", "in_parallel", "in_elements", "FLOPS_PER_ELEMENT"]
+__all__ = ["thread_scratch", "thread_count", "in_parallel", "in_elements", "summed", "FLOPS_PER_ELEMENT"]
 
 # Least work (flops) worth handing to another thread.
 _PARALLEL_FLOPS = 20e6
@@ -93,6 +93,15 @@ def in_elements(work, size, passes=1):
     runs = -(-size // _RUN)
     return in_parallel(lambda first, last: work(first * _RUN, min(last * _RUN, size)), max(runs, 1),
                        FLOPS_PER_ELEMENT * passes * size)
+
+
+def summed(parts):
+    """The sum of in_parallel's per-part results (fresh arrays each part), added in place into the first, in
+    part order."""
+    total = parts[0]
+    for part in parts[1:]:
+        total += part
+    return total
 
 
 def _worker_pool():

@@ -52,7 +52,7 @@ from ._im2col import address, chunk, col2im, columns
 from ._images import images_data, images_filter, images_forward
 from ._shifted import line_blocking, padded_width, shifted_filter_chunks, shifted_forward_chunks, shifts_lines
 from ._transpose import flipped_filter
-from ._workers import in_parallel, thread_count, thread_scratch
+from ._workers import in_parallel, summed, thread_count, thread_scratch
 
 __all__ = ["conv_forward", "conv_backward_data", "conv_backward_filter", "conv_backward_bias", "SCRATCH_BYTES"]
 
@@ -187,14 +187,6 @@ def _images_per_block(n_img, pixels, rows, itemsize):
     return per_block if per_block > 1 else 0
 
 
-def _summed(parts):
-    """The sum of the per-thread partial gradients, added in place into the first."""
-    total = parts[0]
-    for part in parts[1:]:
-        total += part
-    return total
-
-
 # The filter gradient is accumulated as dW (K, C*R) itself from this many filters on: transposing
 # dW^T afterwards costs more there than the GEMMs gain (5 ms for 512 filters of 512x3x3 on one core).
 _K_MAJOR_FILTERS = 256
@@ -275,7 +267,7 @@ def _correlate_filter(x, dy, win, out_spatial):
             return dw_t
 
         parts = in_parallel(shifted, n_img * per_image, 2.0 * dy.size * rows * taps)
-        return np.ascontiguousarray(_summed(parts).transpose(2, 1, 0)).reshape(k, rows * taps)
+        return np.ascontiguousarray(summed(parts).transpose(2, 1, 0)).reshape(k, rows * taps)
     k_major = k >= _K_MAJOR_FILTERS
     shape = (k, rows) if k_major else (rows, k)
     flops = 2.0 * dy.size * rows
@@ -300,7 +292,7 @@ def _correlate_filter(x, dy, win, out_spatial):
             return dw
 
         parts = in_parallel(work, n_img * per_image, flops)
-    total = _summed(parts)
+    total = summed(parts)
     return total if k_major else np.ascontiguousarray(total.T)
 
 

@@ -7,7 +7,7 @@ import numba
 import numpy as np
 
 from ..checks import check_channels_input, check_count, check_per_channel, check_same_shape
-from ._workers import FLOPS_PER_ELEMENT, in_parallel
+from ._workers import FLOPS_PER_ELEMENT, in_parallel, summed
 
 __all__ = ["channel_sum", "channel_centered_sumsq", "batchnorm_apply", "batchnorm_backward_reduce",
            "batchnorm_backward_apply"]
@@ -108,24 +108,17 @@ def _by_rows(kernel, x, *args, passes=1):
                        FLOPS_PER_ELEMENT * passes * x.size)
 
 
-def _summed(parts):
-    total = parts[0]
-    for part in parts[1:]:
-        total = total + part
-    return total
-
-
 def channel_sum(x):
     """Sum over every axis but 1. x: (N, C, *S) -> (C,) float64."""
     xv = _channels_view(x, "channel_sum")
-    return _summed(_by_rows(_channel_sum, xv, xv))
+    return summed(_by_rows(_channel_sum, xv, xv))
 
 
 def channel_centered_sumsq(x, mean):
     """Sum of (x - mean[c])**2 over every axis but 1. x: (N, C, *S), mean: (C,) -> (C,) float64."""
     xv = _channels_view(x, "channel_centered_sumsq")
     mean = _per_channel(mean, xv.shape[1], "mean", "channel_centered_sumsq")
-    return _summed(_by_rows(_channel_centered_sumsq, xv, xv, mean))
+    return summed(_by_rows(_channel_centered_sumsq, xv, xv, mean))
 
 
 def batchnorm_apply(x, mean, invstd, gamma, beta):
@@ -157,7 +150,7 @@ def batchnorm_backward_reduce(dy, x, mean, invstd):
     xv = _channels_view(x, where)
     dyv = _channels_view(dy, where)
     C = xv.shape[1]
-    sum_dy, sum_dy_xc = _summed(_by_rows(_batchnorm_backward_reduce, xv, dyv, xv, _per_channel(mean, C, "mean", where),
+    sum_dy, sum_dy_xc = summed(_by_rows(_batchnorm_backward_reduce, xv, dyv, xv, _per_channel(mean, C, "mean", where),
                                          passes=2))
     return sum_dy, sum_dy_xc * _per_channel(invstd, C, "invstd", where)
 
