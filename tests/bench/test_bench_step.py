@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 
 from hpcnn.bench import step  # noqa: E402
 from hpcnn.cli import main  # noqa: E402
+from tests.bench import ROUNDED_RATIO  # noqa: E402
 
 
 @pytest.mark.parametrize("name", list(step.QUICK_CASES))
@@ -37,9 +38,9 @@ def test_the_command_writes_consistent_rows(tmp_path):
                                                           ("cosmoflow", "2")]
     for r in rows:
         h, t = float(r["hpcnn_s"]), float(r["torch_s"])
-        assert float(r["ratio"]) == pytest.approx(h / t, rel=1e-5)
+        assert float(r["ratio"]) == pytest.approx(h / t, rel=ROUNDED_RATIO)
         base = next(b for b in rows if b["model"] == r["model"] and b["threads"] == "1")
-        assert float(r["hpcnn_speedup"]) == pytest.approx(float(base["hpcnn_s"]) / h, rel=1e-5)
+        assert float(r["hpcnn_speedup"]) == pytest.approx(float(base["hpcnn_s"]) / h, rel=ROUNDED_RATIO)
     doc = json.loads((out / "step.json").read_text())
     for t in ("1", "2"):
         ratios = [float(r["ratio"]) for r in rows if r["threads"] == t]
