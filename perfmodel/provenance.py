@@ -15,7 +15,7 @@ import socket
 import time
 from datetime import datetime, timezone
 
-__all__ = ["this_machine", "measured_on", "check", "threads_note", "held_out_section", "held_out_line", "STALE_DAYS"]
+__all__ = ["this_machine", "measured_on", "check", "likeness", "threads_note", "held_out_section", "held_out_line", "STALE_DAYS"]
 
 # A profile older than this, measured on this machine, is called stale.
 STALE_DAYS = 2.0
@@ -94,6 +94,18 @@ def check(profile, here=None, now=None):
         return True, (f"{what}, {age:.0f} days ago: a machine's speed drifts between days and loads; for "
                       f"predictions you rely on, {_FIX}")
     return True, what + " (this machine)"
+
+
+def likeness(doc, here=None):
+    """How closely the profile document `doc` describes this machine, as a tuple to compare (larger: closer):
+    whether its host, CPU model, core count and BLAS kernels are this machine's, in that order of weight.
+    A profile without a "measured_on" section matches nothing."""
+    m = doc.get("measured_on")
+    if not m:
+        return (False, False, False, False)
+    here = here or this_machine()
+    return (m.get("host") == here["host"], m.get("cpu") == here["cpu"],
+            int(m.get("cores", {}).get("value", 0)) == here["cores"], m.get("blas") == here["blas"])
 
 
 def threads_note(profile, threads):

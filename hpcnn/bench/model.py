@@ -65,8 +65,8 @@ def add_arguments(p):
     p.add_argument("--models", default=None, help="comma-separated, from the set's: " + "; ".join(
         f"{k}: {', '.join(v)}" for k, v in SETS.items()) + " (default: all of the set)")
     p.add_argument("--ranks", default=None, help="comma-separated rank counts (default 1 up to this machine's cores)")
-    p.add_argument("--machine", default=None, help="machine profile (default: the shipped profile of this host, "
-                   "else the newest CPU profile in perfmodel/profiles)")
+    p.add_argument("--machine", default=None, help="machine profile (default: of the shipped profiles (this host's first), "
+                   "the one measured on the machine most like this one)")
     p.add_argument("--iterations", type=int, default=5, help="timed iterations per configuration, median (default 5)")
     p.add_argument("--out", default="bench-out", help="folder for the CSV files and the PNG plot")
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed per mpiexec run")

@@ -75,8 +75,8 @@ def add_arguments(p):
                         "share one) or emulated-gpu (the GPU code path on the CPU: correct runs, not GPU times)")
     p.add_argument("--overlap", choices=("on", "off"), default="on",
                    help="compute convolution interiors while halos travel (default on)")
-    p.add_argument("--machine", default=None, help="machine profile for the predictions (default: this host's "
-                   "shipped profile, else the newest CPU profile)")
+    p.add_argument("--machine", default=None, help="machine profile for the predictions (default: the "
+                   "shipped profile most like this machine)")
     p.add_argument("--out", default="bench-out", help="folder for the results (default bench-out)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per configuration (default 1800)")
     p.add_argument("--here", action="store_true", help="measure on the ranks this process was started with "

@@ -120,3 +120,39 @@ def test_held_out_errors_recorded_in_a_profile_are_quoted():
     assert "per iteration median 6.1%, largest 19.0%, mean signed -1.2% over 17 configurations" in line
     assert "unet2d, meshnet" in line and "per layer median 18.0%" in line
     assert "published" in provenance.held_out_line(load_profile("v100-nvlink-edr"))
+
+
+def test_likeness_ranks_host_then_cpu_then_cores_then_blas():
+    here = dict(HERE, blas="SkylakeX")
+    same = _profile().doc
+    same["measured_on"]["blas"] = "SkylakeX"
+    other_cpu = _profile(cpu="Other CPU").doc
+    other_host = _profile(host="node8").doc
+    assert provenance.likeness(same, here) == (True, True, True, True)
+    assert provenance.likeness(same, here) > provenance.likeness(other_cpu, here) > provenance.likeness(other_host, here)
+    assert provenance.likeness(MachineProfile.synthetic().doc, here) == (False, False, False, False)
+
+
+def test_the_default_bench_profile_is_the_shipped_one_measured_on_this_kind_of_machine(tmp_path, monkeypatch):
+    import json
+    import os
+    import socket
+
+    import perfmodel.machine
+    from hpcnn.bench import host_profile
+    here = dict(HERE, blas="SkylakeX")
+    paths = {}
+    for name, cpu, age in (("node7-cpu", "Other CPU", 0), ("node7-cpu-b", "Some CPU 9000", 100),
+                           ("x-cpu", "Some CPU 9000", 50)):
+        doc = _profile(host="node7" if name.startswith("node7") else "x", cpu=cpu).doc
+        doc["measured_on"]["blas"] = "SkylakeX"
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(doc))
+        os.utime(paths[name], (1e9 - age, 1e9 - age))
+    monkeypatch.setattr(perfmodel.machine, "shipped_profiles", lambda: {n: str(p) for n, p in paths.items()})
+    monkeypatch.setattr(socket, "gethostname", lambda: "node7")
+    # this host's profiles first; among them the one of this CPU, although the other one is newer
+    assert host_profile._default_profile(here) == str(paths["node7-cpu-b"])
+    # no profile named after this host: the same choice among all CPU profiles (this CPU's, the newer of two)
+    monkeypatch.setattr(socket, "gethostname", lambda: "elsewhere")
+    assert host_profile._default_profile(dict(here, host="elsewhere")) == str(paths["x-cpu"])
