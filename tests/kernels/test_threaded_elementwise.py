@@ -35,3 +35,28 @@ def test_split_over_threads_equals_one_loop(shape, three_threads):
             np.testing.assert_allclose(split[key], serial[key], rtol=1e-12, atol=1e-12, err_msg=key)
         else:
             np.testing.assert_array_equal(split[key], serial[key], err_msg=key)
+
+
+def test_balanced_blocks_cover_every_unit_and_give_each_thread_an_equal_share():
+    from hpcnn.kernels.cpu._im2col import chunk
+    rng = seeded(51)
+    balanced = 0
+    for _ in range(3000):
+        items, size, parts = int(rng.integers(1, 9)), int(rng.integers(1, 5000)), int(rng.integers(1, 5))
+        per_item, least = int(rng.integers(1, min(size, 40) + 1)), int(rng.choice([1, 64]))
+        block, count = _workers.balanced_blocks(items, per_item, size, parts, least)
+        default = -(-size // per_item)
+        # what _im2col.chunk walks: `count` blocks of `block` units cover the item once
+        assert count == -(-size // block) and (count - 1) * block < size <= count * block
+        assert [chunk(i, size, block)[0] for i in range(items * count)] == [n for n in range(items) for _ in range(count)]
+        if block != default:
+            assert (items * count) % parts == 0 and block >= least and per_item <= count <= 2 * per_item + parts
+            balanced += 1
+    assert balanced > 500
+    # 8 images, 3 images a block over 2 threads: 4 blocks of 2 (2 + 2 images each, not 3 + 5)
+    assert _workers.balanced_blocks(1, 3, 8, 2) == (2, 4)
+    # one 128x128 image in 5 blocks over 2 threads: 6 blocks
+    assert _workers.balanced_blocks(1, 5, 16384, 2, 64) == (2731, 6)
+    # already balanced, or one part: as asked
+    assert _workers.balanced_blocks(2, 5, 1000, 2) == (200, 5)
+    assert _workers.balanced_blocks(1, 5, 1000, 1) == (200, 5)

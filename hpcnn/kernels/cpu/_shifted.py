@@ -10,6 +10,7 @@ import numpy as np
 
 from ._blas import BLAS_INT, NO_TRANS, ROW_MAJOR, TRANS
 from ._im2col import address, chunk, line_columns
+from ._workers import balanced_blocks
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = np.int32(ROW_MAJOR), np.int32(NO_TRANS), np.int32(TRANS)
 
@@ -102,8 +103,8 @@ def padded_width(win, out_spatial):
     return out_spatial[2] + (win.kernel[2] - 1) * win.dilation[2]
 
 
-def line_blocking(lines, line_bytes, block_bytes):
+def line_blocking(lines, line_bytes, block_bytes, n_img=1, parts=1):
     """(output lines per block, blocks per image): about `block_bytes` of scratch (line columns and the K
-    output or dy lines beside them, `line_bytes` per line), balanced within an image."""
-    per_image = -(-lines // max(1, block_bytes // line_bytes))
-    return -(-lines // per_image), per_image
+    output or dy lines beside them, `line_bytes` per line), balanced within an image, and as many blocks in
+    all as `parts` divides where they can be (`_workers.balanced_blocks`)."""
+    return balanced_blocks(n_img, -(-lines // max(1, block_bytes // line_bytes)), lines, parts)

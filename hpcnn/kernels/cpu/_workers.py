@@ -15,7 +15,8 @@ import numpy as np
 
 from ._blas import blas_threads, serial_blas
 
-__all__ = ["thread_scratch", "thread_count", "in_parallel", "in_elements", "summed", "FLOPS_PER_ELEMENT"]
+__all__ = ["thread_scratch", "thread_count", "in_parallel", "in_elements", "summed", "parts_for", "balanced_blocks",
+           "FLOPS_PER_ELEMENT"]
 
 # Least work (flops) worth handing to another thread.
 _PARALLEL_FLOPS = 20e6
@@ -77,6 +78,28 @@ def in_parallel(work, chunks, flops, footprint=None):
             futures = [pool.submit(work, bounds[i], bounds[i + 1]) for i in members]
             results += [f.result() for f in futures]
     return results
+
+
+def parts_for(flops):
+    """How many parts in_parallel cuts a call worth `flops` into, when it has chunks enough."""
+    return max(1, min(thread_count(), int(flops // _PARALLEL_FLOPS) if _PARALLEL_FLOPS else thread_count()))
+
+
+def balanced_blocks(items, per_item, size, parts, least=1):
+    """(block size, blocks per item) for `items` items of `size` units each, cut into about `per_item` blocks
+    each: the fewest blocks from `per_item` on (up to 2*per_item + parts, no block under `least` units) whose
+    total is a multiple of `parts`, so that in_parallel's equal ranges of blocks are equal work (3 blocks over
+    2 threads take as long as 4); `per_item` as it is where none is. Blocks per item is what
+    `_im2col.chunk` counts for that block size."""
+    for count in range(per_item, min(size, 2 * per_item + parts) + 1):
+        block = -(-size // count)
+        actual = -(-size // block)
+        if block < least:
+            break
+        if (items * actual) % parts == 0:
+            return block, actual
+    block = -(-size // per_item)
+    return block, -(-size // block)
 
 
 # What in_parallel counts as the work of one element a memory-bound loop (an activation, a pooling window,

@@ -52,7 +52,7 @@ from ._im2col import address, chunk, col2im, columns
 from ._images import images_data, images_filter, images_forward
 from ._shifted import line_blocking, padded_width, shifted_filter_chunks, shifted_forward_chunks, shifts_lines
 from ._transpose import flipped_filter
-from ._workers import in_parallel, summed, thread_count, thread_scratch
+from ._workers import balanced_blocks, in_parallel, parts_for, summed, thread_count, thread_scratch
 
 __all__ = ["conv_forward", "conv_backward_data", "conv_backward_filter", "conv_backward_bias", "SCRATCH_BYTES"]
 
@@ -169,21 +169,23 @@ def _gemm_pixels(k, rows):
     return small if small >= 64 else _GEMM_PIXELS
 
 
-def _blocking(pixels, rows, itemsize, per_gemm):
+def _blocking(pixels, rows, itemsize, per_gemm, n_img=1, parts=1):
     """(pixels per block, blocks per image): blocks of whole GEMMs, their columns about _BLOCK_BYTES,
-    balanced within an image."""
+    balanced within an image, and as many in all as `parts` divides where blocks of 64 pixels or more
+    allow (`balanced_blocks`)."""
     target = per_gemm * max(1, _BLOCK_BYTES // (rows * itemsize * per_gemm))
-    per_image = -(-pixels // target)
-    return -(-pixels // per_image), per_image
+    return balanced_blocks(n_img, -(-pixels // target), pixels, parts, least=64)
 
 
-def _images_per_block(n_img, pixels, rows, itemsize):
+def _images_per_block(n_img, pixels, rows, itemsize, parts=1):
     """Whole images per GEMM where each image has too few output pixels for a GEMM of its own (see
-    `_images`), enough for about _GEMM_PIXELS columns and still one block per thread; 0 otherwise."""
+    `_images`), enough for about _GEMM_PIXELS columns and still one block per thread, the blocks as many
+    as `parts` divides where they can be; 0 otherwise."""
     if n_img < 2 or not 0 < 2 * pixels <= _GEMM_PIXELS:
         return 0
     fit = max(1, 4 * _BLOCK_BYTES // (rows * pixels * itemsize))
     per_block = min(-(-_GEMM_PIXELS // pixels), -(-n_img // thread_count()), fit)
+    per_block = balanced_blocks(1, -(-n_img // per_block), n_img, parts)[0]
     return per_block if per_block > 1 else 0
 
 
@@ -212,7 +214,7 @@ def _correlate(x, w2, win, out_spatial, bias=None):
         w3 = np.ascontiguousarray(w2.reshape(k, rows, taps).transpose(2, 0, 1))
         width = padded_width(win, out_spatial)
         per_block, per_image = line_blocking(out_spatial[0] * out_spatial[1], (rows + k) * width * x.itemsize,
-                                             _BLOCK_BYTES)
+                                             _BLOCK_BYTES, n_img, parts_for(flops))
         per_gemm = _gemm_pixels(k, rows)
 
         def shifted(first, last):
@@ -222,7 +224,7 @@ def _correlate(x, w2, win, out_spatial, bias=None):
 
         in_parallel(shifted, n_img * per_image, flops)
         return y
-    images = _images_per_block(n_img, pixels, rows + k, x.itemsize)
+    images = _images_per_block(n_img, pixels, rows + k, x.itemsize, parts_for(flops))
     if images:
         def whole(first, last):
             images_forward(GEMM[x.dtype], x, w2, bias, y, *_geometry(win, out_spatial), images, first, last,
@@ -232,7 +234,7 @@ def _correlate(x, w2, win, out_spatial, bias=None):
         return y
     pointwise = win.pointwise_on(x.shape[2:], out_spatial)
     per_gemm = _gemm_pixels(k, rows)
-    per_block, per_image = _blocking(pixels, rows, x.itemsize, per_gemm)
+    per_block, per_image = _blocking(pixels, rows, x.itemsize, per_gemm, n_img, parts_for(flops))
 
     def work(first, last):
         scratch = thread_scratch(0 if pointwise else rows * per_block, x.dtype)
@@ -256,8 +258,9 @@ def _correlate_filter(x, dy, win, out_spatial):
         taps = win.kernel[2]
         rows //= taps
         width = padded_width(win, out_spatial)
+        flops = 2.0 * dy.size * rows * taps
         per_block, per_image = line_blocking(out_spatial[0] * out_spatial[1], (rows + k) * width * x.itemsize,
-                                             _BLOCK_BYTES)
+                                             _BLOCK_BYTES, n_img, parts_for(flops))
 
         def shifted(first, last):
             dw_t = np.zeros((taps, rows, k), x.dtype)
@@ -266,12 +269,12 @@ def _correlate_filter(x, dy, win, out_spatial):
                                    _FILTER_GEMM_PIXELS, first, last, scratch, x.dtype.type(1))
             return dw_t
 
-        parts = in_parallel(shifted, n_img * per_image, 2.0 * dy.size * rows * taps)
+        parts = in_parallel(shifted, n_img * per_image, flops)
         return np.ascontiguousarray(summed(parts).transpose(2, 1, 0)).reshape(k, rows * taps)
     k_major = k >= _K_MAJOR_FILTERS
     shape = (k, rows) if k_major else (rows, k)
     flops = 2.0 * dy.size * rows
-    images = _images_per_block(n_img, pixels, rows + k, x.itemsize)
+    images = _images_per_block(n_img, pixels, rows + k, x.itemsize, parts_for(flops))
     if images:
         def whole(first, last):
             dw = np.zeros(shape, x.dtype)
@@ -282,7 +285,7 @@ def _correlate_filter(x, dy, win, out_spatial):
         parts = in_parallel(whole, -(-n_img // images), flops)
     else:
         pointwise = win.pointwise_on(x.shape[2:], out_spatial)
-        per_block, per_image = _blocking(pixels, rows, x.itemsize, _FILTER_GEMM_PIXELS)
+        per_block, per_image = _blocking(pixels, rows, x.itemsize, _FILTER_GEMM_PIXELS, n_img, parts_for(flops))
 
         def work(first, last):
             dw = np.zeros(shape, x.dtype)
@@ -303,24 +306,25 @@ def _scatter_data(dy, w2, win, out_spatial, x_shape):
     dx = np.zeros(x_shape, dy.dtype)
     if dy.size == 0:
         return dx
-    images = _images_per_block(n_img, pixels, rows + k, dy.itemsize)
+    flops = 2.0 * dy.size * rows
+    images = _images_per_block(n_img, pixels, rows + k, dy.itemsize, parts_for(flops))
     if images:
         def whole(first, last):
             images_data(GEMM[dy.dtype], dy, w2, dx, *_geometry(win, out_spatial), images, first, last,
                         thread_scratch((rows + k) * images * pixels, dy.dtype), dy.dtype.type(1))
 
-        in_parallel(whole, -(-n_img // images), 2.0 * dy.size * rows)  # whole images: disjoint outputs
+        in_parallel(whole, -(-n_img // images), flops)  # whole images: disjoint outputs
         return dx
     per_gemm = _gemm_pixels(rows, k)
-    per_block, per_image = _blocking(pixels, rows, dy.itemsize, per_gemm)
+    # blocks that may write the same lines run in two rounds (below): twice as many ranges
+    per_block, per_image = _blocking(pixels, rows, dy.itemsize, per_gemm, n_img, 2 * parts_for(flops))
 
     def work(first, last):
         _data_chunks(GEMM[dy.dtype], dy, w2, dx, *_geometry(win, out_spatial), per_block, per_gemm, first, last,
                      thread_scratch(rows * per_block, dy.dtype), dy.dtype.type(1))
 
     # The windows of neighbouring blocks overlap in dx: blocks that may write the same lines run apart.
-    in_parallel(work, n_img * per_image, 2.0 * dy.size * rows,
-                _input_lines(win, out_spatial, x_shape[2:], per_block))
+    in_parallel(work, n_img * per_image, flops, _input_lines(win, out_spatial, x_shape[2:], per_block))
     return dx
 
 
