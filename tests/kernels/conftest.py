@@ -17,7 +17,6 @@ def three_threads(monkeypatch):
     monkeypatch.setattr(_workers, "_PARALLEL_FLOPS", 1)
     monkeypatch.setattr(_workers, "_RUN", 1000)
     monkeypatch.setattr(_workers, "in_parallel", counted)
-    from hpcnn.kernels.cpu import norm, pool
+    from hpcnn.kernels.cpu import norm
     monkeypatch.setattr(norm, "in_parallel", counted)
-    monkeypatch.setattr(pool, "in_parallel", counted)
     return calls

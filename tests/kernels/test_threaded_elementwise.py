@@ -60,3 +60,18 @@ def test_balanced_blocks_cover_every_unit_and_give_each_thread_an_equal_share():
     # already balanced, or one part: as asked
     assert _workers.balanced_blocks(2, 5, 1000, 2) == (200, 5)
     assert _workers.balanced_blocks(1, 5, 1000, 1) == (200, 5)
+
+
+@pytest.mark.parametrize("shape, scale", [((3, 5, 7, 6), (2, 3)), ((1, 3, 4, 5, 3), (2, 1, 3))])
+def test_upsampling_split_over_threads_repeats_and_sums_blocks(shape, scale, three_threads):
+    x = seeded(52).standard_normal(shape)
+    y = K.upsample_nearest_forward(x, scale)
+    expect = x
+    for axis, f in enumerate(scale):
+        expect = np.repeat(expect, f, axis=2 + axis)
+    np.testing.assert_array_equal(y, expect)
+    dy = seeded(53).standard_normal(y.shape)
+    dx = K.upsample_nearest_backward(dy, scale)
+    blocks = dy.reshape(shape[:2] + tuple(v for s, f in zip(shape[2:], scale) for v in (s, f)))
+    np.testing.assert_allclose(dx, blocks.sum(axis=tuple(range(3, blocks.ndim, 2))), rtol=1e-12, atol=1e-12)
+    assert three_threads == [shape[0] * shape[1]] * 2

@@ -15,8 +15,8 @@ import numpy as np
 
 from ._blas import blas_threads, serial_blas
 
-__all__ = ["thread_scratch", "thread_count", "in_parallel", "in_elements", "summed", "parts_for", "balanced_blocks",
-           "FLOPS_PER_ELEMENT"]
+__all__ = ["thread_scratch", "thread_count", "in_parallel", "in_elements", "as_volumes", "in_volumes", "summed",
+           "parts_for", "balanced_blocks", "FLOPS_PER_ELEMENT"]
 
 # Least work (flops) worth handing to another thread.
 _PARALLEL_FLOPS = 20e6
@@ -116,6 +116,21 @@ def in_elements(work, size, passes=1):
     runs = -(-size // _RUN)
     return in_parallel(lambda first, last: work(first * _RUN, min(last * _RUN, size)), max(runs, 1),
                        FLOPS_PER_ELEMENT * passes * size)
+
+
+def as_volumes(a, spatial):
+    """a: (N, C, *S) -> a contiguous (N*C, D, H, W) view or copy (D = 1 for 2-D): what in_volumes cuts."""
+    shape3 = (1,) * (3 - len(spatial)) + tuple(spatial)
+    return np.ascontiguousarray(a).reshape((-1,) + shape3)
+
+
+def in_volumes(kernel, sliced, rest, elements):
+    """[kernel(*(a[first:last] for a in sliced), *rest)] with the volumes [0, B) of `sliced` (arrays with B
+    leading, e.g. the N*C volumes of pooling) cut over the worker threads; `elements`: the elements the whole
+    call touches."""
+    def work(first, last):
+        return kernel(*(a[first:last] for a in sliced), *rest)
+    return in_parallel(work, sliced[0].shape[0], FLOPS_PER_ELEMENT * elements)
 
 
 def summed(parts):

@@ -1,24 +1,18 @@
 """Max and average pooling over 2-D and 3-D data (numpy + numba), with PyTorch's semantics.
 
 The volumes (samples x channels) of one call are split over the convolution's worker threads
-(`_workers.in_parallel`), each part a compiled loop that releases the GIL.
+(`_workers.in_volumes`), each part a compiled loop that releases the GIL.
 """
 import numba
 import numpy as np
 
 from ..checks import check_argmax, check_dy_shape, pool_backward_spatial, pool_geometry, spatial_dims
-from ._workers import FLOPS_PER_ELEMENT, in_parallel
+from ._workers import as_volumes, in_volumes
 
 __all__ = ["maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward"]
 
 # Every kernel works on a (B, D, H, W) volume with B = N*C; 2-D data is a volume with D = 1,
 # so one compiled loop nest serves both ranks.
-
-
-def _as_volume(a, spatial):
-    """a: (N, C, *S) -> a contiguous (N*C, D, H, W) view or copy (D = 1 for 2-D)."""
-    shape3 = (1,) * (3 - len(spatial)) + tuple(spatial)
-    return np.ascontiguousarray(a).reshape((-1,) + shape3)
 
 
 def _taps(out_size, in_size, kernel, stride, dilation, pad_lo):
@@ -60,14 +54,6 @@ def _window_bounds(geom, spatial, out_spatial):
     begin, end = _taps(o, s, k, st, d, lo)
     bounds.extend((st, d, lo, np.where(begin < end, begin, -1), k))
     return tuple(bounds)
-
-
-def _by_volumes(kernel, sliced, rest, elements):
-    """[kernel(*(a[first:last] for a in sliced), *rest)] with the volumes [0, B) of `sliced` (arrays with B
-    leading) cut over the worker threads; `elements`: the elements the whole call touches."""
-    def work(first, last):
-        return kernel(*(a[first:last] for a in sliced), *rest)
-    return in_parallel(work, sliced[0].shape[0], FLOPS_PER_ELEMENT * elements)
 
 
 # --- max pooling -----------------------------------------------------------------------------
@@ -140,10 +126,10 @@ def maxpool_forward(x, kernel, stride=None, padding=0, dilation=1):
     geom = pool_geometry(nd, kernel, stride, padding, dilation)
     spatial = x.shape[2:]
     out_spatial = geom.output_shape(spatial)
-    xv = _as_volume(x, spatial)
+    xv = as_volumes(x, spatial)
     y = np.empty((xv.shape[0],) + (1,) * (3 - nd) + out_spatial, dtype=x.dtype)
     argmax = np.empty(y.shape, dtype=np.int64)
-    _by_volumes(_maxpool_forward_volume, (xv, y, argmax), _window_bounds(geom, spatial, out_spatial),
+    in_volumes(_maxpool_forward_volume, (xv, y, argmax), _window_bounds(geom, spatial, out_spatial),
                 xv.size + y.size * int(np.prod(geom.kernel)))
     shape = x.shape[:2] + out_spatial
     return y.reshape(shape), argmax.reshape(shape)
@@ -158,7 +144,7 @@ def maxpool_backward(dy, argmax, x_spatial):
     check_argmax(argmax, dy, "maxpool_backward")
     N, C = dy.shape[:2]
     dx = np.zeros((N * C, int(np.prod(x_spatial))), dtype=dy.dtype)
-    bad = sum(_by_volumes(_maxpool_backward_volume, (np.ascontiguousarray(dy).reshape(N * C, -1),
+    bad = sum(in_volumes(_maxpool_backward_volume, (np.ascontiguousarray(dy).reshape(N * C, -1),
                                                      np.ascontiguousarray(argmax, dtype=np.int64).reshape(N * C, -1),
                                                      dx), (), dx.size + 2 * dy.size))
     if bad:
@@ -235,9 +221,9 @@ def avgpool_forward(x, kernel, stride=None, padding=0):
     geom = pool_geometry(nd, kernel, stride, padding)
     spatial = x.shape[2:]
     out_spatial = geom.output_shape(spatial)
-    xv = _as_volume(x, spatial)
+    xv = as_volumes(x, spatial)
     y = np.empty((xv.shape[0],) + (1,) * (3 - nd) + out_spatial, dtype=x.dtype)
-    _by_volumes(_avgpool_forward_volume, (xv, y),
+    in_volumes(_avgpool_forward_volume, (xv, y),
                 _window_bounds(geom, spatial, out_spatial) + (1.0 / float(np.prod(geom.kernel)),),
                 xv.size + y.size * int(np.prod(geom.kernel)))
     return y.reshape(x.shape[:2] + out_spatial)
@@ -249,9 +235,9 @@ def avgpool_backward(dy, x_spatial, kernel, stride=None, padding=0):
     geom = pool_geometry(nd, kernel, stride, padding)
     out_spatial = geom.output_shape(x_spatial)
     check_dy_shape(dy, out_spatial, "avgpool_backward")
-    dyv = _as_volume(dy, out_spatial)
+    dyv = as_volumes(dy, out_spatial)
     dx = np.zeros((dyv.shape[0],) + (1,) * (3 - nd) + x_spatial, dtype=dy.dtype)
-    _by_volumes(_avgpool_backward_volume, (dyv, dx),
+    in_volumes(_avgpool_backward_volume, (dyv, dx),
                 _window_bounds(geom, x_spatial, out_spatial) + (1.0 / float(np.prod(geom.kernel)),),
                 dx.size + dyv.size * int(np.prod(geom.kernel)))
     return dx.reshape(dy.shape[:2] + x_spatial)
