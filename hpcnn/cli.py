@@ -290,6 +290,8 @@ def build_parser():
 
 
 def main(argv=None):
+    from .kernels.cpu._memory import keep_freed_arrays
+    keep_freed_arrays()             # large arrays reused between steps, not mapped afresh (see _memory)
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args, rest = parser.parse_known_args(argv)

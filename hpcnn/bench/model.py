@@ -332,4 +332,6 @@ def _plot(rows_layers, rows_iter, out):
 
 
 if __name__ == "__main__":
+    from ..kernels.cpu._memory import keep_freed_arrays
+    keep_freed_arrays()             # as every hpcnn entry point (hpcnn.cli.main)
     _worker(sys.argv[1], sys.argv[2])

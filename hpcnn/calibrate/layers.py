@@ -6,9 +6,10 @@ import numpy as np
 from perfmodel.costs import kernel_cost, local_numel
 from perfmodel.layers import walk
 
+from ..kernels.cpu._memory import mmap_threshold, release_free_pages
 from .kernels import kernel_clock
 
-__all__ = ["measure_layer_calls", "measure_fresh_memory", "FRESH_MEMORY_THRESHOLD", "GLIBC_MMAP_SOURCE"]
+__all__ = ["measure_layer_calls", "measure_fresh_memory", "GLIBC_MMAP_SOURCE"]
 
 
 def _layer_cases():
@@ -98,31 +99,35 @@ def measure_layer_calls(comm, machine, source, device, reps=15):
     return {"source": source, "kinds": kinds}
 
 
-# glibc's malloc maps requests above its mmap threshold from the kernel and unmaps them on free; the
-# threshold adapts to freed sizes but never beyond DEFAULT_MMAP_THRESHOLD_MAX (32 MiB on 64-bit).
-FRESH_MEMORY_THRESHOLD = 32 << 20
-GLIBC_MMAP_SOURCE = ("glibc mallopt(3), M_MMAP_THRESHOLD: the dynamic mmap threshold never exceeds "
-                     "DEFAULT_MMAP_THRESHOLD_MAX, 32 MiB on 64-bit systems; larger requests are always mapped")
+# glibc's malloc maps requests above its mmap threshold from the kernel and unmaps them on free; hpcnn's
+# entry points raise that threshold (`hpcnn.kernels.cpu._memory`), so arrays below it reuse mapped pages.
+GLIBC_MMAP_SOURCE = ("glibc mallopt(3), M_MMAP_THRESHOLD: requests above it are mapped on allocation and unmapped "
+                     "on free; hpcnn sets it to 1 GiB (hpcnn.kernels.cpu._memory), else glibc's dynamic threshold "
+                     "never exceeds DEFAULT_MMAP_THRESHOLD_MAX, 32 MiB on 64-bit systems")
 
 
 def measure_fresh_memory(source, reps=7):
     """The "fresh_memory" section of a profile: seconds per byte of allocating and first writing an array
-    above the mmap threshold, beyond writing one that exists (median over 48 and 96 MiB arrays)."""
-    rates = []
-    for mib in (48, 96):
-        n = (mib << 20) // 4
-        kept = np.empty(n, np.float32)
-        kept.fill(1.0)
-        fresh, reuse = [], []
-        for _ in range(reps):
-            t0 = time.process_time()            # CPU time, as the kernels (page faults are system time)
-            a = np.empty(n, np.float32)
-            a.fill(1.0)
-            fresh.append(time.process_time() - t0)
-            del a
-            t0 = time.process_time()
-            kept.fill(1.0)
-            reuse.append(time.process_time() - t0)
-        rates.append(max(float(np.median(fresh)) - float(np.median(reuse)), 0.0) / (n * 4))
+    above the mmap threshold, beyond writing one that exists (median over 48 and 96 MiB arrays whose pages
+    are fresh, malloc's free pages handed back before each), and that threshold: hpcnn's."""
+    rates = [_fresh_rate((mib << 20) // 4, reps) for mib in (48, 96)]
     return {"per_byte": {"value": float(np.median(rates)), "source": source},
-            "threshold_bytes": {"value": FRESH_MEMORY_THRESHOLD, "source": "glibc-mmap-threshold"}}
+            "threshold_bytes": {"value": mmap_threshold(), "source": "glibc-mmap-threshold"}}
+
+
+def _fresh_rate(n, reps):
+    """Seconds per byte of allocating and filling n float32 beyond filling n that exist."""
+    kept = np.empty(n, np.float32)
+    kept.fill(1.0)
+    fresh, reuse = [], []
+    for _ in range(reps):
+        release_free_pages()
+        t0 = time.process_time()            # CPU time, as the kernels (page faults are system time)
+        a = np.empty(n, np.float32)
+        a.fill(1.0)
+        fresh.append(time.process_time() - t0)
+        del a
+        t0 = time.process_time()
+        kept.fill(1.0)
+        reuse.append(time.process_time() - t0)
+    return max(float(np.median(fresh)) - float(np.median(reuse)), 0.0) / (n * 4)

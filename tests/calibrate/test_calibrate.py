@@ -41,14 +41,16 @@ def test_calibrate_smoke_two_ranks(tmp_path_factory):
 
 
 def test_fresh_memory_is_measured_with_its_threshold_and_a_valid_source():
-    from hpcnn.calibrate.layers import FRESH_MEMORY_THRESHOLD, measure_fresh_memory
+    from hpcnn.calibrate.layers import measure_fresh_memory
+    from hpcnn.kernels.cpu._memory import mmap_threshold
     section = measure_fresh_memory("measured", reps=3)
-    assert section["threshold_bytes"] == {"value": FRESH_MEMORY_THRESHOLD, "source": "glibc-mmap-threshold"}
+    assert section["threshold_bytes"] == {"value": mmap_threshold(), "source": "glibc-mmap-threshold"}
     # page faults cost something, and far less than a second per GiB
     assert 0 < section["per_byte"]["value"] < 1.0 / 2**30
     from perfmodel.machine import load_profile
     shipped = load_profile("vm-cpu")
-    assert shipped.fresh_memory[1] == FRESH_MEMORY_THRESHOLD and shipped.fresh_memory[0] > 0
+    # measured before or after hpcnn raised malloc's threshold (glibc's 32 MiB bound, or hpcnn's 1 GiB)
+    assert shipped.fresh_memory[1] in (32 << 20, 1 << 30) and shipped.fresh_memory[0] > 0
 
 
 def test_a_split_convolution_samples_the_calls_its_block_makes():
