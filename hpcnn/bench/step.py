@@ -179,8 +179,11 @@ def run(args):
     repeat = args.repeat or (2 if args.quick else 7)
     if repeat < 1 or args.layers < 0:
         raise SystemExit("hpcnn bench step: --repeat must be positive and --layers non-negative")
+    from ..kernels.cpu._memory import policy
     from ..threads import blas_kernels
     os.makedirs(args.out, exist_ok=True)
+    # one process: PyTorch's CPU tensors come from the same malloc as hpcnn's arrays
+    print(f"allocator, for both libraries: {policy()}")
     rows, layer_rows, settings = [], [], {}
     for t in threads:
         settings[t] = _set_threads(t, torch)
@@ -214,7 +217,7 @@ def run(args):
     with open(os.path.join(args.out, "step.json"), "w") as f:
         json.dump({"rows": rows, "layers": layer_rows, "summary": summary, "repeat": repeat,
                    "threads": {str(k): v for k, v in settings.items()}, "cores": os.cpu_count(),
-                   "blas": blas_kernels()}, f, indent=1)
+                   "blas": blas_kernels(), "allocator": policy()}, f, indent=1)
     print(f"\n{'model':<10} {'threads':>7} {'hpcnn ms':>9} {'torch ms':>9} {'ratio':>6} {'hpcnn x':>8} {'torch x':>8}")
     for r in rows:
         print(f"{r['model']:<10} {r['threads']:>7} {r['hpcnn_s'] * 1e3:9.1f} {r['torch_s'] * 1e3:9.1f} "

@@ -42,6 +42,8 @@ def test_the_command_writes_consistent_rows(tmp_path):
         base = next(b for b in rows if b["model"] == r["model"] and b["threads"] == "1")
         assert float(r["hpcnn_speedup"]) == pytest.approx(float(base["hpcnn_s"]) / h, rel=ROUNDED_RATIO)
     doc = json.loads((out / "step.json").read_text())
+    # both libraries ran under the allocator setting hpcnn's command made, and the file says which
+    assert doc["allocator"].startswith("malloc")
     for t in ("1", "2"):
         ratios = [float(r["ratio"]) for r in rows if r["threads"] == t]
         # the CSV holds the ratios rounded; the summary is computed from the unrounded ones
