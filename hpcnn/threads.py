@@ -76,17 +76,26 @@ def choose_threads(ranks_on_node=1, requested=None, requested_by="--threads", en
 
 
 def apply_threads(threads):
-    """Make BLAS, OpenMP and numba use `threads` threads in this process; returns {pool: threads} as set."""
+    """Make hpcnn's CPU kernels use `threads` threads in this process, numba's pool as many, and BLAS one;
+    returns {pool: threads} as set.
+
+    BLAS gets one thread because hpcnn's kernels split their GEMMs over their own worker threads
+    (`hpcnn.kernels.cpu._workers`), and an OpenBLAS thread pool, once woken by a call outside them (a
+    Linear layer's matmul), spins for a while after each call on the cores those workers need: measured
+    on 2 cores, a cosmoflow training step on 2 threads took 154 ms with BLAS on 2 threads (256 ms of CPU
+    time) and 105 ms with BLAS on 1 (175 ms, what one thread takes). Matrix products outside the
+    kernels (Linear layers) then run on one thread."""
     import numba
     from threadpoolctl import threadpool_limits
 
     # threadpoolctl limits only the libraries already loaded: hpcnn's BLAS binding loads numpy's OpenBLAS
-    from .kernels.cpu import _blas  # noqa: F401
+    from .kernels.cpu import _blas, _workers  # noqa: F401
     threads = int(threads)
-    threadpool_limits(threads)
+    threadpool_limits(1)
     numba_threads = min(threads, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(numba_threads)
-    return {"blas": threads, "numba": numba_threads}
+    _workers.set_thread_limit(numba_threads)
+    return {"kernels": numba_threads, "blas": 1, "numba": numba_threads}
 
 
 def blas_kernels():

@@ -16,7 +16,8 @@ import numpy as np
 from ._blas import blas_threads, serial_blas
 
 __all__ = ["thread_scratch", "thread_count", "in_parallel", "in_elements", "as_volumes", "in_volumes", "summed",
-           "parts_for", "balanced_blocks", "FLOPS_PER_ELEMENT"]
+           "parts_for", "balanced_blocks", "set_thread_limit",
+           "FLOPS_PER_ELEMENT"]
 
 # Least work (flops) worth handing to another thread.
 _PARALLEL_FLOPS = 20e6
@@ -46,10 +47,21 @@ def _forget_pool():
 os.register_at_fork(after_in_child=_forget_pool)
 
 
+_limit = {"threads": None}
+
+
+def set_thread_limit(threads):
+    """The thread count hpcnn chose for its kernels (`hpcnn.threads.apply_threads`, which leaves BLAS on one
+    thread); None: follow BLAS's count again."""
+    _limit["threads"] = None if threads is None else max(1, int(threads))
+
+
 def thread_count():
-    """How many threads one kernel call splits its blocks over: numba's thread count for this thread,
-    at most BLAS's (so that OMP_NUM_THREADS=1 under MPI, or a threadpoolctl limit, keeps it serial)."""
-    return min(numba.get_num_threads(), blas_threads() or numba.get_num_threads())
+    """How many threads one kernel call splits its blocks over: numba's thread count for this thread, at
+    most the count hpcnn chose (`set_thread_limit`), or where it chose none at most BLAS's (so that
+    OMP_NUM_THREADS=1 under MPI, or a threadpoolctl limit, keeps a call serial)."""
+    limit = _limit["threads"] or blas_threads() or numba.get_num_threads()
+    return min(numba.get_num_threads(), limit)
 
 
 def in_parallel(work, chunks, flops, footprint=None):
