@@ -103,11 +103,16 @@ def here(args):
     write OUT/points/MODE-ROLE-rRANKS-tTHREADS-SPLIT.json."""
     from ..parallel.abort import install_abort_on_error
     from ..parallel.mpi import Communicator
+    from ..threads import apply_threads
     install_abort_on_error()
     world = Communicator.world()
     ranks = world.size
+    # the launcher set every thread variable to the run's threads per rank; they go to the kernels as
+    # `hpcnn train` gives them (apply_threads: BLAS on one thread)
+    threads = int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
+    apply_threads(threads)
     # the predictions price this run's threads per rank (through the profile's measured thread speedup)
-    machine = prediction_machine(args).for_threads(int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
+    machine = prediction_machine(args).for_threads(threads)
     resolved = resolve_splits(chain(args, ranks), ranks, machine, split_tokens(args))
     groups = distinct_splits(resolved)
     by_label = {label: result for label, result, _ in resolved}
