@@ -15,7 +15,8 @@ import socket
 import time
 from datetime import datetime, timezone
 
-__all__ = ["this_machine", "measured_on", "check", "likeness", "threads_note", "held_out_section", "held_out_line", "STALE_DAYS"]
+__all__ = ["this_machine", "measured_on", "check", "likeness", "threads_note", "held_out_section", "held_out_line",
+           "STALE_DAYS"]
 
 # A profile older than this, measured on this machine, is called stale.
 STALE_DAYS = 2.0
@@ -81,8 +82,7 @@ def check(profile, here=None, now=None):
     threads = int(m["threads_per_rank"]["value"])
     what = (f"profile {profile.name!r}: measured on {m['host']} ({m['cpu']}, {cores} cores, {threads} thread(s) per "
             f"rank) on {m['date'][:10]}")
-    differs = [name for name, a, b in (("host", m["host"], here["host"]), ("CPU", m["cpu"], here["cpu"]),
-                                       ("cores", cores, here["cores"])) if a != b]
+    differs = [name for name, same in _same_machine(m, here).items() if not same]
     if differs:
         return False, (f"{what}; this machine differs ({', '.join(differs)}: {here['host']}, {here['cpu']}, "
                        f"{here['cores']} cores), so the predictions price that machine: {_FIX}")
@@ -96,6 +96,12 @@ def check(profile, here=None, now=None):
     return True, what + " (this machine)"
 
 
+def _same_machine(m, here):
+    """{"host", "CPU", "cores": whether the "measured_on" section `m` names this machine's}."""
+    return {"host": m.get("host") == here["host"], "CPU": m.get("cpu") == here["cpu"],
+            "cores": int(m.get("cores", {}).get("value", 0)) == here["cores"]}
+
+
 def likeness(doc, here=None):
     """How closely the profile document `doc` describes this machine, as a tuple to compare (larger: closer):
     whether its host, CPU model, core count and BLAS kernels are this machine's, in that order of weight.
@@ -104,8 +110,7 @@ def likeness(doc, here=None):
     if not m:
         return (False, False, False, False)
     here = here or this_machine()
-    return (m.get("host") == here["host"], m.get("cpu") == here["cpu"],
-            int(m.get("cores", {}).get("value", 0)) == here["cores"], m.get("blas") == here["blas"])
+    return (*_same_machine(m, here).values(), m.get("blas") == here.get("blas"))
 
 
 def threads_note(profile, threads):

@@ -16,9 +16,9 @@ points (`hpcnn.cli.main`, the `bench model` workers) call `keep_freed_arrays()` 
 `HPCNN_MALLOC=system`, the user set malloc's thresholds (MALLOC_MMAP_THRESHOLD_,
 MALLOC_TRIM_THRESHOLD_, or a glibc.malloc tunable in GLIBC_TUNABLES), or the C library has no
 mallopt; a program that imports hpcnn may call it too. `mmap_threshold()` is the threshold in force
-(glibc's 32 MiB bound until then), `policy()` says in words which applies; `release_free_pages()` hands malloc's free pages back to the
-kernel (malloc_trim), so that the next large array faults its pages in as a freshly mapped one does:
-what `hpcnn.calibrate.layers.measure_fresh_memory` times.
+(glibc's 32 MiB bound until then), `policy()` says in words which applies; `release_free_pages()`
+hands malloc's free pages back to the kernel (malloc_trim), so that the next large array faults its
+pages in as a freshly mapped one does: what `hpcnn.calibrate.layers.measure_fresh_memory` times.
 """
 import ctypes
 import os

@@ -16,8 +16,7 @@ import numpy as np
 from ._blas import blas_threads, serial_blas
 
 __all__ = ["thread_scratch", "thread_count", "in_parallel", "in_elements", "as_volumes", "in_volumes", "summed",
-           "parts_for", "balanced_blocks", "set_thread_limit",
-           "FLOPS_PER_ELEMENT"]
+           "parts_for", "balanced_blocks", "set_thread_limit", "FLOPS_PER_ELEMENT"]
 
 # Least work (flops) worth handing to another thread.
 _PARALLEL_FLOPS = 20e6
@@ -72,7 +71,7 @@ def in_parallel(work, chunks, flops, footprint=None):
     write (they may overlap between neighbours): then 2*parts ranges run in two rounds, even ranges
     then odd ones, if same-round ranges never overlap; else the chunks run in one part.
     """
-    parts = min(thread_count(), chunks, int(flops // _PARALLEL_FLOPS) if _PARALLEL_FLOPS else chunks)
+    parts = min(parts_for(flops), chunks)
     ranges = parts if footprint is None else 2 * parts
     if parts <= 1 or ranges > chunks:
         return [work(0, chunks)]

@@ -61,7 +61,8 @@ def upsample_nearest_forward(x, scale):
     out_spatial = tuple(s * f for s, f in zip(x.shape[2:], scale))
     y = np.empty(x.shape[:2] + out_spatial, dtype=x.dtype)
     if y.size:
-        in_volumes(_repeat_blocks, (as_volumes(x, x.shape[2:]), as_volumes(y, out_spatial)), (1,) * (3 - nd) + scale, x.size + y.size)
+        in_volumes(_repeat_blocks, (as_volumes(x, x.shape[2:]), as_volumes(y, out_spatial)), (1,) * (3 - nd) + scale,
+                   x.size + y.size)
     return y
 
 
@@ -72,5 +73,6 @@ def upsample_nearest_backward(dy, scale):
     spatial = upsample_input_spatial(dy, scale, where)
     dx = np.empty(dy.shape[:2] + spatial, dtype=dy.dtype)
     if dx.size:
-        in_volumes(_sum_blocks, (as_volumes(dy, dy.shape[2:]), as_volumes(dx, spatial)), (1,) * (3 - nd) + scale, dx.size + dy.size)
+        in_volumes(_sum_blocks, (as_volumes(dy, dy.shape[2:]), as_volumes(dx, spatial)), (1,) * (3 - nd) + scale,
+                   dx.size + dy.size)
     return dx
